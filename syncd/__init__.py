@@ -1,0 +1,3 @@
+"""syncd: keeps brokerage accounts mirrored in PostgreSQL."""
+
+__version__ = "0.1.0"

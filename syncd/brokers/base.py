@@ -1,0 +1,111 @@
+"""The one Protocol every broker adapter implements, and syncd's broker exceptions.
+
+Foreign exceptions (aiohttp, pydantic, json) are translated into these at the
+adapter boundary; the cycles handle only ``BrokerError`` subclasses. No message
+built here or in an adapter may contain a secret.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
+from typing import Literal, Protocol, runtime_checkable
+
+from syncd.brokers.types import Balances, Clock, Order, OrderRequest, Position, Quote, TradeUpdate
+
+OrderStatusFilter = Literal["open", "closed", "all"]
+
+
+class BrokerError(Exception):
+    """Base of every error an adapter raises."""
+
+    def __init__(self, message: str, *, broker: str = "", account: str = "") -> None:
+        super().__init__(message)
+        self.broker = broker
+        self.account = account
+
+
+class BrokerUnavailable(BrokerError):
+    """Connection error, timeout, 5xx or 429 that retries did not cure. The outcome is unknown."""
+
+
+class BrokerRateLimited(BrokerUnavailable):
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: str) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class BrokerAuthFailed(BrokerError):
+    """401/403: the credentials are wrong or lack permission."""
+
+
+class BrokerRejected(BrokerError):
+    """The broker understood the request and refused it (its reason in ``reason``)."""
+
+    def __init__(self, message: str, *, reason: str, status: int | None = None, **kw: str) -> None:
+        super().__init__(message, **kw)
+        self.reason = reason
+        self.status = status
+
+
+class OrderNotFound(BrokerError):
+    """The broker knows no such order."""
+
+
+class BadBrokerData(BrokerError):
+    """The broker's answer could not be understood; ``field`` names what was wrong."""
+
+    def __init__(self, message: str, *, field: str = "", **kw: str) -> None:
+        super().__init__(message, **kw)
+        self.field = field
+
+
+class StreamNotSupported(BrokerError):
+    """This broker offers no trade-update stream; poll instead."""
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """An account at a broker, as the cycles see it."""
+
+    @property
+    def kind(self) -> str:
+        """``alpaca`` or ``tradier``."""
+        ...
+
+    @property
+    def request_count(self) -> int:
+        """HTTP requests made so far (retries included): for metrics and benchmarks."""
+        ...
+
+    @property
+    def supports_stream(self) -> bool: ...
+
+    async def get_account(self) -> Balances: ...
+
+    async def list_positions(self) -> list[Position]: ...
+
+    async def list_orders(
+        self, status: OrderStatusFilter = "all", since: dt.datetime | None = None
+    ) -> list[Order]: ...
+
+    async def get_order(self, broker_order_id: str) -> Order: ...
+
+    async def get_order_by_client_id(self, client_order_id: str) -> Order | None: ...
+
+    async def submit_order(self, request: OrderRequest) -> Order: ...
+
+    async def cancel_order(self, broker_order_id: str) -> None: ...
+
+    async def close_position(self, symbol: str, qty: Decimal | None = None) -> Order: ...
+
+    async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]: ...
+
+    async def get_clock(self) -> Clock: ...
+
+    def trade_updates(self) -> AsyncIterator[TradeUpdate]:
+        """Stream of order events; raises ``StreamNotSupported`` where the broker has none."""
+        ...
+
+    async def aclose(self) -> None: ...

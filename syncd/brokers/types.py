@@ -1,0 +1,251 @@
+"""Broker-neutral domain types.
+
+The cycles only ever see these: no broker's JSON crosses the adapter boundary.
+Money, prices and quantities are ``Decimal``; times are timezone-aware UTC
+``datetime``s. Quantities are signed where the text says so (short < 0).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+
+
+class AssetClass(StrEnum):
+    US_EQUITY = "us_equity"
+    US_OPTION = "us_option"
+    CRYPTO = "crypto"
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class Intent(StrEnum):
+    """Whether an order leg opens or closes a position (Tradier needs it; Alpaca accepts it)."""
+
+    OPEN = "open"
+    CLOSE = "close"
+
+
+class OrderType(StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP = "stop"
+    STOP_LIMIT = "stop_limit"
+
+
+class TimeInForce(StrEnum):
+    DAY = "day"
+    GTC = "gtc"
+    IOC = "ioc"
+    FOK = "fok"
+    OPG = "opg"
+    CLS = "cls"
+
+
+class OrderClass(StrEnum):
+    SIMPLE = "simple"
+    MLEG = "mleg"
+    BRACKET = "bracket"
+    OCO = "oco"
+    OTO = "oto"
+
+
+class OrderStatus(StrEnum):
+    """Alpaca's order-status vocabulary; Tradier's statuses are mapped onto it."""
+
+    NEW = "new"
+    ACCEPTED = "accepted"
+    PENDING_NEW = "pending_new"
+    ACCEPTED_FOR_BIDDING = "accepted_for_bidding"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    DONE_FOR_DAY = "done_for_day"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+    REPLACED = "replaced"
+    PENDING_CANCEL = "pending_cancel"
+    PENDING_REPLACE = "pending_replace"
+    STOPPED = "stopped"
+    REJECTED = "rejected"
+    SUSPENDED = "suspended"
+    CALCULATED = "calculated"
+    HELD = "held"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when the order can change no more (nothing more will fill)."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {
+        OrderStatus.FILLED,
+        OrderStatus.CANCELED,
+        OrderStatus.EXPIRED,
+        OrderStatus.REPLACED,
+        OrderStatus.REJECTED,
+        OrderStatus.DONE_FOR_DAY,
+    }
+)
+
+
+class OptionType(StrEnum):
+    CALL = "call"
+    PUT = "put"
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    """What an OCC option symbol says (see :mod:`syncd.brokers.occ`)."""
+
+    underlying: str
+    option_type: OptionType
+    strike: Decimal
+    expiration: dt.date
+    multiplier: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    broker_account_id: str
+    equity: Decimal
+    cash: Decimal
+    buying_power: Decimal
+    long_market_value: Decimal
+    short_market_value: Decimal
+    currency: str = "USD"
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    symbol: str
+    asset_class: AssetClass
+    quantity: Decimal  # signed: short < 0
+    qty_available: Decimal  # signed like quantity: what is not held by working orders
+    avg_entry_price: Decimal
+    cost_basis: Decimal
+    current_price: Decimal | None = None
+    market_value: Decimal | None = None
+    unrealized_pl: Decimal | None = None
+    option: OptionSpec | None = None
+
+    @property
+    def underlying(self) -> str:
+        return self.option.underlying if self.option else self.symbol
+
+    @property
+    def multiplier(self) -> int:
+        return self.option.multiplier if self.option else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """A broker order. A multi-leg order carries its legs, each an ``Order`` itself."""
+
+    broker_order_id: str
+    client_order_id: str | None
+    symbol: str  # the instrument; for a multi-leg parent, the underlying (or "")
+    side: Side | None  # None for a multi-leg parent
+    type: OrderType
+    order_class: OrderClass
+    qty: Decimal
+    filled_qty: Decimal
+    status: OrderStatus
+    asset_class: AssetClass = AssetClass.US_EQUITY
+    filled_avg_price: Decimal | None = None
+    limit_price: Decimal | None = None
+    time_in_force: TimeInForce = TimeInForce.DAY
+    ratio_qty: int | None = None  # legs only
+    intent: Intent | None = None
+    submitted_at: dt.datetime | None = None
+    filled_at: dt.datetime | None = None
+    canceled_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    reject_reason: str | None = None
+    legs: tuple[Order, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TradeUpdate:
+    """One event of a broker's trade stream (Alpaca ``trade_updates``)."""
+
+    event: str  # new, fill, partial_fill, canceled, expired, rejected, replaced, ...
+    order: Order
+    at: dt.datetime
+    price: Decimal | None = None  # this fill's price, for fill/partial_fill
+    qty: Decimal | None = None  # this fill's quantity
+    position_qty: Decimal | None = None
+    execution_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Greeks:
+    delta: Decimal | None = None
+    gamma: Decimal | None = None
+    theta: Decimal | None = None
+    vega: Decimal | None = None
+    rho: Decimal | None = None
+    implied_volatility: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    symbol: str
+    bid: Decimal | None
+    ask: Decimal | None
+    last: Decimal | None = None
+    bid_size: Decimal | None = None
+    ask_size: Decimal | None = None
+    at: dt.datetime | None = None
+    greeks: Greeks | None = None
+
+    @property
+    def mid(self) -> Decimal | None:
+        """Mid when both sides exist, else last."""
+        if self.bid is not None and self.ask is not None and self.bid > 0 and self.ask > 0:
+            return (self.bid + self.ask) / 2
+        return self.last
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    is_open: bool
+    next_open: dt.datetime
+    next_close: dt.datetime
+    timestamp: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LegRequest:
+    symbol: str
+    side: Side
+    ratio: int = 1
+    intent: Intent = Intent.OPEN
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """What syncd asks a broker to place: a single-instrument order, or a multi-leg one.
+
+    Exactly one of ``symbol``/``side`` (single) or ``legs`` (multi-leg) is set.
+    ``client_order_id`` is fixed before the first attempt and never changes.
+    """
+
+    client_order_id: str
+    qty: Decimal
+    type: OrderType = OrderType.MARKET
+    time_in_force: TimeInForce = TimeInForce.DAY
+    symbol: str | None = None
+    side: Side | None = None
+    intent: Intent = Intent.OPEN
+    limit_price: Decimal | None = None
+    legs: tuple[LegRequest, ...] = field(default=())
+
+    @property
+    def is_multileg(self) -> bool:
+        return bool(self.legs)

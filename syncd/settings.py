@@ -1,0 +1,362 @@
+"""Configuration: ``syncd.toml`` validated by pydantic-settings, overridden by ``SYNCD_*``.
+
+Precedence (lowest first): defaults < TOML file < environment. A section key is
+overridden by ``SYNCD_<SECTION>__<KEY>``; an account's key by
+``SYNCD_ACCOUNTS__<NAME or INDEX>__<KEY>`` (the name upper-cased, ``-`` and ``.``
+as ``_``). A secret (``api_key``, ``api_secret``, ``token``) may be given as
+``<key>_file``: a path whose contents are the secret. An unknown key anywhere is
+an error that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from contextvars import ContextVar
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "SYNCD_"
+DEFAULT_PATHS = (Path("syncd.toml"), Path("/etc/syncd/syncd.toml"))
+SECRET_KEYS = ("api_key", "api_secret", "token")
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and what was wrong."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    dsn: str = "postgresql://localhost/syncd"
+    schema_: str = Field("syncd", alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    pool_min: int = Field(1, ge=1, le=100)
+    pool_max: int = Field(10, ge=1, le=200)
+    connect_timeout_s: float = Field(10, gt=0, le=300)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_is_postgres(cls, v: str) -> str:
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> DatabaseSettings:
+        if self.pool_min > self.pool_max:
+            raise ValueError(f"pool_min ({self.pool_min}) exceeds pool_max ({self.pool_max})")
+        return self
+
+
+class CyclesSettings(_Section):
+    account_interval_s: float = Field(30, ge=1, le=86_400)
+    trade_interval_s: float = Field(60, ge=1, le=86_400)
+    monitor_interval_s: float = Field(60, ge=1, le=86_400)
+    closed_market_interval_s: float = Field(300, ge=1, le=86_400)
+    concurrency: int = Field(32, ge=1, le=1_000)
+    broker_timeout_s: float = Field(10, gt=0, le=300)
+    jitter_pct: float = Field(10, ge=0, le=50)
+    auto_import: bool = False
+    stream: bool = True  # consume the broker's trade stream where it has one
+
+
+class TradingSettings(_Section):
+    enabled: bool = False
+    auto_exits: bool = False
+    exit_days_before_expiration: int = Field(0, ge=0, le=365)
+
+
+class HealthSettings(_Section):
+    listen: str = "127.0.0.1:9108"
+    stale_after_s: float = Field(300, ge=5, le=86_400)
+    instance: str = ""  # defaults to hostname:pid at run time
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_host_port(cls, v: str) -> str:
+        if v == "":
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65_535:
+            raise ValueError('must be "host:port" (port 0-65535) or "" to turn the listener off')
+        return v
+
+
+class LogSettings(_Section):
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def _check_url(v: str | None, schemes: tuple[str, ...]) -> str | None:
+    if v is None:
+        return v
+    parts = urlsplit(v)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(f"must be a {'/'.join(schemes)} URL, got {v!r}")
+    return v.rstrip("/")
+
+
+class AccountSettings(_Section):
+    name: str = Field(pattern=_NAME_RE)
+    broker: Literal["alpaca", "tradier"]
+    paper: bool = True  # alpaca: paper or live endpoints
+    sandbox: bool = True  # tradier: sandbox or live endpoints
+    account_id: str | None = Field(None, pattern=r"^[A-Za-z0-9]{1,32}$")  # tradier
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    api_secret: SecretStr | None = None
+    api_secret_file: Path | None = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    base_url: str | None = None
+    data_url: str | None = None
+    stream_url: str | None = None
+    rate_limit_per_min: int | None = Field(None, ge=1, le=10_000)  # default: the broker's budget
+
+    @field_validator("base_url", "data_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        return _check_url(v, ("http", "https"))
+
+    @field_validator("stream_url")
+    @classmethod
+    def _ws_url(cls, v: str | None) -> str | None:
+        return _check_url(v, ("ws", "wss"))
+
+    @model_validator(mode="after")
+    def _secrets_and_required(self) -> AccountSettings:
+        for key in SECRET_KEYS:
+            value: SecretStr | None = getattr(self, key)
+            path: Path | None = getattr(self, f"{key}_file")
+            if value is not None and path is not None:
+                raise ValueError(f"{key} and {key}_file are both set; give one")
+            if path is not None:
+                object.__setattr__(self, key, SecretStr(_read_secret_file(path, f"{key}_file")))
+        required = ("api_key", "api_secret") if self.broker == "alpaca" else ("token", "account_id")
+        for key in required:
+            if getattr(self, key) is None:
+                hint = f" (or {key}_file)" if key in SECRET_KEYS else ""
+                raise ValueError(f"{self.broker} account needs {key}{hint}")
+        return self
+
+    def secret_values(self) -> list[str]:
+        return [s.get_secret_value() for k in SECRET_KEYS if (s := getattr(self, k)) is not None]
+
+
+def _read_secret_file(path: Path, key: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"{key}: cannot read {str(path)!r}: {exc.strerror}") from None
+    if not text:
+        raise ValueError(f"{key}: {str(path)!r} is empty")
+    return text
+
+
+class _SyncdSource(PydanticBaseSettingsSource):
+    """TOML file, then ``SYNCD_`` environment overrides (sections and accounts)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None, env: Mapping[str, str]):
+        super().__init__(settings_cls)
+        self._path = path
+        self._env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ builds the whole dict at once
+
+    def __call__(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        if self._path is not None:
+            try:
+                with self._path.open("rb") as fh:
+                    data = tomllib.load(fh)
+            except OSError as exc:
+                raise ConfigError(f"config file {str(self._path)!r}: {exc.strerror}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {str(self._path)!r}: not valid TOML: {exc}") from None
+        for name, value in sorted(self._env.items()):
+            if not name.startswith(ENV_PREFIX) or "__" not in name:
+                continue
+            _apply_env(data, name, name[len(ENV_PREFIX) :].lower().split("__"), value)
+        return data
+
+
+def _account_env_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "_", name.lower())
+
+
+def _apply_env(data: dict[str, Any], var: str, parts: list[str], value: str) -> None:
+    if parts[0] == "accounts":
+        if len(parts) != 3:
+            raise ConfigError(f"{var}: expected SYNCD_ACCOUNTS__<NAME or INDEX>__<KEY>")
+        accounts = data.setdefault("accounts", [])
+        if not isinstance(accounts, list):
+            raise ConfigError("accounts: must be an array of tables ([[accounts]])")
+        which, key = parts[1], parts[2]
+        target = None
+        if which.isdigit() and int(which) < len(accounts):
+            target = accounts[int(which)]
+        else:
+            for acct in accounts:
+                if isinstance(acct, dict) and _account_env_key(str(acct.get("name", ""))) == which:
+                    target = acct
+        if target is None:
+            raise ConfigError(f"{var}: no account named or numbered {which!r} in the config file")
+        target[key] = value
+        return
+    if len(parts) != 2:
+        raise ConfigError(f"{var}: expected SYNCD_<SECTION>__<KEY>")
+    section = data.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{parts[0]}: must be a table")
+    section[parts[1]] = value
+
+
+class Settings(BaseSettings):
+    database: DatabaseSettings = DatabaseSettings()
+    cycles: CyclesSettings = CyclesSettings()
+    trading: TradingSettings = TradingSettings()
+    health: HealthSettings = HealthSettings()
+    log: LogSettings = LogSettings()
+    accounts: list[AccountSettings] = []
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique_names(cls, v: list[AccountSettings]) -> list[AccountSettings]:
+        seen: set[str] = set()
+        for acct in v:
+            if acct.name in seen:
+                raise ValueError(f"account name {acct.name!r} appears twice; names must be unique")
+            seen.add(acct.name)
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path, env = _SOURCE_ARGS.get((None, {}))
+        return (init_settings, _SyncdSource(settings_cls, path, env))
+
+    def secret_values(self) -> list[str]:
+        """Every secret in the config, for the log redactor."""
+        values = [s for acct in self.accounts for s in acct.secret_values()]
+        password = urlsplit(self.database.dsn).password
+        if password:
+            values.append(password)
+        return values
+
+    def account(self, name: str) -> AccountSettings:
+        for acct in self.accounts:
+            if acct.name == name:
+                return acct
+        raise KeyError(name)
+
+
+# The source needs the file path and environment of this one load; a ContextVar keeps
+# ``load_settings`` re-entrant without a module-level mutable global.
+_SOURCE_ARGS: ContextVar[tuple[Path | None, Mapping[str, str]]] = ContextVar("_SOURCE_ARGS")
+
+
+def resolve_config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """``--config``, then ``$SYNCD_CONFIG``, then ``./syncd.toml``, then ``/etc/syncd/syncd.toml``."""
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("SYNCD_CONFIG"):
+        return Path(env["SYNCD_CONFIG"])
+    for candidate in DEFAULT_PATHS:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate; raise ``ConfigError`` naming every bad key."""
+    token = _SOURCE_ARGS.set((path, dict(os.environ if env is None else env)))
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    finally:
+        _SOURCE_ARGS.reset(token)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] not in ("missing",) and "input" in err and not _looks_secret(loc):
+            shown = err["input"]
+            if isinstance(shown, (str, int, float, bool)):
+                msg = f"{msg} (got {shown!r})"
+        lines.append(f"{loc or 'config'}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _looks_secret(loc: str) -> bool:
+    return any(k in loc for k in SECRET_KEYS) or "dsn" in loc
+
+
+def redact_dsn(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redacted_dict(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, every secret replaced by ``"***"``."""
+    data = settings.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data["database"]["dsn"] = redact_dsn(settings.database.dsn)
+    for acct in data["accounts"]:
+        for key in SECRET_KEYS:
+            if key in acct:
+                acct[key] = "***"
+    return data
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Render the (flat-sectioned) config as TOML for ``syncd config check``."""
+    out: list[str] = []
+    for section, body in data.items():
+        if isinstance(body, list):
+            for item in body:
+                out.append(f"[[{section}]]")
+                out.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
+                out.append("")
+        else:
+            out.append(f"[{section}]")
+            out.extend(f"{k} = {_toml_value(v)}" for k, v in body.items())
+            out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
