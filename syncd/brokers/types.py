@@ -36,6 +36,7 @@ class OrderType(StrEnum):
     LIMIT = "limit"
     STOP = "stop"
     STOP_LIMIT = "stop_limit"
+    TRAILING_STOP = "trailing_stop"
 
 
 class TimeInForce(StrEnum):
@@ -75,6 +76,7 @@ class OrderStatus(StrEnum):
     SUSPENDED = "suspended"
     CALCULATED = "calculated"
     HELD = "held"
+    PENDING_REVIEW = "pending_review"
 
     @property
     def is_terminal(self) -> bool:

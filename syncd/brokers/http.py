@@ -1,0 +1,358 @@
+"""The HTTP core both broker adapters share: timeout, rate limit, retries, error translation.
+
+One :class:`HttpCore` per account. It never creates a session: the composition root
+owns one ``aiohttp.ClientSession`` for the whole process and passes it in.
+
+Every request:
+
+1. waits for the account's token bucket (:mod:`syncd.brokers.ratelimit`);
+2. is sent with a total timeout of ``timeout_s``;
+3. is retried, with tenacity's jittered exponential backoff, on a connection error, a
+   timeout, a 5xx or a 429 (waiting what ``Retry-After`` or Alpaca's
+   ``X-Ratelimit-Reset`` asks for instead, when given) -- unless the caller says the
+   request must be sent at most once (an order placement: its outcome would be unknown,
+   and the caller looks the client order id up instead of sending it again);
+4. has its answer translated into syncd's exceptions (:mod:`syncd.brokers.base`).
+
+No message built here contains a header value: the credentials travel in headers only,
+and every message is scrubbed of the account's secrets besides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import aiohttp
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from syncd.brokers.base import (
+    BadBrokerData,
+    BrokerAuthFailed,
+    BrokerError,
+    BrokerRateLimited,
+    BrokerRejected,
+    BrokerUnavailable,
+    OrderNotFound,
+)
+from syncd.brokers.ratelimit import TokenBucket
+
+log = structlog.get_logger(__name__)
+
+RequestHook = Callable[[str, str, str], None]
+"""``(broker, endpoint, status)`` after every attempt; ``status`` is the HTTP code, ``timeout`` or ``error``.
+
+``endpoint`` is a route template (``/v2/orders/{id}``), never a URL with ids in it, so
+it can label ``syncd_broker_requests_total{broker,endpoint,status}``.
+"""
+
+ReasonExtractor = Callable[[Any], str | None]
+On404 = Literal["error", "not_found", "none", "reject"]
+
+_MAX_REASON = 300
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how long to retry; ``sleep`` and ``clock`` are injectable for tests."""
+
+    attempts: int = 4  # total tries of an idempotent request
+    initial_s: float = 0.5  # backoff multiplier: waits are random in [0, initial * 2**n], capped
+    max_s: float = 8.0
+    max_retry_after_s: float = 30.0  # a 429 asking for longer gives up at once (BrokerRateLimited)
+    sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep)
+    clock: Callable[[], float] = field(default=time.time)  # wall clock, for X-Ratelimit-Reset
+
+
+class _Transient(Exception):
+    """One attempt failed in a way a retry may cure."""
+
+    def __init__(self, what: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class HttpCore:
+    """Sends one account's requests to one broker. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        broker: str,
+        account: str,
+        session: aiohttp.ClientSession,
+        timeout_s: float,
+        headers: Mapping[str, str],
+        limiter: TokenBucket | None = None,
+        retry: RetryPolicy | None = None,
+        on_request: RequestHook | None = None,
+        reason_of: ReasonExtractor | None = None,
+        secrets: Sequence[str] = (),
+    ) -> None:
+        self.broker = broker
+        self.account = account
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.timeout_s = timeout_s
+        self._headers = dict(headers)
+        self._limiter = limiter
+        self.retry = retry or RetryPolicy()
+        self._on_request = on_request
+        self._reason_of = reason_of or _default_reason
+        self._secrets = tuple(s for s in secrets if s)
+        self.request_count = 0
+
+    # -- public -----------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        endpoint: str,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        json_body: Any = None,
+        form: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        once: bool = False,
+        on_404: On404 = "error",
+        reject_403: Callable[[Any], bool] | None = None,
+    ) -> Any:
+        """Send a request and return its decoded JSON body (``None`` for an empty body).
+
+        ``once=True`` sends it exactly once (order placement): a timeout, connection
+        error, 5xx or 429 raises ``BrokerUnavailable``/``BrokerRateLimited`` at once.
+        ``on_404``: ``error`` raises ``BrokerError``, ``not_found`` raises
+        ``OrderNotFound``, ``none`` returns ``None``, ``reject`` raises ``BrokerRejected``.
+        ``reject_403(body)`` says whether a 403 is a business refusal (``BrokerRejected``)
+        rather than an authorisation failure.
+        """
+        what = f"{self.broker} {method} {endpoint}"
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(1 if once else max(1, self.retry.attempts)),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Transient),
+            sleep=self.retry.sleep,
+            before_sleep=self._before_sleep(what),
+            reraise=True,
+        )
+        try:
+            reply: Reply = await retrying(
+                self._attempt, method, url, endpoint, params, json_body, form
+            )
+        except _Transient as exc:
+            raise self._exhausted(what, exc, once=once) from None
+        return self._interpret(what, reply, on_404=on_404, reject_403=reject_403)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret of this account replaced by ``***``."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    # -- one attempt --------------------------------------------------------------------
+
+    async def _attempt(
+        self,
+        method: str,
+        url: str,
+        endpoint: str,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None,
+        json_body: Any,
+        form: Mapping[str, str] | Sequence[tuple[str, str]] | None,
+    ) -> Reply:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        self.request_count += 1
+        try:
+            async with self._session.request(
+                method,
+                url,
+                params=params,
+                json=json_body,
+                data=form,
+                headers=self._headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                body = await resp.read()
+                reply = Reply(resp.status, resp.headers, body)
+        except TimeoutError:
+            self._hook(endpoint, "timeout")
+            raise _Transient(f"timed out after {self.timeout_s:g}s") from None
+        except aiohttp.ClientError as exc:
+            self._hook(endpoint, "error")
+            detail = self.scrub(str(exc))[:200]
+            raise _Transient(f"connection error ({type(exc).__name__}: {detail})") from None
+        self._hook(endpoint, str(reply.status))
+        if reply.status == 429:
+            raise _Transient("rate limited (429)", status=429, retry_after=self._retry_after(reply.headers))
+        if reply.status >= 500:
+            raise _Transient(f"server error {reply.status}", status=reply.status)
+        return reply
+
+    def _hook(self, endpoint: str, status: str) -> None:
+        if self._on_request is None:
+            return
+        try:
+            self._on_request(self.broker, endpoint, status)
+        except Exception:  # a metrics bug must never break a broker call
+            log.exception("broker_request_hook_failed", broker=self.broker, endpoint=endpoint)
+
+    def _retry_after(self, headers: Mapping[str, str]) -> float | None:
+        """Seconds the broker asks us to wait: ``Retry-After`` or Alpaca's ``X-Ratelimit-Reset``."""
+        raw = headers.get("Retry-After")
+        if raw:
+            raw = raw.strip()
+            try:
+                return max(0.0, float(raw))
+            except ValueError:
+                try:
+                    when = parsedate_to_datetime(raw)
+                except (TypeError, ValueError):
+                    when = None
+                if when is not None:
+                    if when.tzinfo is None:
+                        when = when.replace(tzinfo=dt.UTC)
+                    return max(0.0, when.timestamp() - self.retry.clock())
+        reset = headers.get("X-Ratelimit-Reset")
+        if reset:
+            try:
+                epoch = float(reset.strip())
+            except ValueError:
+                return None
+            if epoch > 1e12:  # milliseconds
+                epoch /= 1000.0
+            return max(0.0, epoch - self.retry.clock())
+        return None
+
+    # -- retry plumbing -------------------------------------------------------------------
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Transient) and exc.retry_after is not None:
+            if exc.retry_after > self.retry.max_retry_after_s:
+                # Waiting that long inside one request would stall a whole cycle: give up now.
+                raise exc
+            return exc.retry_after
+        backoff = wait_random_exponential(multiplier=self.retry.initial_s, max=self.retry.max_s)
+        return float(backoff(state))
+
+    def _before_sleep(self, what: str) -> Callable[[RetryCallState], None]:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "broker_request_retry",
+                broker=self.broker,
+                account=self.account,
+                request=what,
+                attempt=state.attempt_number,
+                reason=str(exc),
+                wait_s=round(state.upcoming_sleep, 3),
+            )
+
+        return before_sleep
+
+    def _exhausted(self, what: str, exc: _Transient, *, once: bool) -> BrokerUnavailable:
+        if exc.retry_after is not None and exc.retry_after > self.retry.max_retry_after_s:
+            tries = f"asked to wait {exc.retry_after:.0f}s, more than {self.retry.max_retry_after_s:g}s"
+        elif once:
+            tries = "sent once, not retried"
+        else:
+            tries = f"after {self.retry.attempts} attempts"
+        msg = f"{what}: {exc.what} ({tries})"
+        if exc.status == 429:
+            return BrokerRateLimited(
+                msg, retry_after=exc.retry_after, broker=self.broker, account=self.account
+            )
+        return BrokerUnavailable(msg, broker=self.broker, account=self.account)
+
+    # -- answers ------------------------------------------------------------------------
+
+    def _interpret(
+        self,
+        what: str,
+        reply: Reply,
+        *,
+        on_404: On404,
+        reject_403: Callable[[Any], bool] | None,
+    ) -> Any:
+        status = reply.status
+        if 200 <= status < 300:
+            return self._decode(what, reply)
+        body = self._decode_quietly(reply.body)
+        reason = self._reason(body, reply.body)
+        kw = {"broker": self.broker, "account": self.account}
+        if status == 403 and reject_403 is not None and reject_403(body):
+            raise BrokerRejected(f"{what}: refused (403): {reason}", reason=reason, status=403, **kw)
+        if status in (401, 403):
+            raise BrokerAuthFailed(f"{what}: not authorised ({status}): {reason}", **kw)
+        if status == 404:
+            if on_404 == "none":
+                return None
+            if on_404 == "not_found":
+                raise OrderNotFound(f"{what}: not found (404): {reason}", **kw)
+            if on_404 == "reject":
+                raise BrokerRejected(f"{what}: refused (404): {reason}", reason=reason, status=404, **kw)
+            raise BrokerError(f"{what}: not found (404); is the base URL right? {reason}", **kw)
+        if 400 <= status < 500:
+            raise BrokerRejected(f"{what}: refused ({status}): {reason}", reason=reason, status=status, **kw)
+        raise BadBrokerData(f"{what}: unexpected HTTP status {status}", field="status", **kw)
+
+    def _decode(self, what: str, reply: Reply) -> Any:
+        if reply.status == 204 or not reply.body.strip():
+            return None
+        try:
+            return json.loads(reply.body)
+        except (ValueError, UnicodeDecodeError):
+            ctype = reply.headers.get("Content-Type", "no content type")
+            looks = "an HTML page" if reply.body.lstrip()[:1] == b"<" else "malformed JSON"
+            raise BadBrokerData(
+                f"{what}: answer is not JSON: {looks} ({ctype}, {len(reply.body)} bytes)",
+                field="body",
+                broker=self.broker,
+                account=self.account,
+            ) from None
+
+    @staticmethod
+    def _decode_quietly(body: bytes) -> Any:
+        try:
+            return json.loads(body) if body.strip() else None
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def _reason(self, decoded: Any, raw: bytes) -> str:
+        reason: str | None = None
+        try:
+            reason = self._reason_of(decoded) if decoded is not None else None
+        except Exception:  # a reason is a courtesy; never let its extraction fail the call
+            reason = None
+        if not reason:
+            text = raw.decode("utf-8", "replace").strip()
+            reason = "no details" if not text or text.startswith("<") else " ".join(text.split())
+        return self.scrub(reason)[:_MAX_REASON]
+
+
+def _default_reason(body: Any) -> str | None:
+    if isinstance(body, dict):
+        for key in ("message", "error", "detail"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return None

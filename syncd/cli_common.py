@@ -1,0 +1,42 @@
+"""What every command shares: configuration loading, logging set-up, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from syncd.logs import configure_logging
+from syncd.settings import ConfigError, Settings, load_settings, resolve_config_path
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_MISMATCH = 3
+
+
+class CommandError(Exception):
+    """A command cannot go on; ``exit_code`` is what the process returns."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def load_config(args: argparse.Namespace, *, setup_logging: bool = True) -> Settings:
+    """Resolve ``--config`` per CONTRACT §1, validate, and configure logging from it.
+
+    Raises ``CommandError`` with exit code 2 when the configuration is invalid.
+    """
+    path = resolve_config_path(getattr(args, "config", None))
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from None
+    if setup_logging:
+        configure_logging(settings.log, secrets=settings.secret_values())
+    return settings
+
+
+def fail(message: str) -> None:
+    """A command's error for a person, on stderr."""
+    print(f"syncd: {message}", file=sys.stderr)

@@ -1,0 +1,139 @@
+"""Migrations: idempotent, safe when two processes race, and the contract's schema exists."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from syncd.db import apply_migrations, discover_migrations
+from syncd.settings import DatabaseSettings
+
+CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "CONTRACT.md"
+
+# CONTRACT §3, required columns per table (kept here too, so the test works without ../shared).
+REQUIRED: dict[str, set[str]] = {
+    "accounts": {"id", "name", "broker", "broker_account_id", "paper", "active", "last_synced_at", "last_error"},
+    "account_snapshots": {
+        "account_id", "taken_at", "equity", "cash", "buying_power", "long_market_value", "short_market_value",
+    },
+    "portfolio_positions": {
+        "account_id", "symbol", "asset_class", "underlying", "option_type", "strike", "expiration", "multiplier",
+        "quantity", "qty_available", "avg_entry_price", "cost_basis", "current_price", "bid", "ask",
+        "market_value", "unrealized_pl", "quote_at", "first_seen_at", "updated_at",
+    },
+    "position_events": {"account_id", "symbol", "kind", "old_quantity", "new_quantity", "at"},
+    "orders": {
+        "id", "account_id", "broker_order_id", "client_order_id", "parent_id", "trade_id", "symbol", "side",
+        "type", "order_class", "qty", "filled_qty", "filled_avg_price", "limit_price", "status",
+        "submitted_at", "filled_at", "canceled_at", "updated_at",
+    },
+    "order_events": {"order_id", "event", "qty", "price", "at", "source"},
+    "trades": {
+        "id", "account_id", "symbol", "strategy", "status", "requested_quantity", "quantity", "entry_price",
+        "broker_fill_price", "current_price", "floating_pnl", "realized_pnl", "exit_price", "take_profit_pct",
+        "stop_loss_pct", "close_reason", "source", "opened_at", "closed_at", "updated_at",
+    },
+    "trade_legs": {"trade_id", "leg_index", "symbol", "side", "ratio"},
+    "order_requests": {
+        "id", "account_id", "kind", "trade_id", "payload", "client_order_id", "state", "attempts",
+        "last_error", "broker_order_id", "created_at", "submitted_at",
+    },
+    "sync_runs": {"task", "account_id", "started_at", "finished_at", "ok", "error", "stats"},
+    "task_health": {
+        "instance", "task", "last_started_at", "last_ok_at", "last_error_at", "last_error",
+        "consecutive_failures", "updated_at",
+    },
+    "schema_migrations": {"version", "name", "applied_at"},
+}
+
+
+async def _columns(dsn: str, schema: str) -> dict[str, set[str]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = $1", schema
+        )
+    finally:
+        await conn.close()
+    found: dict[str, set[str]] = {}
+    for r in rows:
+        found.setdefault(r["table_name"], set()).add(r["column_name"])
+    return found
+
+
+def _assert_contract_schema(found: dict[str, set[str]]) -> None:
+    for table, columns in REQUIRED.items():
+        assert table in found, f"table {table} missing"
+        missing = columns - found[table]
+        assert not missing, f"{table} lacks {sorted(missing)}"
+
+
+def test_required_list_matches_contract() -> None:
+    """The REQUIRED table above is CONTRACT §3's, not a paraphrase that drifted."""
+    if not CONTRACT.is_file():
+        return
+    text = CONTRACT.read_text()
+    for table in REQUIRED:
+        if table == "schema_migrations":
+            continue
+        row = next(ln for ln in text.splitlines() if ln.startswith(f"| `{table}` |"))
+        listed = set(re.findall(r"`([a-z_]+)`", row.split("|")[3]))
+        listed -= {"us_equity", "us_option", "crypto", "opened", "increased", "reduced", "closed", "flipped",
+                   "new", "accepted", "pending_new", "partially_filled", "filled", "canceled", "expired",
+                   "rejected", "replaced", "stream", "poll", "pending", "open", "closing", "cancelled",
+                   "order", "import", "buy", "sell", "queued", "submitting", "submitted", "failed", "close",
+                   "cancel", "accountSync", "tradeCycle", "monitorCycle", "LONG_STOCK", "BULL_CALL_DEBIT"}
+        assert listed <= REQUIRED[table], f"{table}: contract lists {sorted(listed - REQUIRED[table])}"
+
+
+async def test_migrate_twice_is_idempotent(empty_dsn: str) -> None:
+    db = DatabaseSettings(dsn=empty_dsn)
+    first = await apply_migrations(db)
+    assert [m.version for m in first] == [m.version for m in discover_migrations()]
+    assert await apply_migrations(db) == []
+    _assert_contract_schema(await _columns(empty_dsn, "syncd"))
+
+
+async def test_migrate_into_another_schema(empty_dsn: str) -> None:
+    await apply_migrations(DatabaseSettings(dsn=empty_dsn, schema="tenant_b"))
+    _assert_contract_schema(await _columns(empty_dsn, "tenant_b"))
+    assert "accounts" not in await _columns(empty_dsn, "syncd")
+
+
+async def test_two_migrations_at_once_in_process(empty_dsn: str) -> None:
+    db = DatabaseSettings(dsn=empty_dsn)
+    a, b = await asyncio.gather(apply_migrations(db), apply_migrations(db))
+    assert sorted([len(a), len(b)])[0] == 0, "the second migrator must find nothing pending"
+    _assert_contract_schema(await _columns(empty_dsn, "syncd"))
+
+
+def test_two_processes_migrate_at_once(empty_dsn: str) -> None:
+    env = {**os.environ, "SYNCD_DATABASE__DSN": empty_dsn, "SYNCD_CONFIG": os.devnull}
+    env.pop("SYNCD_TEST_DSN", None)
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "syncd", "--config", os.devnull, "migrate"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    applied = [o for o, _ in outs if "0001_schema" in o]
+    assert len(applied) == 1, outs
+    from tests.pg import run_sync
+
+    _assert_contract_schema(run_sync(_columns(empty_dsn, "syncd")))
+
+
+async def test_ledger_records_each_version(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT version, name FROM syncd.schema_migrations ORDER BY version")
+    finally:
+        await conn.close()
+    assert [(r["version"], r["name"]) for r in rows] == [(m.version, m.name) for m in discover_migrations()]
