@@ -1,0 +1,771 @@
+"""Alpaca: the ``Broker`` Protocol over aiohttp, parsed and built with alpaca-py's own models.
+
+Trading API: ``{base_url}/v2/...``; market data: ``{data_url}/v2/stocks/snapshots`` and
+``{data_url}/v1beta1/options/snapshots`` (batched); trade updates: alpaca-py's
+``TradingStream`` driven inside our event loop (see :meth:`AlpacaBroker.trade_updates`).
+
+alpaca-py's ``TradingClient`` is synchronous (``requests``), so we do the HTTP ourselves
+(:mod:`syncd.brokers.http`) and use only its pydantic models: the JSON is validated by
+the same code alpaca-py users rely on, and request bodies are exactly what
+``TradingClient.submit_order`` would send (``.to_request_fields()``).
+
+Multi-leg limit prices follow Alpaca's convention, which syncd uses everywhere: a
+positive ``limit_price`` is a net debit, a negative one a net credit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+from alpaca.data.models.snapshots import OptionsSnapshot, Snapshot
+from alpaca.trading import enums as ae
+from alpaca.trading.models import Clock as AlpacaClock
+from alpaca.trading.models import Order as AlpacaOrder
+from alpaca.trading.models import Position as AlpacaPosition
+from alpaca.trading.models import TradeAccount
+from alpaca.trading.models import TradeUpdate as AlpacaTradeUpdate
+from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest, OptionLegRequest
+from alpaca.trading.stream import TradingStream
+from pydantic import ValidationError
+
+from syncd.brokers.base import (
+    BadBrokerData,
+    BrokerAuthFailed,
+    BrokerError,
+    BrokerRejected,
+    OrderStatusFilter,
+)
+from syncd.brokers.http import HttpCore, RequestHook, RetryPolicy
+from syncd.brokers.occ import option_spec_or_none, parse_occ
+from syncd.brokers.ratelimit import ALPACA_PER_MIN, TokenBucket
+from syncd.brokers.types import (
+    AssetClass,
+    Balances,
+    Clock,
+    Greeks,
+    Intent,
+    Order,
+    OrderClass,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Position,
+    Quote,
+    Side,
+    TimeInForce,
+    TradeUpdate,
+)
+from syncd.settings import AccountSettings
+
+log = structlog.get_logger(__name__)
+
+PAPER_URL = "https://paper-api.alpaca.markets"
+LIVE_URL = "https://api.alpaca.markets"
+DATA_URL = "https://data.alpaca.markets"
+PAPER_STREAM_URL = "wss://paper-api.alpaca.markets/stream"
+LIVE_STREAM_URL = "wss://api.alpaca.markets/stream"
+
+ORDERS_PAGE = 500  # Alpaca's maximum page size for GET /v2/orders
+STOCK_BATCH = 200  # symbols per stock-snapshot request (keeps the URL short)
+OPTION_BATCH = 100  # Alpaca's documented maximum for option snapshots
+OPTION_PAGE = 1000
+
+# alpaca-py ``Order.__init__`` turns "" into None for these keys, but only at the top level:
+# nested legs and the order inside a TradeUpdate are validated without it. We do it everywhere.
+_EMPTY_AS_NONE = ("asset_id", "symbol", "asset_class", "side", "position_intent", "type", "order_type")
+
+# TradingStream internals we drive ourselves (alpaca-py 0.44): see ``trade_updates``.
+_STREAM_INTERNALS = ("_start_ws", "_consume", "close")
+
+_M = TypeVar("_M")
+
+
+class AlpacaBroker:
+    """One Alpaca account. Build it with :func:`syncd.brokers.factory.build_broker`."""
+
+    def __init__(
+        self,
+        account: AccountSettings,
+        *,
+        session: aiohttp.ClientSession,
+        timeout_s: float,
+        on_request: RequestHook | None = None,
+        limiter: TokenBucket | Literal[False] | None = None,
+        retry: RetryPolicy | None = None,
+        stream_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        stream_backoff: tuple[float, float] = (1.0, 30.0),
+    ) -> None:
+        if account.api_key is None or account.api_secret is None:
+            raise ValueError(f"account {account.name!r}: alpaca needs api_key and api_secret")
+        self.account = account
+        self.base_url = (account.base_url or (PAPER_URL if account.paper else LIVE_URL)).rstrip("/")
+        self.data_url = (account.data_url or DATA_URL).rstrip("/")
+        self.stream_url = account.stream_url or (PAPER_STREAM_URL if account.paper else LIVE_STREAM_URL)
+        self._key = account.api_key.get_secret_value()
+        self._secret = account.api_secret.get_secret_value()
+        if limiter is None:
+            limiter = TokenBucket(account.rate_limit_per_min or ALPACA_PER_MIN)
+        self.limiter = limiter or None
+        self._http = HttpCore(
+            broker="alpaca",
+            account=account.name,
+            session=session,
+            timeout_s=timeout_s,
+            headers={"APCA-API-KEY-ID": self._key, "APCA-API-SECRET-KEY": self._secret},
+            limiter=self.limiter,
+            retry=retry,
+            on_request=on_request,
+            reason_of=_reason_of,
+            secrets=(self._key, self._secret),
+        )
+        self._timeout_s = timeout_s
+        self._stream_sleep = stream_sleep
+        self._stream_backoff = stream_backoff
+        self._stream_active = False
+
+    # -- Protocol properties ------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        return "alpaca"
+
+    @property
+    def request_count(self) -> int:
+        return self._http.request_count
+
+    @property
+    def supports_stream(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        """Nothing to release: the session belongs to the caller; streams end with their iterator."""
+
+    # -- account, positions, clock ----------------------------------------------------------
+
+    async def get_account(self) -> Balances:
+        body = await self._get("/v2/account")
+        acct = self._model(TradeAccount, _obj(body, "account"), "account")
+        return Balances(
+            broker_account_id=acct.account_number,
+            equity=self._req_dec(acct.equity, "account.equity"),
+            cash=self._req_dec(acct.cash, "account.cash"),
+            buying_power=self._req_dec(acct.buying_power, "account.buying_power"),
+            long_market_value=self._dec(acct.long_market_value, "account.long_market_value") or Decimal(0),
+            short_market_value=self._dec(acct.short_market_value, "account.short_market_value")
+            or Decimal(0),
+            currency=acct.currency or "USD",
+        )
+
+    async def list_positions(self) -> list[Position]:
+        body = await self._get("/v2/positions")
+        return [self._position(_obj(p, f"positions[{i}]"), i) for i, p in enumerate(_list(body, "positions"))]
+
+    async def get_clock(self) -> Clock:
+        clock = self._model(AlpacaClock, _obj(await self._get("/v2/clock"), "clock"), "clock")
+        return Clock(
+            is_open=clock.is_open,
+            next_open=_utc(clock.next_open),
+            next_close=_utc(clock.next_close),
+            timestamp=_utc(clock.timestamp),
+        )
+
+    # -- orders -------------------------------------------------------------------------
+
+    async def list_orders(
+        self, status: OrderStatusFilter = "all", since: dt.datetime | None = None
+    ) -> list[Order]:
+        """Every order (legs nested) submitted after ``since``, oldest first, all pages."""
+        seen: dict[str, Order] = {}
+        after = since
+        while True:
+            params = {"status": status, "limit": str(ORDERS_PAGE), "direction": "asc", "nested": "true"}
+            if after is not None:
+                params["after"] = _iso(after)
+            body = await self._get("/v2/orders", params=params)
+            page = [self._order(_obj(o, "orders[]"), "orders[]") for o in _list(body, "orders")]
+            new = [o for o in page if o.broker_order_id not in seen]
+            for order in new:
+                seen[order.broker_order_id] = order
+            if len(page) < ORDERS_PAGE or not new:
+                break
+            # ``after`` is exclusive: step back a microsecond so orders sharing the last
+            # timestamp are not skipped; the ids already seen are dropped above.
+            last = max((o.submitted_at for o in page if o.submitted_at), default=None)
+            if last is None:
+                break
+            after = last - dt.timedelta(microseconds=1)
+        return list(seen.values())
+
+    async def get_order(self, broker_order_id: str) -> Order:
+        body = await self._get(
+            f"/v2/orders/{quote(broker_order_id, safe='')}",
+            endpoint="/v2/orders/{id}",
+            params={"nested": "true"},
+            on_404="not_found",
+        )
+        return self._order(_obj(body, "order"), "order")
+
+    async def get_order_by_client_id(self, client_order_id: str) -> Order | None:
+        body = await self._get(
+            "/v2/orders:by_client_order_id",
+            params={"client_order_id": client_order_id},
+            on_404="none",
+        )
+        return None if body is None else self._order(_obj(body, "order"), "order")
+
+    async def submit_order(self, request: OrderRequest) -> Order:
+        """Place an order, sent exactly once; on an unknown outcome look its client id up."""
+        payload = build_order_payload(request)
+        body = await self._http.request(
+            "POST",
+            f"{self.base_url}/v2/orders",
+            endpoint="/v2/orders",
+            json_body=payload,
+            once=True,
+            reject_403=_is_business_403,
+        )
+        order = self._order(_obj(body, "order"), "order")
+        log.info(
+            "order_submitted",
+            broker="alpaca",
+            account=self.account.name,
+            client_order_id=request.client_order_id,
+            broker_order_id=order.broker_order_id,
+            status=order.status.value,
+        )
+        return order
+
+    async def cancel_order(self, broker_order_id: str) -> None:
+        await self._http.request(
+            "DELETE",
+            f"{self.base_url}/v2/orders/{quote(broker_order_id, safe='')}",
+            endpoint="/v2/orders/{id}",
+            on_404="not_found",
+        )
+
+    async def close_position(self, symbol: str, qty: Decimal | None = None) -> Order:
+        """``DELETE /v2/positions/{symbol}``: Alpaca places the closing market order. Sent once."""
+        params = {"qty": _plain(qty)} if qty is not None else None
+        body = await self._http.request(
+            "DELETE",
+            f"{self.base_url}/v2/positions/{quote(symbol, safe='')}",
+            endpoint="/v2/positions/{symbol}",
+            params=params,
+            once=True,
+            on_404="reject",
+            reject_403=_is_business_403,
+        )
+        return self._order(_obj(body, "order"), "order")
+
+    # -- quotes --------------------------------------------------------------------------
+
+    async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
+        """Latest quotes for stocks and OCC options, batched; symbols Alpaca lacks are absent."""
+        wanted = list(dict.fromkeys(s for s in symbols if s))
+        options = [s for s in wanted if option_spec_or_none(s) is not None]
+        stocks = [s for s in wanted if option_spec_or_none(s) is None]
+        jobs = [self._stock_quotes(b) for b in _batches(stocks, STOCK_BATCH)]
+        jobs += [self._option_quotes(b) for b in _batches(options, OPTION_BATCH)]
+        out: dict[str, Quote] = {}
+        for part in await asyncio.gather(*jobs):
+            out.update(part)
+        return out
+
+    async def _stock_quotes(self, symbols: list[str]) -> dict[str, Quote]:
+        body = await self._get_data("/v2/stocks/snapshots", params={"symbols": ",".join(symbols)})
+        if body is None:
+            return {}
+        raw = _obj(body, "snapshots")
+        if "snapshots" in raw and isinstance(raw["snapshots"], dict):  # older wrapped shape
+            raw = raw["snapshots"]
+        out: dict[str, Quote] = {}
+        for sym, snap in raw.items():
+            if snap is None:
+                continue
+            parsed = self._snapshot(Snapshot, sym, snap)
+            out[sym] = _quote(sym, parsed.latest_quote, parsed.latest_trade, None)
+        return out
+
+    async def _option_quotes(self, symbols: list[str]) -> dict[str, Quote]:
+        out: dict[str, Quote] = {}
+        token: str | None = None
+        while True:
+            params = {"symbols": ",".join(symbols), "limit": str(OPTION_PAGE)}
+            if token:
+                params["page_token"] = token
+            body = _obj(await self._get_data("/v1beta1/options/snapshots", params=params), "snapshots")
+            snaps = body.get("snapshots") or {}
+            if not isinstance(snaps, dict):
+                raise self._bad("snapshots is not an object", "snapshots")
+            for sym, snap in snaps.items():
+                if snap is None:
+                    continue
+                parsed = self._snapshot(OptionsSnapshot, sym, snap)
+                greeks = parsed.greeks
+                out[sym] = _quote(
+                    sym,
+                    parsed.latest_quote,
+                    parsed.latest_trade,
+                    Greeks(
+                        delta=_fdec(greeks.delta if greeks else None),
+                        gamma=_fdec(greeks.gamma if greeks else None),
+                        theta=_fdec(greeks.theta if greeks else None),
+                        vega=_fdec(greeks.vega if greeks else None),
+                        rho=_fdec(greeks.rho if greeks else None),
+                        implied_volatility=_fdec(parsed.implied_volatility),
+                    )
+                    if greeks is not None or parsed.implied_volatility is not None
+                    else None,
+                )
+            token = body.get("next_page_token")
+            if not token:
+                return out
+
+    # -- trade updates ------------------------------------------------------------------
+
+    async def trade_updates(self) -> AsyncIterator[TradeUpdate]:
+        """Order events from Alpaca's ``trade_updates`` stream, reconnecting with jittered backoff.
+
+        alpaca-py's ``TradingStream`` has no public way to run inside a running event
+        loop (``run()`` calls ``asyncio.run``) and its ``_run_forever`` loop retries
+        forever with its own backoff and swallows every error. So we drive its
+        connection coroutines directly: ``_start_ws()`` (connect, authenticate, listen)
+        and ``_consume()`` (receive and dispatch until the socket closes), one
+        connection at a time, closing the old socket before the next attempt (Alpaca
+        allows one ``trade_updates`` connection per account). We subscribe with
+        ``raw_data=True`` and validate each payload ourselves with alpaca-py's
+        ``TradeUpdate``, so one event it cannot validate (an mleg order with empty
+        fields) is logged as ``stream_event_unparsed`` and skipped instead of breaking
+        the handler. A wrong key ends the iterator with ``BrokerAuthFailed``.
+        """
+        if self._stream_active:
+            raise BrokerError(
+                "alpaca allows one trade_updates connection per account; one is already open",
+                broker="alpaca",
+                account=self.account.name,
+            )
+        missing = [name for name in _STREAM_INTERNALS if not hasattr(TradingStream, name)]
+        if missing:  # alpaca-py changed its internals: fail loudly, not silently
+            raise BrokerError(
+                f"alpaca-py's TradingStream lacks {', '.join(missing)}; this syncd needs alpaca-py 0.44-compatible",
+                broker="alpaca",
+                account=self.account.name,
+            )
+        self._stream_active = True
+        queue: asyncio.Queue[TradeUpdate | BaseException] = asyncio.Queue(maxsize=10_000)
+        runner = asyncio.create_task(self._run_stream(queue), name=f"alpaca-stream:{self.account.name}")
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+            self._stream_active = False
+
+    async def _run_stream(self, queue: asyncio.Queue[TradeUpdate | BaseException]) -> None:
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            received = 0
+
+            async def on_message(msg: Any) -> None:
+                nonlocal received
+                received += 1
+                update = self._trade_update(msg)
+                if update is not None:
+                    await queue.put(update)
+
+            stream = TradingStream(
+                self._key,
+                self._secret,
+                paper=self.account.paper,
+                raw_data=True,
+                url_override=self.stream_url,
+                websocket_params={
+                    "ping_interval": 10,
+                    "ping_timeout": 180,
+                    "max_queue": 1024,
+                    "open_timeout": self._timeout_s,
+                },
+            )
+            stream.subscribe_trade_updates(on_message)
+            started = loop.time()
+            try:
+                await _internal(stream, "_start_ws")()
+                log.info("stream_connected", broker="alpaca", account=self.account.name)
+                await _internal(stream, "_consume")()  # returns only when asked to stop
+                return
+            except asyncio.CancelledError:
+                raise
+            except ValueError as exc:
+                if "authenticate" in str(exc):
+                    await queue.put(
+                        BrokerAuthFailed(
+                            "alpaca trade_updates: authentication refused",
+                            broker="alpaca",
+                            account=self.account.name,
+                        )
+                    )
+                    return
+                error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # websockets/OS errors: reconnect below
+                error = f"{type(exc).__name__}: {self._http.scrub(str(exc))[:200]}"
+            finally:
+                with contextlib.suppress(Exception):
+                    await stream.close()
+            if received or loop.time() - started > 60:
+                failures = 0  # the connection was healthy: start the backoff afresh
+            failures += 1
+            delay = self._reconnect_delay(failures)
+            log.warning(
+                "stream_disconnected",
+                broker="alpaca",
+                account=self.account.name,
+                error=error,
+                attempt=failures,
+                retry_in_s=round(delay, 2),
+            )
+            await self._stream_sleep(delay)
+
+    def _reconnect_delay(self, failures: int) -> float:
+        low, high = self._stream_backoff
+        cap = min(high, low * float(2 ** min(failures - 1, 30)))
+        return cap / 2 + random.uniform(0, cap / 2)  # noqa: S311 -- jitter, not crypto
+
+    def _trade_update(self, msg: Any) -> TradeUpdate | None:
+        data = msg.get("data") if isinstance(msg, dict) else None
+        event = data.get("event") if isinstance(data, dict) else None
+        try:
+            if not isinstance(data, dict):
+                raise ValueError("message has no data object")
+            raw = dict(data)
+            if isinstance(raw.get("order"), dict):
+                raw["order"] = _clean_order(raw["order"])
+            update = AlpacaTradeUpdate(**raw)
+            return TradeUpdate(
+                event=update.event.value if isinstance(update.event, ae.TradeEvent) else str(update.event),
+                order=_convert_order(update.order),
+                at=_utc(update.timestamp),
+                price=_fdec(update.price),
+                qty=_fdec(update.qty),
+                position_qty=_fdec(update.position_qty),
+                execution_id=str(update.execution_id) if update.execution_id else None,
+            )
+        except (ValidationError, ValueError, TypeError, KeyError, InvalidOperation) as exc:
+            order = data.get("order") if isinstance(data, dict) else None
+            log.warning(
+                "stream_event_unparsed",
+                broker="alpaca",
+                account=self.account.name,
+                stream_event=str(event)[:40] if event else None,
+                order_id=str(order.get("id"))[:64] if isinstance(order, dict) else None,
+                error=_validation_summary(exc),
+            )
+            return None
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    async def _get(
+        self,
+        path: str,
+        *,
+        endpoint: str | None = None,
+        params: dict[str, str] | None = None,
+        on_404: Literal["error", "not_found", "none", "reject"] = "error",
+    ) -> Any:
+        return await self._http.request(
+            "GET", f"{self.base_url}{path}", endpoint=endpoint or path, params=params, on_404=on_404
+        )
+
+    async def _get_data(self, path: str, *, params: dict[str, str]) -> Any:
+        return await self._http.request("GET", f"{self.data_url}{path}", endpoint=path, params=params)
+
+    def _bad(self, message: str, field: str) -> BadBrokerData:
+        return BadBrokerData(f"alpaca: {message}", field=field, broker="alpaca", account=self.account.name)
+
+    def _model(self, model: Callable[..., _M], data: dict[str, Any], what: str) -> _M:
+        try:
+            return model(**data)
+        except (ValidationError, ValueError, TypeError) as exc:
+            raise self._bad(f"cannot read {what}: {_validation_summary(exc)}", _field_of(exc, what)) from None
+
+    def _snapshot(self, model: Callable[..., _M], symbol: str, data: Any) -> _M:
+        if not isinstance(data, dict):
+            raise self._bad(f"snapshot of {symbol} is not an object", f"snapshots.{symbol}")
+        try:
+            return model(symbol, data)
+        except (ValidationError, ValueError, TypeError, AttributeError) as exc:
+            raise self._bad(
+                f"cannot read the snapshot of {symbol}: {_validation_summary(exc)}", f"snapshots.{symbol}"
+            ) from None
+
+    def _dec(self, value: Any, field: str) -> Decimal | None:
+        try:
+            return _fdec(value)
+        except (InvalidOperation, ValueError):
+            raise self._bad(f"{field} is not a number", field) from None
+
+    def _req_dec(self, value: Any, field: str) -> Decimal:
+        out = self._dec(value, field)
+        if out is None:
+            raise self._bad(f"{field} is missing", field)
+        return out
+
+    def _position(self, data: dict[str, Any], index: int) -> Position:
+        what = f"positions[{index}]"
+        p = self._model(AlpacaPosition, data, what)
+        sign = Decimal(-1) if p.side == ae.PositionSide.SHORT else Decimal(1)
+        qty = self._req_dec(p.qty, f"{what}.qty")
+        available = self._dec(p.qty_available, f"{what}.qty_available")
+        is_option = p.asset_class == ae.AssetClass.US_OPTION
+        option = None
+        if is_option:
+            try:
+                option = parse_occ(p.symbol)
+            except ValueError as exc:
+                raise self._bad(f"{what}.symbol: {exc}", f"{what}.symbol") from None
+        return Position(
+            symbol=p.symbol,
+            asset_class=_asset_class(p.asset_class),
+            quantity=abs(qty) * sign,
+            qty_available=abs(available) * sign if available is not None else abs(qty) * sign,
+            avg_entry_price=self._req_dec(p.avg_entry_price, f"{what}.avg_entry_price"),
+            cost_basis=self._req_dec(p.cost_basis, f"{what}.cost_basis"),
+            current_price=self._dec(p.current_price, f"{what}.current_price"),
+            market_value=self._dec(p.market_value, f"{what}.market_value"),
+            unrealized_pl=self._dec(p.unrealized_pl, f"{what}.unrealized_pl"),
+            option=option,
+        )
+
+    def _order(self, data: dict[str, Any], what: str) -> Order:
+        order = self._model(AlpacaOrder, _clean_order(data), what)
+        try:
+            return _convert_order(order)
+        except (InvalidOperation, ValueError) as exc:
+            raise self._bad(f"cannot read {what}: {exc}", what) from None
+
+
+# -- request building ---------------------------------------------------------------------
+
+
+def build_order_payload(request: OrderRequest) -> dict[str, Any]:
+    """The JSON body of ``POST /v2/orders``, built with alpaca-py's request models.
+
+    Raises ``BrokerRejected`` (no request made) when alpaca-py's models refuse it.
+    """
+    common: dict[str, Any] = {
+        "qty": float(request.qty),
+        "time_in_force": ae.TimeInForce(request.time_in_force.value),
+        "client_order_id": request.client_order_id,
+    }
+    try:
+        if request.is_multileg:
+            common["order_class"] = ae.OrderClass.MLEG
+            common["legs"] = [
+                OptionLegRequest(
+                    symbol=leg.symbol,
+                    ratio_qty=leg.ratio,
+                    side=ae.OrderSide(leg.side.value),
+                    position_intent=position_intent(leg.side, leg.intent),
+                )
+                for leg in request.legs
+            ]
+        else:
+            if request.symbol is None or request.side is None:
+                raise ValueError("a single-leg order needs symbol and side")
+            common["symbol"] = request.symbol
+            common["side"] = ae.OrderSide(request.side.value)
+            if option_spec_or_none(request.symbol) is not None:
+                common["position_intent"] = position_intent(request.side, request.intent)
+        if request.type == OrderType.MARKET:
+            model: MarketOrderRequest | LimitOrderRequest = MarketOrderRequest(**common)
+        elif request.type == OrderType.LIMIT:
+            if request.limit_price is None:
+                raise ValueError("a limit order needs limit_price")
+            model = LimitOrderRequest(limit_price=float(request.limit_price), **common)
+        else:
+            raise ValueError(f"order type {request.type.value!r} is not supported")
+    except (ValidationError, ValueError) as exc:
+        reason = f"invalid order request: {_validation_summary(exc)}"
+        raise BrokerRejected(f"alpaca: {reason}", reason=reason, broker="alpaca") from None
+    return model.to_request_fields()
+
+
+def position_intent(side: Side, intent: Intent) -> ae.PositionIntent:
+    if side == Side.BUY:
+        return ae.PositionIntent.BUY_TO_OPEN if intent == Intent.OPEN else ae.PositionIntent.BUY_TO_CLOSE
+    return ae.PositionIntent.SELL_TO_OPEN if intent == Intent.OPEN else ae.PositionIntent.SELL_TO_CLOSE
+
+
+# -- response conversion ------------------------------------------------------------------
+
+
+def _clean_order(data: dict[str, Any]) -> dict[str, Any]:
+    """alpaca-py's "" -> None normalisation, applied to the legs as well."""
+    out = {k: (None if k in _EMPTY_AS_NONE and v == "" else v) for k, v in data.items()}
+    if out.get("order_class") == "":
+        out["order_class"] = "simple"
+    legs = out.get("legs")
+    if isinstance(legs, list):
+        out["legs"] = [_clean_order(leg) if isinstance(leg, dict) else leg for leg in legs]
+    return out
+
+
+def _convert_order(o: AlpacaOrder, parent_type: OrderType | None = None) -> Order:
+    order_type = _order_type(o.type or o.order_type) or parent_type or OrderType.MARKET
+    legs = tuple(_convert_order(leg, order_type) for leg in (o.legs or ()))
+    order_class = OrderClass(o.order_class.value) if o.order_class else OrderClass.SIMPLE
+    symbol = o.symbol or ""
+    if not symbol and legs:
+        spec = option_spec_or_none(legs[0].symbol)
+        symbol = spec.underlying if spec else legs[0].symbol
+    if o.asset_class is not None:
+        asset_class = _asset_class(o.asset_class)
+    elif legs or option_spec_or_none(symbol) is not None:
+        asset_class = AssetClass.US_OPTION
+    else:
+        asset_class = AssetClass.US_EQUITY
+    avg = _fdec(o.filled_avg_price)
+    return Order(
+        broker_order_id=str(o.id),
+        client_order_id=o.client_order_id or None,
+        symbol=symbol,
+        side=Side(o.side.value) if o.side else None,
+        type=order_type,
+        order_class=order_class,
+        qty=_fdec(o.qty) or Decimal(0),
+        filled_qty=_fdec(o.filled_qty) or Decimal(0),
+        status=OrderStatus(o.status.value),
+        asset_class=asset_class,
+        filled_avg_price=avg if avg else None,  # Alpaca sends 0 before anything is filled
+        limit_price=_fdec(o.limit_price),
+        time_in_force=TimeInForce(o.time_in_force.value),
+        ratio_qty=int(Decimal(str(o.ratio_qty))) if o.ratio_qty not in (None, "") else None,
+        intent=_intent(o.position_intent),
+        submitted_at=_utc(o.submitted_at),
+        filled_at=_utc(o.filled_at) if o.filled_at else None,
+        canceled_at=_utc(o.canceled_at) if o.canceled_at else None,
+        updated_at=_utc(o.updated_at),
+        legs=legs,
+    )
+
+
+def _order_type(t: ae.OrderType | None) -> OrderType | None:
+    return OrderType(t.value) if t is not None else None
+
+
+def _intent(pi: ae.PositionIntent | None) -> Intent | None:
+    if pi is None:
+        return None
+    return Intent.OPEN if pi.value.endswith("_open") else Intent.CLOSE
+
+
+def _asset_class(ac: ae.AssetClass | None) -> AssetClass:
+    if ac == ae.AssetClass.US_OPTION:
+        return AssetClass.US_OPTION
+    if ac in (ae.AssetClass.CRYPTO, ae.AssetClass.CRYPTO_PERP):
+        return AssetClass.CRYPTO
+    return AssetClass.US_EQUITY
+
+
+def _quote(symbol: str, q: Any, trade: Any, greeks: Greeks | None) -> Quote:
+    return Quote(
+        symbol=symbol,
+        bid=_fdec(q.bid_price) if q is not None else None,
+        ask=_fdec(q.ask_price) if q is not None else None,
+        last=_fdec(trade.price) if trade is not None else None,
+        bid_size=_fdec(q.bid_size) if q is not None else None,
+        ask_size=_fdec(q.ask_size) if q is not None else None,
+        at=_utc(q.timestamp) if q is not None else (_utc(trade.timestamp) if trade is not None else None),
+        greeks=greeks,
+    )
+
+
+def _is_business_403(body: Any) -> bool:
+    """Alpaca answers 403 with code 40310000 for refusals such as insufficient buying power."""
+    return isinstance(body, dict) and str(body.get("code", "")).startswith("403") and "message" in body
+
+
+def _reason_of(body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return None
+
+
+# -- small helpers ------------------------------------------------------------------------
+
+
+def _fdec(value: Any) -> Decimal | None:
+    """A number from Alpaca (string, int or float) as an exact Decimal; None/"" -> None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InvalidOperation("boolean is not a number")
+    out = Decimal(str(value))
+    if not out.is_finite():
+        raise InvalidOperation(f"{value!r} is not finite")
+    return out
+
+
+def _plain(d: Decimal) -> str:
+    return format(d.normalize(), "f")
+
+
+def _utc(t: dt.datetime) -> dt.datetime:
+    return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
+
+
+def _iso(t: dt.datetime) -> str:
+    return _utc(t).isoformat().replace("+00:00", "Z")
+
+
+def _obj(body: Any, what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadBrokerData(f"alpaca: {what} is not a JSON object", field=what, broker="alpaca")
+    return body
+
+
+def _list(body: Any, what: str) -> list[Any]:
+    if not isinstance(body, list):
+        raise BadBrokerData(f"alpaca: {what} is not a JSON array", field=what, broker="alpaca")
+    return body
+
+
+def _batches(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _internal(stream: TradingStream, name: str) -> Callable[[], Awaitable[None]]:
+    """A private coroutine method of alpaca-py's ``TradingStream`` (checked to exist up front)."""
+    return cast("Callable[[], Awaitable[None]]", getattr(stream, name))
+
+
+def _validation_summary(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors(include_url=False, include_input=False)[:3]:
+            loc = ".".join(str(p) for p in err["loc"])
+            parts.append(f"{loc}: {err['msg']}" if loc else str(err["msg"]))
+        return "; ".join(parts)
+    return str(exc)[:200]
+
+
+def _field_of(exc: BaseException, what: str) -> str:
+    if isinstance(exc, ValidationError) and exc.errors():
+        loc = ".".join(str(p) for p in exc.errors()[0]["loc"])
+        return f"{what}.{loc}" if loc else what
+    return what
