@@ -69,3 +69,21 @@ async def db_pool(db_settings: DatabaseSettings) -> AsyncIterator[asyncpg.Pool[A
     pool = await create_pool(db_settings)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+def make_context(dsn: str) -> Any:
+    """Build a ``Context`` on this test's database: ``async with make_context(accounts=[...], trading={...}) as ctx``.
+
+    ``accounts`` is a list of ``AccountSettings`` (e.g. from ``sim.account_settings(i, broker=...)``); any other
+    keyword is a settings section given as a dict (``cycles={"concurrency": 4}``).
+    """
+    from syncd.context import open_context
+    from syncd.settings import Settings
+
+    def factory(accounts: list[Any] | None = None, **sections: dict[str, Any]) -> Any:
+        database = {"dsn": dsn, **sections.pop("database", {})}
+        settings = Settings(database=database, accounts=accounts or [], **sections)  # type: ignore[arg-type]
+        return open_context(settings, instance="test")
+
+    return factory

@@ -1,0 +1,110 @@
+"""The composition root's product: everything a cycle needs, built once per process.
+
+``open_context`` builds the pool, one shared aiohttp session, one broker per
+configured account, and upserts the accounts into ``accounts`` by name. Cycles
+receive the ``Context`` and an ``Account``; there are no module-level globals.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from syncd.brokers.base import Broker
+from syncd.db import Queries, create_pool, load_queries
+from syncd.metrics import Metrics
+from syncd.settings import AccountSettings, Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A configured account as the cycles see it."""
+
+    id: int
+    name: str
+    config: AccountSettings
+    broker: Broker
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    settings: Settings
+    pool: asyncpg.Pool[Any]
+    queries: Queries
+    http: aiohttp.ClientSession
+    accounts: dict[str, Account]
+    instance: str
+    metrics: Metrics = field(default_factory=Metrics)
+
+    async def active_accounts(self, names: Iterable[str] | None = None) -> list[Account]:
+        """Configured accounts (optionally only ``names``) that a user has not paused in SQL."""
+        wanted = list(self.accounts) if names is None else [n for n in names if n in self.accounts]
+        rows = await self.pool.fetch(self.queries["active_account_names"], wanted)
+        active = {r["name"] for r in rows}
+        return [self.accounts[n] for n in wanted if n in active]
+
+
+def default_instance() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def upsert_accounts(pool: asyncpg.Pool[Any], queries: Queries, accounts: list[AccountSettings]) -> dict[str, int]:
+    """Make sure every configured account has its row; return ids by name."""
+    names = [a.name for a in accounts]
+    await pool.execute(
+        queries["upsert_accounts"],
+        names,
+        [a.broker for a in accounts],
+        [a.account_id for a in accounts],
+        [a.paper if a.broker == "alpaca" else a.sandbox for a in accounts],
+    )
+    rows = await pool.fetch(queries["account_ids"], names)
+    return {r["name"]: r["id"] for r in rows}
+
+
+@asynccontextmanager
+async def open_context(
+    settings: Settings,
+    *,
+    instance: str | None = None,
+    metrics: Metrics | None = None,
+    pool_max: int | None = None,
+) -> AsyncIterator[Context]:
+    """Build the pool, HTTP session and brokers; close them all on exit, in reverse order."""
+    from syncd.brokers.factory import build_broker
+
+    metrics = metrics or Metrics()
+    queries = load_queries()
+    pool = await create_pool(settings.database, max_size=pool_max)
+    try:
+        connector = aiohttp.TCPConnector(limit=max(64, settings.cycles.concurrency * 2), ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            ids = await upsert_accounts(pool, queries, settings.accounts)
+            accounts: dict[str, Account] = {}
+            try:
+                for cfg in settings.accounts:
+                    broker = build_broker(
+                        cfg, session=http, timeout_s=settings.cycles.broker_timeout_s, on_request=metrics.broker_request
+                    )
+                    accounts[cfg.name] = Account(id=ids[cfg.name], name=cfg.name, config=cfg, broker=broker)
+                yield Context(
+                    settings=settings,
+                    pool=pool,
+                    queries=queries,
+                    http=http,
+                    accounts=accounts,
+                    instance=instance or settings.health.instance or default_instance(),
+                    metrics=metrics,
+                )
+            finally:
+                for acct in accounts.values():
+                    await acct.broker.aclose()
+    finally:
+        await pool.close()

@@ -1,0 +1,125 @@
+"""One pass of a task over many accounts: concurrency, isolation, bookkeeping, the summary line.
+
+A cycle supplies ``fn(ctx, account) -> stats``: it does its work for one account
+(in its own transaction) and returns a small JSON-able dict of what it did, or
+raises. ``run_pass`` runs it for every account with at most
+``cycles.concurrency`` at once; one account's failure never stops the others.
+Afterwards one statement records every account's outcome (``sync_runs``,
+``account_health``, ``accounts.last_error``), and one JSON line per account
+(the canonical log line) says what changed, how long, how many requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import asyncpg
+import structlog
+
+from syncd.brokers.base import BrokerError
+from syncd.context import Account, Context
+from syncd.errors import describe
+
+log = structlog.get_logger(__name__)
+
+TaskName = Literal["accountSync", "tradeCycle", "monitorCycle"]
+AccountPass = Callable[[Context, Account], Awaitable[dict[str, Any]]]
+
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+
+
+@dataclass(slots=True)
+class PassResult:
+    account: str
+    account_id: int
+    ok: bool
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    duration_s: float
+    error: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class PassSummary:
+    task: TaskName
+    results: list[PassResult]
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def failed(self) -> list[PassResult]:
+        return [r for r in self.results if not r.ok]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def _one(ctx: Context, task: TaskName, fn: AccountPass, acct: Account, sem: asyncio.Semaphore) -> PassResult:
+    async with sem:
+        with structlog.contextvars.bound_contextvars(task=task, account=acct.name):
+            started, t0, req0 = _now(), time.perf_counter(), acct.broker.request_count
+            error: str | None = None
+            stats: dict[str, Any] = {}
+            try:
+                stats = await fn(ctx, acct)
+            except BrokerError as exc:
+                error = describe(exc)
+                log.warning("account_pass_failed", error=error)
+            except _DB_ERRORS as exc:
+                error = describe(exc)
+                log.error("account_pass_failed", error=error)
+            except Exception as exc:  # noqa: BLE001  # an account's bug must not stop the others
+                error = describe(exc)
+                log.exception("account_pass_crashed", error=error)
+            duration = time.perf_counter() - t0
+            stats["broker_requests"] = acct.broker.request_count - req0
+            log.info(
+                "account_pass",
+                ok=error is None,
+                duration_ms=round(duration * 1000, 1),
+                **({"error": error} if error else {}),
+                **stats,
+            )
+            ctx.metrics.account_pass(task, acct.name, error is None)
+            return PassResult(acct.name, acct.id, error is None, started, _now(), duration, error, stats)
+
+
+async def run_pass(ctx: Context, task: TaskName, fn: AccountPass, accounts: Sequence[Account]) -> PassSummary:
+    """Run ``fn`` for every account concurrently; record and log the outcome of each."""
+    t0 = time.perf_counter()
+    sem = asyncio.Semaphore(ctx.settings.cycles.concurrency)
+    results = list(await asyncio.gather(*(_one(ctx, task, fn, a, sem) for a in accounts)))
+    summary = PassSummary(task, results, time.perf_counter() - t0)
+    try:
+        await asyncio.shield(record(ctx, task, results))
+    except _DB_ERRORS as exc:
+        log.error("pass_record_failed", task=task, error=describe(exc))
+    ctx.metrics.cycle_finished(task, summary.duration_s, time.time(), ok=bool(results) and summary.ok)
+    return summary
+
+
+async def record(ctx: Context, task: TaskName, results: Sequence[PassResult]) -> None:
+    """One statement for the whole pass: ``sync_runs``, ``account_health``, ``accounts.last_error``."""
+    if not results:
+        return
+    await ctx.pool.execute(
+        ctx.queries["record_passes"],
+        task,
+        ctx.instance,
+        [r.account_id for r in results],
+        [r.started_at for r in results],
+        [r.finished_at for r in results],
+        [r.ok for r in results],
+        [r.error for r in results],
+        [r.stats for r in results],
+    )
