@@ -421,7 +421,7 @@ class AlpacaBroker:
                     )
                     return
                 error = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # websockets/OS errors: reconnect below
+            except Exception as exc:  # noqa: BLE001 -- any failure of one connection means: reconnect
                 error = f"{type(exc).__name__}: {self._http.scrub(str(exc))[:200]}"
             finally:
                 with contextlib.suppress(Exception):

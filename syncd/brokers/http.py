@@ -341,7 +341,7 @@ class HttpCore:
         reason: str | None = None
         try:
             reason = self._reason_of(decoded) if decoded is not None else None
-        except Exception:  # a reason is a courtesy; never let its extraction fail the call
+        except Exception:  # noqa: BLE001 -- a reason is a courtesy; never let it fail the call
             reason = None
         if not reason:
             text = raw.decode("utf-8", "replace").strip()

@@ -1,0 +1,804 @@
+"""Tradier: the ``Broker`` Protocol over aiohttp (``{base_url}/v1/...``, JSON answers).
+
+Tradier's quirks, handled in every answer that can carry them:
+
+- a list with one element arrives as the element itself:
+  ``{"positions": {"position": {...}}}`` instead of ``{"position": [{...}]}``;
+- "nothing" arrives as the string ``"null"`` (or JSON ``null``): ``{"positions": "null"}``;
+- numbers may arrive as strings;
+- an order can say ``filled`` before its fill price is known: ``avg_fill_price`` is 0
+  then, which we report as ``None`` (unknown), never as a fill at 0.
+
+Statuses are mapped onto Alpaca's vocabulary (``_STATUS``). Orders are placed
+form-encoded, our client order id travelling in ``tag``. Tradier has no per-position
+``qty_available``: we derive it as the position's size minus what open closing orders
+still have to fill (see :func:`available_quantities`). Tradier has no trade-update
+stream for orders in this adapter: ``trade_updates()`` raises ``StreamNotSupported``.
+
+Multi-leg limit prices follow syncd's (Alpaca's) convention: positive = net debit
+(Tradier ``type=debit``), negative = net credit (``type=credit``), zero = ``even``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+import aiohttp
+import structlog
+
+from syncd.brokers.base import (
+    BadBrokerData,
+    BrokerAuthFailed,
+    BrokerError,
+    BrokerRejected,
+    OrderNotFound,
+    OrderStatusFilter,
+    StreamNotSupported,
+)
+from syncd.brokers.http import HttpCore, RequestHook, RetryPolicy
+from syncd.brokers.occ import option_spec_or_none
+from syncd.brokers.ratelimit import TRADIER_PER_MIN, TokenBucket
+from syncd.brokers.types import (
+    AssetClass,
+    Balances,
+    Clock,
+    Greeks,
+    Intent,
+    LegRequest,
+    Order,
+    OrderClass,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Position,
+    Quote,
+    Side,
+    TimeInForce,
+    TradeUpdate,
+)
+from syncd.settings import AccountSettings
+
+log = structlog.get_logger(__name__)
+
+SANDBOX_URL = "https://sandbox.tradier.com"
+LIVE_URL = "https://api.tradier.com"
+QUOTE_BATCH = 400  # symbols per quotes request
+QUOTE_GET_MAX = 40  # up to this many symbols go in a GET query string; more are POSTed as a form
+
+_TAG_RE = re.compile(r"^[A-Za-z0-9-]{1,255}$")
+_ET = ZoneInfo("America/New_York")
+
+_STATUS: dict[str, OrderStatus] = {
+    "open": OrderStatus.NEW,
+    "partially_filled": OrderStatus.PARTIALLY_FILLED,
+    "filled": OrderStatus.FILLED,
+    "expired": OrderStatus.EXPIRED,
+    "canceled": OrderStatus.CANCELED,
+    "cancelled": OrderStatus.CANCELED,
+    "pending": OrderStatus.PENDING_NEW,
+    "rejected": OrderStatus.REJECTED,
+    "error": OrderStatus.REJECTED,
+    "calculated": OrderStatus.CALCULATED,
+    "accepted_for_bidding": OrderStatus.ACCEPTED_FOR_BIDDING,
+    "held": OrderStatus.HELD,
+}
+
+# Tradier side -> (our side, intent)
+_SIDES: dict[str, tuple[Side, Intent]] = {
+    "buy": (Side.BUY, Intent.OPEN),
+    "sell": (Side.SELL, Intent.CLOSE),
+    "sell_short": (Side.SELL, Intent.OPEN),
+    "buy_to_cover": (Side.BUY, Intent.CLOSE),
+    "buy_to_open": (Side.BUY, Intent.OPEN),
+    "buy_to_close": (Side.BUY, Intent.CLOSE),
+    "sell_to_open": (Side.SELL, Intent.OPEN),
+    "sell_to_close": (Side.SELL, Intent.CLOSE),
+}
+_EQUITY_SIDE = {v: k for k, v in list(_SIDES.items())[:4]}
+_OPTION_SIDE = {v: k for k, v in list(_SIDES.items())[4:]}
+
+_TYPES: dict[str, OrderType] = {
+    "market": OrderType.MARKET,
+    "limit": OrderType.LIMIT,
+    "stop": OrderType.STOP,
+    "stop_limit": OrderType.STOP_LIMIT,
+    "debit": OrderType.LIMIT,
+    "credit": OrderType.LIMIT,
+    "even": OrderType.LIMIT,
+}
+
+_CLASSES: dict[str, OrderClass] = {
+    "equity": OrderClass.SIMPLE,
+    "option": OrderClass.SIMPLE,
+    "multileg": OrderClass.MLEG,
+    "combo": OrderClass.MLEG,
+    "oto": OrderClass.OTO,
+    "oco": OrderClass.OCO,
+    "otoco": OrderClass.BRACKET,
+}
+
+
+class TradierBroker:
+    """One Tradier account. Build it with :func:`syncd.brokers.factory.build_broker`."""
+
+    def __init__(
+        self,
+        account: AccountSettings,
+        *,
+        session: aiohttp.ClientSession,
+        timeout_s: float,
+        on_request: RequestHook | None = None,
+        limiter: TokenBucket | Literal[False] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if account.token is None or not account.account_id:
+            raise ValueError(f"account {account.name!r}: tradier needs token and account_id")
+        self.account = account
+        self.account_id = account.account_id
+        self.base_url = (account.base_url or (SANDBOX_URL if account.sandbox else LIVE_URL)).rstrip("/")
+        token = account.token.get_secret_value()
+        if limiter is None:
+            limiter = TokenBucket(account.rate_limit_per_min or TRADIER_PER_MIN)
+        self.limiter = limiter or None
+        self._http = HttpCore(
+            broker="tradier",
+            account=account.name,
+            session=session,
+            timeout_s=timeout_s,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            limiter=self.limiter,
+            retry=retry,
+            on_request=on_request,
+            reason_of=reason_of,
+            secrets=(token,),
+        )
+        self._calendar: dict[tuple[int, int], list[tuple[dt.datetime, dt.datetime]] | None] = {}
+        self._acct = f"/v1/accounts/{quote(self.account_id, safe='')}"
+
+    # -- Protocol properties ------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        return "tradier"
+
+    @property
+    def request_count(self) -> int:
+        return self._http.request_count
+
+    @property
+    def supports_stream(self) -> bool:
+        return False
+
+    async def aclose(self) -> None:
+        """Nothing to release: the session belongs to the caller."""
+
+    async def trade_updates(self) -> AsyncIterator[TradeUpdate]:
+        raise StreamNotSupported(
+            "tradier: no trade-update stream; poll orders instead", broker="tradier", account=self.account.name
+        )
+        yield  # pragma: no cover -- makes this an async generator, as the Protocol expects
+
+    # -- account and positions -------------------------------------------------------------
+
+    async def get_account(self) -> Balances:
+        body = await self._get(f"{self._acct}/balances", "/v1/accounts/{id}/balances")
+        b = self._section(body, "balances")
+        if b is None:
+            raise self._bad("balances are missing", "balances")
+        # Margin, PDT and cash accounts carry their buying power in different sub-objects.
+        bp: Any = None
+        for sub, key in (("margin", "stock_buying_power"), ("pdt", "stock_buying_power"), ("cash", "cash_available")):
+            section = b.get(sub)
+            if isinstance(section, dict) and section.get(key) not in (None, "null"):
+                bp = section.get(key)
+                break
+        total_cash = self._num(b.get("total_cash"), "balances.total_cash")
+        return Balances(
+            broker_account_id=str(b.get("account_number") or self.account_id),
+            equity=self._req(b.get("total_equity"), "balances.total_equity"),
+            cash=total_cash if total_cash is not None else Decimal(0),
+            buying_power=self._num(bp, "balances.buying_power") or (total_cash or Decimal(0)),
+            long_market_value=self._num(b.get("long_market_value"), "balances.long_market_value") or Decimal(0),
+            short_market_value=self._num(b.get("short_market_value"), "balances.short_market_value")
+            or Decimal(0),
+        )
+
+    async def list_positions(self) -> list[Position]:
+        """Positions, with ``qty_available`` derived from open closing orders (Tradier has none)."""
+        pos_body, orders = await asyncio.gather(
+            self._get(f"{self._acct}/positions", "/v1/accounts/{id}/positions"),
+            self._orders(),
+        )
+        raw = self._items(pos_body, "positions", "position")
+        held = available_quantities(orders)
+        out = []
+        for i, p in enumerate(raw):
+            what = f"positions[{i}]"
+            symbol = p.get("symbol")
+            if not isinstance(symbol, str) or not symbol:
+                raise self._bad(f"{what}.symbol is missing", f"{what}.symbol")
+            qty = self._req(p.get("quantity"), f"{what}.quantity")
+            cost = self._req(p.get("cost_basis"), f"{what}.cost_basis")
+            option = option_spec_or_none(symbol)
+            mult = Decimal(option.multiplier if option else 1)
+            committed = held.get((symbol, qty < 0), Decimal(0))
+            free = max(Decimal(0), abs(qty) - committed)
+            out.append(
+                Position(
+                    symbol=symbol,
+                    asset_class=AssetClass.US_OPTION if option else AssetClass.US_EQUITY,
+                    quantity=qty,
+                    qty_available=free if qty >= 0 else -free,
+                    avg_entry_price=abs(cost) / (abs(qty) * mult) if qty else Decimal(0),
+                    cost_basis=cost,
+                    option=option,
+                )
+            )
+        return out
+
+    # -- orders -------------------------------------------------------------------------
+
+    async def _orders(self) -> list[Order]:
+        body = await self._get(
+            f"{self._acct}/orders", "/v1/accounts/{id}/orders", params={"includeTags": "true"}
+        )
+        return [self._order(o, f"orders[{i}]") for i, o in enumerate(self._items(body, "orders", "order"))]
+
+    async def list_orders(
+        self, status: OrderStatusFilter = "all", since: dt.datetime | None = None
+    ) -> list[Order]:
+        """Tradier returns the account's orders in one answer; we filter by status and creation time."""
+        out = []
+        for order in await self._orders():
+            if status == "open" and order.status.is_terminal:
+                continue
+            if status == "closed" and not order.status.is_terminal:
+                continue
+            if since is not None and order.submitted_at is not None and order.submitted_at <= since:
+                continue
+            out.append(order)
+        out.sort(key=lambda o: o.submitted_at or dt.datetime.min.replace(tzinfo=dt.UTC))
+        return out
+
+    async def get_order(self, broker_order_id: str) -> Order:
+        body = await self._get(
+            f"{self._acct}/orders/{quote(broker_order_id, safe='')}",
+            "/v1/accounts/{id}/orders/{order_id}",
+            params={"includeTags": "true"},
+            on_404="not_found",
+        )
+        order = self._section(body, "order")
+        if order is None:
+            raise OrderNotFound(
+                f"tradier: order {broker_order_id} not found", broker="tradier", account=self.account.name
+            )
+        return self._order(order, "order")
+
+    async def get_order_by_client_id(self, client_order_id: str) -> Order | None:
+        """Tradier cannot search by tag: list the orders and match ``tag`` (newest wins)."""
+        matches = [o for o in await self._orders() if o.client_order_id == client_order_id]
+        if not matches:
+            return None
+        return max(matches, key=lambda o: o.submitted_at or dt.datetime.min.replace(tzinfo=dt.UTC))
+
+    async def submit_order(self, request: OrderRequest) -> Order:
+        """Place an order (form-encoded), sent exactly once; on an unknown outcome look its tag up."""
+        form = build_order_form(request)
+        body = await self._http.request(
+            "POST",
+            f"{self.base_url}{self._acct}/orders",
+            endpoint="/v1/accounts/{id}/orders",
+            form=form,
+            once=True,
+        )
+        errors = reason_of(body)
+        if isinstance(body, dict) and "errors" in body and errors:
+            raise BrokerRejected(
+                f"tradier POST /v1/accounts/{{id}}/orders: refused: {errors}",
+                reason=errors,
+                status=200,
+                broker="tradier",
+                account=self.account.name,
+            )
+        placed = self._section(body, "order")
+        if placed is None or placed.get("id") in (None, "", "null"):
+            raise self._bad("order placement answer has no order id", "order.id")
+        broker_id = str(placed["id"])
+        log.info(
+            "order_submitted",
+            broker="tradier",
+            account=self.account.name,
+            client_order_id=request.client_order_id,
+            broker_order_id=broker_id,
+        )
+        try:
+            return await self.get_order(broker_id)
+        except (BrokerAuthFailed, BrokerRejected):
+            raise
+        except BrokerError as exc:  # placed for sure; its details can come with the next poll
+            log.warning("order_details_unavailable", broker="tradier", broker_order_id=broker_id, error=str(exc))
+            return _placed_order(broker_id, request)
+
+    async def cancel_order(self, broker_order_id: str) -> None:
+        body = await self._http.request(
+            "DELETE",
+            f"{self.base_url}{self._acct}/orders/{quote(broker_order_id, safe='')}",
+            endpoint="/v1/accounts/{id}/orders/{order_id}",
+            on_404="not_found",
+        )
+        errors = reason_of(body)
+        if isinstance(body, dict) and "errors" in body and errors:
+            raise BrokerRejected(
+                f"tradier cancel {broker_order_id}: refused: {errors}",
+                reason=errors,
+                broker="tradier",
+                account=self.account.name,
+            )
+
+    async def close_position(self, symbol: str, qty: Decimal | None = None) -> Order:
+        """Tradier has no close-position call: place a market order for the opposite side."""
+        positions = {p.symbol: p for p in await self.list_positions()}
+        pos = positions.get(symbol)
+        if pos is None or pos.quantity == 0:
+            reason = f"no position in {symbol}"
+            raise BrokerRejected(f"tradier: {reason}", reason=reason, broker="tradier", account=self.account.name)
+        size = abs(pos.quantity) if qty is None else abs(qty)
+        request = OrderRequest(
+            client_order_id=f"close-{uuid.uuid4().hex}",
+            qty=size,
+            type=OrderType.MARKET,
+            symbol=symbol,
+            side=Side.SELL if pos.quantity > 0 else Side.BUY,
+            intent=Intent.CLOSE,
+        )
+        return await self.submit_order(request)
+
+    # -- market data ------------------------------------------------------------------------
+
+    async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
+        """Quotes (greeks for options), batched; symbols Tradier does not know are absent."""
+        wanted = list(dict.fromkeys(s for s in symbols if s))
+        parts = await asyncio.gather(*(self._quotes(b) for b in _batches(wanted, QUOTE_BATCH)))
+        out: dict[str, Quote] = {}
+        for part in parts:
+            out.update(part)
+        return out
+
+    async def _quotes(self, symbols: list[str]) -> dict[str, Quote]:
+        args = {"symbols": ",".join(symbols), "greeks": "true"}
+        url = f"{self.base_url}/v1/markets/quotes"
+        if len(symbols) <= QUOTE_GET_MAX:
+            body = await self._http.request("GET", url, endpoint="/v1/markets/quotes", params=args)
+        else:  # long lists go in a form body (Tradier's documented way), not the URL
+            body = await self._http.request("POST", url, endpoint="/v1/markets/quotes", form=args)
+        out: dict[str, Quote] = {}
+        for i, q in enumerate(self._items(body, "quotes", "quote")):
+            quote_ = self._quote(q, f"quotes[{i}]")
+            out[quote_.symbol] = quote_
+        return out
+
+    async def get_clock(self) -> Clock:
+        body = await self._get("/v1/markets/clock", "/v1/markets/clock")
+        c = self._section(body, "clock")
+        if c is None:
+            raise self._bad("clock is missing", "clock")
+        ts = self._req(c.get("timestamp"), "clock.timestamp")
+        now = dt.datetime.fromtimestamp(float(ts), dt.UTC)
+        state = c.get("state")
+        if not isinstance(state, str):
+            raise self._bad("clock.state is missing", "clock.state")
+        sessions = await self._sessions(now)
+        is_open = state == "open"
+        next_open = next((o for o, _ in sessions if o > now), None)
+        next_close = next((c_ for _, c_ in sessions if c_ > now), None)
+        if next_open is None or next_close is None:
+            raise self._bad("cannot derive the next session from the calendar", "calendar")
+        return Clock(is_open=is_open, next_open=next_open, next_close=next_close, timestamp=now)
+
+    async def _sessions(self, now: dt.datetime) -> list[tuple[dt.datetime, dt.datetime]]:
+        """Regular sessions (open, close) in UTC from this month and the next."""
+        today = now.astimezone(_ET).date()
+        months = [(today.year, today.month)]
+        months.append((today.year + 1, 1) if today.month == 12 else (today.year, today.month + 1))
+        out: list[tuple[dt.datetime, dt.datetime]] = []
+        for year, month in months:
+            if (year, month) not in self._calendar:
+                self._calendar[(year, month)] = await self._month(year, month)
+            days = self._calendar[(year, month)]
+            out.extend(days if days is not None else _weekday_sessions(year, month))
+        return sorted(out)
+
+    async def _month(self, year: int, month: int) -> list[tuple[dt.datetime, dt.datetime]] | None:
+        try:
+            body = await self._get(
+                "/v1/markets/calendar",
+                "/v1/markets/calendar",
+                params={"year": str(year), "month": f"{month:02d}"},
+                on_404="none",
+            )
+        except (BrokerRejected, BadBrokerData) as exc:
+            log.warning("tradier_calendar_unavailable", account=self.account.name, error=str(exc))
+            return None
+        cal = self._section(body, "calendar") if body is not None else None
+        if cal is None:
+            log.warning("tradier_calendar_unavailable", account=self.account.name, error="no calendar")
+            return None
+        days = self._items(cal, "days", "day")
+        out = []
+        for d in days:
+            session = d.get("open")
+            if d.get("status") != "open" or not isinstance(session, dict):
+                continue
+            try:
+                day = dt.date.fromisoformat(str(d["date"]))
+                start = dt.time.fromisoformat(str(session["start"]))
+                end = dt.time.fromisoformat(str(session["end"]))
+            except (KeyError, ValueError):
+                raise self._bad(f"calendar day {str(d.get('date'))[:12]!r} is malformed", "calendar.days") from None
+            out.append(
+                (
+                    dt.datetime.combine(day, start, _ET).astimezone(dt.UTC),
+                    dt.datetime.combine(day, end, _ET).astimezone(dt.UTC),
+                )
+            )
+        return out
+
+    # -- parsing ------------------------------------------------------------------------
+
+    def _order(self, d: Any, what: str, parent_qty: Decimal | None = None) -> Order:
+        if not isinstance(d, dict):
+            raise self._bad(f"{what} is not an object", what)
+        status_raw = d.get("status")
+        status = _STATUS.get(str(status_raw))
+        if status is None:
+            raise self._bad(f"{what}.status {str(status_raw)[:30]!r} is unknown", f"{what}.status")
+        type_raw = str(d.get("type") or "market")
+        order_type = _TYPES.get(type_raw)
+        if order_type is None:
+            raise self._bad(f"{what}.type {type_raw[:30]!r} is unknown", f"{what}.type")
+        cls_raw = str(d.get("class") or "equity")
+        order_class = _CLASSES.get(cls_raw, OrderClass.SIMPLE)
+        qty = self._num(d.get("quantity"), f"{what}.quantity") or Decimal(0)
+        legs = tuple(
+            self._order(leg, f"{what}.leg[{i}]", parent_qty=qty)
+            for i, leg in enumerate(self._listish(d.get("leg"), f"{what}.leg"))
+        )
+        side_raw = d.get("side")
+        side_intent = _SIDES.get(str(side_raw)) if side_raw not in (None, "", "null") else None
+        option_symbol = d.get("option_symbol")
+        symbol = str(option_symbol) if cls_raw == "option" and option_symbol else str(d.get("symbol") or "")
+        is_option = cls_raw in ("option", "multileg", "combo") or option_spec_or_none(symbol) is not None
+        price = self._num(d.get("price"), f"{what}.price")
+        if price is not None and type_raw == "credit":
+            price = -abs(price)
+        elif type_raw == "even":
+            price = Decimal(0)
+        avg = self._num(d.get("avg_fill_price"), f"{what}.avg_fill_price")
+        created = self._time(d.get("create_date"), f"{what}.create_date")
+        updated = self._time(d.get("transaction_date"), f"{what}.transaction_date") or created
+        ratio = None
+        if parent_qty:
+            ratio = int(qty / parent_qty) if qty % parent_qty == 0 else None
+        tag = d.get("tag")
+        return Order(
+            broker_order_id=str(d.get("id")),
+            client_order_id=str(tag) if tag not in (None, "", "null") else None,
+            symbol=symbol,
+            side=side_intent[0] if side_intent and not legs else None,
+            type=order_type,
+            order_class=OrderClass.MLEG if legs else order_class,
+            qty=qty,
+            filled_qty=self._num(d.get("exec_quantity"), f"{what}.exec_quantity") or Decimal(0),
+            status=status,
+            asset_class=AssetClass.US_OPTION if is_option else AssetClass.US_EQUITY,
+            filled_avg_price=avg if avg else None,  # 0 = not known yet, even when "filled"
+            limit_price=price if order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT) else None,
+            time_in_force=TimeInForce.GTC if d.get("duration") == "gtc" else TimeInForce.DAY,
+            ratio_qty=ratio,
+            intent=side_intent[1] if side_intent else None,
+            submitted_at=created,
+            filled_at=updated if status == OrderStatus.FILLED else None,
+            canceled_at=updated if status == OrderStatus.CANCELED else None,
+            updated_at=updated,
+            reject_reason=str(d["reason_description"]) if d.get("reason_description") else None,
+            legs=legs,
+        )
+
+    def _quote(self, q: Any, what: str) -> Quote:
+        if not isinstance(q, dict) or not isinstance(q.get("symbol"), str):
+            raise self._bad(f"{what} has no symbol", f"{what}.symbol")
+        g = q.get("greeks")
+        greeks = None
+        if isinstance(g, dict):
+            greeks = Greeks(
+                delta=self._num(g.get("delta"), f"{what}.greeks.delta"),
+                gamma=self._num(g.get("gamma"), f"{what}.greeks.gamma"),
+                theta=self._num(g.get("theta"), f"{what}.greeks.theta"),
+                vega=self._num(g.get("vega"), f"{what}.greeks.vega"),
+                rho=self._num(g.get("rho"), f"{what}.greeks.rho"),
+                implied_volatility=self._num(g.get("mid_iv"), f"{what}.greeks.mid_iv"),
+            )
+        stamps = [
+            self._num(q.get(k), f"{what}.{k}") for k in ("bid_date", "ask_date", "trade_date")
+        ]
+        latest = max((s for s in stamps if s), default=None)
+        return Quote(
+            symbol=q["symbol"],
+            bid=self._num(q.get("bid"), f"{what}.bid"),
+            ask=self._num(q.get("ask"), f"{what}.ask"),
+            last=self._num(q.get("last"), f"{what}.last"),
+            bid_size=self._num(q.get("bidsize"), f"{what}.bidsize"),
+            ask_size=self._num(q.get("asksize"), f"{what}.asksize"),
+            at=dt.datetime.fromtimestamp(float(latest) / 1000, dt.UTC) if latest else None,
+            greeks=greeks,
+        )
+
+    def _section(self, body: Any, key: str) -> dict[str, Any] | None:
+        """``body[key]`` as an object; ``None`` when Tradier says "null"."""
+        if not isinstance(body, dict):
+            raise self._bad(f"answer is not an object (expected {key!r})", key)
+        if key not in body:
+            raise self._bad(f"answer has no {key!r}", key)
+        value = body[key]
+        if _is_null(value):
+            return None
+        if not isinstance(value, dict):
+            raise self._bad(f"{key} is not an object", key)
+        return value
+
+    def _items(self, body: Any, outer: str, inner: str) -> list[dict[str, Any]]:
+        """``{outer: {inner: [...] | {...}}}`` or ``{outer: "null"}`` as a list of objects."""
+        section = self._section(body, outer)
+        if section is None:
+            return []
+        if inner not in section:
+            # {"quotes": {"unmatched_symbols": ...}} has no quote at all; anything else is malformed
+            if outer == "quotes" and "unmatched_symbols" in section:
+                return []
+            raise self._bad(f"{outer} has no {inner!r}", f"{outer}.{inner}")
+        items = self._listish(section[inner], f"{outer}.{inner}")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise self._bad(f"{outer}.{inner}[{i}] is not an object", f"{outer}.{inner}[{i}]")
+        return items
+
+    def _listish(self, value: Any, what: str) -> list[Any]:
+        if _is_null(value):
+            return []
+        if isinstance(value, list):
+            return value
+        if isinstance(value, dict):
+            return [value]  # Tradier's single object where a list is expected
+        raise self._bad(f"{what} is neither a list nor an object", what)
+
+    def _num(self, value: Any, field: str) -> Decimal | None:
+        if _is_null(value) or value == "":
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise self._bad(f"{field} is not a number", field)
+        try:
+            out = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise self._bad(f"{field} is not a number", field) from None
+        if not out.is_finite():
+            raise self._bad(f"{field} is not a finite number", field)
+        return out
+
+    def _req(self, value: Any, field: str) -> Decimal:
+        out = self._num(value, field)
+        if out is None:
+            raise self._bad(f"{field} is missing", field)
+        return out
+
+    def _time(self, value: Any, field: str) -> dt.datetime | None:
+        if _is_null(value) or value == "":
+            return None
+        try:
+            t = dt.datetime.fromisoformat(str(value))
+        except ValueError:
+            raise self._bad(f"{field} is not a timestamp", field) from None
+        return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
+
+    def _bad(self, message: str, field: str) -> BadBrokerData:
+        return BadBrokerData(f"tradier: {message}", field=field, broker="tradier", account=self.account.name)
+
+    async def _get(
+        self,
+        path: str,
+        endpoint: str,
+        *,
+        params: dict[str, str] | None = None,
+        on_404: Literal["error", "not_found", "none", "reject"] = "error",
+    ) -> Any:
+        return await self._http.request(
+            "GET", f"{self.base_url}{path}", endpoint=endpoint, params=params, on_404=on_404
+        )
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+def build_order_form(request: OrderRequest) -> list[tuple[str, str]]:
+    """The form of ``POST /v1/accounts/{id}/orders``; ``BrokerRejected`` (nothing sent) if unplaceable."""
+
+    def refuse(reason: str) -> BrokerRejected:
+        return BrokerRejected(f"tradier: invalid order request: {reason}", reason=reason, broker="tradier")
+
+    if not _TAG_RE.match(request.client_order_id):
+        raise refuse("client_order_id must be 1-255 letters, digits or dashes to travel in Tradier's tag")
+    if request.qty <= 0:
+        raise refuse("qty must be positive")
+    form: list[tuple[str, str]] = []
+    if request.is_multileg:
+        first = option_spec_or_none(request.legs[0].symbol)
+        if first is None or len(request.legs) < 2:
+            raise refuse("a multi-leg order needs at least two OCC option legs")
+        form += [("class", "multileg"), ("symbol", first.underlying)]
+        for i, leg in enumerate(request.legs):
+            form += _leg_fields(i, leg, request.qty, refuse)
+        if request.type == OrderType.MARKET:
+            form.append(("type", "market"))
+        elif request.type == OrderType.LIMIT and request.limit_price is not None:
+            price = request.limit_price
+            net = "debit" if price > 0 else "credit" if price < 0 else "even"
+            form.append(("type", net))
+            if net != "even":
+                form.append(("price", _plain(abs(price))))
+        else:
+            raise refuse("a multi-leg order is market or limit with limit_price")
+    else:
+        if request.symbol is None or request.side is None:
+            raise refuse("a single-leg order needs symbol and side")
+        spec = option_spec_or_none(request.symbol)
+        if spec is not None:
+            side = _OPTION_SIDE[(request.side, request.intent)]
+            form += [("class", "option"), ("symbol", spec.underlying), ("option_symbol", request.symbol)]
+        else:
+            side = _EQUITY_SIDE[(request.side, request.intent)]
+            form += [("class", "equity"), ("symbol", request.symbol)]
+        form += [("side", side), ("quantity", _plain(request.qty))]
+        if request.type == OrderType.MARKET:
+            form.append(("type", "market"))
+        elif request.type == OrderType.LIMIT and request.limit_price is not None:
+            form += [("type", "limit"), ("price", _plain(request.limit_price))]
+        else:
+            raise refuse(f"order type {request.type.value!r} needs what syncd does not send (limit_price?)")
+    if request.time_in_force not in (TimeInForce.DAY, TimeInForce.GTC):
+        raise refuse(f"time_in_force {request.time_in_force.value!r} is not offered by Tradier")
+    form += [("duration", request.time_in_force.value), ("tag", request.client_order_id)]
+    return form
+
+
+def _leg_fields(i: int, leg: LegRequest, qty: Decimal, refuse: Any) -> list[tuple[str, str]]:
+    if option_spec_or_none(leg.symbol) is None:
+        raise refuse(f"leg {i} symbol {leg.symbol[:40]!r} is not an OCC option symbol")
+    if leg.ratio < 1:
+        raise refuse(f"leg {i} ratio must be >= 1")
+    return [
+        (f"option_symbol[{i}]", leg.symbol),
+        (f"side[{i}]", _OPTION_SIDE[(leg.side, leg.intent)]),
+        (f"quantity[{i}]", _plain(qty * leg.ratio)),
+    ]
+
+
+def available_quantities(orders: Iterable[Order]) -> dict[tuple[str, bool], Decimal]:
+    """What open closing orders still commit, per (symbol, position is short).
+
+    A closing order of a long position sells (``sell``/``sell_to_close``); of a short one it
+    buys (``buy_to_cover``/``buy_to_close``). Its remaining quantity is ``qty - filled_qty``;
+    multi-leg orders count per leg.
+    """
+    out: dict[tuple[str, bool], Decimal] = {}
+
+    def add(o: Order) -> None:
+        if o.intent != Intent.CLOSE or o.side is None:
+            return
+        key = (o.symbol, o.side == Side.BUY)  # buying to close = the position is short
+        out[key] = out.get(key, Decimal(0)) + max(Decimal(0), o.qty - o.filled_qty)
+
+    for order in orders:
+        if order.status.is_terminal:
+            continue
+        if order.legs:
+            for leg in order.legs:
+                add(leg)
+        else:
+            add(order)
+    return out
+
+
+def reason_of(body: Any) -> str | None:
+    """Tradier's error text: ``{"errors": {"error": str | [str]}}`` or ``{"fault": {"faultstring": ...}}``."""
+    if not isinstance(body, dict):
+        return None
+    errors = body.get("errors")
+    if isinstance(errors, dict):
+        err = errors.get("error")
+        if isinstance(err, list):
+            return "; ".join(str(e) for e in err if e) or None
+        if err:
+            return str(err)
+    fault = body.get("fault")
+    if isinstance(fault, dict) and fault.get("faultstring"):
+        return str(fault["faultstring"])
+    message = body.get("message")
+    return str(message) if isinstance(message, str) and message else None
+
+
+def _placed_order(broker_id: str, request: OrderRequest) -> Order:
+    """What we know of an order Tradier accepted when its details could not be fetched."""
+    legs = tuple(
+        Order(
+            broker_order_id=f"{broker_id}-{i}",
+            client_order_id=None,
+            symbol=leg.symbol,
+            side=leg.side,
+            type=request.type,
+            order_class=OrderClass.SIMPLE,
+            qty=request.qty * leg.ratio,
+            filled_qty=Decimal(0),
+            status=OrderStatus.PENDING_NEW,
+            asset_class=AssetClass.US_OPTION,
+            ratio_qty=leg.ratio,
+            intent=leg.intent,
+        )
+        for i, leg in enumerate(request.legs)
+    )
+    symbol = request.symbol or ""
+    if legs:
+        spec = option_spec_or_none(legs[0].symbol)
+        symbol = spec.underlying if spec else legs[0].symbol
+    return Order(
+        broker_order_id=broker_id,
+        client_order_id=request.client_order_id,
+        symbol=symbol,
+        side=None if legs else request.side,
+        type=request.type,
+        order_class=OrderClass.MLEG if legs else OrderClass.SIMPLE,
+        qty=request.qty,
+        filled_qty=Decimal(0),
+        status=OrderStatus.PENDING_NEW,
+        asset_class=AssetClass.US_OPTION if legs or option_spec_or_none(symbol) else AssetClass.US_EQUITY,
+        limit_price=request.limit_price,
+        time_in_force=request.time_in_force,
+        intent=request.intent,
+        submitted_at=dt.datetime.now(dt.UTC),
+        legs=legs,
+    )
+
+
+def _weekday_sessions(year: int, month: int) -> list[tuple[dt.datetime, dt.datetime]]:
+    """Fallback when the calendar is unavailable: every weekday 09:30-16:00 New York (no holidays)."""
+    out = []
+    day = dt.date(year, month, 1)
+    while day.month == month:
+        if day.weekday() < 5:
+            out.append(
+                (
+                    dt.datetime.combine(day, dt.time(9, 30), _ET).astimezone(dt.UTC),
+                    dt.datetime.combine(day, dt.time(16, 0), _ET).astimezone(dt.UTC),
+                )
+            )
+        day += dt.timedelta(days=1)
+    return out
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() == "null")
+
+
+def _plain(d: Decimal) -> str:
+    return format(d.normalize(), "f")
+
+
+def _batches(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
