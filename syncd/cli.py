@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_OK
-    except Exception as exc:  # the last line of defence: a message, exit 1
+    except Exception as exc:  # noqa: BLE001  # the last line of defence: a message, exit 1
         from syncd.errors import describe
 
         fail(describe(exc))

@@ -78,7 +78,7 @@ async def _one(ctx: Context, task: TaskName, fn: AccountPass, acct: Account, sem
             except _DB_ERRORS as exc:
                 error = describe(exc)
                 log.error("account_pass_failed", error=error)
-            except Exception as exc:  # noqa: BLE001  # an account's bug must not stop the others
+            except Exception as exc:  # an account's bug must not stop the others
                 error = describe(exc)
                 log.exception("account_pass_crashed", error=error)
             duration = time.perf_counter() - t0

@@ -222,6 +222,11 @@ def _apply_env(data: dict[str, Any], var: str, parts: list[str], value: str) -> 
                     target = acct
         if target is None:
             raise ConfigError(f"{var}: no account named or numbered {which!r} in the config file")
+        # The environment overrides the file: a secret given one way replaces the other way.
+        if key in SECRET_KEYS:
+            target.pop(f"{key}_file", None)
+        elif key.removesuffix("_file") in SECRET_KEYS:
+            target.pop(key.removesuffix("_file"), None)
         target[key] = value
         return
     if len(parts) != 2:

@@ -1,0 +1,101 @@
+"""`syncd config check` and `--help`, run as a user would: the real console entry point in a subprocess."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from syncd.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "syncd.toml.example"
+SECRETS = {
+    "SYNCD_ACCOUNTS__ALPACA_PAPER__API_SECRET": "alpaca-secret-VALUE-1",
+    "SYNCD_ACCOUNTS__TRADIER_MAIN__TOKEN": "tradier-token-VALUE-2",
+}
+
+
+def syncd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_example_config_is_valid_with_secrets_from_env() -> None:
+    result = syncd("--config", str(EXAMPLE), "config", "check", env=SECRETS)
+    assert result.returncode == 0, result.stderr
+    assert 'name = "alpaca-paper"' in result.stdout
+    for secret in [*SECRETS.values(), "PKEXAMPLEKEY000000"]:
+        assert secret not in result.stdout + result.stderr
+
+
+def test_example_config_is_valid_with_secrets_from_files(tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("alpaca-secret-from-file")
+    (tmp_path / "t").write_text("tradier-token-from-file")
+    env = {
+        "SYNCD_ACCOUNTS__ALPACA_PAPER__API_SECRET_FILE": str(tmp_path / "a"),
+        "SYNCD_ACCOUNTS__TRADIER_MAIN__TOKEN_FILE": str(tmp_path / "t"),
+    }
+    result = syncd("--config", str(EXAMPLE), "config", "check", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "from-file" not in result.stdout + result.stderr
+
+
+def test_example_documents_every_key() -> None:
+    """Each settings field appears in syncd.toml.example (as a key or a commented key)."""
+    from syncd.settings import AccountSettings, Settings
+
+    text = EXAMPLE.read_text()
+    for section_name, section in Settings.model_fields.items():
+        model = AccountSettings if section_name == "accounts" else section.annotation
+        fields = model.model_fields  # type: ignore[union-attr]
+        for name, info in fields.items():
+            key = info.alias or name
+            assert f"{key} =" in text, f"{section_name}.{key} is not documented in syncd.toml.example"
+
+
+def test_config_file_from_environment_variable(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[cycles]\nconcurrency = 7\n")
+    result = syncd("config", "check", env={"SYNCD_CONFIG": str(cfg)})
+    assert result.returncode == 0 and "concurrency = 7" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "needle"),
+    [
+        ("[database]\nbogus = 1\n", {}, "database.bogus: unknown key"),
+        ("[cycles]\nconcurrency = 0\n", {}, "cycles.concurrency"),
+        ("", {"SYNCD_TRADING__ENABLED": "maybe"}, "trading.enabled"),
+    ],
+)
+def test_invalid_config_exits_2_naming_the_key(tmp_path: Path, text: str, env: dict[str, str], needle: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    result = syncd("--config", str(cfg), "config", "check", env=env)
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert result.stdout == ""
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append((*prefix, name))
+                found.extend(_commands(sub, (*prefix, name)))
+    return found
+
+
+@pytest.mark.parametrize("command", _commands(build_parser()), ids=" ".join)
+def test_every_command_has_help(command: tuple[str, ...]) -> None:
+    result = syncd(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: syncd" in result.stdout

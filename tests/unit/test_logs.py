@@ -1,0 +1,63 @@
+"""The log chain: JSON lines on stderr with the contract's fields, and no secret ever."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import structlog
+
+from syncd.logs import REDACTED, RedactSecrets, configure_logging
+from syncd.settings import LogSettings
+
+
+def _capture(secrets: list[str], fmt: str = "json") -> io.StringIO:
+    buf = io.StringIO()
+    configure_logging(LogSettings(format=fmt, level="info"), secrets=secrets, stream=buf)  # type: ignore[arg-type]
+    return buf
+
+
+def test_json_line_has_contract_fields() -> None:
+    buf = _capture([])
+    with structlog.contextvars.bound_contextvars(task="accountSync", account="a1"):
+        structlog.get_logger("t").info("account_pass", positions=3)
+    line = json.loads(buf.getvalue().strip().splitlines()[-1])
+    assert line["event"] == "account_pass"
+    assert line["level"] == "info"
+    assert line["task"] == "accountSync" and line["account"] == "a1"
+    assert line["positions"] == 3
+    assert line["timestamp"].endswith("Z")
+
+
+def test_secrets_redacted_in_values_keys_and_stdlib_records() -> None:
+    buf = _capture(["super-secret-value", "PKKEY123"])
+    log = structlog.get_logger("t")
+    log.info("x", detail="auth with super-secret-value failed", nested={"k": ["PKKEY123"]})
+    log.info("y", api_secret="anything", token="tok")
+    logging.getLogger("aiohttp.client").warning("header had super-secret-value")
+    out = buf.getvalue()
+    assert "super-secret-value" not in out and "PKKEY123" not in out and '"tok"' not in out
+    assert out.count(REDACTED) >= 4
+
+
+def test_exception_is_rendered_and_redacted() -> None:
+    buf = _capture(["s3cr3t-token"])
+    try:
+        raise RuntimeError("bad token s3cr3t-token")
+    except RuntimeError:
+        structlog.get_logger("t").exception("boom")
+    assert "s3cr3t-token" not in buf.getvalue()
+    assert "RuntimeError" in buf.getvalue()
+
+
+def test_level_filter() -> None:
+    buf = _capture([])
+    structlog.get_logger("t").debug("hidden")
+    assert "hidden" not in buf.getvalue()
+
+
+def test_redactor_ignores_short_strings() -> None:
+    """A 1-3 character 'secret' would redact ordinary words; it is ignored."""
+    r = RedactSecrets(["ab"])
+    assert r(None, "info", {"event": "about"})["event"] == "about"

@@ -1,0 +1,147 @@
+"""Configuration per CONTRACT §2: precedence, secrets from files, and every way to get it wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from syncd.settings import ConfigError, load_settings, redacted_dict, resolve_config_path, to_toml
+
+ALPACA = """
+[[accounts]]
+name = "alpaca-paper"
+broker = "alpaca"
+api_key = "PKFILEKEY"
+api_secret = "file-secret-value"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "syncd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    s = load_settings(None, {})
+    assert s.database.schema_ == "syncd"
+    assert s.cycles.account_interval_s == 30
+    assert s.trading.enabled is False
+    assert s.health.listen == "127.0.0.1:9108"
+    assert s.accounts == []
+
+
+def test_file_then_env_precedence(tmp_path: Path) -> None:
+    path = write(tmp_path, '[cycles]\nconcurrency = 8\naccount_interval_s = 12\n[database]\nschema = "a"\n' + ALPACA)
+    s = load_settings(path, {"SYNCD_CYCLES__CONCURRENCY": "64", "SYNCD_DATABASE__SCHEMA": "b"})
+    assert s.cycles.concurrency == 64  # env beats file
+    assert s.cycles.account_interval_s == 12  # file beats default
+    assert s.database.schema_ == "b"
+
+
+def test_env_overrides_an_account_by_name_or_index(tmp_path: Path) -> None:
+    path = write(tmp_path, ALPACA)
+    s = load_settings(path, {"SYNCD_ACCOUNTS__ALPACA_PAPER__API_KEY": "PKENV", "SYNCD_ACCOUNTS__0__PAPER": "false"})
+    acct = s.accounts[0]
+    assert acct.api_key is not None and acct.api_key.get_secret_value() == "PKENV"
+    assert acct.paper is False
+
+
+def test_secret_from_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("from-a-file\n")
+    path = write(tmp_path, ALPACA.replace('api_secret = "file-secret-value"', f'api_secret_file = "{secret}"'))
+    acct = load_settings(path, {}).accounts[0]
+    assert acct.api_secret is not None and acct.api_secret.get_secret_value() == "from-a-file"
+
+
+def test_env_secret_replaces_the_files_secret_file(tmp_path: Path) -> None:
+    path = write(tmp_path, ALPACA.replace('api_secret = "file-secret-value"', 'api_secret_file = "/nonexistent"'))
+    acct = load_settings(path, {"SYNCD_ACCOUNTS__ALPACA_PAPER__API_SECRET": "env-secret"}).accounts[0]
+    assert acct.api_secret is not None and acct.api_secret.get_secret_value() == "env-secret"
+
+
+def test_secret_file_from_env(tmp_path: Path) -> None:
+    secret = tmp_path / "tok"
+    secret.write_text("tradier-token")
+    path = write(tmp_path, '[[accounts]]\nname = "t"\nbroker = "tradier"\naccount_id = "VA1"\n')
+    s = load_settings(path, {"SYNCD_ACCOUNTS__T__TOKEN_FILE": str(secret)})
+    assert s.accounts[0].token is not None and s.accounts[0].token.get_secret_value() == "tradier-token"
+
+
+def test_config_path_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config_path("/x.toml", {"SYNCD_CONFIG": "/y.toml"}) == Path("/x.toml")
+    assert resolve_config_path(None, {"SYNCD_CONFIG": "/y.toml"}) == Path("/y.toml")
+    assert resolve_config_path(None, {}) in (None, Path("/etc/syncd/syncd.toml"))
+    (tmp_path / "syncd.toml").write_text("")
+    assert resolve_config_path(None, {}) == Path("syncd.toml")
+
+
+def test_redacted_output_has_no_secret(tmp_path: Path) -> None:
+    path = write(tmp_path, '[database]\ndsn = "postgresql://u:db-password@h/d"\n' + ALPACA)
+    s = load_settings(path, {})
+    text = to_toml(redacted_dict(s))
+    for secret in ("PKFILEKEY", "file-secret-value", "db-password"):
+        assert secret not in text
+    assert 'api_secret = "***"' in text
+    assert "postgresql://u:***@h/d" in text
+    assert set(s.secret_values()) == {"PKFILEKEY", "file-secret-value", "db-password"}
+
+
+INVALID = [
+    ("[database]\npool_max = 0\n", {}, "database.pool_max"),
+    ("[database]\npool_min = 5\npool_max = 2\n", {}, "pool_min (5) exceeds pool_max (2)"),
+    ('[database]\nschema = "Bad-Name"\n', {}, "database.schema"),
+    ('[database]\ndsn = "mysql://x"\n', {}, "database.dsn: must be a postgresql:// URL"),
+    ("[database]\nnope = 1\n", {}, "database.nope: unknown key"),
+    ("[cycles]\nconcurrency = 100000\n", {}, "cycles.concurrency"),
+    ("[cycles]\nbroker_timeout_s = 0\n", {}, "cycles.broker_timeout_s"),
+    ('[cycles]\naccount_interval_s = "soon"\n', {}, "cycles.account_interval_s"),
+    ("[trading]\nexit_days_before_expiration = -1\n", {}, "trading.exit_days_before_expiration"),
+    ('[health]\nlisten = "9108"\n', {}, "health.listen"),
+    ('[log]\nformat = "xml"\n', {}, "log.format"),
+    ("[unknown]\nx = 1\n", {}, "unknown: unknown key"),
+    ("not toml = = 1", {}, "not valid TOML"),
+    ('[[accounts]]\nname = "a"\nbroker = "ib"\n', {}, "accounts.0.broker"),
+    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\n', {}, "alpaca account needs api_secret"),
+    ('[[accounts]]\nname = "t"\nbroker = "tradier"\ntoken = "tok"\n', {}, "tradier account needs account_id"),
+    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\napi_secret_file = "/f"\n', {},
+     "api_secret and api_secret_file are both set"),
+    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret_file = "/nonexistent/s"\n', {},
+     "api_secret_file: cannot read"),
+    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\nbase_url = "ftp://x"\n', {},
+     "accounts.0.base_url"),
+    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\nstream_url = "http://x"\n', {},
+     "accounts.0.stream_url"),
+    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\ncolour = "red"\n', {},
+     "accounts.0.colour: unknown key"),
+    ('[[accounts]]\nname = "a b"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n', {}, "accounts.0.name"),
+    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n' * 2, {}, "appears twice"),
+    ("", {"SYNCD_CYCLES__CONCURRENCY": "many"}, "cycles.concurrency"),
+    ("", {"SYNCD_CYCLES__NOPE": "1"}, "cycles.nope: unknown key"),
+    ("", {"SYNCD_ACCOUNTS__GHOST__API_KEY": "x"}, "no account named or numbered 'ghost'"),
+    ("", {"SYNCD_DATABASE__A__B": "x"}, "expected SYNCD_<SECTION>__<KEY>"),
+]
+
+
+@pytest.mark.parametrize(("text", "env", "expected"), INVALID)
+def test_invalid_config_names_the_key(tmp_path: Path, text: str, env: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), env)
+    assert expected in str(info.value)
+
+
+def test_invalid_secret_value_is_not_echoed(tmp_path: Path) -> None:
+    """A bad value is quoted in the error, except under a secret key."""
+    text = '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = ["not-a-string-secret"]\napi_secret = "s"\n'
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), {})
+    assert "accounts.0.api_key" in str(info.value)
+    assert "not-a-string-secret" not in str(info.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="No such file"):
+        load_settings(tmp_path / "absent.toml", {})
