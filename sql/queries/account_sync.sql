@@ -1,0 +1,155 @@
+-- name: account_sync_lock
+-- Serialises accountSync passes over one account (two replicas, or sync-once beside the daemon).
+-- $1 lock class (syncd.cycles.account_sync.SYNC_LOCK_CLASS), $2 account id.
+SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int);
+
+-- name: account_sync_stored_positions
+-- The mirror as accountSync compares it: only the columns accountSync owns, plus whether
+-- monitorCycle has quoted the row yet (until then the broker's marks are accountSync's too).
+SELECT symbol, asset_class, underlying, option_type, strike, expiration, multiplier,
+       quantity, qty_available, avg_entry_price, cost_basis,
+       current_price, market_value, unrealized_pl,
+       quote_at IS NULL AS marks_ours
+  FROM portfolio_positions
+ WHERE account_id = $1;
+
+-- name: account_sync_stored_account
+-- The account's broker id and its latest balances snapshot (NULLs when there is none yet).
+SELECT a.broker_account_id, s.equity, s.cash, s.buying_power, s.long_market_value, s.short_market_value
+  FROM accounts a
+  LEFT JOIN LATERAL (
+        SELECT equity, cash, buying_power, long_market_value, short_market_value
+          FROM account_snapshots
+         WHERE account_id = a.id
+         ORDER BY taken_at DESC, id DESC
+         LIMIT 1) s ON true
+ WHERE a.id = $1;
+
+-- name: account_sync_write
+-- Everything one pass changes, in one statement (the caller's transaction):
+-- upsert changed positions, delete vanished ones, insert position events, maybe a balances
+-- snapshot, and mark the account synced. Returns the counts written.
+-- $1 account id
+-- $2..$15 rows to upsert, one array per column: symbol, asset_class, underlying, option_type, strike,
+--          expiration, multiplier, quantity, qty_available, avg_entry_price, cost_basis,
+--          current_price, market_value, unrealized_pl
+-- $16 symbols to delete
+-- $17..$20 events: symbol, kind, old_quantity, new_quantity
+-- $21 write a snapshot?, $22 equity, $23 cash, $24 buying_power, $25 long_market_value, $26 short_market_value
+-- $27 broker_account_id (NULL keeps the stored one)
+-- bid/ask/last/greeks/quote_at are monitorCycle's and never written here; current_price,
+-- market_value and unrealized_pl keep their stored value when the broker gave none.
+WITH up AS (
+    INSERT INTO portfolio_positions AS p
+           (account_id, symbol, asset_class, underlying, option_type, strike, expiration, multiplier,
+            quantity, qty_available, avg_entry_price, cost_basis, current_price, market_value, unrealized_pl)
+    SELECT $1, u.*
+      FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::date[], $8::numeric[],
+                  $9::numeric[], $10::numeric[], $11::numeric[], $12::numeric[], $13::numeric[], $14::numeric[],
+                  $15::numeric[]) AS u
+    ON CONFLICT (account_id, symbol) DO UPDATE
+       SET asset_class = EXCLUDED.asset_class,
+           underlying = EXCLUDED.underlying,
+           option_type = EXCLUDED.option_type,
+           strike = EXCLUDED.strike,
+           expiration = EXCLUDED.expiration,
+           multiplier = EXCLUDED.multiplier,
+           quantity = EXCLUDED.quantity,
+           qty_available = EXCLUDED.qty_available,
+           avg_entry_price = EXCLUDED.avg_entry_price,
+           cost_basis = EXCLUDED.cost_basis,
+           current_price = COALESCE(EXCLUDED.current_price, p.current_price),
+           market_value = COALESCE(EXCLUDED.market_value, p.market_value),
+           unrealized_pl = COALESCE(EXCLUDED.unrealized_pl, p.unrealized_pl),
+           updated_at = now()
+    RETURNING 1
+), gone AS (
+    DELETE FROM portfolio_positions
+     WHERE account_id = $1 AND symbol = ANY($16::text[])
+    RETURNING 1
+), ev AS (
+    INSERT INTO position_events (account_id, symbol, kind, old_quantity, new_quantity, at)
+    SELECT $1, e.symbol, e.kind, e.old_quantity, e.new_quantity, now()
+      FROM unnest($17::text[], $18::text[], $19::numeric[], $20::numeric[])
+           AS e(symbol, kind, old_quantity, new_quantity)
+    RETURNING 1
+), snap AS (
+    INSERT INTO account_snapshots (account_id, taken_at, equity, cash, buying_power,
+                                   long_market_value, short_market_value)
+    SELECT $1, now(), $22, $23, $24, $25, $26
+     WHERE $21::boolean
+    RETURNING 1
+), acct AS (
+    UPDATE accounts
+       SET last_synced_at = now(),
+           broker_account_id = COALESCE($27::text, broker_account_id),
+           last_error = CASE WHEN last_error LIKE 'accountSync: %' THEN NULL ELSE last_error END,
+           updated_at = CASE WHEN $27::text IS NOT NULL AND broker_account_id IS DISTINCT FROM $27::text
+                             THEN now() ELSE updated_at END
+     WHERE id = $1
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM up) AS upserted,
+       (SELECT count(*) FROM gone) AS deleted,
+       (SELECT count(*) FROM ev) AS events,
+       (SELECT count(*) FROM snap) AS snapshots,
+       (SELECT count(*) FROM acct) AS accounts;
+
+-- name: account_sync_notify
+-- Change notifications (accountSync and the importer); Postgres delivers them when, and only
+-- if, the transaction commits. $1 JSON payloads, each well under the 8,000-byte limit.
+SELECT pg_notify('syncd_events', payload) FROM unnest($1::text[]) AS payload;
+
+-- name: import_lock
+-- Serialises importers of one account. $1 lock class (syncd.importer.IMPORT_LOCK_CLASS), $2 account id.
+SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int);
+
+-- name: import_untracked_positions
+-- Positions of an account that no live trade (pending/open/closing) covers: neither through
+-- one of its legs, nor, for a trade without legs, through its symbol.
+SELECT p.symbol, p.asset_class, p.underlying, p.option_type, p.strike, p.expiration, p.multiplier,
+       p.quantity, p.avg_entry_price, p.first_seen_at
+  FROM portfolio_positions p
+ WHERE p.account_id = $1
+   AND NOT EXISTS (
+        SELECT 1
+          FROM trades t
+          JOIN trade_legs l ON l.trade_id = t.id
+         WHERE t.account_id = p.account_id
+           AND t.status IN ('pending', 'open', 'closing')
+           AND l.symbol = p.symbol)
+   AND NOT EXISTS (
+        SELECT 1
+          FROM trades t
+         WHERE t.account_id = p.account_id
+           AND t.status IN ('pending', 'open', 'closing')
+           AND t.symbol = p.symbol
+           AND NOT EXISTS (SELECT 1 FROM trade_legs l WHERE l.trade_id = t.id))
+ ORDER BY p.symbol;
+
+-- name: import_insert_trades
+-- Imported trades and their legs in one statement. Trade ids are drawn first so legs can
+-- name them. Returns each new trade's id with its 1-based position in the input arrays.
+-- $1 account id; trades: $2 symbol, $3 strategy, $4 quantity, $5 entry_price, $6 opened_at;
+-- legs: $7 trade ordinal (1-based), $8 leg_index, $9 symbol, $10 side, $11 ratio
+WITH input AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('trades', 'id')) AS id, t.*
+      FROM unnest($2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::timestamptz[])
+           WITH ORDINALITY AS t(symbol, strategy, quantity, entry_price, opened_at, ord)
+), ins AS (
+    INSERT INTO trades (id, account_id, symbol, strategy, status, requested_quantity, quantity,
+                        entry_price, broker_fill_price, source, opened_at)
+    SELECT id, $1, symbol, strategy, 'open', quantity, quantity, entry_price, entry_price, 'import', opened_at
+      FROM input
+    RETURNING id
+), legs AS (
+    INSERT INTO trade_legs (trade_id, leg_index, symbol, side, ratio)
+    SELECT i.id, l.leg_index, l.symbol, l.side, l.ratio
+      FROM unnest($7::bigint[], $8::int[], $9::text[], $10::text[], $11::int[])
+           AS l(ord, leg_index, symbol, side, ratio)
+      JOIN input i ON i.ord = l.ord
+    RETURNING 1
+)
+SELECT i.id, i.ord, (SELECT count(*) FROM ins) AS trades, (SELECT count(*) FROM legs) AS legs
+  FROM input i
+ ORDER BY i.ord;

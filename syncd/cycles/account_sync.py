@@ -1,0 +1,440 @@
+"""accountSync: mirror one account's balances and positions into Postgres.
+
+A pass reads as a story:
+
+1. **fetch** balances and positions from the broker, both requests at once (two
+   requests per account per pass with Alpaca), under a deadline;
+2. **check** the answer (:func:`checked_positions`): a symbol reported twice, a
+   quantity that is not a finite number, an option whose symbol is not OCC -- the
+   answer is malformed and the pass raises ``BadBrokerData`` before touching anything;
+3. **compare** it with the stored rows (:func:`diff_positions`, a pure function);
+4. **write the difference** in ONE transaction and one bulk statement
+   (``account_sync_write``: arrays through ``unnest``): changed rows upserted,
+   vanished rows deleted, one ``position_events`` row per change, an
+   ``account_snapshots`` row when the balances differ from the latest snapshot,
+   ``accounts.broker_account_id``/``last_synced_at``, and the ``NOTIFY syncd_events``
+   payloads, which Postgres delivers at commit (never for a rolled-back pass).
+
+A failed, timed-out or malformed fetch raises before the transaction: nothing of the
+account changes, and :func:`syncd.passes.run_pass` records the error
+(``accounts.last_error``, ``sync_runs``, ``account_health``).
+
+Who owns which column of ``portfolio_positions``
+-------------------------------------------------
+accountSync and monitorCycle write the same rows; to keep them from fighting:
+
+- accountSync owns the broker's position fields: ``asset_class``, ``underlying``,
+  ``option_type``, ``strike``, ``expiration``, ``multiplier`` (from the OCC symbol),
+  ``quantity``, ``qty_available``, ``avg_entry_price``, ``cost_basis``. A row is
+  rewritten when one of these differs from the broker's answer.
+- monitorCycle owns ``bid``, ``ask``, ``last``, ``quote_at`` and the greeks;
+  accountSync never writes them.
+- The marks ``current_price``, ``market_value``, ``unrealized_pl`` are shared. When
+  accountSync writes a row it writes the broker's marks too (where the broker gave
+  them; Tradier gives none, and the stored value is kept). A difference in marks
+  alone makes accountSync write a row only while monitorCycle has never quoted it
+  (``quote_at IS NULL``): after that, moving prices are monitorCycle's business, and
+  an idle pass stays idle however the market moves.
+
+``first_seen_at`` is set when a row is inserted and never changed; ``updated_at``
+changes only when the row is written, that is, only when a value changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+import asyncpg
+import structlog
+
+from syncd.brokers.base import BadBrokerData, Broker, BrokerUnavailable
+from syncd.brokers.occ import parse_occ
+from syncd.brokers.types import AssetClass, Balances, Position
+from syncd.context import Account, Context
+
+log = structlog.get_logger(__name__)
+
+TASK = "accountSync"
+SYNC_LOCK_CLASS = 0x73796E63  # "sync": advisory lock class of accountSync (per account id)
+FETCH_DEADLINE_FACTOR = 5  # the whole fetch gives up after broker_timeout_s x this (adapters retry inside)
+NOTIFY_MAX_BYTES = 4000  # one NOTIFY payload stays well under Postgres' 8,000-byte limit
+
+EventKind = Literal["opened", "increased", "reduced", "closed", "flipped"]
+
+
+# -- the pure part: what changed --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PositionRow:
+    """The accountSync-owned columns of one ``portfolio_positions`` row (or of a fetched position)."""
+
+    symbol: str
+    asset_class: str
+    underlying: str
+    option_type: str | None
+    strike: Decimal | None
+    expiration: dt.date | None
+    multiplier: Decimal
+    quantity: Decimal
+    qty_available: Decimal
+    avg_entry_price: Decimal | None
+    cost_basis: Decimal | None
+    current_price: Decimal | None = None
+    market_value: Decimal | None = None
+    unrealized_pl: Decimal | None = None
+    marks_ours: bool = True  # stored rows: monitorCycle has not quoted it yet (quote_at IS NULL)
+
+    def position_fields(self) -> tuple[Any, ...]:
+        return (
+            self.asset_class,
+            self.underlying,
+            self.option_type,
+            self.strike,
+            self.expiration,
+            self.multiplier,
+            self.quantity,
+            self.qty_available,
+            self.avg_entry_price,
+            self.cost_basis,
+        )
+
+    def marks(self) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
+        return (self.current_price, self.market_value, self.unrealized_pl)
+
+
+@dataclass(frozen=True, slots=True)
+class PositionEvent:
+    symbol: str
+    kind: EventKind
+    old_quantity: Decimal
+    new_quantity: Decimal
+
+
+@dataclass(slots=True)
+class Diff:
+    """What a pass writes: rows to upsert (new or changed), symbols to delete, events."""
+
+    upserts: list[PositionRow] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    events: list[PositionEvent] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.upserts or self.deletes)
+
+    @property
+    def changed_symbols(self) -> list[str]:
+        return sorted({r.symbol for r in self.upserts} | set(self.deletes))
+
+
+def event_kind(old: Decimal, new: Decimal) -> EventKind | None:
+    """The ``position_events.kind`` of a quantity change (0 = no position), or None if there is none."""
+    if old == new:
+        return None
+    if old == 0:
+        return "opened"
+    if new == 0:
+        return "closed"
+    if (old > 0) != (new > 0):
+        return "flipped"
+    return "increased" if abs(new) > abs(old) else "reduced"
+
+
+def _marks_differ(stored: PositionRow, fetched: PositionRow) -> bool:
+    """A mark the broker gave that differs from the stored one (a mark the broker did not give is kept)."""
+    return any(new is not None and new != old for old, new in zip(stored.marks(), fetched.marks(), strict=True))
+
+
+def diff_positions(stored: Mapping[str, PositionRow], fetched: Iterable[PositionRow]) -> Diff:
+    """Compare the stored mirror with the broker's answer (symbols unique, quantities non-zero).
+
+    A fetched row is upserted when it is new, when an accountSync-owned position field
+    differs, or when its marks differ while the stored row's marks are still ours
+    (see the module docstring). A stored symbol the broker no longer reports is deleted.
+    Every quantity change yields one event (``old_quantity`` 0 for ``opened``,
+    ``new_quantity`` 0 for ``closed``).
+    """
+    diff = Diff()
+    seen: set[str] = set()
+    for row in fetched:
+        seen.add(row.symbol)
+        old = stored.get(row.symbol)
+        if old is None:
+            diff.upserts.append(row)
+            diff.events.append(PositionEvent(row.symbol, "opened", Decimal(0), row.quantity))
+            continue
+        kind = event_kind(old.quantity, row.quantity)
+        if kind is not None:
+            diff.events.append(PositionEvent(row.symbol, kind, old.quantity, row.quantity))
+        if old.position_fields() != row.position_fields() or (old.marks_ours and _marks_differ(old, row)):
+            diff.upserts.append(row)
+        else:
+            diff.unchanged += 1
+    for symbol in sorted(stored.keys() - seen):
+        diff.deletes.append(symbol)
+        diff.events.append(PositionEvent(symbol, "closed", stored[symbol].quantity, Decimal(0)))
+    return diff
+
+
+def balances_changed(stored: Mapping[str, Any] | None, fetched: Balances) -> bool:
+    """True when there is no snapshot yet or any of its five numbers differs from the broker's."""
+    if stored is None or stored["equity"] is None:
+        return True
+    return any(stored[k] != getattr(fetched, k) for k in _BALANCE_FIELDS)
+
+
+_BALANCE_FIELDS = ("equity", "cash", "buying_power", "long_market_value", "short_market_value")
+
+
+# -- checking the broker's answer ---------------------------------------------------------------------
+
+
+def _finite(value: Decimal | None, what: str, *, required: bool) -> None:
+    if value is None:
+        if required:
+            raise BadBrokerData(f"{what} is missing", field=what)
+        return
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise BadBrokerData(f"{what} is not a finite number: {str(value)[:40]!r}", field=what)
+
+
+def position_row(p: Position, index: int = 0) -> PositionRow:
+    """The row a broker position becomes; option fields from its OCC symbol. ``BadBrokerData`` if malformed."""
+    what = f"positions[{index}]"
+    for name in ("quantity", "qty_available"):
+        _finite(getattr(p, name), f"{what}.{name}", required=True)
+    for name in ("avg_entry_price", "cost_basis", "current_price", "market_value", "unrealized_pl"):
+        _finite(getattr(p, name), f"{what}.{name}", required=False)
+    if p.asset_class == AssetClass.US_OPTION:
+        spec = p.option
+        if spec is None:
+            try:
+                spec = parse_occ(p.symbol)
+            except ValueError as exc:
+                raise BadBrokerData(f"{what}.symbol: {exc}", field=f"{what}.symbol") from None
+        return PositionRow(
+            symbol=p.symbol,
+            asset_class=p.asset_class.value,
+            underlying=spec.underlying,
+            option_type=spec.option_type.value,
+            strike=spec.strike,
+            expiration=spec.expiration,
+            multiplier=Decimal(spec.multiplier),
+            quantity=p.quantity,
+            qty_available=p.qty_available,
+            avg_entry_price=p.avg_entry_price,
+            cost_basis=p.cost_basis,
+            current_price=p.current_price,
+            market_value=p.market_value,
+            unrealized_pl=p.unrealized_pl,
+        )
+    return PositionRow(
+        symbol=p.symbol,
+        asset_class=AssetClass(p.asset_class).value,
+        underlying=p.symbol,
+        option_type=None,
+        strike=None,
+        expiration=None,
+        multiplier=Decimal(1),
+        quantity=p.quantity,
+        qty_available=p.qty_available,
+        avg_entry_price=p.avg_entry_price,
+        cost_basis=p.cost_basis,
+        current_price=p.current_price,
+        market_value=p.market_value,
+        unrealized_pl=p.unrealized_pl,
+    )
+
+
+def checked_positions(positions: Sequence[Position]) -> list[PositionRow]:
+    """The broker's positions as rows; flat ones (quantity 0) dropped; malformed answers raise ``BadBrokerData``."""
+    rows: list[PositionRow] = []
+    seen: set[str] = set()
+    for i, p in enumerate(positions):
+        if not isinstance(p.symbol, str) or not p.symbol:
+            raise BadBrokerData(f"positions[{i}].symbol is missing", field=f"positions[{i}].symbol")
+        if p.symbol in seen:
+            raise BadBrokerData(f"positions: symbol {p.symbol[:40]!r} reported twice", field=f"positions[{i}].symbol")
+        seen.add(p.symbol)
+        row = position_row(p, i)
+        if row.quantity != 0:
+            rows.append(row)
+    return rows
+
+
+def check_balances(b: Balances) -> None:
+    for name in _BALANCE_FIELDS:
+        _finite(getattr(b, name), f"account.{name}", required=True)
+
+
+# -- fetching ------------------------------------------------------------------------------------------
+
+
+async def fetch_account(broker: Broker, deadline_s: float) -> tuple[Balances, list[Position]]:
+    """Balances and positions, requested at once; a failure of either cancels the other.
+
+    ``BrokerUnavailable`` when the whole fetch takes longer than ``deadline_s`` (a broker
+    that never answers); the adapters' own per-request timeouts normally end it sooner.
+    """
+    balances_task = asyncio.ensure_future(broker.get_account())
+    positions_task = asyncio.ensure_future(broker.list_positions())
+    try:
+        async with asyncio.timeout(deadline_s):
+            balances, positions = await asyncio.gather(balances_task, positions_task)
+            return balances, positions
+    except TimeoutError:
+        raise BrokerUnavailable(f"fetching balances and positions timed out after {deadline_s:g}s") from None
+    finally:
+        for task in (balances_task, positions_task):
+            if not task.done():
+                task.cancel()
+        # Collect the loser's outcome so no exception goes unretrieved.
+        await asyncio.gather(balances_task, positions_task, return_exceptions=True)
+
+
+# -- writing ---------------------------------------------------------------------------------------------
+
+
+def notify_payloads(kind: str, account: Account, key: str, values: Sequence[Any]) -> list[str]:
+    """JSON payloads ``{"kind", "account", "account_id", key: [...]}``, each under ``NOTIFY_MAX_BYTES``."""
+    payloads: list[str] = []
+    head = {"kind": kind, "account": account.name, "account_id": account.id}
+    chunk: list[Any] = []
+    for value in values:
+        candidate = json.dumps({**head, key: [*chunk, value]}, separators=(",", ":"))
+        if chunk and len(candidate.encode()) > NOTIFY_MAX_BYTES:
+            payloads.append(json.dumps({**head, key: chunk}, separators=(",", ":")))
+            chunk = [value]
+        else:
+            chunk.append(value)
+    if chunk:
+        payloads.append(json.dumps({**head, key: chunk}, separators=(",", ":")))
+    return payloads
+
+
+def _upsert_columns(rows: Sequence[PositionRow]) -> list[list[Any]]:
+    return [
+        [r.symbol for r in rows],
+        [r.asset_class for r in rows],
+        [r.underlying for r in rows],
+        [r.option_type for r in rows],
+        [r.strike for r in rows],
+        [r.expiration for r in rows],
+        [r.multiplier for r in rows],
+        [r.quantity for r in rows],
+        [r.qty_available for r in rows],
+        [r.avg_entry_price for r in rows],
+        [r.cost_basis for r in rows],
+        [r.current_price for r in rows],
+        [r.market_value for r in rows],
+        [r.unrealized_pl for r in rows],
+    ]
+
+
+def _stored_row(r: asyncpg.Record) -> PositionRow:
+    return PositionRow(
+        symbol=r["symbol"],
+        asset_class=r["asset_class"],
+        underlying=r["underlying"],
+        option_type=r["option_type"],
+        strike=r["strike"],
+        expiration=r["expiration"],
+        multiplier=r["multiplier"],
+        quantity=r["quantity"],
+        qty_available=r["qty_available"],
+        avg_entry_price=r["avg_entry_price"],
+        cost_basis=r["cost_basis"],
+        current_price=r["current_price"],
+        market_value=r["market_value"],
+        unrealized_pl=r["unrealized_pl"],
+        marks_ours=r["marks_ours"],
+    )
+
+
+@dataclass(slots=True)
+class SyncResult:
+    positions: int
+    diff: Diff
+    snapshot: bool
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "positions": self.positions,
+            "upserted": len(self.diff.upserts),
+            "deleted": len(self.diff.deletes),
+            "events": len(self.diff.events),
+            "unchanged": self.diff.unchanged,
+            "snapshot": int(self.snapshot),
+        }
+
+
+async def sync_account(ctx: Context, account: Account) -> SyncResult:
+    """Fetch, compare, write the difference in one transaction; raise (changing nothing) on a bad fetch."""
+    deadline = ctx.settings.cycles.broker_timeout_s * FETCH_DEADLINE_FACTOR
+    balances, positions = await fetch_account(account.broker, deadline)
+    check_balances(balances)
+    fetched = checked_positions(positions)
+    q = ctx.queries
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await conn.execute(q["account_sync_lock"], SYNC_LOCK_CLASS, account.id)
+        stored = {r["symbol"]: _stored_row(r) for r in await conn.fetch(q["account_sync_stored_positions"], account.id)}
+        state = await conn.fetchrow(q["account_sync_stored_account"], account.id)
+        diff = diff_positions(stored, fetched)
+        snapshot = balances_changed(state, balances)
+        broker_id = balances.broker_account_id or None
+        broker_id_changed = broker_id is not None and (state is None or state["broker_account_id"] != broker_id)
+        await conn.fetchrow(
+            q["account_sync_write"],
+            account.id,
+            *_upsert_columns(diff.upserts),
+            diff.deletes,
+            [e.symbol for e in diff.events],
+            [e.kind for e in diff.events],
+            [e.old_quantity for e in diff.events],
+            [e.new_quantity for e in diff.events],
+            snapshot,
+            balances.equity,
+            balances.cash,
+            balances.buying_power,
+            balances.long_market_value,
+            balances.short_market_value,
+            broker_id if broker_id_changed else None,
+        )
+        payloads = notify_payloads("position", account, "symbols", diff.changed_symbols)
+        if snapshot or broker_id_changed:
+            payloads.append(json.dumps({"kind": "account", "account": account.name, "account_id": account.id}))
+        if payloads:
+            await conn.execute(q["account_sync_notify"], payloads)
+    ctx.metrics.set("syncd_positions", len(fetched), account=account.name)
+    if not diff.empty:
+        log.info(
+            "positions_changed",
+            upserted=len(diff.upserts),
+            deleted=len(diff.deletes),
+            events=len(diff.events),
+        )
+    return SyncResult(len(fetched), diff, snapshot)
+
+
+async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
+    """One accountSync pass over ``account`` (see the module docstring); returns its stats.
+
+    With ``cycles.auto_import`` the positions no live trade covers then become trades
+    (:mod:`syncd.importer`), in a transaction of their own.
+    """
+    result = await sync_account(ctx, account)
+    stats = result.stats()
+    if ctx.settings.cycles.auto_import:
+        from syncd.importer import import_positions  # the importer builds on this module
+
+        imported = await import_positions(ctx, account)
+        stats["imported"] = len(imported)
+    return stats
