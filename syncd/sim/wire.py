@@ -1,0 +1,101 @@
+"""Small formatting helpers shared by the simulator's wire dialects."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+
+CENT = Decimal("0.01")
+_RATIO = Decimal("0.0000000001")
+
+
+def dstr(x: Decimal | None) -> str | None:
+    """A decimal as Alpaca writes it: a plain string, no exponent, no trailing zeros."""
+    if x is None:
+        return None
+    if x == 0:
+        return "0"
+    return format(x.normalize(), "f")
+
+
+def money(x: Decimal) -> str:
+    """Dollars, to the cent."""
+    s = dstr(x.quantize(CENT))
+    assert s is not None
+    return s
+
+
+def ratio(num: Decimal, den: Decimal) -> str:
+    """``num / den`` (e.g. an unrealized P&L percent as a fraction), 0 when ``den`` is 0."""
+    if den == 0:
+        return "0"
+    s = dstr((num / den).quantize(_RATIO))
+    assert s is not None
+    return s
+
+
+def ts(t: dt.datetime | None) -> str | None:
+    """RFC 3339 in UTC with a ``Z``, as Alpaca's trading API writes timestamps."""
+    if t is None:
+        return None
+    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def tradier_ts(t: dt.datetime) -> str:
+    """``2018-06-06T20:16:17.342Z``: milliseconds and a ``Z``, as Tradier writes them."""
+    t = t.astimezone(dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def epoch_ms(t: dt.datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def parse_decimal(value: object, field: str) -> Decimal:
+    """A number or numeric string -> Decimal; ``ValueError`` naming the field otherwise."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{field} must be a number")
+    if isinstance(value, (int, float, str)):
+        try:
+            d = Decimal(str(value).strip())
+        except ArithmeticError:
+            raise ValueError(f"{field} must be a number, got {str(value)[:40]!r}") from None
+        if not d.is_finite():
+            raise ValueError(f"{field} must be a finite number")
+        return d
+    raise ValueError(f"{field} must be a number")
+
+
+def parse_time(value: str, field: str) -> dt.datetime:
+    """RFC 3339 (or a date) -> aware datetime; ``ValueError`` naming the field otherwise."""
+    try:
+        t = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{field}: not an RFC 3339 timestamp: {value[:40]!r}") from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
+
+
+HTML_ERROR = (
+    "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+    "<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
+def html_error(status: int) -> web.Response:
+    from http import HTTPStatus
+
+    reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    return web.Response(text=HTML_ERROR.format(status=status, reason=reason), status=status, content_type="text/html")
