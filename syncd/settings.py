@@ -51,6 +51,7 @@ class DatabaseSettings(_Section):
     pool_min: int = Field(1, ge=1, le=100)
     pool_max: int = Field(10, ge=1, le=200)
     connect_timeout_s: float = Field(10, gt=0, le=300)
+    retention_days: int = Field(7, ge=1, le=3_650)  # sync_runs older than this are deleted by `syncd run`
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -78,6 +79,8 @@ class CyclesSettings(_Section):
     jitter_pct: float = Field(10, ge=0, le=50)
     auto_import: bool = False
     stream: bool = True  # consume the broker's trade stream where it has one
+    lease_heartbeat_s: float = Field(10, ge=0.5, le=300)  # replicas: leases lapse after 3 heartbeats
+    shutdown_timeout_s: float = Field(20, ge=0, le=600)  # SIGTERM: passes in flight may finish this long
 
 
 class TradingSettings(_Section):
