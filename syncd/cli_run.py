@@ -1,0 +1,62 @@
+"""``syncd run [--no-migrate]``: the daemon (CONTRACT §1). Exit 0 clean stop, 2 bad config, 1 fatal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import Any
+
+import structlog
+
+from syncd.cli_common import EXIT_FAILED, EXIT_OK, CommandError, load_config
+from syncd.errors import describe
+from syncd.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="the daemon: accountSync, tradeCycle, monitorCycle until SIGTERM/SIGINT",
+        description="Apply pending migrations (unless --no-migrate), then run accountSync, tradeCycle and "
+        "monitorCycle as supervised tasks, with the health listener, until SIGTERM or SIGINT. "
+        "Exit 0 on a clean stop, 2 on a bad configuration, 1 on a fatal error.",
+    )
+    parser.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations first")
+    parser.set_defaults(handler=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    settings = load_config(args)  # CommandError(exit 2) on a bad config
+    try:
+        asyncio.run(run_until_signalled(settings, migrate=not args.no_migrate))
+    except Exception as exc:  # the daemon's last line of defence: log it, exit 1
+        log.error("daemon_fatal", error=describe(exc), exc_info=exc)
+        raise CommandError(describe(exc), EXIT_FAILED) from None
+    return EXIT_OK
+
+
+async def run_until_signalled(settings: Settings, *, migrate: bool) -> None:
+    """``serve`` with SIGTERM and SIGINT setting its stop Event (and doing nothing else)."""
+    from syncd.supervisor import serve
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, _request_stop, stop, sig)
+    try:
+        await serve(settings, stop=stop, migrate=migrate)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        log.info("stop_already_requested", signal=sig.name)
+    else:
+        log.info("stop_requested", signal=sig.name)
+    stop.set()
