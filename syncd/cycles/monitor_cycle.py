@@ -1,0 +1,286 @@
+"""monitorCycle: quotes for what each account holds, P&L per position and per trade, exits.
+
+One pass over one account reads as a story:
+
+1. **fetch**: the instruments the account holds (``portfolio_positions``, mirrored by
+   accountSync) and their quotes, in one ``broker.get_quotes`` call (the adapters batch:
+   one or two HTTP requests for a typical account, not one per position);
+2. **write the quotes**, in one statement, to the rows whose values changed: ``bid``,
+   ``ask``, ``last``, ``current_price`` (mid, else last), ``market_value``,
+   ``unrealized_pl``, ``quote_at``, greeks. Quantities, average prices and cost bases
+   are accountSync's and never written here;
+3. **evaluate every live trade** from its legs' positions (``v_trade_leg_positions``):
+   held and available units, ``can_monitor``, ``can_exit``, the net price per unit and
+   the floating P&L on the quantity actually held, never ``trades.quantity``
+   (:mod:`syncd.pnl` holds the arithmetic), and write the trades whose price or P&L changed;
+4. **exits**: with ``trading.enabled`` and ``trading.auto_exits``, a trade whose
+   take-profit, stop-loss or days-before-expiration rule fires gets ONE ``close`` request
+   queued in ``order_requests`` for its available quantity and goes ``closing`` (the
+   rule in ``close_reason``), unless an exit already works for it or a leg lacks a
+   two-sided quote. tradeCycle's outbox places the request;
+5. **notify** ``syncd_events`` (inside the transaction, so delivered on commit).
+
+Everything from step 2 on is one transaction. The exit rules use whatever quotes the broker
+gives; while the market is closed the supervisor runs this cycle at
+``closed_market_interval_s`` (see :mod:`syncd.market_clock`) and an exit queued then is
+placed for the next session by tradeCycle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import structlog
+from asyncpg.pool import PoolConnectionProxy
+
+from syncd import pnl
+from syncd.brokers.types import Quote
+from syncd.context import Account, Context
+
+log = structlog.get_logger(__name__)
+
+MARKET_TZ = ZoneInfo("America/New_York")
+# Beyond this many position rows changed in one pass, one summary notification ("key": "*")
+# replaces the per-symbol ones (a listener re-reads the account).
+NOTIFY_PER_ROW_MAX = 100
+
+
+def market_today(now: dt.datetime | None = None) -> dt.date:
+    """The exchange's calendar date (what days-before-expiration counts in)."""
+    return (now or dt.datetime.now(dt.UTC)).astimezone(MARKET_TZ).date()
+
+
+async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
+    """One monitorCycle pass over ``account`` (the ``syncd.cycles`` registry's entry point)."""
+    return await monitor_account(ctx, account, today=market_today())
+
+
+# -- quotes -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteColumns:
+    """``monitor_write_quotes``'s array arguments, one element per held symbol."""
+
+    symbols: list[str]
+    bid: list[Decimal | None]
+    ask: list[Decimal | None]
+    last: list[Decimal | None]
+    price: list[Decimal | None]
+    quote_at: list[dt.datetime | None]
+    delta: list[Decimal | None]
+    gamma: list[Decimal | None]
+    theta: list[Decimal | None]
+    vega: list[Decimal | None]
+    iv: list[Decimal | None]
+
+    def args(self) -> tuple[list[Any], ...]:
+        return (
+            self.symbols,
+            self.bid,
+            self.ask,
+            self.last,
+            self.price,
+            self.quote_at,
+            self.delta,
+            self.gamma,
+            self.theta,
+            self.vega,
+            self.iv,
+        )
+
+
+def quote_columns(symbols: Sequence[str], quotes: dict[str, Quote]) -> QuoteColumns:
+    """Arrange the broker's quotes for the bulk write; a symbol it did not quote gets no bid/ask."""
+    cols = QuoteColumns([], [], [], [], [], [], [], [], [], [], [])
+    for symbol in symbols:
+        q = quotes.get(symbol)
+        g = q.greeks if q is not None else None
+        bid = q.bid if q is not None else None
+        ask = q.ask if q is not None else None
+        last = q.last if q is not None else None
+        cols.symbols.append(symbol)
+        cols.bid.append(bid)
+        cols.ask.append(ask)
+        cols.last.append(last)
+        cols.price.append(pnl.mid(bid, ask, last))
+        cols.quote_at.append(q.at if q is not None else None)
+        cols.delta.append(g.delta if g else None)
+        cols.gamma.append(g.gamma if g else None)
+        cols.theta.append(g.theta if g else None)
+        cols.vega.append(g.vega if g else None)
+        cols.iv.append(g.implied_volatility if g else None)
+    return cols
+
+
+# -- trades -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TradeRow:
+    """A live trade as read back from the database, with what is stored for it now."""
+
+    trade: pnl.Trade
+    stored_price: Decimal | None
+    stored_pnl: Decimal | None
+
+
+def trades_from_rows(rows: Sequence[asyncpg.Record]) -> list[TradeRow]:
+    """Group ``monitor_trade_legs`` rows (ordered by trade, leg) into trades."""
+    out: list[TradeRow] = []
+    legs: list[pnl.Leg] = []
+    for i, r in enumerate(rows):
+        legs.append(
+            pnl.Leg(
+                symbol=r["symbol"],
+                side=r["side"],
+                ratio=r["ratio"],
+                position_quantity=r["position_quantity"],
+                bid=r["bid"],
+                ask=r["ask"],
+                last=r["last"],
+                multiplier=r["multiplier"],
+                asset_class=r["asset_class"],
+                expiration=r["expiration"],
+                claimants=r["claimants"],
+                committed=r["committed_quantity"],
+                committed_by_trade=r["committed_by_trade"],
+            )
+        )
+        if i + 1 < len(rows) and rows[i + 1]["trade_id"] == r["trade_id"]:
+            continue
+        trade = pnl.Trade(
+            id=r["trade_id"],
+            strategy=r["strategy"],
+            legs=tuple(legs),
+            status=r["status"],
+            quantity=r["quantity"],
+            entry_price=r["entry_price"],
+            take_profit_pct=r["take_profit_pct"],
+            stop_loss_pct=r["stop_loss_pct"],
+            exit_pending=r["exit_pending"],
+        )
+        out.append(TradeRow(trade, r["current_price"], r["floating_pnl"]))
+        legs = []
+    return out
+
+
+@dataclass(slots=True)
+class Plan:
+    """What one pass will write for the account's trades."""
+
+    ids: list[int]
+    prices: list[Decimal | None]
+    pnls: list[Decimal | None]
+    exits: list[pnl.ExitDecision]
+    blocked: Counter[str]
+    monitorable: int
+
+
+def plan_trades(trades: Sequence[TradeRow], *, today: dt.date, exit_days: int, exits_enabled: bool) -> Plan:
+    """Evaluate every trade; collect the changed prices/P&L and the exits to queue."""
+    plan = Plan([], [], [], [], Counter(), 0)
+    for row in trades:
+        state = pnl.evaluate(row.trade)
+        plan.monitorable += state.can_monitor
+        if state.current_price is not None and (state.current_price, state.floating_pnl) != (
+            row.stored_price,
+            row.stored_pnl,
+        ):
+            plan.ids.append(row.trade.id)
+            plan.prices.append(state.current_price)
+            plan.pnls.append(state.floating_pnl)
+        if not exits_enabled:
+            continue
+        decision = pnl.decide_exit(row.trade, state, today=today, exit_days_before_expiration=exit_days)
+        if isinstance(decision, pnl.ExitDecision):
+            plan.exits.append(decision)
+        elif decision is not None:
+            plan.blocked[decision] += 1
+            if decision in ("no_two_sided_quote", "nothing_available"):
+                log.info("exit_blocked", trade_id=row.trade.id, reason=decision)
+    return plan
+
+
+# -- the pass ---------------------------------------------------------------------------------
+
+
+async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> dict[str, Any]:
+    """Quotes, trade P&L and exits for one account; returns the pass's stats."""
+    q = ctx.queries
+    symbols = [r["symbol"] for r in await ctx.pool.fetch(q["monitor_held_symbols"], account.id)]
+    quotes = await account.broker.get_quotes(symbols) if symbols else {}
+    cols = quote_columns(symbols, quotes)
+    trading = ctx.settings.trading
+    exits_enabled = trading.enabled and trading.auto_exits
+
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        written = [r["symbol"] for r in await conn.fetch(q["monitor_write_quotes"], account.id, *cols.args())]
+        trades = trades_from_rows(await conn.fetch(q["monitor_trade_legs"], account.id))
+        plan = plan_trades(
+            trades, today=today, exit_days=trading.exit_days_before_expiration, exits_enabled=exits_enabled
+        )
+        trades_written: list[int] = []
+        if plan.ids:
+            rows = await conn.fetch(q["monitor_write_trades"], account.id, plan.ids, plan.prices, plan.pnls)
+            trades_written = [r["id"] for r in rows]
+        queued = await _queue_exits(conn, ctx, account, plan.exits)
+        notes = _notifications(account.name, written, trades_written, queued)
+        if notes:
+            await conn.fetchval(q["monitor_notify"], notes)
+
+    return {
+        "positions": len(symbols),
+        "quoted": sum(1 for s in symbols if s in quotes),
+        "positions_written": len(written),
+        "trades": len(trades),
+        "monitorable": plan.monitorable,
+        "trades_written": len(trades_written),
+        "exits_queued": len(queued),
+        **{f"exits_blocked_{k}": v for k, v in sorted(plan.blocked.items())},
+    }
+
+
+async def _queue_exits(
+    conn: PoolConnectionProxy[Any], ctx: Context, account: Account, exits: Sequence[pnl.ExitDecision]
+) -> list[pnl.ExitDecision]:
+    if not exits:
+        return []
+    rows = await conn.fetch(
+        ctx.queries["monitor_queue_exits"],
+        account.id,
+        [e.trade_id for e in exits],
+        [e.rule for e in exits],
+        [e.quantity for e in exits],
+    )
+    by_trade = {e.trade_id: e for e in exits}
+    queued = [by_trade[r["trade_id"]] for r in rows]
+    for r in rows:
+        e = by_trade[r["trade_id"]]
+        log.info("exit_queued", trade_id=e.trade_id, rule=e.rule, qty=str(e.quantity), request_id=r["id"])
+    return queued
+
+
+def _notifications(
+    account: str, symbols: Sequence[str], trade_ids: Sequence[int], exits: Sequence[pnl.ExitDecision]
+) -> list[str]:
+    notes: list[dict[str, Any]] = []
+    if len(symbols) > NOTIFY_PER_ROW_MAX:
+        notes.append({"kind": "position", "account": account, "key": "*", "count": len(symbols)})
+    else:
+        notes += [{"kind": "position", "account": account, "key": s} for s in symbols]
+    exited = {e.trade_id: e.rule for e in exits}
+    for trade_id in dict.fromkeys([*trade_ids, *exited]):
+        note: dict[str, Any] = {"kind": "trade", "account": account, "key": trade_id}
+        if trade_id in exited:
+            note["exit"] = exited[trade_id]
+        notes.append(note)
+    return [json.dumps(n, separators=(",", ":")) for n in notes]
