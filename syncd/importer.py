@@ -256,19 +256,11 @@ async def import_positions(ctx: Context, account: Account) -> list[ImportedTrade
     return imported
 
 
-def describe_imports(imported: Sequence[ImportedTrade]) -> str:
-    """One line for people: what an import made."""
-    if not imported:
-        return "nothing to import"
-    return f"imported {len(imported)}: " + "; ".join(f"#{t.trade_id} {t.plan.describe()}" for t in imported)
-
-
 __all__ = [
     "Holding",
     "ImportedTrade",
     "PlannedLeg",
     "PlannedTrade",
-    "describe_imports",
     "import_positions",
     "pair_verticals",
     "plan_imports",

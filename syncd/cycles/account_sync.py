@@ -424,6 +424,11 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
     return SyncResult(len(fetched), diff, snapshot)
 
 
+async def sync_pass(ctx: Context, account: Account) -> dict[str, Any]:
+    """An accountSync pass without the automatic import (``import-positions`` imports by itself)."""
+    return (await sync_account(ctx, account)).stats()
+
+
 async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
     """One accountSync pass over ``account`` (see the module docstring); returns its stats.
 
