@@ -6,6 +6,9 @@ The supervisor asks before each pass::
     is_open = await clock.any_open(brokers)     # one broker per kind is asked, at most
     delay = interval_for("monitor", settings, is_open)
 
+or, all in one, ``cadence = Cadence()`` once and ``await cadence(ctx, task, normal)`` before
+each pass (the supervisor's ``IntervalFn`` shape).
+
 **Caching.** A broker's clock answer says whether the market is open and when it next
 opens and closes, so it stays right until the next change: it is kept until
 ``refresh_before_s`` before that change (and never longer than ``max_age_s``), then asked
@@ -28,6 +31,7 @@ import asyncio
 import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -35,6 +39,9 @@ from syncd.brokers.base import Broker, BrokerError
 from syncd.brokers.types import Clock
 from syncd.errors import describe
 from syncd.settings import CyclesSettings, Settings
+
+if TYPE_CHECKING:
+    from syncd.context import Context
 
 log = structlog.get_logger(__name__)
 
@@ -173,3 +180,21 @@ def interval_for(task: str, settings: Settings | CyclesSettings, is_open: bool) 
         return cycles.closed_market_interval_s
     value: float = getattr(cycles, key)
     return value
+
+
+class Cadence:
+    """``await cadence(ctx, task, normal) -> seconds``: the supervisor's interval hook.
+
+    ``normal`` is the task's regular interval; tradeCycle and monitorCycle get
+    ``closed_market_interval_s`` instead while the market of every configured broker kind
+    is closed. Keep one per process (it holds the ``MarketClock`` cache).
+    """
+
+    def __init__(self, clock: MarketClock | None = None) -> None:
+        self.clock = clock or MarketClock()
+
+    async def __call__(self, ctx: Context, task: str, normal: float) -> float:
+        if task not in _MARKET_PACED:
+            return normal
+        is_open = await self.clock.any_open(a.broker for a in ctx.accounts.values())
+        return normal if is_open else interval_for(task, ctx.settings, is_open)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 
 import pytest
 
 from syncd.brokers.base import BrokerUnavailable
 from syncd.brokers.types import Clock
-from syncd.market_clock import MarketClock, interval_for, state_at
+from syncd.market_clock import Cadence, MarketClock, interval_for, state_at
 from syncd.settings import CyclesSettings, Settings
 
 T0 = dt.datetime(2025, 12, 3, 15, 0, tzinfo=dt.UTC)  # 10:00 New York, a Wednesday
@@ -187,3 +188,25 @@ def test_closed_market_cadence() -> None:
     assert interval_for("monitor", Settings(cycles=cycles), False) == 300
     with pytest.raises(ValueError, match="unknown task"):
         interval_for("nope", cycles, True)
+
+
+async def test_cadence_hook_for_the_supervisor() -> None:
+    @dataclasses.dataclass
+    class Acct:
+        broker: ClockBroker
+
+    @dataclasses.dataclass
+    class Ctx:
+        settings: Settings
+        accounts: dict[str, Acct]
+
+    now = Hand(T0)
+    broker = ClockBroker("alpaca", closed_clock(T0))
+    ctx = Ctx(Settings(cycles=CyclesSettings(closed_market_interval_s=300)), {"a": Acct(broker)})
+    cadence = Cadence(MarketClock(now=now))
+    assert await cadence(ctx, "monitorCycle", 60) == 300  # type: ignore[arg-type]
+    assert await cadence(ctx, "tradeCycle", 60) == 300  # type: ignore[arg-type]
+    assert await cadence(ctx, "accountSync", 30) == 30  # type: ignore[arg-type]
+    assert broker.calls == 1
+    ctx.accounts = {}
+    assert await cadence(ctx, "monitorCycle", 60) == 60  # type: ignore[arg-type]
