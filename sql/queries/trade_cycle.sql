@@ -1,0 +1,325 @@
+-- name: trade_orders_lock
+-- Serialises every writer of one account's orders and trades (the poll pass, the stream
+-- consumer, the outbox), whichever replica runs it. Held until the transaction ends.
+-- $1 lock class (syncd.order_store.ORDERS_LOCK_CLASS), $2 account id.
+SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int);
+
+-- name: trade_outbox_try_lock
+-- One drainer of an account's outbox at a time (session lock, released by trade_outbox_unlock
+-- or when the connection closes). $1 lock class, $2 account id. Returns true when acquired.
+SELECT pg_try_advisory_lock($1::int, ($2::bigint % 2147483647)::int) AS locked;
+
+-- name: trade_outbox_unlock
+SELECT pg_advisory_unlock($1::int, ($2::bigint % 2147483647)::int);
+
+-- name: trade_watermark
+-- The order mirror's watermark (NULL before the first pass) and the oldest submission
+-- time of an order still recorded as working.
+SELECT (SELECT orders_watermark FROM trade_cycle_state WHERE account_id = $1) AS watermark,
+       (SELECT min(submitted_at) FROM orders
+         WHERE account_id = $1 AND parent_id IS NULL
+           AND status IN ('new', 'accepted', 'pending_new', 'accepted_for_bidding', 'partially_filled',
+                          'pending_cancel', 'pending_replace', 'held', 'calculated', 'stopped',
+                          'suspended', 'pending_review')) AS oldest_working;
+
+-- name: trade_working_order_ids
+-- Broker ids of the account's top-level orders recorded as working.
+SELECT broker_order_id
+  FROM orders
+ WHERE account_id = $1 AND parent_id IS NULL
+   AND status IN ('new', 'accepted', 'pending_new', 'accepted_for_bidding', 'partially_filled',
+                  'pending_cancel', 'pending_replace', 'held', 'calculated', 'stopped',
+                  'suspended', 'pending_review');
+
+-- name: trade_set_watermark
+INSERT INTO trade_cycle_state (account_id, orders_watermark)
+VALUES ($1, $2)
+ON CONFLICT (account_id) DO UPDATE
+   SET orders_watermark = EXCLUDED.orders_watermark, updated_at = now();
+
+-- name: trade_stored_orders
+-- The stored state of the given top-level orders and of their legs (rows with parent_id).
+-- $1 account id, $2 broker order ids.
+WITH top AS (
+    SELECT id FROM orders WHERE account_id = $1 AND broker_order_id = ANY($2::text[]) AND parent_id IS NULL
+)
+SELECT o.id, o.parent_id, o.broker_order_id, o.client_order_id, o.trade_id, o.role, o.symbol, o.side,
+       o.status, o.qty, o.ratio_qty, o.filled_qty, o.filled_avg_price, o.reject_reason, o.filled_at,
+       o.canceled_at
+  FROM orders o
+ WHERE o.id IN (SELECT id FROM top) OR o.parent_id IN (SELECT id FROM top)
+ ORDER BY o.parent_id NULLS FIRST, o.id;
+
+-- name: trade_requests_by_client_ids
+-- Outbox requests that placed orders with these client ids: which trade, opening or closing.
+SELECT client_order_id, trade_id, kind
+  FROM order_requests
+ WHERE account_id = $1 AND client_order_id = ANY($2::text[]) AND kind IN ('open', 'close');
+
+-- name: trade_upsert_orders
+-- Insert or update top-level orders and their legs in one statement; returns the top-level ids.
+-- $1 account id
+-- $2..$22 top-level rows: broker_order_id, client_order_id, trade_id, role, symbol, asset_class, side,
+--   intent, type, order_class, time_in_force, qty, ratio_qty, filled_qty, filled_avg_price, limit_price,
+--   status, reject_reason, submitted_at, filled_at, canceled_at
+-- $23..$42 leg rows, the same columns without trade_id/role but with the parent's broker_order_id first:
+--   parent_broker_order_id, broker_order_id, client_order_id, symbol, asset_class, side, intent, type,
+--   order_class, time_in_force, qty, ratio_qty, filled_qty, filled_avg_price, limit_price, status,
+--   reject_reason, submitted_at, filled_at, canceled_at
+WITH top AS (
+    INSERT INTO orders AS o
+           (account_id, broker_order_id, client_order_id, trade_id, role, symbol, asset_class, side, intent,
+            type, order_class, time_in_force, qty, ratio_qty, filled_qty, filled_avg_price, limit_price,
+            status, reject_reason, submitted_at, filled_at, canceled_at)
+    SELECT $1, u.*
+      FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],
+                  $9::text[], $10::text[], $11::text[], $12::text[], $13::numeric[], $14::int[],
+                  $15::numeric[], $16::numeric[], $17::numeric[], $18::text[], $19::text[],
+                  $20::timestamptz[], $21::timestamptz[], $22::timestamptz[]) AS u
+    ON CONFLICT (account_id, broker_order_id) DO UPDATE
+       SET client_order_id = COALESCE(o.client_order_id, EXCLUDED.client_order_id),
+           trade_id = COALESCE(o.trade_id, EXCLUDED.trade_id),
+           role = COALESCE(o.role, EXCLUDED.role),
+           symbol = EXCLUDED.symbol,
+           asset_class = EXCLUDED.asset_class,
+           side = EXCLUDED.side,
+           intent = COALESCE(EXCLUDED.intent, o.intent),
+           type = EXCLUDED.type,
+           order_class = EXCLUDED.order_class,
+           time_in_force = EXCLUDED.time_in_force,
+           qty = EXCLUDED.qty,
+           ratio_qty = EXCLUDED.ratio_qty,
+           filled_qty = EXCLUDED.filled_qty,
+           filled_avg_price = EXCLUDED.filled_avg_price,
+           limit_price = EXCLUDED.limit_price,
+           status = EXCLUDED.status,
+           reject_reason = EXCLUDED.reject_reason,
+           submitted_at = COALESCE(EXCLUDED.submitted_at, o.submitted_at),
+           filled_at = EXCLUDED.filled_at,
+           canceled_at = EXCLUDED.canceled_at,
+           updated_at = now()
+    RETURNING o.id, o.broker_order_id
+), legs AS (
+    INSERT INTO orders AS o
+           (account_id, parent_id, trade_id, role, broker_order_id, client_order_id, symbol, asset_class, side,
+            intent, type, order_class, time_in_force, qty, ratio_qty, filled_qty, filled_avg_price,
+            limit_price, status, reject_reason, submitted_at, filled_at, canceled_at)
+    SELECT $1, top.id, NULL, NULL, l.broker_order_id, l.client_order_id, l.symbol, l.asset_class, l.side,
+           l.intent, l.type, l.order_class, l.time_in_force, l.qty, l.ratio_qty, l.filled_qty,
+           l.filled_avg_price, l.limit_price, l.status, l.reject_reason, l.submitted_at, l.filled_at,
+           l.canceled_at
+      FROM unnest($23::text[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[], $29::text[],
+                  $30::text[], $31::text[], $32::text[], $33::numeric[], $34::int[], $35::numeric[],
+                  $36::numeric[], $37::numeric[], $38::text[], $39::text[], $40::timestamptz[],
+                  $41::timestamptz[], $42::timestamptz[])
+           AS l(parent_broker_order_id, broker_order_id, client_order_id, symbol, asset_class, side, intent,
+                type, order_class, time_in_force, qty, ratio_qty, filled_qty, filled_avg_price, limit_price,
+                status, reject_reason, submitted_at, filled_at, canceled_at)
+      JOIN top ON top.broker_order_id = l.parent_broker_order_id
+    ON CONFLICT (account_id, broker_order_id) DO UPDATE
+       SET parent_id = EXCLUDED.parent_id,
+           symbol = EXCLUDED.symbol,
+           side = EXCLUDED.side,
+           intent = COALESCE(EXCLUDED.intent, o.intent),
+           qty = EXCLUDED.qty,
+           ratio_qty = EXCLUDED.ratio_qty,
+           filled_qty = EXCLUDED.filled_qty,
+           filled_avg_price = EXCLUDED.filled_avg_price,
+           status = EXCLUDED.status,
+           filled_at = EXCLUDED.filled_at,
+           canceled_at = EXCLUDED.canceled_at,
+           updated_at = now()
+    RETURNING 1
+)
+SELECT id, broker_order_id, (SELECT count(*) FROM legs) AS legs_written FROM top;
+
+-- name: trade_insert_order_events
+-- One row per observed change; a stream fill seen twice (same execution id) is kept once.
+-- $1 order ids, $2 event, $3 qty, $4 price, $5 filled_qty, $6 status, $7 execution_id, $8 at, $9 source
+INSERT INTO order_events (order_id, event, qty, price, filled_qty, status, execution_id, at, source)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[], $6::text[],
+                     $7::text[], $8::timestamptz[], $9::text[])
+ON CONFLICT (order_id, execution_id) WHERE execution_id IS NOT NULL DO NOTHING;
+
+-- name: trade_trades_for_apply
+-- The trades to re-derive, locked for this transaction.
+SELECT id, status, quantity, entry_price, broker_fill_price, exit_price, realized_pnl, close_reason,
+       opened_at, closed_at
+  FROM trades
+ WHERE id = ANY($1::bigint[])
+ ORDER BY id
+   FOR UPDATE;
+
+-- name: trade_legs_of
+SELECT trade_id, leg_index, symbol, side, ratio
+  FROM trade_legs
+ WHERE trade_id = ANY($1::bigint[])
+ ORDER BY trade_id, leg_index;
+
+-- name: trade_orders_of
+-- Every order linked to the given trades (top level, oldest first) and their legs.
+WITH top AS (
+    SELECT id FROM orders WHERE trade_id = ANY($1::bigint[]) AND parent_id IS NULL
+)
+SELECT o.id, o.parent_id, o.broker_order_id, o.client_order_id, o.trade_id, o.role, o.symbol, o.side,
+       o.status, o.qty, o.ratio_qty, o.filled_qty, o.filled_avg_price, o.reject_reason, o.filled_at,
+       o.canceled_at
+  FROM orders o
+ WHERE o.id IN (SELECT id FROM top) OR o.parent_id IN (SELECT id FROM top)
+ ORDER BY o.parent_id NULLS FIRST, COALESCE(o.submitted_at, o.created_at), o.id;
+
+-- name: trade_update_trades
+-- Write re-derived trades (only those that changed are passed).
+UPDATE trades t
+   SET status = u.status,
+       quantity = u.quantity,
+       entry_price = u.entry_price,
+       broker_fill_price = u.broker_fill_price,
+       exit_price = u.exit_price,
+       realized_pnl = u.realized_pnl,
+       close_reason = u.close_reason,
+       opened_at = u.opened_at,
+       closed_at = u.closed_at,
+       updated_at = now()
+  FROM unnest($1::bigint[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[], $6::numeric[],
+              $7::numeric[], $8::text[], $9::timestamptz[], $10::timestamptz[])
+       AS u(id, status, quantity, entry_price, broker_fill_price, exit_price, realized_pnl, close_reason,
+            opened_at, closed_at)
+ WHERE t.id = u.id;
+
+-- name: trade_reconcile_candidates
+-- Open trades whose quantity may be set from the broker's positions: nothing of theirs is
+-- working or queued, and the positions were synced after their last fill (with a margin).
+-- Returns each trade's legs with the account's position and how many live trades claim it.
+-- $1 account id, $2 margin (interval)
+WITH cand AS (
+    SELECT t.id, t.quantity
+      FROM trades t
+      JOIN accounts a ON a.id = t.account_id
+     WHERE t.account_id = $1 AND t.status = 'open'
+       AND a.last_synced_at IS NOT NULL
+       AND NOT EXISTS (
+             SELECT 1 FROM orders o
+              WHERE o.trade_id = t.id AND o.parent_id IS NULL
+                AND (o.status NOT IN ('filled', 'canceled', 'expired', 'replaced', 'rejected', 'done_for_day')
+                     OR COALESCE(o.filled_at, o.updated_at) > a.last_synced_at - $2::interval))
+       AND NOT EXISTS (
+             SELECT 1 FROM order_requests r
+              WHERE r.trade_id = t.id AND r.state IN ('queued', 'submitting'))
+), claims AS (
+    SELECT l.symbol, count(DISTINCT l.trade_id) AS n
+      FROM trade_legs l
+      JOIN trades t ON t.id = l.trade_id
+     WHERE t.account_id = $1 AND t.status IN ('pending', 'open', 'closing')
+     GROUP BY l.symbol
+)
+SELECT c.id AS trade_id, c.quantity, l.leg_index, l.symbol, l.side, l.ratio,
+       COALESCE(p.quantity, 0) AS position_quantity, COALESCE(cl.n, 0) AS claims
+  FROM cand c
+  JOIN trade_legs l ON l.trade_id = c.id
+  LEFT JOIN portfolio_positions p ON p.account_id = $1 AND p.symbol = l.symbol
+  LEFT JOIN claims cl ON cl.symbol = l.symbol
+ ORDER BY c.id, l.leg_index;
+
+-- name: trade_set_quantities
+-- Quantities reconciled with the broker's positions. $1 trade ids, $2 quantities.
+UPDATE trades t
+   SET quantity = u.quantity, updated_at = now()
+  FROM unnest($1::bigint[], $2::numeric[]) AS u(id, quantity)
+ WHERE t.id = u.id AND t.quantity IS DISTINCT FROM u.quantity;
+
+-- name: trade_notify
+-- NOTIFY syncd_events, one small JSON payload each.
+SELECT pg_notify('syncd_events', p) FROM unnest($1::text[]) AS p;
+
+-- name: outbox_pending
+-- The account's requests still to work on, oldest first.
+SELECT id FROM order_requests
+ WHERE account_id = $1 AND state IN ('queued', 'submitting')
+ ORDER BY id;
+
+-- name: outbox_claim
+-- Claim one request for this transaction; skipped when another worker holds it.
+SELECT id, account_id, kind, trade_id, payload, client_order_id, state, attempts, last_error, broker_order_id
+  FROM order_requests
+ WHERE id = $1 AND state IN ('queued', 'submitting')
+   FOR UPDATE SKIP LOCKED;
+
+-- name: outbox_set_client_id
+UPDATE order_requests SET client_order_id = $2, updated_at = now() WHERE id = $1;
+
+-- name: outbox_mark_submitting
+-- Committed before the broker is called: from here on the outcome may be unknown.
+UPDATE order_requests
+   SET state = 'submitting', attempts = attempts + 1, trade_id = COALESCE($2, trade_id), updated_at = now()
+ WHERE id = $1
+RETURNING attempts;
+
+-- name: outbox_mark_submitted
+UPDATE order_requests
+   SET state = 'submitted', broker_order_id = $2, submitted_at = COALESCE(submitted_at, now()),
+       last_error = NULL, updated_at = now()
+ WHERE id = $1;
+
+-- name: outbox_mark_final
+-- The request ends without an order: 'rejected' (the broker refused) or 'failed' (syncd could not place it).
+UPDATE order_requests
+   SET state = $2, last_error = $3, updated_at = now()
+ WHERE id = $1;
+
+-- name: outbox_note_error
+-- The outcome is still unknown: keep the state, say why.
+UPDATE order_requests SET last_error = $2, updated_at = now() WHERE id = $1;
+
+-- name: outbox_create_trade
+INSERT INTO trades (account_id, symbol, strategy, status, requested_quantity, quantity, take_profit_pct,
+                    stop_loss_pct, source)
+VALUES ($1, $2, $3, 'pending', $4, 0, $5, $6, 'order')
+RETURNING id;
+
+-- name: outbox_insert_legs
+INSERT INTO trade_legs (trade_id, leg_index, symbol, side, ratio)
+SELECT $1, u.* FROM unnest($2::int[], $3::text[], $4::text[], $5::int[]) AS u;
+
+-- name: outbox_trade
+-- The trade a close/cancel request names, with its account (must be the request's).
+SELECT id, account_id, status, quantity FROM trades WHERE id = $1;
+
+-- name: outbox_close_inputs
+-- Per leg of a trade: the position held, and what working closing orders already commit
+-- (qty - filled of open orders with intent close or role exit on that symbol, legs included).
+SELECT l.leg_index, l.symbol, l.side, l.ratio,
+       COALESCE(p.quantity, 0) AS position_quantity,
+       COALESCE((
+           SELECT sum(greatest(o.qty - o.filled_qty, 0))
+             FROM orders o
+             LEFT JOIN orders parent ON parent.id = o.parent_id
+            WHERE o.account_id = $2 AND o.symbol = l.symbol
+              AND COALESCE(parent.status, o.status)
+                  IN ('new', 'accepted', 'pending_new', 'accepted_for_bidding', 'partially_filled',
+                      'pending_cancel', 'pending_replace', 'held', 'calculated', 'stopped', 'suspended',
+                      'pending_review')
+              AND (o.intent = 'close' OR COALESCE(parent.role, o.role) = 'exit')
+              AND NOT EXISTS (SELECT 1 FROM orders c WHERE c.parent_id = o.id)
+       ), 0) AS committed
+  FROM trade_legs l
+  LEFT JOIN portfolio_positions p ON p.account_id = $2 AND p.symbol = l.symbol
+ WHERE l.trade_id = $1
+ ORDER BY l.leg_index;
+
+-- name: outbox_set_close_reason
+UPDATE trades SET close_reason = $2, updated_at = now() WHERE id = $1 AND close_reason IS DISTINCT FROM $2;
+
+-- name: outbox_end_trade
+-- A trade whose opening request ended without an order: rejected or cancelled, with the reason.
+UPDATE trades
+   SET status = $2, close_reason = $3, closed_at = now(), updated_at = now()
+ WHERE id = $1 AND status = 'pending';
+
+-- name: outbox_working_orders
+-- The trade's working top-level orders (what a cancel request cancels).
+SELECT broker_order_id FROM orders
+ WHERE trade_id = $1 AND parent_id IS NULL
+   AND status IN ('new', 'accepted', 'pending_new', 'accepted_for_bidding', 'partially_filled',
+                  'pending_cancel', 'pending_replace', 'held', 'calculated', 'stopped', 'suspended',
+                  'pending_review');

@@ -1,0 +1,99 @@
+"""tradeCycle: the outbox, the order mirror, and trades that follow their orders.
+
+One pass over one account:
+
+1. when ``trading.enabled``, drain the account's outbox (:mod:`syncd.outbox`);
+2. fetch the account's orders: everything submitted since the watermark (minus an
+   overlap for clock skew, and reaching back to the oldest order still recorded as
+   working), plus any recorded-working order the listing missed, asked for by id;
+   on the first pass, the open orders and the last ``FIRST_PASS_LOOKBACK``;
+3. in one transaction holding the account's orders lock: fold every order into
+   ``orders``/``order_events`` and re-derive the trades they touch
+   (:mod:`syncd.order_store`, the same path the stream consumer uses), reconcile
+   open trades' quantities with the broker's positions, move the watermark;
+4. after commit, ``NOTIFY syncd_events``.
+
+Orders placed outside syncd are mirrored too, unlinked to any trade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import structlog
+
+from syncd.brokers.base import OrderNotFound
+from syncd.brokers.types import Order
+from syncd.context import Account, Context
+from syncd.order_store import Observation, apply_observations, lock_orders, notify, reconcile_quantities
+from syncd.outbox import drain_outbox
+
+log = structlog.get_logger(__name__)
+
+WATERMARK_OVERLAP = dt.timedelta(minutes=5)
+FIRST_PASS_LOOKBACK = dt.timedelta(days=7)
+MAX_LOOKUPS = 8  # concurrent get_order calls for working orders the listing missed
+
+
+async def fetch_orders(ctx: Context, account: Account, started: dt.datetime) -> list[Order]:
+    """The orders this pass must look at (broker calls only; nothing written)."""
+    q = ctx.queries
+    row = await ctx.pool.fetchrow(q["trade_watermark"], account.id)
+    broker = account.broker
+    watermark, oldest_working = (row["watermark"], row["oldest_working"]) if row else (None, None)
+    orders: dict[str, Order] = {}
+    if watermark is None:
+        for o in await broker.list_orders("open"):
+            orders[o.broker_order_id] = o
+        since = started - FIRST_PASS_LOOKBACK
+    else:
+        since = min(watermark, oldest_working or watermark) - WATERMARK_OVERLAP
+    for o in await broker.list_orders("all", since=since):
+        orders[o.broker_order_id] = o
+    working = [r["broker_order_id"] for r in await ctx.pool.fetch(q["trade_working_order_ids"], account.id)]
+    missing = [bid for bid in working if bid not in orders]
+    if missing:
+        for o in await _get_orders(account, missing):
+            orders[o.broker_order_id] = o
+    return list(orders.values())
+
+
+async def _get_orders(account: Account, ids: list[str]) -> list[Order]:
+    sem = asyncio.Semaphore(MAX_LOOKUPS)
+
+    async def one(bid: str) -> Order | None:
+        async with sem:
+            try:
+                return await account.broker.get_order(bid)
+            except OrderNotFound:
+                log.warning("working_order_not_found", broker_order_id=bid)
+                return None
+
+    return [o for o in await asyncio.gather(*(one(b) for b in ids)) if o is not None]
+
+
+async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
+    """One tradeCycle pass over one account; returns its stats (raises on failure)."""
+    stats: dict[str, Any] = {}
+    if ctx.settings.trading.enabled:
+        stats.update((await drain_outbox(ctx, account)).as_dict())
+    started = dt.datetime.now(dt.UTC)
+    orders = await fetch_orders(ctx, account, started)
+    q = ctx.queries
+    async with ctx.pool.acquire() as conn:
+        async with conn.transaction():
+            await lock_orders(conn, q, account.id)
+            applied = await apply_observations(conn, q, account.id, [Observation(o, "poll") for o in orders])
+            reconciled = await reconcile_quantities(conn, q, account.id)
+            await conn.execute(q["trade_set_watermark"], account.id, started)
+        applied.trades += [t for t in reconciled if t not in applied.trades]
+        await notify(conn, q, applied.notifications(account.name))
+    stats.update(
+        orders_seen=len(orders),
+        orders_written=len(applied.orders),
+        order_events=applied.events,
+        trades_changed=len(applied.trades),
+    )
+    return stats

@@ -1,0 +1,489 @@
+"""The database side of orders and trades: one idempotent path for poll, stream and outbox.
+
+``apply_observations`` takes what a broker said about some orders, folds each
+observation into the stored order with :func:`syncd.reconcile.merge_order`, writes
+the orders that changed (a multi-leg order's legs as rows with ``parent_id``) and
+one ``order_events`` row per change, then re-derives every trade those orders
+belong to with :func:`syncd.reconcile.apply_orders`. It runs inside the caller's
+transaction, after :func:`lock_orders`: every writer of an account's orders
+(the poll pass, the stream consumer, the outbox, on any replica) holds the same
+transaction-scoped advisory lock, so a fill seen by the stream and by a poll at
+the same moment is merged once, and counted once.
+
+Orders are linked to trades by their client id (``order_requests.client_order_id``):
+an ``open`` request's orders are the trade's entries, a ``close`` request's its
+exits. Orders placed outside syncd stay unlinked (``trade_id`` NULL).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal, Union
+
+import asyncpg
+import structlog
+
+from syncd.brokers.types import Order, OrderStatus, Side
+from syncd.db import Queries
+from syncd.reconcile import (
+    ZERO,
+    LegFill,
+    LinkedOrder,
+    OrderSnapshot,
+    Role,
+    TradeLeg,
+    TradeSpec,
+    TradeState,
+    TradeStatus,
+    apply_orders,
+    merge_order,
+    order_unit_price,
+    reconcile_quantity,
+)
+
+log = structlog.get_logger(__name__)
+
+ORDERS_LOCK_CLASS = 0x74726164  # "trad": advisory lock class of an account's orders and trades
+RECONCILE_MARGIN = dt.timedelta(seconds=30)  # positions must be this much newer than a trade's last fill
+
+Source = Literal["poll", "stream"]
+Conn = Union["asyncpg.Connection[Any]", "asyncpg.pool.PoolConnectionProxy[Any]"]  # a runtime alias: asyncpg classes are not subscriptable
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What a broker said about one order: a poll's answer or a stream event."""
+
+    order: Order
+    source: Source = "poll"
+    event: str | None = None  # the stream's event name (fill, partial_fill, canceled, ...)
+    at: dt.datetime | None = None  # the broker's time of the event
+    execution_id: str | None = None
+    fill_qty: Decimal | None = None
+    fill_price: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """An order's trade, when the caller knows it (the outbox, right after placing it)."""
+
+    trade_id: int
+    role: Role
+
+
+@dataclass(slots=True)
+class Applied:
+    """What one application wrote."""
+
+    orders: list[str] = field(default_factory=list)  # broker ids of orders written
+    events: int = 0
+    trades: list[int] = field(default_factory=list)  # trades whose row changed
+    fill_times: list[dt.datetime] = field(default_factory=list)  # broker time of each new fill
+
+    def notifications(self, account: str) -> list[str]:
+        """The ``syncd_events`` payloads for what changed."""
+        out = [json.dumps({"kind": "order", "account": account, "key": b}) for b in self.orders]
+        out += [json.dumps({"kind": "trade", "account": account, "key": str(t)}) for t in self.trades]
+        return out
+
+    def extend(self, other: Applied) -> None:
+        self.orders += other.orders
+        self.events += other.events
+        self.trades += [t for t in other.trades if t not in self.trades]
+        self.fill_times += other.fill_times
+
+
+async def lock_orders(conn: Conn, q: Queries, account_id: int) -> None:
+    """Take the account's orders lock for the rest of the transaction."""
+    await conn.execute(q["trade_orders_lock"], ORDERS_LOCK_CLASS, account_id)
+
+
+async def notify(conn: Conn | asyncpg.Pool[Any], q: Queries, payloads: Sequence[str]) -> None:
+    if payloads:
+        await conn.execute(q["trade_notify"], list(payloads))
+
+
+# -- reading stored orders ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Stored:
+    id: int
+    broker_order_id: str
+    client_order_id: str | None
+    trade_id: int | None
+    role: Role | None
+    snapshot: OrderSnapshot
+
+
+def _dec(v: Any) -> Decimal | None:
+    return None if v is None else Decimal(v)
+
+
+def _snapshots(rows: Iterable[Mapping[str, Any]]) -> dict[str, _Stored]:
+    """Top-level orders by broker id, each with its legs folded into the snapshot."""
+    tops: dict[int, _Stored] = {}
+    legs: dict[int, list[LegFill]] = {}
+    for r in rows:
+        if r["parent_id"] is None:
+            tops[r["id"]] = _Stored(
+                id=r["id"],
+                broker_order_id=r["broker_order_id"],
+                client_order_id=r["client_order_id"],
+                trade_id=r["trade_id"],
+                role=Role(r["role"]) if r["role"] else None,
+                snapshot=OrderSnapshot(
+                    status=OrderStatus(r["status"]),
+                    qty=r["qty"],
+                    filled_qty=r["filled_qty"],
+                    filled_avg_price=_dec(r["filled_avg_price"]),
+                    side=Side(r["side"]) if r["side"] else None,
+                    reject_reason=r["reject_reason"],
+                    filled_at=r["filled_at"],
+                    canceled_at=r["canceled_at"],
+                ),
+            )
+        else:
+            legs.setdefault(r["parent_id"], []).append(
+                LegFill(
+                    symbol=r["symbol"],
+                    side=Side(r["side"]) if r["side"] else None,
+                    ratio=r["ratio_qty"] or 1,
+                    filled_qty=r["filled_qty"],
+                    avg_price=_dec(r["filled_avg_price"]),
+                )
+            )
+    out: dict[str, _Stored] = {}
+    for top_id, top in tops.items():
+        if top_id in legs:
+            top.snapshot = _with_legs(top.snapshot, legs[top_id])
+        out[top.broker_order_id] = top
+    return out
+
+
+def _with_legs(snap: OrderSnapshot, legs: Sequence[LegFill]) -> OrderSnapshot:
+    return OrderSnapshot(
+        status=snap.status,
+        qty=snap.qty,
+        filled_qty=snap.filled_qty,
+        filled_avg_price=snap.filled_avg_price,
+        side=snap.side,
+        legs=tuple(legs),
+        reject_reason=snap.reject_reason,
+        filled_at=snap.filled_at,
+        canceled_at=snap.canceled_at,
+    )
+
+
+# -- applying observations -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Change:
+    order: Order  # the latest observation (descriptive fields)
+    before: OrderSnapshot | None  # as the order's trade has counted it so far
+    after: OrderSnapshot
+    trade_id: int | None
+    role: Role | None
+    client_order_id: str | None
+    events: list[tuple[str, Decimal | None, Decimal | None, OrderSnapshot, str | None, dt.datetime, Source]] = field(
+        default_factory=list
+    )
+
+
+def _fill_price(prev: OrderSnapshot | None, new: OrderSnapshot, delta: Decimal) -> Decimal | None:
+    """The price of the fills between two snapshots, from their averages (poll answers)."""
+    p_new = order_unit_price(new)
+    if p_new is None or delta <= 0:
+        return None
+    if prev is None or prev.filled_qty <= 0:
+        return p_new
+    p_old = order_unit_price(prev)
+    if p_old is None:
+        return None
+    return ((new.filled_qty * p_new - prev.filled_qty * p_old) / delta).quantize(Decimal("0.000001"))
+
+
+def _event_name(prev: OrderSnapshot | None, new: OrderSnapshot) -> str:
+    if new.filled_qty > (prev.filled_qty if prev else ZERO):
+        return "fill" if new.status == OrderStatus.FILLED else "partial_fill"
+    if prev is None or new.status != prev.status:
+        return new.status.value
+    return "update"
+
+
+def _observe(change: _Change, obs: Observation, now: dt.datetime) -> bool:
+    """Fold ``obs`` into ``change``; False when it added nothing."""
+    prev = change.after
+    new = merge_order(prev, OrderSnapshot.of(obs.order))
+    if new is prev:
+        return False
+    delta = new.filled_qty - prev.filled_qty
+    if obs.source == "stream" and obs.event:
+        name, qty, price = obs.event, obs.fill_qty if delta > 0 else None, obs.fill_price
+    else:
+        name, qty, price = _event_name(prev, new), delta if delta > 0 else None, _fill_price(prev, new, delta)
+    at = obs.at or obs.order.updated_at or now
+    change.events.append((name, qty, price, new, obs.execution_id, at, obs.source))
+    change.after = new
+    change.order = obs.order
+    return True
+
+
+async def apply_observations(
+    conn: Conn,
+    q: Queries,
+    account_id: int,
+    observations: Sequence[Observation],
+    *,
+    links: Mapping[str, Link] | None = None,
+    now: dt.datetime | None = None,
+) -> Applied:
+    """Fold observations into ``orders``/``order_events`` and re-derive the trades they touch.
+
+    Call inside a transaction holding :func:`lock_orders`. ``links`` (by broker order id)
+    names the trade of an order the caller just placed.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    if not observations:
+        return Applied()
+    ids = list(dict.fromkeys(o.order.broker_order_id for o in observations))
+    stored = _snapshots(await conn.fetch(q["trade_stored_orders"], account_id, ids))
+    changes = await _changes(conn, q, account_id, observations, stored, links or {}, now)
+    if not changes:
+        return Applied()
+    applied = await _write_orders(conn, q, account_id, changes)
+    applied.fill_times = [
+        at for c in changes.values() for (name, qty, _p, _s, _x, at, src) in c.events if qty and src == "stream"
+    ]
+    trade_ids = sorted({c.trade_id for c in changes.values() if c.trade_id is not None})
+    if trade_ids:
+        applied.trades = await _derive_trades(conn, q, trade_ids, changes, now)
+    return applied
+
+
+async def _changes(
+    conn: Conn,
+    q: Queries,
+    account_id: int,
+    observations: Sequence[Observation],
+    stored: Mapping[str, _Stored],
+    links: Mapping[str, Link],
+    now: dt.datetime,
+) -> dict[str, _Change]:
+    unlinked = {
+        o.order.client_order_id
+        for o in observations
+        if o.order.client_order_id
+        and o.order.broker_order_id not in links
+        and (o.order.broker_order_id not in stored or stored[o.order.broker_order_id].trade_id is None)
+    }
+    requests: dict[str, tuple[int | None, Role]] = {}
+    if unlinked:
+        for r in await conn.fetch(q["trade_requests_by_client_ids"], account_id, sorted(unlinked)):
+            requests[r["client_order_id"]] = (r["trade_id"], Role.ENTRY if r["kind"] == "open" else Role.EXIT)
+    work: dict[str, _Change] = {}
+    dirty: set[str] = set()
+    for obs in observations:
+        bid = obs.order.broker_order_id
+        change = work.get(bid)
+        if change is None:
+            known = stored.get(bid)
+            change = work[bid] = _new_change(obs, known, links.get(bid), requests)
+            if known is None:
+                change.events.append(_first_event(obs, change.after, now))
+                dirty.add(bid)
+                continue
+            if known.trade_id is None and change.trade_id is not None:
+                dirty.add(bid)  # linked to its trade now
+        if _observe(change, obs, now):
+            dirty.add(bid)
+    return {bid: work[bid] for bid in work if bid in dirty}
+
+
+def _new_change(
+    obs: Observation,
+    stored: _Stored | None,
+    link: Link | None,
+    requests: Mapping[str, tuple[int | None, Role]],
+) -> _Change:
+    trade_id = stored.trade_id if stored else None
+    role = stored.role if stored else None
+    cid = obs.order.client_order_id
+    if trade_id is None:
+        if link is not None:
+            trade_id, role = link.trade_id, link.role
+        elif cid is not None and cid in requests:
+            trade_id, role = requests[cid]
+    known = stored.snapshot if stored else None
+    # ``before`` is what the trade has counted: nothing, when the order is linked only now.
+    counted = known if stored is not None and stored.trade_id is not None else None
+    return _Change(
+        order=obs.order,
+        before=counted,
+        after=known if known is not None else OrderSnapshot.of(obs.order),
+        trade_id=trade_id,
+        role=role,
+        client_order_id=(stored.client_order_id if stored else None) or obs.order.client_order_id,
+    )
+
+
+def _first_event(
+    obs: Observation, snap: OrderSnapshot, now: dt.datetime
+) -> tuple[str, Decimal | None, Decimal | None, OrderSnapshot, str | None, dt.datetime, Source]:
+    at = obs.at or obs.order.updated_at or obs.order.submitted_at or now
+    if obs.source == "stream" and obs.event:
+        qty = obs.fill_qty if snap.filled_qty > 0 else None
+        return (obs.event, qty, obs.fill_price, snap, obs.execution_id, at, obs.source)
+    qty = snap.filled_qty if snap.filled_qty > 0 else None
+    return (_event_name(None, snap), qty, order_unit_price(snap) if qty else None, snap, None, at, obs.source)
+
+
+def _leg_fill(leg: Order, merged: OrderSnapshot) -> LegFill | None:
+    return next((lf for lf in merged.legs if lf.symbol == leg.symbol), None)
+
+
+async def _write_orders(conn: Conn, q: Queries, account_id: int, changes: Mapping[str, _Change]) -> Applied:
+    top: list[list[Any]] = [[] for _ in range(21)]
+    legs: list[list[Any]] = [[] for _ in range(20)]
+    for bid, c in changes.items():
+        o, s = c.order, c.after
+        for col, v in zip(
+            top,
+            (
+                bid, c.client_order_id, c.trade_id, c.role.value if c.role else None, o.symbol,
+                o.asset_class.value, o.side.value if o.side else None, o.intent.value if o.intent else None,
+                o.type.value, o.order_class.value, o.time_in_force.value, s.qty, o.ratio_qty, s.filled_qty,
+                s.filled_avg_price, o.limit_price, s.status.value, s.reject_reason, o.submitted_at,
+                s.filled_at, s.canceled_at,
+            ),
+            strict=True,
+        ):
+            col.append(v)
+        for leg in o.legs:
+            fill = _leg_fill(leg, s)
+            for col, v in zip(
+                legs,
+                (
+                    bid, leg.broker_order_id, leg.client_order_id, leg.symbol, leg.asset_class.value,
+                    leg.side.value if leg.side else None, leg.intent.value if leg.intent else None,
+                    leg.type.value, leg.order_class.value, leg.time_in_force.value, leg.qty, leg.ratio_qty,
+                    fill.filled_qty if fill else leg.filled_qty, fill.avg_price if fill else leg.filled_avg_price,
+                    leg.limit_price, s.status.value, leg.reject_reason, leg.submitted_at,
+                    s.filled_at if s.status == OrderStatus.FILLED else leg.filled_at, s.canceled_at,
+                ),
+                strict=True,
+            ):
+                col.append(v)
+    rows = await conn.fetch(q["trade_upsert_orders"], account_id, *top, *legs)
+    order_ids = {r["broker_order_id"]: r["id"] for r in rows}
+    ev: list[list[Any]] = [[] for _ in range(9)]
+    for bid, c in changes.items():
+        for name, qty, price, snap, execution_id, at, source in c.events:
+            for col, v in zip(
+                ev,
+                (order_ids[bid], name, qty, price, snap.filled_qty, snap.status.value, execution_id, at, source),
+                strict=True,
+            ):
+                col.append(v)
+    if ev[0]:
+        await conn.execute(q["trade_insert_order_events"], *ev)
+    return Applied(orders=list(changes), events=len(ev[0]))
+
+
+# -- trades ---------------------------------------------------------------------------------
+
+
+def _trade_state(r: Mapping[str, Any]) -> TradeState:
+    return TradeState(
+        status=TradeStatus(r["status"]),
+        quantity=r["quantity"],
+        entry_price=r["entry_price"],
+        broker_fill_price=r["broker_fill_price"],
+        exit_price=r["exit_price"],
+        realized_pnl=r["realized_pnl"],
+        close_reason=r["close_reason"],
+        opened_at=r["opened_at"],
+        closed_at=r["closed_at"],
+    )
+
+
+def trade_specs(rows: Iterable[Mapping[str, Any]]) -> dict[int, TradeSpec]:
+    legs: dict[int, list[TradeLeg]] = {}
+    for r in rows:
+        legs.setdefault(r["trade_id"], []).append(TradeLeg(r["symbol"], Side(r["side"]), r["ratio"]))
+    return {tid: TradeSpec.of(ls) for tid, ls in legs.items()}
+
+
+async def _derive_trades(
+    conn: Conn, q: Queries, trade_ids: Sequence[int], changes: Mapping[str, _Change], now: dt.datetime
+) -> list[int]:
+    trades = {r["id"]: _trade_state(r) for r in await conn.fetch(q["trade_trades_for_apply"], trade_ids)}
+    specs = trade_specs(await conn.fetch(q["trade_legs_of"], trade_ids))
+    orders_by_trade: dict[int, list[_Stored]] = {}
+    order_rows = await conn.fetch(q["trade_orders_of"], trade_ids)
+    stored = _snapshots(order_rows)
+    for bid in [r["broker_order_id"] for r in order_rows if r["parent_id"] is None]:
+        s = stored[bid]
+        if s.trade_id is not None:
+            orders_by_trade.setdefault(s.trade_id, []).append(s)
+    updates: list[tuple[int, TradeState]] = []
+    for tid, state in trades.items():
+        linked = [
+            LinkedOrder(
+                role=s.role or Role.ENTRY,
+                before=changes[s.broker_order_id].before if s.broker_order_id in changes else s.snapshot,
+                after=s.snapshot,
+            )
+            for s in orders_by_trade.get(tid, [])
+        ]
+        new = apply_orders(specs.get(tid, TradeSpec(())), state, linked, now)
+        if new != state:
+            updates.append((tid, new))
+            log.info("trade_updated", trade_id=tid, status=new.status.value, quantity=str(new.quantity))
+    if updates:
+        await write_trades(conn, q, updates)
+    return [tid for tid, _ in updates]
+
+
+async def write_trades(conn: Conn, q: Queries, updates: Sequence[tuple[int, TradeState]]) -> None:
+    await conn.execute(
+        q["trade_update_trades"],
+        [tid for tid, _ in updates],
+        [t.status.value for _, t in updates],
+        [t.quantity for _, t in updates],
+        [t.entry_price for _, t in updates],
+        [t.broker_fill_price for _, t in updates],
+        [t.exit_price for _, t in updates],
+        [t.realized_pnl for _, t in updates],
+        [t.close_reason for _, t in updates],
+        [t.opened_at for _, t in updates],
+        [t.closed_at for _, t in updates],
+    )
+
+
+async def reconcile_quantities(conn: Conn, q: Queries, account_id: int) -> list[int]:
+    """Open trades that alone claim their positions follow the broker's quantity. Returns trade ids set."""
+    rows = await conn.fetch(q["trade_reconcile_candidates"], account_id, RECONCILE_MARGIN)
+    by_trade: dict[int, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        by_trade.setdefault(r["trade_id"], []).append(r)
+    ids: list[int] = []
+    quantities: list[Decimal] = []
+    for tid, legs in by_trade.items():
+        spec = TradeSpec.of(TradeLeg(r["symbol"], Side(r["side"]), r["ratio"]) for r in legs)
+        state = TradeState(status=TradeStatus.OPEN, quantity=legs[0]["quantity"])
+        held = {r["symbol"]: r["position_quantity"] for r in legs}
+        shared = [r["symbol"] for r in legs if r["claims"] > 1]
+        quantity = reconcile_quantity(spec, state, held, shared)
+        if quantity is not None:
+            ids.append(tid)
+            quantities.append(quantity)
+            log.info("trade_quantity_reconciled", trade_id=tid, old=str(state.quantity), new=str(quantity))
+    if ids:
+        await conn.execute(q["trade_set_quantities"], ids, quantities)
+    return ids
