@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 ALPACA_PER_MIN = 200
 TRADIER_PER_MIN = 120
 
+_EPSILON = 1e-9
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -59,7 +61,7 @@ class TokenBucket:
     def try_acquire(self) -> bool:
         """Take a token if one is available now; never waits."""
         self._refill()
-        if self._tokens >= 1.0:
+        if self._tokens >= 1.0 - _EPSILON:  # tolerate float rounding after an exact wait
             self._tokens -= 1.0
             return True
         return False
@@ -74,7 +76,7 @@ class TokenBucket:
         async with self._lock:  # waiters are served in arrival order
             waited = 0.0
             while not self.try_acquire():
-                delay = (1.0 - self._tokens) / self.rate
+                delay = max((1.0 - self._tokens) / self.rate, 1e-6)
                 await self._sleep(delay)
                 waited += delay
             self.waited_s += waited

@@ -1,0 +1,93 @@
+"""The per-account token bucket, on a fake clock (no real sleeping)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from syncd.brokers.ratelimit import TokenBucket, default_budget
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def bucket(per_minute: int, t: FakeTime, burst: int | None = None) -> TokenBucket:
+    return TokenBucket(per_minute, burst=burst, clock=t.clock, sleep=t.sleep)
+
+
+async def test_a_burst_of_a_tenth_of_the_budget_is_immediate() -> None:
+    t = FakeTime()
+    b = bucket(200, t)
+    for _ in range(20):
+        assert await b.acquire() == 0.0
+    assert t.sleeps == []
+
+
+async def test_beyond_the_burst_requests_are_paced_at_the_refill_rate() -> None:
+    t = FakeTime()
+    b = bucket(200, t)  # burst 20, refill 180/min = 3/s
+    for _ in range(20):
+        await b.acquire()
+    waited = await b.acquire()
+    assert waited == pytest.approx(1 / 3)
+    assert b.waited_s == pytest.approx(1 / 3)
+
+
+async def test_never_more_than_the_budget_in_any_minute() -> None:
+    """A thousand accounts hammering: each one's bucket keeps it under its 120/min budget."""
+    t = FakeTime()
+    b = bucket(120, t)
+    stamps = []
+    for _ in range(400):
+        await b.acquire()
+        stamps.append(t.now)
+    for i, start in enumerate(stamps):
+        in_window = sum(1 for s in stamps[i:] if s < start + 60.0)
+        assert in_window <= 120
+
+
+async def test_tokens_refill_with_time_up_to_capacity() -> None:
+    t = FakeTime()
+    b = bucket(60, t, burst=5)
+    for _ in range(5):
+        assert b.try_acquire()
+    assert not b.try_acquire()
+    t.now += 3600
+    assert b.tokens == pytest.approx(5)
+
+
+async def test_concurrent_waiters_are_served_in_order() -> None:
+    t = FakeTime()
+    b = bucket(60, t, burst=1)  # refill 59/min
+    order: list[int] = []
+
+    async def one(i: int) -> None:
+        await b.acquire()
+        order.append(i)
+
+    await asyncio.gather(*(one(i) for i in range(5)))
+    assert order == [0, 1, 2, 3, 4]
+    assert len(t.sleeps) == 4
+
+
+def test_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="per_minute"):
+        TokenBucket(0)
+    with pytest.raises(ValueError, match="burst"):
+        TokenBucket(10, burst=0)
+
+
+def test_default_budgets() -> None:
+    assert default_budget("alpaca") == 200
+    assert default_budget("tradier") == 120
