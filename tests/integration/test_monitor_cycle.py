@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import pytest
 
 from syncd.brokers.types import Clock, Greeks, Quote
 from syncd.context import Account, Context
@@ -525,3 +526,46 @@ async def test_pass_through_the_registry(make_context: Any) -> None:
         assert run is not None
         assert run["ok"] is True
         assert run["stats"]["broker_requests"] == 1
+
+
+# -- end to end, on the simulator --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("broker_kind", ["alpaca", "tradier"])
+async def test_seed_case_end_to_end_on_the_simulator(make_context: Any, broker_kind: str) -> None:
+    """accountSync mirrors the simulator's book, monitorCycle quotes it over the wire, exits for 67."""
+    from syncd.sim import SimConfig, start_simulator
+
+    sim = await start_simulator(SimConfig(seed=5, accounts=1, positions_per_account=6))
+    try:
+        long_call, short_call = list(sim.account(0).positions)[:2]  # the book's bull call debit spread
+        sim.add_position(0, long_call, 67, "3.00")
+        sim.add_position(0, short_call, -67, "1.40")
+        sim.set_price(long_call, "4.90", "5.10")
+        sim.set_price(short_call, "2.40", "2.60")
+        settings = sim.account_settings(0, broker_kind)  # type: ignore[arg-type]
+        async with make_context(accounts=[settings], trading={"enabled": True, "auto_exits": True}) as ctx:
+            acct = ctx.accounts[settings.name]
+            synced = await run_pass(ctx, "accountSync", task_by_short("account").account_pass(), [acct])
+            assert synced.ok, synced.failed
+            trade_id = await add_trade(
+                ctx.pool, acct.id, "BULL_CALL_DEBIT", [(long_call, "buy"), (short_call, "sell")], entry="1.60"
+            )
+
+            summary = await run_pass(ctx, "monitorCycle", account_pass, [acct])
+
+            assert summary.ok, summary.failed
+            stats = summary.results[0].stats
+            assert stats["positions"] == 6
+            assert stats["quoted"] == 6
+            assert stats["broker_requests"] <= 2  # batched: stocks and options, not one per position
+            view = await monitor_row(ctx.pool, trade_id)
+            assert (view["quantity"], view["trade_quantity"]) == (67, 1)
+            assert view["can_monitor"] is True
+            assert view["can_exit"] is True
+            assert view["floating_pnl"] == (D("5.00") - D("2.50") - D("1.60")) * 67 * 100
+            assert [r["payload"] for r in await close_requests(ctx.pool, trade_id)] == [{"type": "market", "qty": 67}]
+            greeks = await ctx.pool.fetchval("SELECT delta FROM portfolio_positions WHERE symbol = $1", long_call)
+            assert greeks is not None
+    finally:
+        await sim.stop()
