@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import pytest_asyncio
 
 from syncd.brokers.base import (
     BadBrokerData,
@@ -130,7 +131,7 @@ def alpaca_settings(name: str) -> AccountSettings:
     )
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def scripted(make_context: Any) -> AsyncIterator[Callable[..., Any]]:
     """``ctx, brokers = await scripted(n=1, **sections)``: a Context whose accounts answer from ScriptedBrokers."""
     stack: list[Any] = []
@@ -591,3 +592,226 @@ async def test_auto_import_makes_trades_after_the_pass(scripted: Any) -> None:
     assert [tuple(r) for r in rows] == [("BULL_CALL_DEBIT", "import", "open"), ("LONG_STOCK", "import", "open")]
     stats = await account_sync.account_pass(ctx, acct)
     assert stats["imported"] == 0
+
+
+# -- against the simulator ---------------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def sim() -> AsyncIterator[Any]:
+    from syncd.sim import SimConfig, start_simulator
+
+    simulator = await start_simulator(SimConfig(seed=11, accounts=3, positions_per_account=6))
+    yield simulator
+    await simulator.stop()
+
+
+def sim_accounts(sim: Any) -> list[AccountSettings]:
+    return [
+        sim.account_settings(0, broker="alpaca"),
+        sim.account_settings(1, broker="tradier"),
+        sim.account_settings(2, broker="alpaca"),
+    ]
+
+
+async def _book(ctx: Context, name: str) -> dict[str, Decimal]:
+    rows = await ctx.pool.fetch(
+        "SELECT p.symbol, p.quantity FROM portfolio_positions p JOIN accounts a ON a.id = p.account_id"
+        " WHERE a.name = $1",
+        name,
+    )
+    return {r["symbol"]: r["quantity"] for r in rows}
+
+
+def _sim_book(sim: Any, i: int) -> dict[str, Decimal]:
+    return {s: p.qty for s, p in sim.accounts[i].positions.items() if p.qty != 0}
+
+
+@pytest.mark.parametrize("broker_index", [0, 1], ids=["alpaca", "tradier"])
+async def test_simulator_mirror_follows_the_broker(make_context: Any, sim: Any, broker_index: int) -> None:
+    cfg = sim_accounts(sim)[broker_index]
+    async with make_context(accounts=[cfg]) as ctx:
+        acct = ctx.accounts[cfg.name]
+        first = await account_sync.account_pass(ctx, acct)
+        assert first["positions"] == len(_sim_book(sim, broker_index)) > 0
+        assert await _book(ctx, cfg.name) == _sim_book(sim, broker_index)
+
+        idle = await account_sync.account_pass(ctx, acct)
+        assert (idle["upserted"], idle["deleted"], idle["events"]) == (0, 0, 0)
+
+        victim, held = next(iter(_sim_book(sim, broker_index).items()))
+        sim.remove_position(broker_index, victim)
+        sim.add_position(broker_index, "AAPL260116C00150000", 3, "4.20")
+        stats = await account_sync.account_pass(ctx, acct)
+        assert (stats["deleted"], stats["upserted"]) == (1, 1)
+        assert await _book(ctx, cfg.name) == _sim_book(sim, broker_index)
+        evs = await events(ctx, acct)
+        assert (victim, "closed", held, D(0)) in evs
+        assert ("AAPL260116C00150000", "opened", D(0), D(3)) in evs
+        opt = (await positions(ctx, acct))["AAPL260116C00150000"]
+        assert (opt["underlying"], opt["option_type"], opt["strike"], opt["multiplier"]) == (
+            "AAPL",
+            "call",
+            D(150),
+            D(100),
+        )
+        row = await account_row(ctx, acct)
+        assert row["broker_account_id"]
+        assert row["last_error"] is None
+
+
+async def test_simulator_auth_failure_and_outage_change_nothing(make_context: Any, sim: Any) -> None:
+    accounts = sim_accounts(sim)
+    async with make_context(accounts=accounts, cycles={"broker_timeout_s": 0.5}) as ctx:
+        everyone = list(ctx.accounts.values())
+        assert (await run_pass(ctx, "accountSync", account_sync.account_pass, everyone)).ok
+        books = {a.name: await _book(ctx, a.name) for a in everyone}
+
+        sim.faults.fail_auth(0)
+        sim.faults.fail_next("/v1/accounts", 503, count=50)  # Tradier: 5xx past every retry
+        sim.remove_position(0, next(iter(_sim_book(sim, 0))))
+        sim.remove_position(1, next(iter(_sim_book(sim, 1))))
+        summary = await run_pass(ctx, "accountSync", account_sync.account_pass, everyone)
+        assert [r.ok for r in summary.results] == [False, False, True]
+        assert "BrokerAuthFailed" in (summary.results[0].error or "")
+        assert "BrokerUnavailable" in (summary.results[1].error or "")
+        for a in everyone[:2]:
+            assert await _book(ctx, a.name) == books[a.name]
+            assert (await account_row(ctx, a))["last_error"].startswith("accountSync: ")
+
+        sim.faults.clear()
+        sim.faults.fail_auth(0, on=False)
+        assert (await run_pass(ctx, "accountSync", account_sync.account_pass, everyone)).ok
+        for i, a in enumerate(everyone):
+            assert await _book(ctx, a.name) == _sim_book(sim, i)
+            assert (await account_row(ctx, a))["last_error"] is None
+
+
+async def test_simulator_timeout_changes_nothing(make_context: Any, sim: Any) -> None:
+    cfg = sim_accounts(sim)[0]
+    async with make_context(accounts=[cfg], cycles={"broker_timeout_s": 0.2}) as ctx:
+        acct = ctx.accounts[cfg.name]
+        await account_sync.account_pass(ctx, acct)
+        before = await positions(ctx, acct)
+        sim.faults.latency_s = 5.0
+        sim.remove_position(0, next(iter(_sim_book(sim, 0))))
+        summary = await run_pass(ctx, "accountSync", account_sync.account_pass, [acct])
+        assert not summary.ok
+        assert "BrokerUnavailable" in (summary.results[0].error or "")
+        assert {s: r["xmin"] for s, r in (await positions(ctx, acct)).items()} == {
+            s: r["xmin"] for s, r in before.items()
+        }
+        sim.faults.latency_s = 0.0
+
+
+# -- the sync-once command, as a subprocess ---------------------------------------------------------------------
+
+
+def write_config(path: Any, dsn: str, accounts: Sequence[AccountSettings], **cycles: Any) -> Any:
+    lines = [
+        "[database]",
+        f'dsn = "{dsn}"',
+        "[log]",
+        'level = "warning"',
+        "[health]",
+        'listen = ""',
+        "[cycles]",
+        *(f"{k} = {json.dumps(v)}" for k, v in cycles.items()),
+    ]
+    for a in accounts:
+        lines += ["[[accounts]]", f'name = "{a.name}"', f'broker = "{a.broker}"', f'base_url = "{a.base_url}"']
+        if a.broker == "alpaca":
+            assert a.api_key is not None
+            assert a.api_secret is not None
+            lines += [
+                f'api_key = "{a.api_key.get_secret_value()}"',
+                f'api_secret = "{a.api_secret.get_secret_value()}"',
+            ]
+            if a.data_url:
+                lines.append(f'data_url = "{a.data_url}"')
+        else:
+            assert a.token is not None
+            lines += [f'token = "{a.token.get_secret_value()}"', f'account_id = "{a.account_id}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def run_cli(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "syncd", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_sync_once_cli(tmp_path: Any, empty_dsn: str, sim: Any) -> None:
+    """sync-once migrates a fresh database, syncs every account, prints a line each, exits 0."""
+    config = write_config(tmp_path / "syncd.toml", empty_dsn, sim_accounts(sim))
+    code, out, err = await run_cli("--config", str(config), "sync-once", "--task", "account")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 3
+    for line, name in zip(lines, ("sim-alpaca-0", "sim-tradier-1", "sim-alpaca-2"), strict=True):
+        assert line.split()[:3] == [name, "accountSync", "ok"]
+        assert "positions=6" in line
+
+    conn = await asyncpg.connect(empty_dsn, server_settings={"search_path": "syncd"})
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM portfolio_positions") == 18
+        assert await conn.fetchval("SELECT count(*) FROM sync_runs WHERE task = 'accountSync' AND ok") == 3
+
+        # One account paused, one failing: exit 1, the failing one named, the paused one skipped.
+        await conn.execute("UPDATE accounts SET active = false WHERE name = 'sim-alpaca-2'")
+        sim.faults.fail_auth(0)
+        code, out, err = await run_cli("--config", str(config), "sync-once", "--task", "account", "--no-migrate")
+        assert code == 1, err
+        by_name = {ln.split()[0]: ln for ln in out.strip().splitlines()}
+        assert "FAILED" in by_name["sim-alpaca-0"]
+        assert "BrokerAuthFailed" in by_name["sim-alpaca-0"]
+        assert by_name["sim-tradier-1"].split()[2] == "ok"
+        assert "paused" in by_name["sim-alpaca-2"]
+        assert await conn.fetchval("SELECT count(*) FROM portfolio_positions") == 18
+        assert (await conn.fetchval("SELECT last_error FROM accounts WHERE name = 'sim-alpaca-0'")).startswith(
+            "accountSync: BrokerAuthFailed"
+        )
+
+        # Only the named account; the failure gone: exit 0.
+        sim.faults.fail_auth(0, on=False)
+        code, out, _ = await run_cli(
+            "--config", str(config), "sync-once", "--account", "sim-alpaca-0", "--task", "account"
+        )
+        assert code == 0
+        assert [ln.split()[0] for ln in out.strip().splitlines()] == ["sim-alpaca-0"]
+        assert await conn.fetchval("SELECT last_error FROM accounts WHERE name = 'sim-alpaca-0'") is None
+    finally:
+        await conn.close()
+
+
+async def test_sync_once_cli_bad_arguments(tmp_path: Any, dsn: str, sim: Any) -> None:
+    config = write_config(tmp_path / "syncd.toml", dsn, sim_accounts(sim)[:1])
+    code, _, err = await run_cli("--config", str(config), "sync-once", "--account", "nope", "--no-migrate")
+    assert code == 2
+    assert "no account named nope" in err
+    code, _, err = await run_cli("--config", str(config), "sync-once", "--task", "account,bogus", "--no-migrate")
+    assert code == 2
+    assert "unknown task" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cycles]\nconcurrency = 0\n")
+    code, _, err = await run_cli("--config", str(bad), "sync-once")
+    assert code == 2
+    assert "concurrency" in err
+
+
+async def test_sync_once_cli_unreachable_broker_exits_1(tmp_path: Any, dsn: str) -> None:
+    cfg = AccountSettings(
+        name="nowhere", broker="alpaca", api_key="k-test", api_secret="s-test", base_url="http://127.0.0.1:9"
+    )
+    config = write_config(tmp_path / "syncd.toml", dsn, [cfg], broker_timeout_s=0.5)
+    code, out, err = await run_cli("--config", str(config), "sync-once", "--task", "account", "--no-migrate")
+    assert code == 1, err
+    assert "FAILED" in out
+    assert "k-test" not in out + err
+    assert "s-test" not in out + err
