@@ -54,6 +54,7 @@ RETENTION_BATCH = 5_000
 RETENTION_MAX_BATCHES = 200
 DB_WRITE_TIMEOUT_S = 5.0
 STREAM_STOP_TIMEOUT_S = 5.0
+ABORT_GRACE_S = 5.0  # after aborting passes at shutdown, how long their bookkeeping may take
 
 # Errors that mean "the database is not there right now": wait and try again.
 RETRYABLE_DB_ERRORS: tuple[type[BaseException], ...] = (
@@ -77,6 +78,10 @@ StreamFn = Callable[[Context, Account, asyncio.Event], Coroutine[Any, Any, None]
 
 class Stopped(Exception):
     """``stop`` was set while waiting for something."""
+
+
+class PassAborted(Exception):
+    """Shutdown did not wait for this account's pass any longer; its transaction rolled back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +128,8 @@ def market_interval_fn() -> IntervalFn | None:
     params = list(inspect.signature(fn).parameters)
 
     async def interval(ctx: Context, task: TaskName, normal: float) -> float:
+        if task == "accountSync":
+            return normal  # balances and positions are worth mirroring whatever the market does
         result = fn(ctx, task, normal) if len(params) >= 3 else fn(ctx, task)
         if inspect.isawaitable(result):
             result = await result
@@ -191,6 +198,7 @@ class Supervisor:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._leases_stop = asyncio.Event()
+        self._abort = asyncio.Event()
         self._streams: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._by_id = {a.id: a for a in ctx.accounts.values()}
         self._watchdog_withheld = False
@@ -222,14 +230,20 @@ class Supervisor:
         loops = list(self._loops.values())
         if loops:
             _done, pending = await asyncio.wait(loops, timeout=timeout_s)
-            for task in pending:
-                name = task.get_name()
-                log.warning(
-                    "shutdown_cancelling_pass",
-                    task=name,
-                    accounts=sorted(self._in_flight_names.get(name, ())),
-                    after_s=timeout_s,
-                )
+            if pending:
+                # Abort the account passes still running: each rolls back and is recorded as failed.
+                for task in pending:
+                    name = task.get_name()
+                    log.warning(
+                        "shutdown_cancelling_pass",
+                        task=name,
+                        accounts=sorted(self._in_flight_names.get(name, ())),
+                        after_s=timeout_s,
+                    )
+                self._abort.set()
+                _done, pending = await asyncio.wait(pending, timeout=ABORT_GRACE_S)
+            for task in pending:  # not even in an account pass (a stuck query): cancel outright
+                log.warning("shutdown_cancelling_task", task=task.get_name())
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self._stop_all_streams()
@@ -317,7 +331,7 @@ class Supervisor:
 
     async def _interval(self, task: TaskName) -> float:
         normal = base_interval(self.ctx.settings, task)
-        if self._interval_for is None or task == "accountSync":
+        if self._interval_for is None:
             return normal
         try:
             async with asyncio.timeout(self.ctx.settings.cycles.broker_timeout_s * 2):
@@ -345,10 +359,12 @@ class Supervisor:
             in_flight_names.add(account.name)
             work = asyncio.ensure_future(fn(ctx, account))
             watch = asyncio.ensure_future(lost.wait())
+            abort = asyncio.ensure_future(self._abort.wait())
             try:
-                await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({work, watch, abort}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 watch.cancel()
+                abort.cancel()
                 if not work.done():
                     work.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -357,6 +373,8 @@ class Supervisor:
                 if self._in_flight[account.id] <= 0:
                     del self._in_flight[account.id]
                     in_flight_names.discard(account.name)
+            if work.cancelled() and self._abort.is_set():
+                raise PassAborted("stopped by shutdown before it finished; its transaction rolled back")
             if work.cancelled():
                 raise LeaseLost(f"lease on {account.name} was lost during the pass; its transaction rolled back")
             return work.result()
