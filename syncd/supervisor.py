@@ -22,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import importlib
-import inspect
 import random
 import time
 from collections import Counter
@@ -116,36 +114,18 @@ def backoff(failures: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_MA
     return float(min(cap, base * 2 ** max(0, failures - 1)))
 
 
-def market_interval_fn() -> IntervalFn | None:
-    """``syncd.market_clock.interval_for`` when the monitor helper's module exists (closed-market cadence)."""
-    try:
-        module = importlib.import_module("syncd.market_clock")
-    except ImportError:
-        return None
-    fn = getattr(module, "interval_for", None)
-    if fn is None:
-        return None
-    params = list(inspect.signature(fn).parameters)
+def market_interval_fn() -> IntervalFn:
+    """tradeCycle and monitorCycle slow to ``closed_market_interval_s`` while the market is closed."""
+    from syncd.market_clock import Cadence
 
-    async def interval(ctx: Context, task: TaskName, normal: float) -> float:
-        if task == "accountSync":
-            return normal  # balances and positions are worth mirroring whatever the market does
-        result = fn(ctx, task, normal) if len(params) >= 3 else fn(ctx, task)
-        if inspect.isawaitable(result):
-            result = await result
-        return float(result)
-
-    return interval
+    return Cadence()
 
 
-def stream_fn() -> StreamFn | None:
-    """``syncd.stream.consume_trade_updates`` when the tradeCycle helper's module exists."""
-    try:
-        module = importlib.import_module("syncd.stream")
-    except ImportError:
-        return None
-    fn: StreamFn | None = getattr(module, "consume_trade_updates", None)
-    return fn
+def stream_fn() -> StreamFn:
+    """The tradeCycle's trade-update consumer (it reconnects by itself; returns when it cannot stream)."""
+    from syncd.stream import consume_trade_updates
+
+    return consume_trade_updates
 
 
 async def _stoppable_sleep(stop: asyncio.Event, seconds: float) -> bool:
@@ -222,6 +202,9 @@ class Supervisor:
         self._spawn(self._housekeeping(), "housekeeping")
         self._spawn(self._watchdog(), "watchdog")
         self.ctx.metrics.set("syncd_up", 1.0)
+        for td in self._tasks:  # counters start at 0, so rate() and alerts work before the first failure
+            for name in self.ctx.accounts:
+                self.ctx.metrics.inc("syncd_cycle_failures_total", 0.0, task=td.name, account=name)
         log.info("supervisor_started", tasks=[t.name for t in self._tasks], leases=len(self.leases.held()))
 
     async def shutdown(self, timeout_s: float) -> None:
@@ -411,18 +394,24 @@ class Supervisor:
                 self._streams[account_id] = (task, stop)
 
     async def _stream_loop(self, account: Account, stop: asyncio.Event) -> None:
-        """Consume the account's trade updates until told to stop; restart with backoff if it fails."""
+        """Consume the account's trade updates until told to stop.
+
+        The consumer reconnects by itself and returns when the account cannot stream
+        (no stream, credentials refused): then the tradeCycle's polling is all there is.
+        If it raises (a bug), it is restarted with backoff.
+        """
         assert self._stream is not None
         failures = 0
-        with structlog.contextvars.bound_contextvars(task="tradeStream", account=account.name):
+        with structlog.contextvars.bound_contextvars(task="stream", account=account.name):
             while not stop.is_set():
                 try:
                     await self._stream(self.ctx, account, stop)
-                    failures = 0
-                except Exception as exc:  # noqa: BLE001  # a stream's failure must not touch the tasks
+                except Exception as exc:  # a stream's failure must not touch the tasks
                     failures += 1
-                    log.warning("stream_failed", error=describe(exc), consecutive_failures=failures)
-                if await _stoppable_sleep(stop, backoff(max(1, failures))):
+                    log.error("stream_crashed", error=describe(exc), consecutive_failures=failures, exc_info=exc)
+                else:
+                    return
+                if await _stoppable_sleep(stop, backoff(failures)):
                     return
 
     def _stop_stream(self, account_id: int) -> None:
