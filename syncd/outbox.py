@@ -398,7 +398,7 @@ async def _work(ctx: Context, account: Account, conn: Conn, request_id: int) -> 
                 await conn.execute(q["outbox_set_client_id"], request_id, cid)
             check_client_order_id(cid)
         except PayloadError as exc:
-            await _end(conn, q, req, "failed", f"bad request: {exc}")
+            await _end(conn, q, account, req, "failed", f"bad request: {exc}")
             with_log.warning("order_request_failed", error=str(exc))
             return "failed"
     with_log = with_log.bind(client_order_id=cid, kind=req["kind"])
@@ -412,10 +412,14 @@ async def _work(ctx: Context, account: Account, conn: Conn, request_id: int) -> 
         step = after_lookup(found is not False, attempts)
         if step == Next.RECORD:
             assert isinstance(found, Order)
+            if isinstance(payload, OpenPayload) and req["trade_id"] is None:
+                async with conn.transaction():
+                    req = {**dict(req), "trade_id": await _open_trade(conn, q, account, req, payload)}
+                    await conn.execute(q["outbox_set_trade"], req["id"], req["trade_id"])
             await _record(ctx, account, conn, req, payload, found)
             return "submitted"
         if step == Next.FAIL:
-            await _fail_request(conn, q, req, EXHAUSTED)
+            await _end(conn, q, account, req, "failed", EXHAUSTED)
             with_log.error("order_request_failed", error=EXHAUSTED, attempts=attempts)
             return "failed"
     return await _send(ctx, account, conn, req, payload, cid)
@@ -438,7 +442,7 @@ async def _send(ctx: Context, account: Account, conn: Conn, req: Any, payload: P
         try:
             order_request, trade_id = await _prepare(ctx, account, conn, req, payload, cid)
         except PayloadError as exc:
-            await _end(conn, q, req, "failed", str(exc))
+            await _end(conn, q, account, req, "failed", str(exc))
             log.warning("order_request_failed", request_id=req["id"], error=str(exc))
             return "failed"
         await conn.fetchval(q["outbox_mark_submitting"], req["id"], trade_id)
@@ -447,7 +451,7 @@ async def _send(ctx: Context, account: Account, conn: Conn, req: Any, payload: P
     try:
         order = await account.broker.submit_order(order_request)
     except BrokerRejected as exc:
-        await _end(conn, q, req, "rejected", exc.reason or describe(exc))
+        await _end(conn, q, account, req, "rejected", exc.reason or describe(exc))
         log.warning("order_rejected", request_id=req["id"], client_order_id=cid, reason=exc.reason)
         return "rejected"
     except BrokerError as exc:  # a timeout, a dropped answer, an answer we cannot read: the outcome is unknown
@@ -468,19 +472,7 @@ async def _prepare(
     """The order to send, and the request's trade (created here for ``open``)."""
     q = ctx.queries
     if isinstance(payload, OpenPayload):
-        trade_id = req["trade_id"]
-        if trade_id is None:
-            trade_id = await conn.fetchval(
-                q["outbox_create_trade"], account.id, payload.underlying, payload.strategy, payload.qty,
-                payload.take_profit_pct, payload.stop_loss_pct,
-            )
-            await conn.execute(
-                q["outbox_insert_legs"], trade_id, list(range(len(payload.legs))),
-                [leg.symbol for leg in payload.legs], [leg.side.value for leg in payload.legs],
-                [leg.ratio for leg in payload.legs],
-            )
-            log.info("trade_created", trade_id=trade_id, strategy=payload.strategy, qty=str(payload.qty))
-        return payload.order_request(cid), trade_id
+        return payload.order_request(cid), await _open_trade(conn, q, account, req, payload)
     assert isinstance(payload, ClosePayload)
     trade = await _own_trade(conn, q, req, account)
     if trade["status"] not in ("open", "closing"):
@@ -495,6 +487,23 @@ async def _prepare(
         raise PayloadError(f"nothing to close: trade {trade['id']} holds no quantity not already being closed")
     await conn.execute(q["outbox_set_close_reason"], trade["id"], payload.reason or "close requested")
     return close_request(cid, legs, qty, payload), trade["id"]
+
+
+async def _open_trade(conn: Conn, q: Any, account: Account, req: Any, payload: OpenPayload) -> int:
+    """The trade of an ``open`` request, created (pending, with legs and exit rules) on first need."""
+    if req["trade_id"] is not None:
+        return int(req["trade_id"])
+    trade_id = int(await conn.fetchval(
+        q["outbox_create_trade"], account.id, payload.underlying, payload.strategy, payload.qty,
+        payload.take_profit_pct, payload.stop_loss_pct,
+    ))
+    await conn.execute(
+        q["outbox_insert_legs"], trade_id, list(range(len(payload.legs))),
+        [leg.symbol for leg in payload.legs], [leg.side.value for leg in payload.legs],
+        [leg.ratio for leg in payload.legs],
+    )
+    log.info("trade_created", trade_id=trade_id, strategy=payload.strategy, qty=str(payload.qty))
+    return trade_id
 
 
 async def _own_trade(conn: Conn, q: Any, req: Any, account: Account) -> Any:
@@ -516,6 +525,8 @@ async def _record(ctx: Context, account: Account, conn: Conn, req: Any, payload:
         links = {order.broker_order_id: Link(req["trade_id"], role)} if req["trade_id"] is not None else {}
         applied = await apply_observations(conn, q, account.id, [Observation(order, "poll")], links=links)
         await conn.execute(q["outbox_mark_submitted"], req["id"], order.broker_order_id)
+    if req["trade_id"] is not None and req["trade_id"] not in applied.trades:
+        applied.trades.append(req["trade_id"])  # created, or given its close reason, by this request
     await notify(conn, q, applied.notifications(account.name))
     log.info(
         "order_request_submitted", request_id=req["id"], client_order_id=order.client_order_id,
@@ -523,7 +534,7 @@ async def _record(ctx: Context, account: Account, conn: Conn, req: Any, payload:
     )
 
 
-async def _end(conn: Conn, q: Any, req: Any, state: str, error: str) -> None:
+async def _end(conn: Conn, q: Any, account: Account, req: Any, state: str, error: str) -> None:
     """The request ends without an order; its pending trade ends with it."""
     async with conn.transaction():
         await conn.execute(q["outbox_mark_final"], req["id"], state, error[:500])
@@ -534,10 +545,9 @@ async def _end(conn: Conn, q: Any, req: Any, state: str, error: str) -> None:
             )
         elif req["kind"] == "close" and req["trade_id"] is not None:
             await conn.execute(q["outbox_set_close_reason"], req["trade_id"], None)  # no exit is working
+    if req["trade_id"] is not None:
+        await notify(conn, q, Applied(trades=[req["trade_id"]]).notifications(account.name))
 
-
-async def _fail_request(conn: Conn, q: Any, req: Any, error: str) -> None:
-    await _end(conn, q, req, "failed", error)
 
 
 async def _cancel(ctx: Context, account: Account, conn: Conn, req: Any) -> str:
@@ -546,10 +556,10 @@ async def _cancel(ctx: Context, account: Account, conn: Conn, req: Any) -> str:
     try:
         trade = await _own_trade(conn, q, req, account)
     except PayloadError as exc:
-        await _end(conn, q, req, "failed", f"bad request: {exc}")
+        await _end(conn, q, account, req, "failed", f"bad request: {exc}")
         return "failed"
     if req["attempts"] >= MAX_ATTEMPTS:
-        await _end(conn, q, req, "failed", "retries exhausted: the broker never confirmed the cancel")
+        await _end(conn, q, account, req, "failed", "retries exhausted: the broker never confirmed the cancel")
         return "failed"
     await conn.fetchval(q["outbox_mark_submitting"], req["id"], trade["id"])
     ids = [r["broker_order_id"] for r in await conn.fetch(q["outbox_working_orders"], trade["id"])]

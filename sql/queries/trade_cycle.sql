@@ -248,6 +248,9 @@ SELECT id, account_id, kind, trade_id, payload, client_order_id, state, attempts
 -- name: outbox_set_client_id
 UPDATE order_requests SET client_order_id = $2, updated_at = now() WHERE id = $1;
 
+-- name: outbox_set_trade
+UPDATE order_requests SET trade_id = $2, updated_at = now() WHERE id = $1;
+
 -- name: outbox_mark_submitting
 -- Committed before the broker is called: from here on the outcome may be unknown.
 UPDATE order_requests
