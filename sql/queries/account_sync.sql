@@ -37,6 +37,7 @@ SELECT a.broker_account_id, s.equity, s.cash, s.buying_power, s.long_market_valu
 -- $17..$20 events: symbol, kind, old_quantity, new_quantity
 -- $21 write a snapshot?, $22 equity, $23 cash, $24 buying_power, $25 long_market_value, $26 short_market_value
 -- $27 broker_account_id (NULL keeps the stored one)
+-- $28 NOTIFY syncd_events payloads (delivered at commit, and only then)
 -- bid/ask/last/greeks/quote_at are monitorCycle's and never written here; current_price,
 -- market_value and unrealized_pl keep their stored value when the broker gave none.
 WITH up AS (
@@ -88,16 +89,26 @@ WITH up AS (
                              THEN now() ELSE updated_at END
      WHERE id = $1
     RETURNING 1
+), notes AS (
+    SELECT pg_notify('syncd_events', payload) FROM unnest($28::text[]) AS payload
 )
 SELECT (SELECT count(*) FROM up) AS upserted,
        (SELECT count(*) FROM gone) AS deleted,
        (SELECT count(*) FROM ev) AS events,
        (SELECT count(*) FROM snap) AS snapshots,
-       (SELECT count(*) FROM acct) AS accounts;
+       (SELECT count(*) FROM acct) AS accounts,
+       (SELECT count(*) FROM notes) AS notified;
+
+-- name: account_sync_mark_synced
+-- An idle pass: the mirror already equals the broker's answer; only the time is new.
+UPDATE accounts
+   SET last_synced_at = now(),
+       last_error = CASE WHEN last_error LIKE 'accountSync: %' THEN NULL ELSE last_error END
+ WHERE id = $1;
 
 -- name: account_sync_notify
--- Change notifications (accountSync and the importer); Postgres delivers them when, and only
--- if, the transaction commits. $1 JSON payloads, each well under the 8,000-byte limit.
+-- Change notifications (the importer's); Postgres delivers them when, and only if, the
+-- transaction commits. $1 JSON payloads, each well under the 8,000-byte limit.
 SELECT pg_notify('syncd_events', payload) FROM unnest($1::text[]) AS payload;
 
 -- name: import_lock

@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from syncd.brokers.base import BadBrokerData, Broker, BrokerUnavailable
 from syncd.brokers.occ import parse_occ
@@ -197,6 +198,17 @@ _BALANCE_FIELDS = ("equity", "cash", "buying_power", "long_market_value", "short
 # -- checking the broker's answer ---------------------------------------------------------------------
 
 
+_POSITION_NUMBERS = (
+    ("quantity", True),
+    ("qty_available", True),
+    ("avg_entry_price", False),
+    ("cost_basis", False),
+    ("current_price", False),
+    ("market_value", False),
+    ("unrealized_pl", False),
+)
+
+
 def _finite(value: Decimal | None, what: str, *, required: bool) -> None:
     if value is None:
         if required:
@@ -206,52 +218,72 @@ def _finite(value: Decimal | None, what: str, *, required: bool) -> None:
         raise BadBrokerData(f"{what} is not a finite number: {str(value)[:40]!r}", field=what)
 
 
+def _check_numbers(p: Position, index: int) -> None:
+    values = (
+        p.quantity,
+        p.qty_available,
+        p.avg_entry_price,
+        p.cost_basis,
+        p.current_price,
+        p.market_value,
+        p.unrealized_pl,
+    )
+    if (
+        values[0] is not None
+        and values[1] is not None
+        and all(v is None or (isinstance(v, Decimal) and v.is_finite()) for v in values)
+    ):
+        return  # the usual case, without building a message per field
+    for (name, required), value in zip(_POSITION_NUMBERS, values, strict=True):
+        _finite(value, f"positions[{index}].{name}", required=required)
+
+
 def position_row(p: Position, index: int = 0) -> PositionRow:
     """The row a broker position becomes; option fields from its OCC symbol. ``BadBrokerData`` if malformed."""
-    what = f"positions[{index}]"
-    for name in ("quantity", "qty_available"):
-        _finite(getattr(p, name), f"{what}.{name}", required=True)
-    for name in ("avg_entry_price", "cost_basis", "current_price", "market_value", "unrealized_pl"):
-        _finite(getattr(p, name), f"{what}.{name}", required=False)
+    _check_numbers(p, index)
     if p.asset_class == AssetClass.US_OPTION:
         spec = p.option
         if spec is None:
             try:
                 spec = parse_occ(p.symbol)
             except ValueError as exc:
-                raise BadBrokerData(f"{what}.symbol: {exc}", field=f"{what}.symbol") from None
+                what = f"positions[{index}].symbol"
+                raise BadBrokerData(f"{what}: {exc}", field=what) from None
         return PositionRow(
-            symbol=p.symbol,
-            asset_class=p.asset_class.value,
-            underlying=spec.underlying,
-            option_type=spec.option_type.value,
-            strike=spec.strike,
-            expiration=spec.expiration,
-            multiplier=Decimal(spec.multiplier),
-            quantity=p.quantity,
-            qty_available=p.qty_available,
-            avg_entry_price=p.avg_entry_price,
-            cost_basis=p.cost_basis,
-            current_price=p.current_price,
-            market_value=p.market_value,
-            unrealized_pl=p.unrealized_pl,
+            p.symbol,
+            AssetClass.US_OPTION.value,
+            spec.underlying,
+            spec.option_type.value,
+            spec.strike,
+            spec.expiration,
+            Decimal(spec.multiplier),
+            p.quantity,
+            p.qty_available,
+            p.avg_entry_price,
+            p.cost_basis,
+            p.current_price,
+            p.market_value,
+            p.unrealized_pl,
         )
     return PositionRow(
-        symbol=p.symbol,
-        asset_class=AssetClass(p.asset_class).value,
-        underlying=p.symbol,
-        option_type=None,
-        strike=None,
-        expiration=None,
-        multiplier=Decimal(1),
-        quantity=p.quantity,
-        qty_available=p.qty_available,
-        avg_entry_price=p.avg_entry_price,
-        cost_basis=p.cost_basis,
-        current_price=p.current_price,
-        market_value=p.market_value,
-        unrealized_pl=p.unrealized_pl,
+        p.symbol,
+        AssetClass(p.asset_class).value,
+        p.symbol,
+        None,
+        None,
+        None,
+        _ONE,
+        p.quantity,
+        p.qty_available,
+        p.avg_entry_price,
+        p.cost_basis,
+        p.current_price,
+        p.market_value,
+        p.unrealized_pl,
     )
+
+
+_ONE = Decimal(1)
 
 
 def checked_positions(positions: Sequence[Position]) -> list[PositionRow]:
@@ -305,19 +337,25 @@ async def fetch_account(broker: Broker, deadline_s: float) -> tuple[Balances, li
 
 def notify_payloads(kind: str, account: Account, key: str, values: Sequence[Any]) -> list[str]:
     """JSON payloads ``{"kind", "account", "account_id", key: [...]}``, each under ``NOTIFY_MAX_BYTES``."""
-    payloads: list[str] = []
     head = {"kind": kind, "account": account.name, "account_id": account.id}
+    base = len(_dumps({**head, key: []}).encode())
+    payloads: list[str] = []
     chunk: list[Any] = []
+    size = base
     for value in values:
-        candidate = json.dumps({**head, key: [*chunk, value]}, separators=(",", ":"))
-        if chunk and len(candidate.encode()) > NOTIFY_MAX_BYTES:
-            payloads.append(json.dumps({**head, key: chunk}, separators=(",", ":")))
-            chunk = [value]
-        else:
-            chunk.append(value)
+        item = len(_dumps(value).encode()) + 1  # the value and its comma
+        if chunk and size + item > NOTIFY_MAX_BYTES:
+            payloads.append(_dumps({**head, key: chunk}))
+            chunk, size = [], base
+        chunk.append(value)
+        size += item
     if chunk:
-        payloads.append(json.dumps({**head, key: chunk}, separators=(",", ":")))
+        payloads.append(_dumps({**head, key: chunk}))
     return payloads
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _upsert_columns(rows: Sequence[PositionRow]) -> list[list[Any]]:
@@ -340,23 +378,8 @@ def _upsert_columns(rows: Sequence[PositionRow]) -> list[list[Any]]:
 
 
 def _stored_row(r: asyncpg.Record) -> PositionRow:
-    return PositionRow(
-        symbol=r["symbol"],
-        asset_class=r["asset_class"],
-        underlying=r["underlying"],
-        option_type=r["option_type"],
-        strike=r["strike"],
-        expiration=r["expiration"],
-        multiplier=r["multiplier"],
-        quantity=r["quantity"],
-        qty_available=r["qty_available"],
-        avg_entry_price=r["avg_entry_price"],
-        cost_basis=r["cost_basis"],
-        current_price=r["current_price"],
-        market_value=r["market_value"],
-        unrealized_pl=r["unrealized_pl"],
-        marks_ours=r["marks_ours"],
-    )
+    # account_sync_stored_positions selects PositionRow's fields in its field order.
+    return PositionRow(*r)
 
 
 @dataclass(slots=True)
@@ -376,52 +399,88 @@ class SyncResult:
         }
 
 
+@dataclass(slots=True)
+class _Plan:
+    """What one pass would write, given what is stored."""
+
+    diff: Diff
+    snapshot: bool
+    broker_id: str | None  # set when it differs from the stored one
+
+    @property
+    def idle(self) -> bool:
+        return self.diff.empty and not self.snapshot and self.broker_id is None
+
+
+async def _plan(
+    conn: PoolConnectionProxy[Any], q: Mapping[str, str], account: Account, fetched: list[PositionRow], b: Balances
+) -> _Plan:
+    stored = {r["symbol"]: _stored_row(r) for r in await conn.fetch(q["account_sync_stored_positions"], account.id)}
+    state = await conn.fetchrow(q["account_sync_stored_account"], account.id)
+    broker_id = b.broker_account_id or None
+    if broker_id is not None and state is not None and state["broker_account_id"] == broker_id:
+        broker_id = None
+    return _Plan(diff_positions(stored, fetched), balances_changed(state, b), broker_id)
+
+
+async def _write(
+    conn: PoolConnectionProxy[Any], q: Mapping[str, str], account: Account, plan: _Plan, b: Balances
+) -> None:
+    diff = plan.diff
+    payloads = notify_payloads("position", account, "symbols", diff.changed_symbols)
+    if plan.snapshot or plan.broker_id is not None:
+        payloads.append(_dumps({"kind": "account", "account": account.name, "account_id": account.id}))
+    await conn.fetchrow(
+        q["account_sync_write"],
+        account.id,
+        *_upsert_columns(diff.upserts),
+        diff.deletes,
+        [e.symbol for e in diff.events],
+        [e.kind for e in diff.events],
+        [e.old_quantity for e in diff.events],
+        [e.new_quantity for e in diff.events],
+        plan.snapshot,
+        b.equity,
+        b.cash,
+        b.buying_power,
+        b.long_market_value,
+        b.short_market_value,
+        plan.broker_id,
+        payloads,
+    )
+
+
 async def sync_account(ctx: Context, account: Account) -> SyncResult:
-    """Fetch, compare, write the difference in one transaction; raise (changing nothing) on a bad fetch."""
+    """Fetch, compare, write the difference in one transaction; raise (changing nothing) on a bad fetch.
+
+    The comparison is made first without a transaction: when nothing changed (the usual
+    case) one UPDATE of ``accounts.last_synced_at`` is all the pass writes. Otherwise the
+    transaction takes the account's advisory lock, compares again (another replica may
+    have written meanwhile) and writes the difference in one statement.
+    """
     deadline = ctx.settings.cycles.broker_timeout_s * FETCH_DEADLINE_FACTOR
     balances, positions = await fetch_account(account.broker, deadline)
     check_balances(balances)
     fetched = checked_positions(positions)
     q = ctx.queries
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        await conn.execute(q["account_sync_lock"], SYNC_LOCK_CLASS, account.id)
-        stored = {r["symbol"]: _stored_row(r) for r in await conn.fetch(q["account_sync_stored_positions"], account.id)}
-        state = await conn.fetchrow(q["account_sync_stored_account"], account.id)
-        diff = diff_positions(stored, fetched)
-        snapshot = balances_changed(state, balances)
-        broker_id = balances.broker_account_id or None
-        broker_id_changed = broker_id is not None and (state is None or state["broker_account_id"] != broker_id)
-        await conn.fetchrow(
-            q["account_sync_write"],
-            account.id,
-            *_upsert_columns(diff.upserts),
-            diff.deletes,
-            [e.symbol for e in diff.events],
-            [e.kind for e in diff.events],
-            [e.old_quantity for e in diff.events],
-            [e.new_quantity for e in diff.events],
-            snapshot,
-            balances.equity,
-            balances.cash,
-            balances.buying_power,
-            balances.long_market_value,
-            balances.short_market_value,
-            broker_id if broker_id_changed else None,
-        )
-        payloads = notify_payloads("position", account, "symbols", diff.changed_symbols)
-        if snapshot or broker_id_changed:
-            payloads.append(json.dumps({"kind": "account", "account": account.name, "account_id": account.id}))
-        if payloads:
-            await conn.execute(q["account_sync_notify"], payloads)
+    async with ctx.pool.acquire() as conn:
+        plan = await _plan(conn, q, account, fetched, balances)
+        if plan.idle:
+            await conn.execute(q["account_sync_mark_synced"], account.id)
+        else:
+            async with conn.transaction():
+                await conn.execute(q["account_sync_lock"], SYNC_LOCK_CLASS, account.id)
+                plan = await _plan(conn, q, account, fetched, balances)
+                await _write(conn, q, account, plan, balances)
     ctx.metrics.set("syncd_positions", len(fetched), account=account.name)
-    if not diff.empty:
+    if not plan.diff.empty:
         log.info(
             "positions_changed",
-            upserted=len(diff.upserts),
-            deleted=len(diff.deletes),
-            events=len(diff.events),
+            upserted=len(plan.diff.upserts),
+            deleted=len(plan.diff.deletes),
+            events=len(plan.diff.events),
         )
-    return SyncResult(len(fetched), diff, snapshot)
+    return SyncResult(len(fetched), plan.diff, plan.snapshot)
 
 
 async def sync_pass(ctx: Context, account: Account) -> dict[str, Any]:
