@@ -334,7 +334,9 @@ def apply_orders(
     entries = [o.after for o in orders if o.role == Role.ENTRY]
     exits = [o.after for o in orders if o.role == Role.EXIT]
     delta = sum((o.delta if o.role == Role.ENTRY else -o.delta for o in orders), ZERO)
-    quantity = max(ZERO, trade.quantity + delta)
+    # No clamping: an exit's fill applied before its entry's (stream events across orders
+    # out of order) leaves a transient negative quantity that the entry's fill then cancels.
+    quantity = trade.quantity + delta
     entry_filled, entry_avg = _average(entries, 1)
     exit_filled = sum((o.filled_qty for o in exits), ZERO)
     entry_price = entry_avg if entry_avg is not None else trade.entry_price
@@ -349,7 +351,7 @@ def apply_orders(
         realized_pnl=_realized(spec, entry_price, exit_price, exit_filled) if exit_filled > 0 else trade.realized_pnl,
     )
     if trade.status == TradeStatus.CLOSED:
-        return replace(new, status=TradeStatus.CLOSED, quantity=trade.quantity)  # final; prices may firm up
+        return new  # final: fills may still firm up its prices, nothing reopens it
     return _with_status(new, entries, exits, entry_filled, exit_filled, now, orders)
 
 

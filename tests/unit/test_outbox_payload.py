@@ -1,0 +1,171 @@
+"""Outbox payloads (CONTRACT §3 "The outbox payload"), client ids, and what a close may close."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncd.brokers.types import Intent, OrderType, Side, TimeInForce
+from syncd.outbox import (
+    CLIENT_ID_RE,
+    CancelPayload,
+    ClosePayload,
+    CloseLeg,
+    Next,
+    OpenPayload,
+    PayloadError,
+    after_lookup,
+    check_client_order_id,
+    closable_quantity,
+    close_request,
+    make_client_order_id,
+    parse_payload,
+)
+
+D = Decimal
+LONG_C, SHORT_C = "AAPL260116C00150000", "AAPL260116C00160000"
+STOCK = {"symbol": "AAPL", "side": "buy", "qty": 10, "type": "limit", "limit_price": 150.25,
+         "time_in_force": "day", "strategy": "LONG_STOCK", "take_profit_pct": 50, "stop_loss_pct": 25}
+SPREAD = {"legs": [{"symbol": LONG_C, "side": "buy", "ratio": 1}, {"symbol": SHORT_C, "side": "sell", "ratio": 1}],
+          "qty": 67, "type": "limit", "limit_price": 2.10, "time_in_force": "day",
+          "strategy": "BULL_CALL_DEBIT", "take_profit_pct": 50}
+
+
+def test_contract_stock_example() -> None:
+    p = parse_payload("open", STOCK)
+    assert isinstance(p, OpenPayload)
+    assert (p.qty, p.type, p.limit_price, p.time_in_force) == (D(10), OrderType.LIMIT, D("150.25"), TimeInForce.DAY)
+    assert (p.strategy, p.take_profit_pct, p.stop_loss_pct, p.underlying) == ("LONG_STOCK", D(50), D(25), "AAPL")
+    req = p.order_request("syncd-1-x")
+    assert (req.symbol, req.side, req.intent, req.is_multileg) == ("AAPL", Side.BUY, Intent.OPEN, False)
+
+
+def test_contract_spread_example() -> None:
+    p = parse_payload("open", SPREAD)
+    assert isinstance(p, OpenPayload)
+    assert [(leg.symbol, leg.side, leg.ratio) for leg in p.legs] == [(LONG_C, Side.BUY, 1), (SHORT_C, Side.SELL, 1)]
+    assert p.underlying == "AAPL" and p.take_profit_pct == D(50) and p.stop_loss_pct is None
+    req = p.order_request("syncd-1-x")
+    assert req.is_multileg and req.qty == 67 and req.limit_price == D("2.1")
+
+
+def test_defaults_market_day_and_a_derived_strategy() -> None:
+    p = parse_payload("open", {"symbol": "msft", "side": "sell", "qty": "5", "type": "market"})
+    assert isinstance(p, OpenPayload)
+    assert (p.legs[0].symbol, p.time_in_force, p.strategy, p.limit_price) == ("MSFT", TimeInForce.DAY,
+                                                                              "SHORT_STOCK", None)
+
+
+def test_close_and_cancel_payloads() -> None:
+    assert parse_payload("close", {"type": "market"}) == ClosePayload(OrderType.MARKET, TimeInForce.DAY, None,
+                                                                      None, None)
+    c = parse_payload("close", {"type": "limit", "limit_price": 2.5, "qty": 10, "reason": "take_profit"})
+    assert c == ClosePayload(OrderType.LIMIT, TimeInForce.DAY, D("2.5"), D(10), "take_profit")
+    assert parse_payload("close", {}) == ClosePayload(OrderType.MARKET, TimeInForce.DAY, None, None, None)
+    assert parse_payload("cancel", {}) == CancelPayload()
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "message"),
+    [
+        ("open", {**STOCK, "colour": "red"}, "unknown key 'colour'"),
+        ("open", {k: v for k, v in STOCK.items() if k != "qty"}, "missing field 'qty'"),
+        ("open", {k: v for k, v in STOCK.items() if k != "type"}, "missing field 'type'"),
+        ("open", {k: v for k, v in STOCK.items() if k != "side"}, "missing field 'side'"),
+        ("open", {"qty": 1, "type": "market"}, "missing field 'symbol'"),
+        ("open", {**STOCK, "qty": "ten"}, "qty must be a number"),
+        ("open", {**STOCK, "qty": True}, "qty must be a number"),
+        ("open", {**STOCK, "qty": 0}, "greater than 0"),
+        ("open", {**STOCK, "qty": "NaN"}, "finite"),
+        ("open", {**STOCK, "qty": 1e12}, "out of range"),
+        ("open", {**STOCK, "limit_price": -1}, "limit_price must be greater than 0"),
+        ("open", {**STOCK, "limit_price": None}, "missing field 'limit_price'"),
+        ("open", {**STOCK, "type": "market"}, "limit_price given for a market order"),
+        ("open", {**STOCK, "type": "stop"}, "type must be one of market, limit"),
+        ("open", {**STOCK, "time_in_force": "forever"}, "time_in_force must be one of"),
+        ("open", {**STOCK, "symbol": "not a symbol!"}, "symbol must be a ticker"),
+        ("open", {**STOCK, "take_profit_pct": -5}, "take_profit_pct must be greater than 0"),
+        ("open", {**STOCK, "strategy": "BULL CALL"}, "strategy must be"),
+        ("open", {**SPREAD, "symbol": "AAPL"}, "either legs or symbol"),
+        ("open", {**SPREAD, "qty": 1.5}, "whole number"),
+        ("open", {**SPREAD, "legs": []}, "legs must be a list of 1 to 4"),
+        ("open", {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy"}, {"symbol": LONG_C, "side": "sell"}]},
+         "same symbol twice"),
+        ("open", {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy"}, {"symbol": "AAPL", "side": "sell"}]},
+         "OCC option symbol"),
+        ("open", {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "ratio": 0}, {"symbol": SHORT_C,
+                                                                                   "side": "sell"}]},
+         "ratio must be greater than 0"),
+        ("open", {**SPREAD, "legs": [{"symbol": LONG_C}, {"symbol": SHORT_C, "side": "sell"}]},
+         "missing field 'side' in legs[0]"),
+        ("open", {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "qty": 3}, {"symbol": SHORT_C,
+                                                                                  "side": "sell"}]},
+         "unknown key 'qty' in leg"),
+        ("open", "AAPL", "must be a JSON object"),
+        ("close", {"type": "market", "qty": -1}, "qty must be greater than 0"),
+        ("close", {"type": "limit"}, "missing field 'limit_price'"),
+        ("close", {"type": "market", "symbol": "AAPL"}, "unknown key 'symbol'"),
+        ("close", {"reason": ""}, "reason must be"),
+        ("cancel", {"x": 1}, "unknown key 'x'"),
+        ("cancel", None, "must be a JSON object"),
+        ("replace", {}, "unknown request kind"),
+    ],
+)
+def test_bad_payloads_say_what_is_wrong(kind: str, payload: Any, message: str) -> None:
+    with pytest.raises(PayloadError) as err:
+        parse_payload(kind, payload)
+    assert message in str(err.value), str(err.value)
+
+
+def test_negative_limit_is_a_credit_for_a_spread() -> None:
+    p = parse_payload("open", {**SPREAD, "limit_price": -1.05})
+    assert isinstance(p, OpenPayload) and p.limit_price == D("-1.05")
+
+
+@given(st.integers(min_value=1, max_value=2**63 - 1))
+def test_generated_client_ids_are_valid_and_unique(request_id: int) -> None:
+    a, b = make_client_order_id(request_id), make_client_order_id(request_id)
+    assert CLIENT_ID_RE.match(a) and len(a) <= 48
+    assert a != b  # Alpaca treats a client id as single-use forever, even across databases
+    check_client_order_id(a)
+
+
+@pytest.mark.parametrize("cid", ["", "x" * 49, "has space", "under_score", "ünï", "a/b"])
+def test_user_client_ids_outside_the_alphabet_are_refused(cid: str) -> None:
+    with pytest.raises(PayloadError, match="client_order_id"):
+        check_client_order_id(cid)
+
+
+def test_close_closes_what_is_held_minus_working_closing_orders() -> None:
+    """The seed: a spread recorded with quantity 1 while 67 of each leg are held; 7 already being closed."""
+    legs = [CloseLeg(LONG_C, Side.BUY, 1, D(67), D(7)), CloseLeg(SHORT_C, Side.SELL, 1, D(-67), D(0))]
+    assert closable_quantity(legs, None, whole=True) == 60
+    assert closable_quantity(legs, D(10), whole=True) == 10
+    ratio = [CloseLeg(LONG_C, Side.BUY, 1, D(10), D(0)), CloseLeg(SHORT_C, Side.SELL, 2, D(-15), D(0))]
+    assert closable_quantity(ratio, None, whole=True) == 7  # 15 / 2 = 7.5 -> 7 whole spreads
+    assert closable_quantity([CloseLeg("AAPL", Side.BUY, 1, D("2.5"), D(0))], None, whole=False) == D("2.5")
+    wrong_side = [CloseLeg(LONG_C, Side.BUY, 1, D(-5), D(0))]
+    assert closable_quantity(wrong_side, None, whole=True) == 0
+    assert closable_quantity([CloseLeg(LONG_C, Side.BUY, 1, D(0), D(0))], None, whole=True) == 0
+
+
+def test_close_request_flips_every_leg_and_the_net_sign() -> None:
+    legs = [CloseLeg(LONG_C, Side.BUY, 1, D(67), D(0)), CloseLeg(SHORT_C, Side.SELL, 1, D(-67), D(0))]
+    req = close_request("syncd-2-y", legs, D(67), ClosePayload(OrderType.LIMIT, TimeInForce.DAY, D("2.5"), None,
+                                                               None))
+    assert [(leg.symbol, leg.side, leg.intent) for leg in req.legs] == [
+        (LONG_C, Side.SELL, Intent.CLOSE), (SHORT_C, Side.BUY, Intent.CLOSE)]
+    assert req.limit_price == D("-2.5")  # selling the spread for 2.50 is a 2.50 credit at the broker
+    single = close_request("syncd-3-z", [CloseLeg("AAPL", Side.SELL, 1, D(-5), D(0))], D(5),
+                           ClosePayload(OrderType.MARKET, TimeInForce.DAY, None, None, None))
+    assert (single.symbol, single.side, single.intent, single.qty) == ("AAPL", Side.BUY, Intent.CLOSE, D(5))
+
+
+def test_after_lookup() -> None:
+    assert after_lookup(True, 3) == Next.RECORD
+    assert after_lookup(False, 1) == Next.SEND
+    assert after_lookup(False, 3) == Next.FAIL
