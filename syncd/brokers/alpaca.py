@@ -78,6 +78,7 @@ ORDERS_PAGE = 500  # Alpaca's maximum page size for GET /v2/orders
 STOCK_BATCH = 200  # symbols per stock-snapshot request (keeps the URL short)
 OPTION_BATCH = 100  # Alpaca's documented maximum for option snapshots
 OPTION_PAGE = 1000
+STREAM_AUTH_ATTEMPTS = 4  # consecutive refused stream logins before BrokerAuthFailed
 
 # alpaca-py ``Order.__init__`` turns "" into None for these keys, but only at the top level:
 # nested legs and the order inside a TradeUpdate are validated without it. We do it everywhere.
@@ -153,7 +154,7 @@ class AlpacaBroker:
 
     async def get_account(self) -> Balances:
         body = await self._get("/v2/account")
-        acct = self._model(TradeAccount, _obj(body, "account"), "account")
+        acct = self._model(TradeAccount, _obj(body, "account", self.account.name), "account")
         return Balances(
             broker_account_id=acct.account_number,
             equity=self._req_dec(acct.equity, "account.equity"),
@@ -167,10 +168,11 @@ class AlpacaBroker:
 
     async def list_positions(self) -> list[Position]:
         body = await self._get("/v2/positions")
-        return [self._position(_obj(p, f"positions[{i}]"), i) for i, p in enumerate(_list(body, "positions"))]
+        rows = _list(body, "positions", self.account.name)
+        return [self._position(_obj(p, f"positions[{i}]", self.account.name), i) for i, p in enumerate(rows)]
 
     async def get_clock(self) -> Clock:
-        clock = self._model(AlpacaClock, _obj(await self._get("/v2/clock"), "clock"), "clock")
+        clock = self._model(AlpacaClock, _obj(await self._get("/v2/clock"), "clock", self.account.name), "clock")
         return Clock(
             is_open=clock.is_open,
             next_open=_utc(clock.next_open),
@@ -191,7 +193,8 @@ class AlpacaBroker:
             if after is not None:
                 params["after"] = _iso(after)
             body = await self._get("/v2/orders", params=params)
-            page = [self._order(_obj(o, "orders[]"), "orders[]") for o in _list(body, "orders")]
+            rows = _list(body, "orders", self.account.name)
+            page = [self._order(_obj(o, "orders[]", self.account.name), "orders[]") for o in rows]
             new = [o for o in page if o.broker_order_id not in seen]
             for order in new:
                 seen[order.broker_order_id] = order
@@ -212,7 +215,7 @@ class AlpacaBroker:
             params={"nested": "true"},
             on_404="not_found",
         )
-        return self._order(_obj(body, "order"), "order")
+        return self._order(_obj(body, "order", self.account.name), "order")
 
     async def get_order_by_client_id(self, client_order_id: str) -> Order | None:
         body = await self._get(
@@ -220,7 +223,7 @@ class AlpacaBroker:
             params={"client_order_id": client_order_id},
             on_404="none",
         )
-        return None if body is None else self._order(_obj(body, "order"), "order")
+        return None if body is None else self._order(_obj(body, "order", self.account.name), "order")
 
     async def submit_order(self, request: OrderRequest) -> Order:
         """Place an order, sent exactly once; on an unknown outcome look its client id up."""
@@ -233,7 +236,7 @@ class AlpacaBroker:
             once=True,
             reject_403=_is_business_403,
         )
-        order = self._order(_obj(body, "order"), "order")
+        order = self._order(_obj(body, "order", self.account.name), "order")
         log.info(
             "order_submitted",
             broker="alpaca",
@@ -264,7 +267,7 @@ class AlpacaBroker:
             on_404="reject",
             reject_403=_is_business_403,
         )
-        return self._order(_obj(body, "order"), "order")
+        return self._order(_obj(body, "order", self.account.name), "order")
 
     # -- quotes --------------------------------------------------------------------------
 
@@ -284,7 +287,7 @@ class AlpacaBroker:
         body = await self._get_data("/v2/stocks/snapshots", params={"symbols": ",".join(symbols)})
         if body is None:
             return {}
-        raw = _obj(body, "snapshots")
+        raw = _obj(body, "snapshots", self.account.name)
         if "snapshots" in raw and isinstance(raw["snapshots"], dict):  # older wrapped shape
             raw = raw["snapshots"]
         out: dict[str, Quote] = {}
@@ -302,7 +305,8 @@ class AlpacaBroker:
             params = {"symbols": ",".join(symbols), "limit": str(OPTION_PAGE)}
             if token:
                 params["page_token"] = token
-            body = _obj(await self._get_data("/v1beta1/options/snapshots", params=params), "snapshots")
+            answer = await self._get_data("/v1beta1/options/snapshots", params=params)
+            body = _obj(answer, "snapshots", self.account.name)
             snaps = body.get("snapshots") or {}
             if not isinstance(snaps, dict):
                 raise self._bad("snapshots is not an object", "snapshots")
@@ -345,7 +349,8 @@ class AlpacaBroker:
         ``raw_data=True`` and validate each payload ourselves with alpaca-py's
         ``TradeUpdate``, so one event it cannot validate (an mleg order with empty
         fields) is logged as ``stream_event_unparsed`` and skipped instead of breaking
-        the handler. A wrong key ends the iterator with ``BrokerAuthFailed``.
+        the handler. A login refused ``STREAM_AUTH_ATTEMPTS`` times in a row (a wrong
+        key) ends the iterator with ``BrokerAuthFailed``.
         """
         if self._stream_active:
             raise BrokerError(
@@ -377,6 +382,7 @@ class AlpacaBroker:
 
     async def _run_stream(self, queue: asyncio.Queue[TradeUpdate | BaseException]) -> None:
         failures = 0
+        refusals = 0  # consecutive refused logins
         loop = asyncio.get_running_loop()
         while True:
             received = 0
@@ -403,26 +409,32 @@ class AlpacaBroker:
             )
             stream.subscribe_trade_updates(on_message)
             started = loop.time()
+            authenticated = False
             try:
                 await _internal(stream, "_start_ws")()
+                authenticated = True
+                refusals = 0
                 log.info("stream_connected", broker="alpaca", account=self.account.name)
                 await _internal(stream, "_consume")()  # returns only when asked to stop
                 return
             except asyncio.CancelledError:
                 raise
-            except ValueError as exc:
-                if "authenticate" in str(exc):
-                    await queue.put(
-                        BrokerAuthFailed(
-                            "alpaca trade_updates: authentication refused",
-                            broker="alpaca",
-                            account=self.account.name,
-                        )
-                    )
-                    return
-                error = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 -- any failure of one connection means: reconnect
                 error = f"{type(exc).__name__}: {self._http.scrub(str(exc))[:200]}"
+                if not authenticated and isinstance(exc, ValueError) and "authenticate" in str(exc):
+                    # Wrong keys, or "connection limit exceeded" while Alpaca still holds our
+                    # previous connection: retry a few times, then report an auth failure.
+                    refusals += 1
+                    if refusals >= STREAM_AUTH_ATTEMPTS:
+                        await queue.put(
+                            BrokerAuthFailed(
+                                f"alpaca trade_updates: login refused {refusals} times in a row",
+                                broker="alpaca",
+                                account=self.account.name,
+                            )
+                        )
+                        return
+                    error = "login refused"
             finally:
                 with contextlib.suppress(Exception):
                     await stream.close()
@@ -732,15 +744,15 @@ def _iso(t: dt.datetime) -> str:
     return _utc(t).isoformat().replace("+00:00", "Z")
 
 
-def _obj(body: Any, what: str) -> dict[str, Any]:
+def _obj(body: Any, what: str, account: str = "") -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise BadBrokerData(f"alpaca: {what} is not a JSON object", field=what, broker="alpaca")
+        raise BadBrokerData(f"alpaca: {what} is not a JSON object", field=what, broker="alpaca", account=account)
     return body
 
 
-def _list(body: Any, what: str) -> list[Any]:
+def _list(body: Any, what: str, account: str = "") -> list[Any]:
     if not isinstance(body, list):
-        raise BadBrokerData(f"alpaca: {what} is not a JSON array", field=what, broker="alpaca")
+        raise BadBrokerData(f"alpaca: {what} is not a JSON array", field=what, broker="alpaca", account=account)
     return body
 
 

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from syncd.brokers.alpaca import AlpacaBroker
-from syncd.brokers.base import Broker, BrokerRejected, OrderNotFound, StreamNotSupported
+from syncd.brokers.base import Broker, BrokerAuthFailed, BrokerRejected, OrderNotFound, StreamNotSupported
 from syncd.brokers.factory import build_broker
 from syncd.brokers.occ import option_spec_or_none
 from syncd.brokers.types import (
@@ -402,3 +402,13 @@ async def test_trade_updates_mleg_fill_carries_legs(sim: Simulator) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_trade_updates_refused_login_ends_with_auth_failure(sim: Simulator) -> None:
+    """A login refused several times in a row (wrong keys) ends the iterator with BrokerAuthFailed."""
+    sim.faults.fail_auth(0)
+    async with aiohttp.ClientSession() as session:
+        broker = AlpacaBroker(sim.account_settings(0), session=session, timeout_s=5, stream_backoff=(0.01, 0.02))
+        with pytest.raises(BrokerAuthFailed, match="login refused"):
+            await asyncio.wait_for(anext(broker.trade_updates()), timeout=10)
+    assert sim.streams.connected(0) == 0
