@@ -851,3 +851,12 @@ async def test_second_trade_updates_iterator_is_refused(broker: AlpacaBroker) ->
     with pytest.raises(BrokerError, match="one trade_updates connection"):
         await anext(broker.trade_updates())
     broker._stream_active = False
+
+
+async def test_429_with_http_date_retry_after(broker: AlpacaBroker, mock: aioresponses, rec: Recorder) -> None:
+    from email.utils import formatdate
+
+    mock.get(url("/v2/account"), status=429, headers={"Retry-After": formatdate(NOW + 4, usegmt=True)})
+    mock.get(url("/v2/account"), payload=ACCOUNT_JSON)
+    await broker.get_account()
+    assert rec.sleeps == [4.0]
