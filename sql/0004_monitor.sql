@@ -84,7 +84,7 @@ SELECT x.*,
        (x.n_legs = 1 AND x.asset_class IN ('us_equity', 'crypto')) AS fractional
   FROM (
     SELECT l.trade_id, l.account_id, l.trade_quantity, l.leg_index, l.symbol, l.side, l.ratio,
-           count(*) OVER (PARTITION BY l.trade_id) AS n_legs,
+           count(*) OVER (PARTITION BY l.account_id, l.trade_id) AS n_legs,  -- account_id: lets WHERE account_id = $1 reach inside
            pp.quantity AS position_quantity, pp.bid, pp.ask, pp.last, pp.current_price,
            pp.multiplier, pp.asset_class, pp.expiration, pp.quote_at,
            COALESCE(pp.quantity <> 0 AND (pp.quantity > 0) = (l.side = 'buy'), false) AS sign_ok,

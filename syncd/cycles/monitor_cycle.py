@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -217,7 +218,9 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
     """Quotes, trade P&L and exits for one account; returns the pass's stats."""
     q = ctx.queries
     symbols = [r["symbol"] for r in await ctx.pool.fetch(q["monitor_held_symbols"], account.id)]
+    t_quotes = time.perf_counter()
     quotes = await account.broker.get_quotes(symbols) if symbols else {}
+    quotes_s = time.perf_counter() - t_quotes
     cols = quote_columns(symbols, quotes)
     trading = ctx.settings.trading
     exits_enabled = trading.enabled and trading.auto_exits
@@ -246,6 +249,7 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
         "trades_written": len(trades_written),
         "exits_queued": len(queued),
         **{f"exits_blocked_{k}": v for k, v in sorted(plan.blocked.items())},
+        "quotes_ms": round(quotes_s * 1000, 1),
     }
 
 
