@@ -243,3 +243,20 @@ async def test_verify_skips_paused_accounts(dsn: str, tmp_path: Path, paused: st
         body = json.loads(out)
         assert body["paused"] == [paused]
         assert [a["account"] for a in body["accounts"]] == ["sim-tradier"]
+
+
+async def test_sync_once_task_monitor(dsn: str, tmp_path: Path) -> None:
+    """``syncd sync-once --task monitor`` runs monitorCycle through the task registry."""
+    async with environment(dsn, tmp_path) as env:
+        code, out, err = await syncd(env, "sync-once", "--task", "monitor")
+        assert code == 0, err
+        assert out.count("monitorCycle") == 2
+        assert "positions=6" in out
+        conn = await asyncpg.connect(env.dsn, server_settings={"search_path": "syncd"})
+        try:
+            quoted = await conn.fetchval("SELECT count(*) FROM portfolio_positions WHERE bid IS NOT NULL")
+            runs = await conn.fetchval("SELECT count(*) FROM sync_runs WHERE task = 'monitorCycle' AND ok")
+        finally:
+            await conn.close()
+        assert quoted == 12
+        assert runs == 2
