@@ -19,7 +19,13 @@ from syncd.cli_common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, CommandError, fa
 from syncd.settings import redacted_dict, to_toml
 
 # Modules that add commands; each defines ``register(subparsers) -> None``.
-COMMAND_MODULES: tuple[str, ...] = ("syncd.cli_run", "syncd.cli_health", "syncd.cli_sync", "syncd.cli_verify")
+COMMAND_MODULES: tuple[str, ...] = (
+    "syncd.cli_run",
+    "syncd.cli_health",
+    "syncd.cli_demo",
+    "syncd.cli_sync",
+    "syncd.cli_verify",
+)
 
 
 def _config_check(args: argparse.Namespace) -> int:

@@ -1,0 +1,55 @@
+"""``syncd demo`` as a subprocess: embedded Postgres, simulator, daemon; prints psql; Ctrl-C exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.acceptance.conftest import REPO
+from tests.helpers import wait_for
+
+pgserver = pytest.importorskip("pgserver", reason="the demo needs the embedded extra (pgserver)")
+
+
+@pytest.mark.slow
+async def test_demo_runs_prints_psql_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "syncd", "demo", "--state-dir", str(tmp_path / "state"),
+            stdout=stdout, stderr=stderr, cwd=REPO,
+        )
+    try:
+        def printed() -> re.Match[str] | None:
+            assert proc.returncode is None, err.read_text()[-3000:]
+            return re.search(r'psql "([^"]+)"', out.read_text())
+
+        match = await wait_for(printed, timeout=120, interval=0.2, what="the demo prints how to psql in")
+        dsn = match.group(1)
+        text = out.read_text()
+        assert text.count("SELECT") >= 3
+
+        async def mirrored() -> bool:
+            conn = await asyncpg.connect(dsn)
+            try:
+                positions = await conn.fetchval("SELECT count(*) FROM syncd.portfolio_positions")
+                trades = await conn.fetchval("SELECT count(*) FROM syncd.v_trade_monitor")
+                accounts = await conn.fetchval("SELECT count(*) FROM syncd.accounts")
+            finally:
+                await conn.close()
+            return bool(positions >= 3 * 6 and trades > 0 and accounts == 3)
+
+        await wait_for(mirrored, timeout=60, interval=0.5, what="positions and trades mirrored")
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert "demo_stopped" in err.read_text()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
