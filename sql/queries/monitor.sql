@@ -72,6 +72,7 @@ RETURNING t.id;
 -- $1 account id; $2 trade ids, $3 close_reason (the rule), $4 quantity to close.
 -- For each trade still open with no close request pending, in one statement: the trade goes
 -- `closing` with its close_reason, and one `close` request is queued for the quantity
+-- (payload {"type": "market", "qty": N, "reason": rule}: the outbox keeps the rule as close_reason)
 -- (client_order_id left NULL: tradeCycle's outbox fills it and places the order). A trade that
 -- changed meanwhile (another instance queued its exit) is skipped by the WHERE, re-checked on
 -- the locked row. Returns (request id, trade id, reason, qty) of what was queued.
@@ -89,7 +90,7 @@ WITH fired AS (
     RETURNING t.id, f.reason, f.qty
 )
 INSERT INTO order_requests (account_id, kind, trade_id, payload)
-SELECT $1, 'close', c.id, jsonb_build_object('type', 'market', 'qty', c.qty)
+SELECT $1, 'close', c.id, jsonb_build_object('type', 'market', 'qty', c.qty, 'reason', c.reason)
   FROM closing c
 RETURNING id, trade_id, payload;
 

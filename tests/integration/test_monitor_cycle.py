@@ -195,7 +195,7 @@ async def test_seed_case_monitors_and_exits_the_67_held(make_context: Any) -> No
 
         requests = await close_requests(ctx.pool, trade_id)
         assert len(requests) == 1
-        assert requests[0]["payload"] == {"type": "market", "qty": 67}
+        assert requests[0]["payload"] == {"type": "market", "qty": 67, "reason": "take_profit"}
         assert requests[0]["client_order_id"] is None
         assert requests[0]["state"] == "queued"
         assert requests[0]["account_id"] == acct.id
@@ -379,7 +379,7 @@ async def test_working_closing_order_reduces_available_quantity(make_context: An
 
         await monitor_account(ctx, acct, today=TODAY)
         requests = await close_requests(ctx.pool, trade_id)
-        assert [r["payload"] for r in requests] == [{"type": "market", "qty": 47}]
+        assert [r["payload"] for r in requests] == [{"type": "market", "qty": 47, "reason": "take_profit"}]
 
 
 async def test_working_closing_order_of_the_trade_means_no_exit(make_context: Any) -> None:
@@ -564,7 +564,9 @@ async def test_seed_case_end_to_end_on_the_simulator(make_context: Any, broker_k
             assert view["can_monitor"] is True
             assert view["can_exit"] is True
             assert view["floating_pnl"] == (D("5.00") - D("2.50") - D("1.60")) * 67 * 100
-            assert [r["payload"] for r in await close_requests(ctx.pool, trade_id)] == [{"type": "market", "qty": 67}]
+            assert [r["payload"] for r in await close_requests(ctx.pool, trade_id)] == [
+                {"type": "market", "qty": 67, "reason": "take_profit"}
+            ]
             greeks = await ctx.pool.fetchval("SELECT delta FROM portfolio_positions WHERE symbol = $1", long_call)
             assert greeks is not None
     finally:
