@@ -571,3 +571,47 @@ async def test_seed_case_end_to_end_on_the_simulator(make_context: Any, broker_k
             assert greeks is not None
     finally:
         await sim.stop()
+
+
+async def test_exit_goes_through_the_outbox_to_the_broker(make_context: Any) -> None:
+    """The whole story: monitorCycle queues the exit, tradeCycle places it for the 67 held, the book goes flat."""
+    from syncd.sim import SimConfig, start_simulator
+
+    sim = await start_simulator(SimConfig(seed=5, accounts=1, positions_per_account=6))
+    try:
+        long_call, short_call = list(sim.account(0).positions)[:2]
+        sim.add_position(0, long_call, 67, "3.00")
+        sim.add_position(0, short_call, -67, "1.40")
+        sim.set_price(long_call, "4.90", "5.10")
+        sim.set_price(short_call, "2.40", "2.60")
+        settings = sim.account_settings(0, "alpaca")
+        async with make_context(accounts=[settings], trading={"enabled": True, "auto_exits": True}) as ctx:
+            acct = ctx.accounts[settings.name]
+            account_sync, trade_cycle = task_by_short("account").account_pass(), task_by_short("trade").account_pass()
+            assert (await run_pass(ctx, "accountSync", account_sync, [acct])).ok
+            trade_id = await add_trade(
+                ctx.pool, acct.id, "BULL_CALL_DEBIT", [(long_call, "buy"), (short_call, "sell")], entry="1.60"
+            )
+            assert (await run_pass(ctx, "monitorCycle", account_pass, [acct])).ok
+            assert (await run_pass(ctx, "tradeCycle", trade_cycle, [acct])).ok
+
+            placed = [o for o in sim.account(0).orders if o.source != "outside"]
+            assert len(placed) == 1
+            assert placed[0].qty == 67
+            request = (await close_requests(ctx.pool, trade_id))[0]
+            assert request["state"] == "submitted"
+            assert request["client_order_id"] is not None
+
+            for name, fn in (("accountSync", account_sync), ("tradeCycle", trade_cycle)):
+                assert (await run_pass(ctx, name, fn, [acct])).ok  # type: ignore[arg-type]
+            assert long_call not in sim.account(0).positions
+            assert short_call not in sim.account(0).positions
+            trade = await ctx.pool.fetchrow("SELECT status, close_reason FROM trades WHERE id = $1", trade_id)
+            assert trade is not None
+            assert trade["close_reason"] == "take_profit"
+            assert trade["status"] == "closed"
+            stats = (await run_pass(ctx, "monitorCycle", account_pass, [acct])).results[0].stats
+            assert stats["exits_queued"] == 0
+            assert len(await close_requests(ctx.pool, trade_id)) == 1
+    finally:
+        await sim.stop()
