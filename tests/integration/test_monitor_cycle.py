@@ -281,6 +281,35 @@ async def test_position_mismatches(make_context: Any) -> None:
         assert sorted(r["symbol"] for r in left) == ["MSFT", "NVDA"]
 
 
+async def test_shared_symbol_and_legless_trades(make_context: Any) -> None:
+    """Two trades on one position each hold their own share; a trade without legs is its symbol, bought."""
+    async with environment(make_context) as (ctx, acct, broker):
+        await add_position(ctx.pool, acct.id, "AAPL", 100, cost_basis="18000")
+        broker.set("AAPL", "189.90", "190.10")
+        a = await add_trade(ctx.pool, acct.id, "LONG_STOCK", [("AAPL", "buy")], quantity=30, entry="180", tp=None)
+        b = await add_trade(ctx.pool, acct.id, "LONG_STOCK", [("AAPL", "buy")], quantity=70, entry="180", tp=None)
+        await add_position(ctx.pool, acct.id, "MSFT", "2.5", cost_basis="1000")
+        broker.set("MSFT", "409.90", "410.10")
+        legless: int = await ctx.pool.fetchval(
+            "INSERT INTO trades (account_id, symbol, strategy, status, quantity, entry_price)"
+            " VALUES ($1, 'MSFT', 'LONG_STOCK', 'open', 2.5, 400) RETURNING id",
+            acct.id,
+        )
+        await monitor_account(ctx, acct, today=TODAY)
+        rows = {r["trade_id"]: r for r in await ctx.pool.fetch("SELECT * FROM v_trade_monitor")}
+        assert (rows[a]["quantity"], rows[a]["available_quantity"], rows[a]["floating_pnl"]) == (30, 30, D(300))
+        assert (rows[b]["quantity"], rows[b]["available_quantity"], rows[b]["floating_pnl"]) == (70, 70, D(700))
+        assert rows[legless]["quantity"] == D("2.5")  # fractional shares are kept
+        assert rows[legless]["floating_pnl"] == D(25)
+        assert [leg["symbol"] for leg in rows[legless]["legs"]] == ["MSFT"]
+        assert await ctx.pool.fetch("SELECT * FROM v_position_mismatches") == []
+        await ctx.pool.execute("UPDATE trades SET quantity = 50 WHERE id = $1", b)
+        mismatch = await ctx.pool.fetchrow("SELECT kind, position_quantity, trade_quantity FROM v_position_mismatches")
+        assert mismatch is not None
+        assert tuple(mismatch) == ("quantity_mismatch", 100, 80)
+        assert (await monitor_row(ctx.pool, b))["quantity"] == 50  # capped at its own share
+
+
 # -- signs -------------------------------------------------------------------------------------
 
 
