@@ -102,16 +102,16 @@ class Daemon:
     runs: int = 0
     outputs: list[tuple[Path, Path]] = field(default_factory=list)
 
-    async def start(self, *extra: str) -> Daemon:
+    async def start(self, *extra: str, env: dict[str, str] | None = None) -> Daemon:
         self.runs += 1
         out = self.workdir / f"{self.name}.{self.runs}.stdout"
         err = self.workdir / f"{self.name}.{self.runs}.stderr"
         self.outputs.append((out, err))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_") and k != "NOTIFY_SOCKET"}
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCD_", "NOTIFY_", "WATCHDOG_"))}
         with out.open("wb") as stdout, err.open("wb") as stderr:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "syncd", "--config", str(self.config), "run", *extra,
-                stdout=stdout, stderr=stderr, cwd=REPO, env=env,
+                stdout=stdout, stderr=stderr, cwd=REPO, env={**base, **(env or {})},
             )
         return self
 

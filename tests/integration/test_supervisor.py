@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
+import socket
+import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +27,7 @@ from syncd.context import Account, Context
 from syncd.health import HealthServer
 from syncd.leases import LeaseManager
 from syncd.passes import TaskName
+from syncd.sdnotify import Notifier
 from syncd.settings import AccountSettings
 from syncd.supervisor import Supervisor, TaskDef
 from tests.helpers import wait_for
@@ -72,7 +77,12 @@ async def ctx(make_context: Any) -> AsyncIterator[Context]:
 
 
 def build(
-    ctx: Context, tasks: list[TaskDef], *, instance: str | None = None, heartbeat_s: float = 5.0
+    ctx: Context,
+    tasks: list[TaskDef],
+    *,
+    instance: str | None = None,
+    heartbeat_s: float = 5.0,
+    notifier: Notifier | None = None,
 ) -> tuple[Supervisor, asyncio.Event]:
     if instance is not None:
         ctx = dataclasses.replace(ctx, instance=instance)
@@ -86,7 +96,7 @@ def build(
         heartbeat_s=heartbeat_s,
         busy=lambda: holder[0].busy() if holder else frozenset(),
     )
-    sup = Supervisor(ctx, stop=stop, leases=leases, tasks=tasks, interval_for=fast, stream=None)
+    sup = Supervisor(ctx, stop=stop, leases=leases, tasks=tasks, interval_for=fast, stream=None, notifier=notifier)
     holder.append(sup)
     return sup, stop
 
@@ -326,3 +336,47 @@ async def test_retention_deletes_old_sync_runs_in_batches(ctx: Context, monkeypa
     assert await sup.purge_old_rows() == 25
     assert await ctx.pool.fetchval("SELECT count(*) FROM sync_runs") == 1
     assert ctx.metrics.value("syncd_sync_runs_purged_total") == 25
+
+
+async def test_watchdog_pings_only_while_every_task_is_on_schedule(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    short_dir = Path(tempfile.mkdtemp(prefix="wd-"))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(short_dir / "n.sock"))
+    sock.setblocking(False)
+    pings: list[bytes] = []
+
+    def drain() -> int:
+        while True:
+            try:
+                pings.append(sock.recv(256))
+            except BlockingIOError:
+                return sum(p == b"WATCHDOG=1" for p in pings)
+
+    hang = asyncio.Event()
+    never = asyncio.Event()
+
+    async def maybe_stuck(c: Context, acct: Account) -> dict[str, Any]:
+        if hang.is_set():
+            await never.wait()
+        return {}
+
+    notifier = Notifier({"NOTIFY_SOCKET": str(short_dir / "n.sock"), "WATCHDOG_USEC": "100000"})
+    sup, _stop = build(ctx, [TaskDef("accountSync", maybe_stuck)], notifier=notifier)
+    try:
+        with capture_logs() as logs:
+            await sup.start()
+            await wait_for(lambda: drain() >= 3, timeout=5, what="pings while healthy")
+            assert sup.alive() == (True, [])
+            # From now on a pass that starts is already past its deadline, and it never ends.
+            monkeypatch.setattr(supervisor_mod, "WATCHDOG_GRACE_S", -3600.0)
+            hang.set()
+            await wait_for(lambda: any(e["event"] == "watchdog_withheld" for e in logs), timeout=5)
+        withheld = next(e for e in logs if e["event"] == "watchdog_withheld")
+        assert withheld["stalled"] == ["accountSync stalled"]
+        assert sup.alive()[0] is False
+    finally:
+        await sup.shutdown(0.5)
+        sock.close()
+        shutil.rmtree(short_dir, ignore_errors=True)
