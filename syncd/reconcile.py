@@ -388,6 +388,7 @@ def _with_status(
     return replace(
         new,
         status=TradeStatus.CLOSED,
+        quantity=ZERO,  # flat: an exit that sold more than the trade counted (a stale quantity) ends at 0
         opened_at=opened,
         close_reason=new.close_reason or "exit filled",
         closed_at=new.closed_at or now,

@@ -13,8 +13,8 @@ from syncd.brokers.types import Intent, OrderType, Side, TimeInForce
 from syncd.outbox import (
     CLIENT_ID_RE,
     CancelPayload,
-    ClosePayload,
     CloseLeg,
+    ClosePayload,
     Next,
     OpenPayload,
     PayloadError,
