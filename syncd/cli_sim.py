@@ -109,7 +109,7 @@ def banner(sim: Simulator, show: int) -> str:
             f"  curl -H 'APCA-API-KEY-ID: {a.api_key}' -H 'APCA-API-SECRET-KEY: {a.api_secret}' {sim.url}/v2/positions",
             f"  curl -H 'Authorization: Bearer {a.tradier_token}' -H 'Accept: application/json' "
             f"{sim.url}/v1/accounts/{a.tradier_account_id}/positions",
-            "  python -c \"from alpaca.trading.client import TradingClient; "
+            '  python -c "from alpaca.trading.client import TradingClient; '
             f"print(TradingClient('{a.api_key}', '{a.api_secret}', url_override='{sim.url}').get_account())\"",
             "",
             "in syncd.toml:",

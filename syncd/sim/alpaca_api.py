@@ -347,8 +347,9 @@ class AlpacaApi:
                 f"insufficient qty available for order (requested: {dstr(qty)}, available: {dstr(held)})",
             )
         side = "sell" if pos.qty > 0 else "buy"
-        spec = OrderSpec(qty=qty, type="market", time_in_force="day", symbol=symbol, side=side,
-                         position_intent=f"{side}_to_close")
+        spec = OrderSpec(
+            qty=qty, type="market", time_in_force="day", symbol=symbol, side=side, position_intent=f"{side}_to_close"
+        )
         order = self.exchange.submit(acct, spec)
         body = order_json(order)
         self.exchange.after_submit(order)
@@ -482,13 +483,21 @@ class AlpacaApi:
             minute = q.at.replace(second=0, microsecond=0)
             day = q.at.astimezone(ET).replace(hour=4, minute=0, second=0, microsecond=0)
             out[s] = {
-                "latestTrade": {"t": ts(q.at), "x": "V", "p": float(q.last), "s": 100, "c": ["@"], "i": q.volume,
-                                "z": tape},
+                "latestTrade": {
+                    "t": ts(q.at),
+                    "x": "V",
+                    "p": float(q.last),
+                    "s": 100,
+                    "c": ["@"],
+                    "i": q.volume,
+                    "z": tape,
+                },
                 "latestQuote": _stock_quote(q, tape),
                 "minuteBar": _bar(minute, q.last, q.last, q.last, q.last, 1_000),
                 "dailyBar": _bar(day, q.open, q.high, q.low, q.last, q.volume),
-                "prevDailyBar": _bar(day - dt.timedelta(days=1), q.prev_close, q.prev_close, q.prev_close,
-                                     q.prev_close, q.volume),
+                "prevDailyBar": _bar(
+                    day - dt.timedelta(days=1), q.prev_close, q.prev_close, q.prev_close, q.prev_close, q.volume
+                ),
             }
         return out
 

@@ -773,9 +773,7 @@ class Exchange:
     def _net(self, order: SimOrder, prices: dict[str, Decimal]) -> Decimal:
         if not order.is_multileg:
             return prices[order.id]
-        return sum(
-            ((1 if p.side == "buy" else -1) * (p.ratio_qty or 1) * prices[p.id] for p in order.legs), ZERO
-        )
+        return sum(((1 if p.side == "buy" else -1) * (p.ratio_qty or 1) * prices[p.id] for p in order.legs), ZERO)
 
     def _crossed(self, order: SimOrder, net: Decimal) -> bool:
         if order.type != "limit" or order.limit_price is None:

@@ -460,9 +460,7 @@ class Market:
         else:
             o, hi, lo = to_cents(stock.open), to_cents(stock.high), to_cents(stock.low)
             hi, lo = max(hi, last), min(lo, last)
-        return SimQuote(
-            inst.symbol, bid, ask, last, bid_size, ask_size, now, prev, o, hi, lo, volume, greeks
-        )
+        return SimQuote(inst.symbol, bid, ask, last, bid_size, ask_size, now, prev, o, hi, lo, volume, greeks)
 
     # -- what books are drawn from -----------------------------------------------
 
@@ -504,4 +502,3 @@ class Market:
             next_open = _next_weekday_at(now, 9, 30)
             next_close = next_open.replace(hour=16, minute=0)
         return now, next_open, next_close
-
