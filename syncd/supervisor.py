@@ -67,9 +67,6 @@ RETRYABLE_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
 )
 
-# A task failing with these is logged without a traceback: the world, not a bug.
-_EXPECTED_TASK_ERRORS: tuple[type[BaseException], ...] = (LeaseLost, *RETRYABLE_DB_ERRORS, asyncpg.PostgresError)
-
 IntervalFn = Callable[[Context, TaskName, float], Awaitable[float]]
 StreamFn = Callable[[Context, Account, asyncio.Event], Coroutine[Any, Any, None]]
 
@@ -78,8 +75,21 @@ class Stopped(Exception):
     """``stop`` was set while waiting for something."""
 
 
+class PassTimeout(Exception):
+    """A whole pass of a task ran past its budget (``max(stale_after_s, 2 x interval)``)."""
+
+
 class PassAborted(Exception):
     """Shutdown did not wait for this account's pass any longer; its transaction rolled back."""
+
+
+# A task failing with these is logged without a traceback: the world, not a bug.
+_EXPECTED_TASK_ERRORS: tuple[type[BaseException], ...] = (
+    LeaseLost,
+    PassTimeout,
+    *RETRYABLE_DB_ERRORS,
+    asyncpg.PostgresError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,9 +308,14 @@ class Supervisor:
             view.last_started_at = dt.datetime.now(dt.UTC)
             self._deadlines[td.name] = time.monotonic() + budget + WATCHDOG_GRACE_S
             await self._write("task_pass_started", self.ctx.instance, td.name, interval)
-            async with asyncio.timeout(budget):
-                accounts = await self._accounts()
-                summary = await run_pass(self.ctx, td.name, guarded, accounts)
+            try:
+                async with asyncio.timeout(budget) as deadline:
+                    accounts = await self._accounts()
+                    summary = await run_pass(self.ctx, td.name, guarded, accounts)
+            except TimeoutError as exc:
+                if deadline.expired():
+                    raise PassTimeout(f"the pass took longer than {budget:g}s and was cancelled") from exc
+                raise
             finished = dt.datetime.now(dt.UTC)
             view.last_ok_at, view.last_error, view.consecutive_failures = finished, None, 0
             view.accounts_total, view.accounts_failed = len(summary.results), len(summary.failed)
@@ -483,8 +498,14 @@ class Supervisor:
     # --- systemd watchdog --------------------------------------------------------------------
 
     def alive(self) -> tuple[bool, list[str]]:
-        """Every task loop running and within its deadline (pass budget or wait, plus grace)?"""
+        """Every task loop running and within its deadline (pass budget or wait, plus grace)?
+
+        While shutting down the answer is yes: the loops are meant to end, and systemd's
+        ``TimeoutStopSec`` bounds the shutdown.
+        """
         stalled: list[str] = []
+        if self._stop.is_set():
+            return True, stalled
         now = time.monotonic()
         for name, task in self._loops.items():
             if task.done():
@@ -497,7 +518,7 @@ class Supervisor:
         interval = self._notifier.watchdog_interval_s
         status_every = max(1, int(30 / interval)) if interval else 0
         ticks = 0
-        while interval is not None and not self._stop.is_set():
+        while interval is not None:  # cancelled at the very end of the shutdown
             ok, stalled = self.alive()
             if ok:
                 self._notifier.watchdog()
@@ -508,7 +529,7 @@ class Supervisor:
             if ticks % status_every == 0:
                 self._notifier.status(self.status_line())
             ticks += 1
-            await _stoppable_sleep(self._stop, interval)
+            await asyncio.sleep(interval)
 
     def status_line(self) -> str:
         parts = [f"leases {len(self.leases.held())}/{len(self.ctx.accounts)}"]

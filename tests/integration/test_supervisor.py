@@ -274,9 +274,13 @@ async def test_health_server_answers_and_reports_metrics(ctx: Context) -> None:
     try:
         await wait_for(lambda: all(rec.passes(t) >= 1 for t in TASK_NAMES), timeout=10)
         async with aiohttp.ClientSession() as http:
-            async with http.get(base + "/healthz") as resp:
-                body = await resp.json()
-                assert resp.status == 200, body
+
+            async def healthy() -> dict[str, Any] | None:
+                async with http.get(base + "/healthz") as resp:
+                    got: dict[str, Any] = await resp.json()
+                    return got if resp.status == 200 and got["status"] == "ok" else None
+
+            body = await wait_for(healthy, timeout=10, interval=0.1, what="/healthz ok")
             async with http.get(base + "/readyz") as resp:
                 ready = await resp.json()
                 assert resp.status == 200, ready
@@ -380,3 +384,29 @@ async def test_watchdog_pings_only_while_every_task_is_on_schedule(
         await sup.shutdown(0.5)
         sock.close()
         shutil.rmtree(short_dir, ignore_errors=True)
+
+
+async def test_a_pass_past_its_budget_is_cancelled_and_the_task_restarted(
+    make_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass that hangs (a broker that never answers despite timeouts) must not stall its task forever."""
+    monkeypatch.setattr(supervisor_mod, "backoff", lambda n: 0.05)
+    calls: Counter[str] = Counter()
+    never = asyncio.Event()
+
+    async def hangs_once(c: Context, acct: Account) -> dict[str, Any]:
+        calls[acct.name] += 1
+        if calls[acct.name] == 1:
+            await never.wait()
+        return {}
+
+    async with make_context(accounts=[account("a1")], health={"stale_after_s": 5}) as context:
+        sup, _stop = build(context, [TaskDef("accountSync", hangs_once)])
+        with capture_logs() as logs:
+            await sup.start()
+            try:
+                await wait_for(lambda: calls["a1"] >= 2, timeout=15, what="the task runs again after the hang")
+            finally:
+                await sup.shutdown(2)
+    failed = [e for e in logs if e["event"] == "task_failed"]
+    assert failed and failed[0]["error"].startswith("PassTimeout: the pass took longer than 5s")
