@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "syncd.cli_demo",
     "syncd.cli_sync",
     "syncd.cli_verify",
+    "syncd.cli_sim",
 )
 
 
