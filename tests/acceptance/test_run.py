@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -126,3 +127,18 @@ async def test_unreachable_database_at_start_waits_then_stops_cleanly(daemon_fac
     await wait_for(lambda: "database_unavailable" in daemon.stderr(), timeout=15, what="it says it waits")
     assert daemon.alive()
     assert await daemon.stop(timeout=10) == 0
+
+
+async def test_a_database_that_does_not_exist_is_fatal_exit_1(
+    pg_admin_dsn: str, daemon_factory: DaemonFactory
+) -> None:
+    """Not an outage to wait out: the DSN names no database. Exit 1 at once, saying why."""
+    from tests.pg import with_database
+
+    daemon = daemon_factory([], dsn=with_database(pg_admin_dsn, "syncd_no_such_database"))
+    await daemon.start()
+    assert daemon.proc is not None
+    assert await asyncio.wait_for(daemon.proc.wait(), 30) == 1
+    err = daemon.stderr()
+    assert "syncd_no_such_database" in err
+    assert any(e["event"] == "daemon_fatal" for e in daemon.events())
