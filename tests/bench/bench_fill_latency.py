@@ -1,0 +1,219 @@
+"""Benchmark: fill-to-database latency through the trade_updates stream.
+
+    python -m tests.bench.bench_fill_latency [--orders 100] [--accounts 4] [--rate 50] [--steps 2]
+
+Set-up (not timed): a scratch database on the test Postgres (``$SYNCD_TEST_DSN`` or
+127.0.0.1:5432) with every migration; the simulator in a process of its own (wall
+clock, nothing fills until told); ``--orders`` open requests spread over ``--accounts``
+Alpaca accounts, placed by one tradeCycle pass (the outbox); one stream consumer per
+account (``syncd.stream.consume_trade_updates``, as the daemon runs it), warmed up by
+one outside order per account seen arriving in ``orders``.
+
+Timed: each order is filled in ``--steps`` slices through the simulator's ``/_sim/fill``
+(``--rate`` fills per second across all accounts, in a random order). For every fill,
+the latency is the broker's fill timestamp (the stream event's ``timestamp``) to the
+commit of the transaction that wrote the order, its events and the trade row.
+
+Printed: fills, p50/p90/p99/max latency in ms, and a check that every trade ended
+``open`` with its whole quantity (each fill counted once). Target: p99 < 250 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import multiprocessing.connection as mpc
+import random
+import statistics
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
+
+from syncd.context import Context, open_context
+from syncd.cycles import trade_cycle
+from syncd.db import apply_migrations
+from syncd.logs import configure_logging
+from syncd.passes import run_pass
+from syncd.settings import AccountSettings, DatabaseSettings, LogSettings, Settings
+from syncd.stream import consume_trade_updates
+from tests.pg import create_database, drop_database, find_admin_dsn, with_database
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--orders", type=int, default=100, help="open requests (each filled in --steps slices)")
+    p.add_argument("--accounts", type=int, default=4)
+    p.add_argument("--steps", type=int, default=2, help="fills per order")
+    p.add_argument("--rate", type=float, default=50.0, help="fills per second, all accounts together")
+    p.add_argument("--seed", type=int, default=7)
+    return p.parse_args()
+
+
+# -- the simulator, in a process of its own ------------------------------------------------------------
+
+
+async def _sim_serve(conn: mpc.Connection, accounts: int, seed: int) -> None:
+    from syncd.sim import SimConfig, start_simulator
+
+    configure_logging(LogSettings(level="warning", format="console"))
+    sim = await start_simulator(
+        SimConfig(seed=seed, accounts=accounts, positions_per_account=0, fill_on_submit=False)
+    )
+    conn.send((sim.url, sim.stream_url, [(a.api_key, a.api_secret) for a in sim.accounts]))
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "stop"
+    finally:
+        await sim.stop()
+
+
+def _sim_main(conn: mpc.Connection, accounts: int, seed: int) -> None:
+    asyncio.run(_sim_serve(conn, accounts, seed))
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+async def wait_until(what: str, cond: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {what} did not happen within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def place_orders(ctx: Context, orders: int) -> list[str]:
+    """Queue ``orders`` open requests round-robin over the accounts; one tradeCycle pass places them."""
+    accounts = list(ctx.accounts.values())
+    for i in range(orders):
+        acct = accounts[i % len(accounts)]
+        await ctx.pool.execute(
+            "INSERT INTO order_requests (account_id, kind, payload) VALUES ($1, 'open', $2)",
+            acct.id,
+            {"symbol": "AAPL", "side": "buy", "qty": 10, "type": "market", "strategy": "LONG_STOCK"},
+        )
+    summary = await run_pass(ctx, "tradeCycle", trade_cycle.account_pass, accounts)
+    if not summary.ok:
+        raise SystemExit(f"bench: placing orders failed: {[r.error for r in summary.failed]}")
+    rows = await ctx.pool.fetch("SELECT client_order_id FROM order_requests WHERE state = 'submitted' ORDER BY id")
+    if len(rows) != orders:
+        raise SystemExit(f"bench: only {len(rows)} of {orders} requests were submitted")
+    return [r["client_order_id"] for r in rows]
+
+
+async def warm_up(ctx: Context, http: aiohttp.ClientSession, url: str) -> None:
+    """An outside order per account until each is seen in ``orders``: every stream connected and applying."""
+    names = list(ctx.accounts)
+    deadline = time.monotonic() + 60
+    waiting = set(range(len(names)))
+    while waiting:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: streams of {sorted(waiting)} never delivered")
+        for i in sorted(waiting):
+            body = {"account": i, "symbol": "MSFT", "side": "buy", "qty": 1}
+            async with http.post(f"{url}/_sim/orders", json=body) as r:
+                r.raise_for_status()
+        await asyncio.sleep(0.5)  # a stream that was not yet listening missed it: post again
+        rows = await ctx.pool.fetch(
+            "SELECT DISTINCT a.name FROM orders o JOIN accounts a ON a.id = o.account_id WHERE o.symbol = 'MSFT'")
+        seen = {r["name"] for r in rows}
+        waiting = {i for i in waiting if names[i] not in seen}
+
+
+async def fire(http: aiohttp.ClientSession, url: str, cids: list[str], steps: int, rate: float, seed: int) -> None:
+    rng = random.Random(seed)
+    per_step = [10 // steps + (1 if k < 10 % steps else 0) for k in range(steps)]
+    plan = [(cid, k) for k in range(steps) for cid in rng.sample(cids, len(cids))]
+    interval = 1 / rate
+    t0 = time.perf_counter()
+    for n, (cid, k) in enumerate(plan):
+        delay = t0 + n * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        price = f"{100 + rng.randint(0, 200) / 100:.2f}"
+        async with http.post(f"{url}/_sim/fill", json={"order_id": cid, "qty": per_step[k], "price": price}) as r:
+            if r.status != 200:
+                raise SystemExit(f"bench: fill {cid} failed: {r.status} {await r.text()}")
+
+
+async def run(args: argparse.Namespace, dsn: str, url: str, stream_url: str, creds: list[tuple[str, str]]) -> None:
+    settings = Settings(
+        database=DatabaseSettings(dsn=dsn, pool_max=20),
+        trading={"enabled": True},  # type: ignore[arg-type]
+        log=LogSettings(level="warning", format="console"),
+        accounts=[
+            AccountSettings(
+                name=f"bench-{i:03d}", broker="alpaca", api_key=SecretStr(k), api_secret=SecretStr(s),
+                base_url=url, data_url=url, stream_url=stream_url,
+            )
+            for i, (k, s) in enumerate(creds)
+        ],
+    )
+    latencies: list[float] = []
+    async with open_context(settings, instance="bench") as ctx, aiohttp.ClientSession() as http:
+        cids = await place_orders(ctx, args.orders)
+        stop = asyncio.Event()
+        consumers = [
+            asyncio.create_task(consume_trade_updates(ctx, a, stop, on_fill=latencies.append))
+            for a in ctx.accounts.values()
+        ]
+        try:
+            await warm_up(ctx, http, url)
+            latencies.clear()
+            expected = len(cids) * args.steps
+            started = time.perf_counter()
+            await fire(http, url, cids, args.steps, args.rate, args.seed)
+
+            async def all_applied() -> bool:
+                return len(latencies) >= expected
+
+            await wait_until("every fill applied", all_applied, 60)
+            wall = time.perf_counter() - started
+        finally:
+            stop.set()
+            await asyncio.gather(*consumers)
+        bad = await ctx.pool.fetchval(
+            "SELECT count(*) FROM trades WHERE status <> 'open' OR quantity <> 10 OR requested_quantity <> 10")
+    ms = [x * 1000 for x in latencies]
+    print(f"fill latency through the stream: {len(ms)} fills over {len(ctx.accounts)} accounts "
+          f"in {wall:.1f} s ({len(ms) / wall:.0f} fills/s)")
+    print(f"  p50 {percentile(ms, 50):.1f} ms   p90 {percentile(ms, 90):.1f} ms   "
+          f"p99 {percentile(ms, 99):.1f} ms   max {max(ms):.1f} ms   mean {statistics.fmean(ms):.1f} ms")
+    print(f"  target p99 < 250 ms: {'met' if percentile(ms, 99) < 250 else 'NOT met'}")
+    print(f"  trades not open with their whole quantity: {bad} (each fill counted once)")
+
+
+async def main() -> None:
+    args = parse_args()
+    configure_logging(LogSettings(level="warning", format="console"))
+    admin, server = find_admin_dsn()
+    name = f"syncd_bench_fill_{uuid.uuid4().hex[:8]}"
+    await create_database(admin, name)
+    dsn = with_database(admin, name)
+    spawn = mp.get_context("spawn")
+    parent, child = spawn.Pipe()
+    proc = spawn.Process(target=_sim_main, args=(child, args.accounts, args.seed), daemon=True)
+    proc.start()
+    try:
+        await apply_migrations(DatabaseSettings(dsn=dsn))
+        url, stream_url, creds = await asyncio.get_running_loop().run_in_executor(None, parent.recv)
+        await run(args, dsn, url, stream_url, creds)
+    finally:
+        parent.send("stop")
+        await asyncio.get_running_loop().run_in_executor(None, proc.join, 10)
+        await drop_database(admin, name)
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
