@@ -339,6 +339,8 @@ class Exchange:
         if isinstance(which, SimAccount):
             return which
         if isinstance(which, int):
+            if not 0 <= which < len(self.accounts):
+                raise KeyError(f"no simulated account {which} (there are {len(self.accounts)})")
             return self.accounts[which]
         for table in (self.by_key, self.by_tradier_id):
             if which in table:
