@@ -38,12 +38,13 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from syncd.db import Queries
 from syncd.errors import describe
@@ -68,6 +69,11 @@ class HeartbeatResult:
     lost: frozenset[int]
 
 
+def _few(ids: Collection[int], limit: int = 20) -> dict[str, Any]:
+    """A bounded view of a set of account ids for a log line (thousands of accounts stay one short line)."""
+    return {"count": len(ids), "ids": sorted(ids)[:limit]}
+
+
 def fair_share(candidates: int, live_replicas: int) -> int:
     """At most ``ceil(candidates / live_replicas)`` accounts per replica."""
     return math.ceil(candidates / max(1, live_replicas)) if candidates else 0
@@ -86,8 +92,11 @@ class LeaseManager:
         heartbeat_s: float,
         busy: Callable[[], Collection[int]] = frozenset,
         clock: Callable[[], float] = time.monotonic,
+        connect: Callable[[], Awaitable[asyncpg.Connection[Any]]] | None = None,
     ) -> None:
         self._pool = pool
+        self._connect = connect
+        self._conn: asyncpg.Connection[Any] | None = None
         self._queries = queries
         self.instance = instance
         self._ids = sorted(set(account_ids))
@@ -131,24 +140,23 @@ class LeaseManager:
         t0 = self._clock()
         ttl = float(self.ttl_s)
         q = self._queries
-        async with asyncio.timeout(max(self.heartbeat_s, 2.0)):
-            async with self._pool.acquire() as conn, conn.transaction():
-                live = int(await conn.fetchval(q["replica_heartbeat"], self.instance, ttl))
-                await conn.execute(q["lease_release_unwanted"], self.instance, self._ids)
-                renewed = {r["account_id"] for r in await conn.fetch(q["lease_renew"], self.instance, ttl, self._ids)}
-                candidates = int(await conn.fetchval(q["lease_count_candidates"], self._ids))
-                share = fair_share(candidates, live)
-                released: set[int] = set()
-                acquired: set[int] = set()
-                if len(renewed) > share:
-                    busy = set(self._busy())
-                    idle_first = sorted(renewed, key=lambda i: (i in busy, -i))
-                    released = {i for i in idle_first[: len(renewed) - share] if i not in busy}
-                    if released:
-                        await conn.execute(q["lease_release"], self.instance, sorted(released))
-                elif len(renewed) < share:
-                    rows = await conn.fetch(q["lease_acquire"], self.instance, self._ids, share - len(renewed), ttl)
-                    acquired = {r["account_id"] for r in rows}
+        async with asyncio.timeout(max(self.heartbeat_s, 2.0)), self._connection() as conn, conn.transaction():
+            live = int(await conn.fetchval(q["replica_heartbeat"], self.instance, ttl))
+            await conn.execute(q["lease_release_unwanted"], self.instance, self._ids)
+            renewed = {r["account_id"] for r in await conn.fetch(q["lease_renew"], self.instance, ttl, self._ids)}
+            candidates = int(await conn.fetchval(q["lease_count_candidates"], self._ids))
+            share = fair_share(candidates, live)
+            released: set[int] = set()
+            acquired: set[int] = set()
+            if len(renewed) > share:
+                busy = set(self._busy())
+                idle_first = sorted(renewed, key=lambda i: (i in busy, -i))
+                released = {i for i in idle_first[: len(renewed) - share] if i not in busy}
+                if released:
+                    await conn.execute(q["lease_release"], self.instance, sorted(released))
+            elif len(renewed) < share:
+                rows = await conn.fetch(q["lease_acquire"], self.instance, self._ids, share - len(renewed), ttl)
+                acquired = {r["account_id"] for r in rows}
         held = frozenset((renewed - released) | acquired)
         previous = self.held()
         self._set_held(held, t0 + ttl - self._margin_s)
@@ -163,9 +171,9 @@ class LeaseManager:
                 held=len(held),
                 share=share,
                 replicas=live,
-                acquired=sorted(result.acquired),
-                released=sorted(released),
-                lost=sorted(lost - released),
+                acquired=_few(result.acquired),
+                released=_few(released),
+                lost=_few(lost - released),
             )
         return result
 
@@ -182,6 +190,30 @@ class LeaseManager:
                 await asyncio.wait_for(stop.wait(), self.heartbeat_s)
         await self.release_all()
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection[Any] | PoolConnectionProxy[Any]]:
+        """The heartbeat's connection: a dedicated one when ``connect`` was given (a busy pool must
+        not starve the heartbeat, or leases would lapse under load), else one from the pool."""
+        if self._connect is None:
+            async with self._pool.acquire() as pooled:
+                yield pooled
+            return
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._connect()
+        conn = self._conn
+        try:
+            yield conn
+        except BaseException:
+            self._conn = None  # a failed heartbeat: start afresh next time
+            conn.terminate()
+            raise
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError, TimeoutError):
+                await asyncio.wait_for(conn.close(), 2.0)
+
     async def release_all(self) -> None:
         """Give every lease back and deregister (a clean shutdown); never raises."""
         previous = self._held
@@ -194,6 +226,7 @@ class LeaseManager:
         else:
             if previous:
                 log.info("leases_released", count=len(previous))
+        await self.close()
 
     # --- internals ----------------------------------------------------------------------
 

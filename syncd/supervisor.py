@@ -568,7 +568,7 @@ async def running(
     instance: str | None = None,
 ) -> AsyncIterator[tuple[Supervisor, HealthServer | None]]:
     """Everything of ``syncd run``, started; on exit the ordered shutdown. Raises ``Stopped`` if stopped early."""
-    from syncd.db import apply_migrations
+    from syncd.db import apply_migrations, connect
 
     notifier = notifier or Notifier()
     if migrate:
@@ -589,6 +589,7 @@ async def running(
             account_ids=[a.id for a in ctx.accounts.values()],
             heartbeat_s=settings.cycles.lease_heartbeat_s,
             busy=lambda: supervisor.busy() if supervisor is not None else frozenset(),
+            connect=lambda: connect(settings.database),
         )
         supervisor = Supervisor(
             ctx, stop=stop, leases=leases, notifier=notifier, tasks=tasks,
