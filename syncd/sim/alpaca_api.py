@@ -481,7 +481,7 @@ class AlpacaApi:
         for s, q in self._quotes(self._symbols(request), option=False).items():
             tape = self._tape(s)
             minute = q.at.replace(second=0, microsecond=0)
-            day = q.at.astimezone(ET).replace(hour=4, minute=0, second=0, microsecond=0)
+            day = q.at.astimezone(ET).replace(hour=0, minute=0, second=0, microsecond=0)
             out[s] = {
                 "latestTrade": {
                     "t": ts(q.at),

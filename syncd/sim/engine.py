@@ -308,6 +308,7 @@ class Exchange:
         self._orders: dict[str, SimOrder] = {}  # uuid -> parent or leg
         self._by_tradier_id: dict[int, SimOrder] = {}
         self._working: dict[str, SimOrder] = {}  # parents that can still fill
+        self._working_by_account: dict[int, dict[str, SimOrder]] = {}
         self.listeners: list[Callable[[TradeEvent], None]] = []
         self.events: deque[TradeEvent] = deque(maxlen=10_000)
 
@@ -550,6 +551,10 @@ class Exchange:
         closing = (side == "buy" and held < 0) or (side == "sell" and held > 0)
         return f"{side}_to_{'close' if closing else 'open'}"
 
+    def _unwork(self, order: SimOrder) -> None:
+        self._working.pop(order.id, None)
+        self._working_by_account.get(order.account, {}).pop(order.id, None)
+
     def _register(self, acct: SimAccount, order: SimOrder) -> None:
         acct.orders.append(order)
         acct.by_client_id[order.client_order_id] = order
@@ -557,6 +562,7 @@ class Exchange:
             self._orders[o.id] = o
             self._by_tradier_id[o.tradier_id] = o
         self._working[order.id] = order
+        self._working_by_account.setdefault(acct.index, {})[order.id] = order
 
     # -- availability and buying power --------------------------------------------
 
@@ -564,8 +570,8 @@ class Exchange:
         """Per symbol: remaining quantity of working orders that would reduce the position."""
         held: dict[str, Decimal] = {}
         positions = acct.positions
-        for order in self._working.values():
-            if order.account != acct.index or order is exclude:
+        for order in self._working_by_account.get(acct.index, {}).values():
+            if order is exclude:
                 continue
             for part in order.parts():
                 pos = positions.get(part.symbol)
@@ -726,10 +732,9 @@ class Exchange:
                 stock_short += mv
         reserved = ZERO
         open_orders = 0
-        for order in self._working.values():
-            if order.account == acct.index:
-                open_orders += 1
-                reserved += self.requirement(acct, order, order.remaining)
+        for order in self._working_by_account.get(acct.index, {}).values():
+            open_orders += 1
+            reserved += self.requirement(acct, order, order.remaining)
         cash = acct.cash
         lmv, smv = stock_long + opt_long, stock_short + opt_short
         equity = cash + lmv + smv
@@ -845,7 +850,7 @@ class Exchange:
         net = self._net(order, prices)
         self._record_fill(order, qty, net, now)
         if order.status == "filled":
-            self._working.pop(order.id, None)
+            self._unwork(order)
         acct.touch()
         self._emit(
             TradeEvent(
@@ -921,7 +926,7 @@ class Exchange:
                 o.canceled_at = now
             elif status == "expired":
                 o.expired_at = now
-        self._working.pop(order.id, None)
+        self._unwork(order)
         self.accounts[order.account].touch()
         self._emit(TradeEvent(order.account, status, order, now))
 

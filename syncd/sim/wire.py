@@ -10,7 +10,6 @@ from typing import Any
 from aiohttp import web
 
 CENT = Decimal("0.01")
-_RATIO = Decimal("0.0000000001")
 
 
 def dstr(x: Decimal | None) -> str | None:
@@ -23,19 +22,15 @@ def dstr(x: Decimal | None) -> str | None:
 
 
 def money(x: Decimal) -> str:
-    """Dollars, to the cent."""
-    s = dstr(x.quantize(CENT))
-    assert s is not None
-    return s
+    """Dollars, to the cent (``"1502.50"``)."""
+    return f"{x:.2f}"
 
 
 def ratio(num: Decimal, den: Decimal) -> str:
     """``num / den`` (e.g. an unrealized P&L percent as a fraction), 0 when ``den`` is 0."""
     if den == 0:
         return "0"
-    s = dstr((num / den).quantize(_RATIO))
-    assert s is not None
-    return s
+    return f"{num / den:.10f}"
 
 
 def ts(t: dt.datetime | None) -> str | None:
