@@ -18,13 +18,21 @@ Starting one (tests)
     ...                                                   # point an adapter at it
     await sim.stop()                                      # or: async with sim: ...
 
+In pytest, start it on the loop the test runs on: this project's async fixtures default
+to a session loop while tests get a loop each, so use
+``@pytest_asyncio.fixture(loop_scope="function")`` (a server on an idle loop just hangs
+its clients). Blocking clients (alpaca-py's ``TradingClient``) go through
+``asyncio.to_thread``; ``TradingStream.run`` needs a thread of its own.
+
 ``sim.url`` is ``http://127.0.0.1:PORT`` (base_url and data_url of every account);
 ``sim.stream_url`` is ``ws://127.0.0.1:PORT/stream``. Useful config (``SimConfig``):
 ``clock="manual"`` + ``start_time`` for reproducible timestamps, ``market_open``,
 ``fill_on_submit`` (False: nothing fills until ``tick()``/``fill()``),
 ``partial_fills`` (+ ``partial_fill_steps``), ``tick_s`` (a background ticker, for
 demos), ``stream_conflict`` ("reject" a second stream per account, or "replace" the
-first). Everything random follows ``seed``: the same calls give the same answers.
+first). ``sim.exchange.fill_on_submit`` and ``sim.exchange.partial_fills`` can also be
+flipped while it runs. Everything random follows ``seed``: the same calls give the same
+answers (and with ``clock="manual"`` and a fixed ``start_time``, the same timestamps).
 
 What is in it
 -------------
@@ -86,8 +94,8 @@ From another process (``syncd run`` in acceptance tests, the demo), the same thr
 
 Wire notes for adapter authors
 ------------------------------
-Alpaca: decimals are strings, ``GET /v2/orders`` defaults to ``status=open`` and lists
-multi-leg legs as separate orders unless ``nested=true``; an mleg parent has empty
+Alpaca: decimals are strings (money to the cent, ``"1502.50"``), ``GET /v2/orders``
+defaults to ``status=open`` and lists multi-leg legs as separate orders unless ``nested=true``; an mleg parent has empty
 ``symbol``/``side``/``asset_class``; its ``limit_price`` is the net (debit > 0,
 credit < 0). Errors: 401 ``{"code":40110000}`` bad credentials, 403 ``40310000``
 (insufficient buying power with ``buying_power``/``cost``, insufficient qty with

@@ -409,14 +409,16 @@ class Market:
         return None if q is None else q.mid
 
     def reference_price(self, symbol: str) -> Decimal:
-        """The price at start (model value at the start time): books are built from it."""
+        """The price at start (an option's model value at that day's open): books are built
+        from it, so a seed gives the same book all day, whenever it is built."""
         inst = self.instrument(symbol)
         if inst is None:
             raise KeyError(symbol)
         stock = self._stocks[inst.underlying]
         if not inst.is_option:
             return to_cents(stock.base)
-        theo, _ = self._theo(inst, stock.base, self.clock.start)
+        session = dt.datetime.combine(self.clock.start.astimezone(ET).date(), dt.time(9, 30), ET)
+        theo, _ = self._theo(inst, stock.base, session)
         return to_cents(theo)
 
     def spot(self, underlying: str) -> float:
