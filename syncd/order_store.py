@@ -51,7 +51,8 @@ ORDERS_LOCK_CLASS = 0x74726164  # "trad": advisory lock class of an account's or
 RECONCILE_MARGIN = dt.timedelta(seconds=30)  # positions must be this much newer than a trade's last fill
 
 Source = Literal["poll", "stream"]
-Conn = Union["asyncpg.Connection[Any]", "asyncpg.pool.PoolConnectionProxy[Any]"]  # a runtime alias: asyncpg classes are not subscriptable
+# A runtime alias (asyncpg's classes are not subscriptable at run time): a connection or a pooled one.
+Conn = Union["asyncpg.Connection[Any]", "asyncpg.pool.PoolConnectionProxy[Any]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,7 +423,9 @@ def trade_specs(rows: Iterable[Mapping[str, Any]]) -> dict[int, TradeSpec]:
 async def _derive_trades(
     conn: Conn, q: Queries, trade_ids: Sequence[int], changes: Mapping[str, _Change], now: dt.datetime
 ) -> list[int]:
-    trades = {r["id"]: _trade_state(r) for r in await conn.fetch(q["trade_trades_for_apply"], trade_ids)}
+    rows = await conn.fetch(q["trade_trades_for_apply"], trade_ids)
+    trades = {r["id"]: _trade_state(r) for r in rows}
+    exit_pending = {r["id"] for r in rows if r["exit_pending"]}
     specs = trade_specs(await conn.fetch(q["trade_legs_of"], trade_ids))
     orders_by_trade: dict[int, list[_Stored]] = {}
     order_rows = await conn.fetch(q["trade_orders_of"], trade_ids)
@@ -441,7 +444,7 @@ async def _derive_trades(
             )
             for s in orders_by_trade.get(tid, [])
         ]
-        new = apply_orders(specs.get(tid, TradeSpec(())), state, linked, now)
+        new = apply_orders(specs.get(tid, TradeSpec(())), state, linked, now, exit_pending=tid in exit_pending)
         if new != state:
             updates.append((tid, new))
             log.info("trade_updated", trade_id=tid, status=new.status.value, quantity=str(new.quantity))

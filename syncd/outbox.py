@@ -544,7 +544,7 @@ async def _end(conn: Conn, q: Any, account: Account, req: Any, state: str, error
                 error[:500],
             )
         elif req["kind"] == "close" and req["trade_id"] is not None:
-            await conn.execute(q["outbox_set_close_reason"], req["trade_id"], None)  # no exit is working
+            await conn.execute(q["outbox_reopen_trade"], req["trade_id"])  # no exit works: open again
     if req["trade_id"] is not None:
         await notify(conn, q, Applied(trades=[req["trade_id"]]).notifications(account.name))
 

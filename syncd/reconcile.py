@@ -323,13 +323,20 @@ def _realized(spec: TradeSpec, entry: Decimal | None, exit_: Decimal | None, qty
 
 
 def apply_orders(
-    spec: TradeSpec, trade: TradeState, orders: Sequence[LinkedOrder], now: dt.datetime
+    spec: TradeSpec,
+    trade: TradeState,
+    orders: Sequence[LinkedOrder],
+    now: dt.datetime,
+    *,
+    exit_pending: bool = False,
 ) -> TradeState:
     """The trade after this step, from all of its orders (CONTRACT §4's status rules).
 
     ``orders`` lists every order linked to the trade, oldest first; an unchanged one
     has ``before == after``. ``quantity`` moves by the fill deltas (entries add,
-    exits subtract), so repeated observations count once.
+    exits subtract), so repeated observations count once. ``exit_pending``: a close
+    request is queued or being placed, so a ``closing`` trade stays closing even
+    before its exit order exists.
     """
     entries = [o.after for o in orders if o.role == Role.ENTRY]
     exits = [o.after for o in orders if o.role == Role.EXIT]
@@ -352,7 +359,8 @@ def apply_orders(
     )
     if trade.status == TradeStatus.CLOSED:
         return new  # final: fills may still firm up its prices, nothing reopens it
-    return _with_status(new, entries, exits, entry_filled, exit_filled, now, orders)
+    exit_working = exit_pending and trade.status == TradeStatus.CLOSING
+    return _with_status(new, entries, exits, entry_filled, exit_filled, now, orders, exit_working)
 
 
 def _first_fill(orders: Sequence[LinkedOrder]) -> dt.datetime | None:
@@ -368,9 +376,10 @@ def _with_status(
     exit_filled: Decimal,
     now: dt.datetime,
     orders: Sequence[LinkedOrder],
+    exit_pending: bool,
 ) -> TradeState:
     entry_working = any(o.working for o in entries)
-    exit_working = any(o.working for o in exits)
+    exit_working = exit_pending or any(o.working for o in exits)
     if entry_filled <= 0 and new.quantity <= 0 and exit_filled <= 0:
         if new.status in (TradeStatus.OPEN, TradeStatus.CLOSING) and not entries:
             return new  # a trade with no entry orders (imported, or the app's own): not ours to judge

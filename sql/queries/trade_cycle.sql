@@ -142,13 +142,16 @@ SELECT * FROM unnest($1::bigint[], $2::text[], $3::numeric[], $4::numeric[], $5:
 ON CONFLICT (order_id, execution_id) WHERE execution_id IS NOT NULL DO NOTHING;
 
 -- name: trade_trades_for_apply
--- The trades to re-derive, locked for this transaction.
-SELECT id, status, quantity, entry_price, broker_fill_price, exit_price, realized_pnl, close_reason,
-       opened_at, closed_at
-  FROM trades
- WHERE id = ANY($1::bigint[])
- ORDER BY id
-   FOR UPDATE;
+-- The trades to re-derive, locked for this transaction; exit_pending: a close request is
+-- queued or being placed (monitorCycle sets a trade `closing` when it queues its exit).
+SELECT t.id, t.status, t.quantity, t.entry_price, t.broker_fill_price, t.exit_price, t.realized_pnl,
+       t.close_reason, t.opened_at, t.closed_at,
+       EXISTS (SELECT 1 FROM order_requests r
+                WHERE r.trade_id = t.id AND r.kind = 'close' AND r.state IN ('queued', 'submitting')) AS exit_pending
+  FROM trades t
+ WHERE t.id = ANY($1::bigint[])
+ ORDER BY t.id
+   FOR UPDATE OF t;
 
 -- name: trade_legs_of
 SELECT trade_id, leg_index, symbol, side, ratio
@@ -312,6 +315,19 @@ SELECT l.leg_index, l.symbol, l.side, l.ratio,
 
 -- name: outbox_set_close_reason
 UPDATE trades SET close_reason = $2, updated_at = now() WHERE id = $1 AND close_reason IS DISTINCT FROM $2;
+
+-- name: outbox_reopen_trade
+-- A close request ended without an order: a trade left `closing` with no working exit is open again.
+UPDATE trades t
+   SET status = 'open', close_reason = NULL, updated_at = now()
+ WHERE t.id = $1 AND t.status IN ('open', 'closing')
+   AND NOT EXISTS (
+         SELECT 1 FROM orders o
+          WHERE o.trade_id = t.id AND o.parent_id IS NULL AND o.role = 'exit'
+            AND o.status IN ('new', 'accepted', 'pending_new', 'accepted_for_bidding', 'partially_filled',
+                             'pending_cancel', 'pending_replace', 'held', 'calculated', 'stopped', 'suspended',
+                             'pending_review'))
+   AND (t.status, t.close_reason) IS DISTINCT FROM ('open', NULL);
 
 -- name: outbox_end_trade
 -- A trade whose opening request ended without an order: rejected or cancelled, with the reason.

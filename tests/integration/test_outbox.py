@@ -13,6 +13,7 @@ import pytest_asyncio
 
 from syncd.context import Context
 from syncd.cycles import account_sync, trade_cycle
+from syncd.order_store import Observation, apply_observations, lock_orders
 from syncd.outbox import drain_outbox
 from syncd.passes import run_pass
 from syncd.sim import SimConfig, Simulator, start_simulator
@@ -287,3 +288,35 @@ async def test_notify_payloads_are_small_json(sim: Simulator, make_context: Any,
             await conn.close()
         kinds = {json.loads(p)["kind"] for p in got}
         assert {"order", "trade"} <= kinds
+
+
+async def test_monitor_queued_exit_keeps_trade_closing_and_a_failed_close_reopens_it(
+    sim: Simulator, make_context: Any
+) -> None:
+    """monitorCycle sets a trade `closing` as it queues the close: a poll meanwhile must not flip it back to
+    open; a close that ends without an order (nothing held) leaves the trade open again."""
+    async with make_context(accounts=[sim.account_settings(0)], trading={"enabled": True}) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        rid = await queue(ctx, "open", {**BUY_AAPL, "type": "limit", "limit_price": 1})
+        await one_pass(ctx)
+        req = await request(ctx, rid)
+        tid = req["trade_id"]
+        sim.fill(req["client_order_id"], qty=5, price="1")
+        await one_pass(ctx)
+        assert (await trade(ctx, tid))["status"] == "open"
+        # what monitor_queue_exits does, in one statement
+        await ctx.pool.execute("UPDATE trades SET status = 'closing', close_reason = 'stop_loss' WHERE id = $1", tid)
+        close = await queue(ctx, "close", {"type": "market", "qty": 5, "reason": "stop_loss"}, trade_id=tid)
+        sim.fill(req["client_order_id"], qty=1, price="1")  # the entry moves while the exit waits
+        order = await acct.broker.get_order(req["broker_order_id"])
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await lock_orders(conn, ctx.queries, acct.id)
+            await apply_observations(conn, ctx.queries, acct.id, [Observation(order)])
+        t = await trade(ctx, tid)
+        assert (t["status"], t["quantity"], t["close_reason"]) == ("closing", 6, "stop_loss")
+        # the positions were never synced: nothing is held as far as syncd knows -> the close fails
+        await one_pass(ctx)
+        creq = await request(ctx, close)
+        assert creq["state"] == "failed" and "nothing to close" in creq["last_error"]
+        t = await trade(ctx, tid)
+        assert (t["status"], t["close_reason"]) == ("open", None)
