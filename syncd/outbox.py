@@ -369,6 +369,8 @@ async def drain_outbox(ctx: Context, account: Account) -> OutboxStats:
     if not ctx.settings.trading.enabled:
         return stats  # read-only mirror: nothing reaches a broker, queued stays queued
     q = ctx.queries
+    if not await ctx.pool.fetchval(q["outbox_has_work"], account.id):
+        return stats  # the usual case: one cheap query, no lock
     async with ctx.pool.acquire() as conn:
         if not await conn.fetchval(q["trade_outbox_try_lock"], OUTBOX_LOCK_CLASS, account.id):
             stats.skipped += 1

@@ -32,10 +32,12 @@ SELECT broker_order_id
                   'suspended', 'pending_review');
 
 -- name: trade_set_watermark
-INSERT INTO trade_cycle_state (account_id, orders_watermark)
+-- Move the watermark to $2 when it is unset or older than $3 (so an idle pass mostly writes nothing).
+INSERT INTO trade_cycle_state AS s (account_id, orders_watermark)
 VALUES ($1, $2)
 ON CONFLICT (account_id) DO UPDATE
-   SET orders_watermark = EXCLUDED.orders_watermark, updated_at = now();
+   SET orders_watermark = EXCLUDED.orders_watermark, updated_at = now()
+ WHERE s.orders_watermark IS NULL OR s.orders_watermark < EXCLUDED.orders_watermark - $3::interval;
 
 -- name: trade_stored_orders
 -- The stored state of the given top-level orders and of their legs (rows with parent_id).
@@ -234,6 +236,9 @@ UPDATE trades t
 -- name: trade_notify
 -- NOTIFY syncd_events, one small JSON payload each.
 SELECT pg_notify('syncd_events', p) FROM unnest($1::text[]) AS p;
+
+-- name: outbox_has_work
+SELECT EXISTS (SELECT 1 FROM order_requests WHERE account_id = $1 AND state IN ('queued', 'submitting'));
 
 -- name: outbox_pending
 -- The account's requests still to work on, oldest first.

@@ -33,6 +33,7 @@ from syncd.outbox import drain_outbox
 log = structlog.get_logger(__name__)
 
 WATERMARK_OVERLAP = dt.timedelta(minutes=5)
+WATERMARK_STEP = dt.timedelta(minutes=2)  # the watermark is rewritten only once it is this old
 FIRST_PASS_LOOKBACK = dt.timedelta(days=7)
 MAX_LOOKUPS = 8  # concurrent get_order calls for working orders the listing missed
 
@@ -87,7 +88,7 @@ async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
             await lock_orders(conn, q, account.id)
             applied = await apply_observations(conn, q, account.id, [Observation(o, "poll") for o in orders])
             reconciled = await reconcile_quantities(conn, q, account.id)
-            await conn.execute(q["trade_set_watermark"], account.id, started)
+            await conn.execute(q["trade_set_watermark"], account.id, started, WATERMARK_STEP)
         applied.trades += [t for t in reconciled if t not in applied.trades]
         await notify(conn, q, applied.notifications(account.name))
     stats.update(

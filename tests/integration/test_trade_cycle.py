@@ -12,10 +12,13 @@ import pytest
 import pytest_asyncio
 
 from syncd.brokers.types import AssetClass, Order, OrderClass, OrderStatus, OrderType, Side
+from syncd.cycles import trade_cycle
 from syncd.db import create_pool, load_queries
 from syncd.order_store import Link, Observation, apply_observations, lock_orders, reconcile_quantities
+from syncd.passes import run_pass
 from syncd.reconcile import Role
 from syncd.settings import DatabaseSettings
+from syncd.sim import SimConfig, Simulator, occ_symbol, start_simulator
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -211,3 +214,58 @@ async def test_alpaca_status_vocabulary_includes_pending_review(db_pool: asyncpg
     acct = await make_account(db_pool)
     await apply(db_pool, acct, Observation(order("o1", OrderStatus(status))))
     assert await db_pool.fetchval("SELECT status FROM orders") == status
+
+
+# -- whole passes against the simulator ---------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def sim() -> AsyncIterator[Simulator]:
+    s = await start_simulator(SimConfig(seed=3, accounts=1, positions_per_account=0))
+    yield s
+    await s.stop()
+
+
+async def test_outside_orders_mirrored_unlinked_with_legs_and_idle_pass_writes_nothing(
+    sim: Simulator, make_context: Any
+) -> None:
+    long_c = occ_symbol("AAPL", dt.date(2026, 1, 16), "call", 150)
+    short_c = occ_symbol("AAPL", dt.date(2026, 1, 16), "call", 160)
+    async with make_context(accounts=[sim.account_settings(0)]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        stock = sim.place_outside_order(0, "MSFT", "buy", 5)
+        spread = sim.place_outside_order(0, legs=[(long_c, "buy", 1), (short_c, "sell", 1)], qty=2)
+        summary = await run_pass(ctx, "tradeCycle", trade_cycle.account_pass, [acct])
+        assert summary.ok
+        rows = {r["broker_order_id"]: r for r in await ctx.pool.fetch("SELECT * FROM orders")}
+        assert rows[stock.id]["trade_id"] is None and rows[stock.id]["status"] == "filled"
+        assert rows[spread.id]["order_class"] == "mleg" and rows[spread.id]["trade_id"] is None
+        legs = [r for r in rows.values() if r["parent_id"] == rows[spread.id]["id"]]
+        assert sorted(r["symbol"] for r in legs) == sorted([long_c, short_c])
+        assert await ctx.pool.fetchval("SELECT count(*) FROM order_events WHERE source = 'poll'") >= 2
+
+        async def snapshot() -> tuple[Any, ...]:
+            return tuple([
+                await ctx.pool.fetchval("SELECT max(updated_at) FROM orders"),
+                await ctx.pool.fetchval("SELECT count(*) FROM order_events"),
+                await ctx.pool.fetchval("SELECT updated_at FROM trade_cycle_state"),
+            ])
+
+        before = await snapshot()
+        stats = await trade_cycle.account_pass(ctx, acct)
+        assert (stats["orders_written"], stats["order_events"], stats["trades_changed"]) == (0, 0, 0)
+        assert await snapshot() == before  # an idle pass writes nothing
+
+
+async def test_a_working_order_older_than_the_watermark_is_still_followed(sim: Simulator, make_context: Any) -> None:
+    """Listing by submission time misses an old order that changes now: syncd asks for it by id."""
+    async with make_context(accounts=[sim.account_settings(0)]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        old = sim.place_outside_order(0, "AAPL", "buy", 5, type="limit", limit_price=1)
+        await trade_cycle.account_pass(ctx, acct)
+        await ctx.pool.execute("UPDATE trade_cycle_state SET orders_watermark = now() + interval '1 day'")
+        await ctx.pool.execute("UPDATE orders SET submitted_at = now() + interval '1 day'")  # as if long ago
+        sim.fill(old.id, qty=2, price="1")
+        await trade_cycle.account_pass(ctx, acct)
+        row = await ctx.pool.fetchrow("SELECT status, filled_qty FROM orders WHERE broker_order_id = $1", old.id)
+        assert (row["status"], row["filled_qty"]) == ("partially_filled", 2)
