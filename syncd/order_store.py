@@ -183,6 +183,19 @@ def _with_legs(snap: OrderSnapshot, legs: Sequence[LegFill]) -> OrderSnapshot:
 # -- applying observations -------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """One ``order_events`` row."""
+
+    name: str
+    qty: Decimal | None  # this fill's quantity (fills only)
+    price: Decimal | None  # this fill's price (fills only)
+    state: OrderSnapshot  # the order after it
+    execution_id: str | None
+    at: dt.datetime
+    source: Source
+
+
 @dataclass(slots=True)
 class _Change:
     order: Order  # the latest observation (descriptive fields)
@@ -191,9 +204,7 @@ class _Change:
     trade_id: int | None
     role: Role | None
     client_order_id: str | None
-    events: list[tuple[str, Decimal | None, Decimal | None, OrderSnapshot, str | None, dt.datetime, Source]] = field(
-        default_factory=list
-    )
+    events: list[_Event] = field(default_factory=list)
 
 
 def _fill_price(prev: OrderSnapshot | None, new: OrderSnapshot, delta: Decimal) -> Decimal | None:
@@ -229,7 +240,7 @@ def _observe(change: _Change, obs: Observation, now: dt.datetime) -> bool:
     else:
         name, qty, price = _event_name(prev, new), delta if delta > 0 else None, _fill_price(prev, new, delta)
     at = obs.at or obs.order.updated_at or now
-    change.events.append((name, qty, price, new, obs.execution_id, at, obs.source))
+    change.events.append(_Event(name, qty, price, new, obs.execution_id, at, obs.source))
     change.after = new
     change.order = obs.order
     return True
@@ -258,9 +269,7 @@ async def apply_observations(
     if not changes:
         return Applied()
     applied = await _write_orders(conn, q, account_id, changes)
-    applied.fill_times = [
-        at for c in changes.values() for (name, qty, _p, _s, _x, at, src) in c.events if qty and src == "stream"
-    ]
+    applied.fill_times = [e.at for c in changes.values() for e in c.events if e.qty and e.source == "stream"]
     trade_ids = sorted({c.trade_id for c in changes.values() if c.trade_id is not None})
     if trade_ids:
         applied.trades = await _derive_trades(conn, q, trade_ids, changes, now)
@@ -333,15 +342,13 @@ def _new_change(
     )
 
 
-def _first_event(
-    obs: Observation, snap: OrderSnapshot, now: dt.datetime
-) -> tuple[str, Decimal | None, Decimal | None, OrderSnapshot, str | None, dt.datetime, Source]:
+def _first_event(obs: Observation, snap: OrderSnapshot, now: dt.datetime) -> _Event:
     at = obs.at or obs.order.updated_at or obs.order.submitted_at or now
     if obs.source == "stream" and obs.event:
         qty = obs.fill_qty if snap.filled_qty > 0 else None
-        return (obs.event, qty, obs.fill_price, snap, obs.execution_id, at, obs.source)
+        return _Event(obs.event, qty, obs.fill_price, snap, obs.execution_id, at, obs.source)
     qty = snap.filled_qty if snap.filled_qty > 0 else None
-    return (_event_name(None, snap), qty, order_unit_price(snap) if qty else None, snap, None, at, obs.source)
+    return _Event(_event_name(None, snap), qty, order_unit_price(snap) if qty else None, snap, None, at, obs.source)
 
 
 def _leg_fill(leg: Order, merged: OrderSnapshot) -> LegFill | None:
@@ -384,10 +391,11 @@ async def _write_orders(conn: Conn, q: Queries, account_id: int, changes: Mappin
     order_ids = {r["broker_order_id"]: r["id"] for r in rows}
     ev: list[list[Any]] = [[] for _ in range(9)]
     for bid, c in changes.items():
-        for name, qty, price, snap, execution_id, at, source in c.events:
+        for e in c.events:
             for col, v in zip(
                 ev,
-                (order_ids[bid], name, qty, price, snap.filled_qty, snap.status.value, execution_id, at, source),
+                (order_ids[bid], e.name, e.qty, e.price, e.state.filled_qty, e.state.status.value, e.execution_id,
+                 e.at, e.source),
                 strict=True,
             ):
                 col.append(v)
