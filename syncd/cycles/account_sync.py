@@ -48,7 +48,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import asyncpg
 import structlog
@@ -72,9 +72,12 @@ EventKind = Literal["opened", "increased", "reduced", "closed", "flipped"]
 # -- the pure part: what changed --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PositionRow:
-    """The accountSync-owned columns of one ``portfolio_positions`` row (or of a fetched position)."""
+class PositionRow(NamedTuple):
+    """The accountSync-owned columns of one ``portfolio_positions`` row (or of a fetched position).
+
+    A tuple (not a dataclass) because a pass builds and compares tens of thousands of
+    them: the comparisons below are slices compared in C.
+    """
 
     symbol: str
     asset_class: str
@@ -93,21 +96,12 @@ class PositionRow:
     marks_ours: bool = True  # stored rows: monitorCycle has not quoted it yet (quote_at IS NULL)
 
     def position_fields(self) -> tuple[Any, ...]:
-        return (
-            self.asset_class,
-            self.underlying,
-            self.option_type,
-            self.strike,
-            self.expiration,
-            self.multiplier,
-            self.quantity,
-            self.qty_available,
-            self.avg_entry_price,
-            self.cost_basis,
-        )
+        """asset_class .. cost_basis: the fields whose change rewrites the row."""
+        return self[1:11]
 
-    def marks(self) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
-        return (self.current_price, self.market_value, self.unrealized_pl)
+    def marks(self) -> tuple[Any, ...]:
+        """current_price, market_value, unrealized_pl."""
+        return self[11:14]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +145,10 @@ def event_kind(old: Decimal, new: Decimal) -> EventKind | None:
 
 def _marks_differ(stored: PositionRow, fetched: PositionRow) -> bool:
     """A mark the broker gave that differs from the stored one (a mark the broker did not give is kept)."""
-    return any(new is not None and new != old for old, new in zip(stored.marks(), fetched.marks(), strict=True))
+    old_marks, new_marks = stored.marks(), fetched.marks()
+    if old_marks == new_marks:
+        return False
+    return any(new is not None and new != old for old, new in zip(old_marks, new_marks, strict=True))
 
 
 def diff_positions(stored: Mapping[str, PositionRow], fetched: Iterable[PositionRow]) -> Diff:
@@ -228,11 +225,14 @@ def _check_numbers(p: Position, index: int) -> None:
         p.market_value,
         p.unrealized_pl,
     )
-    if (
-        values[0] is not None
-        and values[1] is not None
-        and all(v is None or (isinstance(v, Decimal) and v.is_finite()) for v in values)
-    ):
+    try:
+        fine = values[0] is not None and values[1] is not None
+        for v in values:
+            if v is not None and not v.is_finite():
+                fine = False
+    except AttributeError:  # not a Decimal at all
+        fine = False
+    if fine:
         return  # the usual case, without building a message per field
     for (name, required), value in zip(_POSITION_NUMBERS, values, strict=True):
         _finite(value, f"positions[{index}].{name}", required=required)

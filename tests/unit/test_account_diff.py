@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -42,7 +41,7 @@ def stock(symbol: str, qty: str, **kw: object) -> PositionRow:
         avg_entry_price=D("10"),
         cost_basis=D(qty) * 10,
     )
-    return replace(base, **kw)  # type: ignore[arg-type]
+    return base._replace(**kw)  # type: ignore[arg-type]
 
 
 def by_symbol(*rows: PositionRow) -> dict[str, PositionRow]:

@@ -1,0 +1,397 @@
+"""Benchmark: accountSync over N accounts x M positions on the simulator.
+
+    python -m tests.bench.bench_account_sync --accounts 1000 --positions 50 [--latency-ms 20]
+        [--concurrency 100] [--pool 20] [--broker alpaca|tradier|mixed] [--sim inprocess|process]
+
+Set-up (not timed): a scratch database on the test Postgres (``$SYNCD_TEST_DSN`` or
+127.0.0.1:5432) with every migration; the simulator -- by default in a process of its
+own, so its CPU time is not syncd's (``--sim inprocess`` shares this event loop) -- with
+a manual clock, so prices move only when told; ``--latency-ms`` added to every answer.
+
+Timed: two accountSync passes over every account (``run_pass``, as the daemon runs them):
+
+1. ``first``: an empty mirror, every position inserted;
+2. ``idle``: nothing changed at the broker: nothing may be written.
+
+Printed per pass: wall time, positions/s, rows written (from ``pg_stat_user_tables`` of
+portfolio_positions, position_events and account_snapshots, flushed on every pooled
+connection; cross-checked against the passes' own counts), broker requests per account
+(mean and max), per-account latency p50/p99. At the end: peak RSS of this process (and
+of the simulator's), and the floor: latency x requests / concurrency + one bulk write of
+all rows (measured: one INSERT ... unnest of N x M rows into a scratch table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import multiprocessing as mp
+import multiprocessing.connection as mpc
+import resource
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from syncd.context import Account, Context, open_context
+from syncd.cycles.account_sync import account_pass
+from syncd.db import apply_migrations
+from syncd.logs import configure_logging
+from syncd.passes import PassSummary, run_pass
+from syncd.settings import AccountSettings, DatabaseSettings, LogSettings, Settings
+from tests.pg import create_database, drop_database, find_admin_dsn, with_database
+
+TABLES = ("portfolio_positions", "position_events", "account_snapshots")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--accounts", type=int, default=1000)
+    p.add_argument("--positions", type=int, default=50)
+    p.add_argument("--latency-ms", type=float, default=0.0, help="added by the simulator to every answer")
+    p.add_argument("--broker", choices=("alpaca", "tradier", "mixed"), default="alpaca")
+    p.add_argument("--concurrency", type=int, default=100, help="cycles.concurrency")
+    p.add_argument("--pool", type=int, default=20, help="database pool size")
+    p.add_argument("--sim", choices=("process", "inprocess"), default="process")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--profile", metavar="FILE", help="write a pyinstrument HTML profile of the first pass")
+    p.add_argument("--keep-db", action="store_true", help="keep the scratch database (its name is printed)")
+    return p.parse_args()
+
+
+# -- the simulator, in a process of its own ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimAccountInfo:
+    index: int
+    api_key: str
+    api_secret: str
+    tradier_account_id: str
+    tradier_token: str
+
+
+def _sim_config(args: argparse.Namespace) -> Any:
+    from syncd.sim import SimConfig
+
+    return SimConfig(
+        seed=args.seed,
+        accounts=args.accounts,
+        positions_per_account=args.positions,
+        clock="manual",
+        start_time=dt.datetime(2025, 12, 3, 16, 0, tzinfo=dt.UTC),
+    )
+
+
+async def _sim_serve(conn: mpc.Connection, config: Any, latency_s: float) -> None:
+    from syncd.sim import start_simulator
+
+    configure_logging(LogSettings(level="warning", format="console"))
+    sim = await start_simulator(config)
+    sim.faults.latency_s = latency_s
+    infos = [
+        SimAccountInfo(i, a.api_key, a.api_secret, a.tradier_account_id, a.tradier_token)
+        for i, a in enumerate(sim.accounts)
+    ]
+    conn.send((sim.url, infos))
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            msg = await loop.run_in_executor(None, conn.recv)
+            if msg == "stop":
+                break
+            if msg == "stats":
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                conn.send((sim.request_count, usage.ru_maxrss, usage.ru_utime + usage.ru_stime))
+    finally:
+        await sim.stop()
+
+
+def _sim_process_main(conn: mpc.Connection, config: Any, latency_s: float) -> None:
+    asyncio.run(_sim_serve(conn, config, latency_s))
+
+
+class SimHandle:
+    """The simulator as the bench sees it, wherever it runs."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.infos: list[SimAccountInfo] = []
+        self._proc: Any = None
+        self._conn: mpc.Connection | None = None
+        self._sim: Any = None
+
+    async def start(self, args: argparse.Namespace) -> None:
+        latency = args.latency_ms / 1000
+        if args.sim == "inprocess":
+            from syncd.sim import start_simulator
+
+            self._sim = await start_simulator(_sim_config(args))
+            self._sim.faults.latency_s = latency
+            self.url = self._sim.url
+            self.infos = [
+                SimAccountInfo(i, a.api_key, a.api_secret, a.tradier_account_id, a.tradier_token)
+                for i, a in enumerate(self._sim.accounts)
+            ]
+            return
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_sim_process_main, args=(child, _sim_config(args), latency), daemon=True)
+        self._proc.start()
+        self._conn = parent
+        self.url, self.infos = await asyncio.get_running_loop().run_in_executor(None, parent.recv)
+
+    async def stats(self) -> tuple[int, int, float]:
+        """(requests served, simulator peak RSS in KiB, its CPU seconds; both 0 when in-process)."""
+        if self._sim is not None:
+            return self._sim.request_count, 0, 0.0
+        assert self._conn is not None
+        self._conn.send("stats")
+        result: tuple[int, int, float] = await asyncio.get_running_loop().run_in_executor(None, self._conn.recv)
+        return result
+
+    async def stop(self) -> None:
+        if self._sim is not None:
+            await self._sim.stop()
+        if self._conn is not None:
+            self._conn.send("stop")
+            await asyncio.get_running_loop().run_in_executor(None, self._proc.join, 10)
+
+
+def account_settings(sim: SimHandle, broker: str) -> list[AccountSettings]:
+    out = []
+    for info in sim.infos:
+        kind = broker if broker != "mixed" else ("alpaca" if info.index % 2 == 0 else "tradier")
+        name = f"bench-{info.index:05d}"
+        if kind == "alpaca":
+            out.append(
+                AccountSettings(
+                    name=name,
+                    broker="alpaca",
+                    api_key=info.api_key,  # type: ignore[arg-type]
+                    api_secret=info.api_secret,  # type: ignore[arg-type]
+                    base_url=sim.url,
+                    data_url=sim.url,
+                )
+            )
+        else:
+            out.append(
+                AccountSettings(
+                    name=name,
+                    broker="tradier",
+                    account_id=info.tradier_account_id,
+                    token=info.tradier_token,  # type: ignore[arg-type]
+                    base_url=sim.url,
+                )
+            )
+    return out
+
+
+# -- measuring -------------------------------------------------------------------------------------------
+
+
+async def flush_stats(pool: asyncpg.Pool[Any]) -> None:
+    """Make every pooled backend publish its pending table statistics (PG15: pg_stat_force_next_flush)."""
+    conns = [await pool.acquire() for _ in range(pool.get_size())]
+    try:
+        for conn in conns:
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+    finally:
+        for conn in conns:
+            await pool.release(conn)
+
+
+async def table_writes(dsn: str, pool: asyncpg.Pool[Any]) -> dict[str, int]:
+    """Rows inserted + updated + deleted so far, per table, as the statistics system counts them."""
+    await flush_stats(pool)
+    conn = await asyncpg.connect(dsn)
+    try:
+        last: dict[str, int] | None = None
+        for _ in range(50):  # the flushes land as each backend goes idle: wait until the counts settle
+            rows = await conn.fetch(
+                "SELECT relname, n_tup_ins + n_tup_upd + n_tup_del AS n FROM pg_stat_user_tables"
+                " WHERE schemaname = 'syncd' AND relname = ANY($1::text[])",
+                list(TABLES),
+            )
+            now = {r["relname"]: r["n"] for r in rows}
+            if now == last:
+                return now
+            last = now
+            await asyncio.sleep(0.1)
+        return last or {}
+    finally:
+        await conn.close()
+
+
+async def bulk_write_floor(pool: asyncpg.Pool[Any], n_rows: int) -> float:
+    """Seconds for ONE bulk write of ``n_rows`` position rows (unnest into a scratch copy of the table)."""
+    syms = [f"S{i:07d}" for i in range(n_rows)]
+    one = Decimal("12.34")
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "CREATE TEMP TABLE bench_floor (LIKE portfolio_positions INCLUDING DEFAULTS INCLUDING INDEXES)"
+            " ON COMMIT DROP"
+        )
+        t0 = time.perf_counter()
+        await conn.execute(
+            "INSERT INTO bench_floor (account_id, symbol, asset_class, underlying, multiplier, quantity,"
+            " qty_available, avg_entry_price, cost_basis, current_price, market_value, unrealized_pl)"
+            " SELECT 1, s, 'us_equity', s, 1, q, q, p, p, p, p, p"
+            " FROM unnest($1::text[], $2::numeric[], $3::numeric[]) AS t(s, q, p)",
+            syms,
+            [one] * n_rows,
+            [one] * n_rows,
+        )
+        return time.perf_counter() - t0
+
+
+@dataclass
+class PassFigures:
+    name: str
+    seconds: float
+    positions: int
+    written: int
+    written_by_stats: int
+    requests: int
+    max_requests: int
+    failed: int
+    p50_ms: float
+    p99_ms: float
+    first_error: str | None
+    cpu_syncd: float = 0.0
+    cpu_sim: float = 0.0
+
+
+def figures(
+    name: str, summary: PassSummary, before: dict[str, int], after: dict[str, int], requests: int
+) -> PassFigures:
+    n = len(summary.results)
+    ok = [r for r in summary.results if r.ok]
+    durations = sorted(r.duration_s for r in summary.results)
+    written_by_stats = sum(
+        r.stats.get("upserted", 0) + r.stats.get("deleted", 0) + r.stats.get("events", 0) + r.stats.get("snapshot", 0)
+        for r in ok
+    )
+    return PassFigures(
+        name=name,
+        seconds=summary.duration_s,
+        positions=sum(r.stats.get("positions", 0) for r in ok),
+        written=sum(after.get(t, 0) - before.get(t, 0) for t in TABLES),
+        written_by_stats=written_by_stats,
+        requests=requests,
+        max_requests=max((r.stats.get("broker_requests", 0) for r in summary.results), default=0),
+        failed=n - len(ok),
+        p50_ms=durations[n // 2] * 1000 if n else 0.0,
+        p99_ms=durations[min(n - 1, int(n * 0.99))] * 1000 if n else 0.0,
+        first_error=summary.failed[0].error if summary.failed else None,
+    )
+
+
+def show(f: PassFigures, accounts: int) -> None:
+    print(
+        f"{f.name:<6} {f.seconds:7.2f} s  {f.positions / f.seconds:9.0f} positions/s  "
+        f"rows written {f.written:6d} (passes say {f.written_by_stats})  "
+        f"requests {f.requests} ({f.requests / max(accounts, 1):.2f}/account, max {f.max_requests})  "
+        f"account p50 {f.p50_ms:6.1f} ms  p99 {f.p99_ms:6.1f} ms  "
+        f"CPU syncd {f.cpu_syncd:.2f} s, simulator {f.cpu_sim:.2f} s"
+        + (f"  FAILED {f.failed}: {f.first_error}" if f.failed else ""),
+        flush=True,
+    )
+
+
+async def timed_pass(
+    ctx: Context, dsn: str, sim: SimHandle, accounts: list[Account], name: str, profile: str | None = None
+) -> PassFigures:
+    before = await table_writes(dsn, ctx.pool)
+    req0 = sum(a.broker.request_count for a in accounts)
+    sim_cpu0 = (await sim.stats())[2]
+    cpu0 = time.process_time()
+    profiler: Any = None
+    if profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(async_mode="enabled")
+        profiler.start()
+    summary = await run_pass(ctx, "accountSync", account_pass, accounts)
+    cpu = time.process_time() - cpu0
+    sim_cpu = (await sim.stats())[2] - sim_cpu0
+    if profiler is not None:
+        profiler.stop()
+        with open(profile, "w", encoding="utf-8") as fh:
+            fh.write(profiler.output_html())
+        print(profiler.output_text(unicode=False, color=False, show_all=False)[:6000])
+    requests = sum(a.broker.request_count for a in accounts) - req0
+    after = await table_writes(dsn, ctx.pool)
+    f = figures(name, summary, before, after, requests)
+    f.cpu_syncd, f.cpu_sim = cpu, sim_cpu
+    show(f, len(accounts))
+    return f
+
+
+async def main() -> None:
+    args = parse_args()
+    configure_logging(LogSettings(level="warning", format="console"))
+    admin, server = find_admin_dsn()
+    name = f"syncd_bench_account_{uuid.uuid4().hex[:8]}"
+    await create_database(admin, name)
+    dsn = with_database(admin, name)
+    sim = SimHandle()
+    t_setup = time.perf_counter()
+    await sim.start(args)
+    try:
+        db = DatabaseSettings(dsn=dsn, pool_max=args.pool, pool_min=min(args.pool, 10))
+        await apply_migrations(db)
+        settings = Settings(
+            database=db,
+            accounts=account_settings(sim, args.broker),
+            cycles={"concurrency": args.concurrency, "broker_timeout_s": 30},  # type: ignore[arg-type]
+            log=LogSettings(level="warning", format="console"),
+        )
+        async with open_context(settings, instance="bench") as ctx:
+            accounts = [ctx.accounts[a.name] for a in settings.accounts]
+            print(
+                f"accountSync bench: {args.accounts} accounts x {args.positions} positions ({args.broker}), "
+                f"latency {args.latency_ms:g} ms, concurrency {args.concurrency}, pool {args.pool}, "
+                f"simulator {'in this process' if args.sim == 'inprocess' else 'in its own process'}; "
+                f"set-up {time.perf_counter() - t_setup:.1f} s",
+                flush=True,
+            )
+            first = await timed_pass(ctx, dsn, sim, accounts, "first", args.profile)
+            idle = await timed_pass(ctx, dsn, sim, accounts, "idle")
+            rows = await ctx.pool.fetchval("SELECT count(*) FROM portfolio_positions")
+            write_s = await bulk_write_floor(ctx.pool, max(rows, 1))
+        sim_requests, sim_rss, _ = await sim.stats()
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            f"mirrored {rows} positions; peak RSS {rss_mb:.0f} MB (syncd side)"
+            + (f", simulator {sim_rss / 1024:.0f} MB" if sim_rss else "")
+            + f"; simulator served {sim_requests} requests",
+            flush=True,
+        )
+        latency = args.latency_ms / 1000
+        for f in (first, idle):
+            floor = latency * f.requests / args.concurrency + (write_s if f.name == "first" else 0.0)
+            if latency:
+                print(
+                    f"{f.name:<6} floor {floor:.2f} s (latency x {f.requests} requests / {args.concurrency}"
+                    f" + bulk write {write_s if f.name == 'first' else 0.0:.2f} s): "
+                    f"pass is {f.seconds / floor:.2f}x the floor",
+                    flush=True,
+                )
+        print(f"one bulk write of {rows} rows: {write_s:.2f} s", flush=True)
+    finally:
+        await sim.stop()
+        if args.keep_db:
+            print(f"kept database {name}")
+        else:
+            await drop_database(admin, name)
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
