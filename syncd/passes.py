@@ -104,7 +104,10 @@ async def run_pass(ctx: Context, task: TaskName, fn: AccountPass, accounts: Sequ
         await asyncio.shield(record(ctx, task, results))
     except _DB_ERRORS as exc:
         log.error("pass_record_failed", task=task, error=describe(exc))
-    ctx.metrics.cycle_finished(task, summary.duration_s, time.time(), ok=bool(results) and summary.ok)
+    # The task succeeded when it completed a pass that reached the broker for someone: one failing
+    # account is counted in syncd_cycle_failures_total, it must not freeze the task's last success.
+    completed = not results or any(r.ok for r in results)
+    ctx.metrics.cycle_finished(task, summary.duration_s, time.time(), ok=completed)
     return summary
 
 

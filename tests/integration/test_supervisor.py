@@ -284,9 +284,14 @@ async def test_health_server_answers_and_reports_metrics(ctx: Context) -> None:
             async with http.get(base + "/readyz") as resp:
                 ready = await resp.json()
                 assert resp.status == 200, ready
-            async with http.get(base + "/metrics") as resp:
-                text = await resp.text()
-                assert resp.headers["Content-Type"].startswith("text/plain")
+
+            async def metrics_text() -> str | None:
+                async with http.get(base + "/metrics") as resp:
+                    assert resp.headers["Content-Type"].startswith("text/plain")
+                    got = await resp.text()
+                    return got if 'syncd_last_success_timestamp_seconds{task="accountSync"}' in got else None
+
+            text = await wait_for(metrics_text, timeout=10, interval=0.1, what="last-success gauge")
     finally:
         await sup.shutdown(5)
         await server.stop()
