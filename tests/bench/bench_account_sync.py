@@ -28,6 +28,7 @@ import asyncio
 import datetime as dt
 import multiprocessing as mp
 import multiprocessing.connection as mpc
+import os
 import resource
 import time
 import uuid
@@ -249,6 +250,21 @@ async def bulk_write_floor(pool: asyncpg.Pool[Any], n_rows: int) -> float:
         return time.perf_counter() - t0
 
 
+async def postgres_cpu(pool: asyncpg.Pool[Any]) -> float:
+    """CPU seconds used so far by this database's backends (Postgres on this machine; 0 when unreadable)."""
+    pids = [r["pid"] for r in await pool.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 @dataclass
 class PassFigures:
     name: str
@@ -264,6 +280,7 @@ class PassFigures:
     first_error: str | None
     cpu_syncd: float = 0.0
     cpu_sim: float = 0.0
+    cpu_pg: float = 0.0
 
 
 def figures(
@@ -297,7 +314,7 @@ def show(f: PassFigures, accounts: int) -> None:
         f"rows written {f.written:6d} (passes say {f.written_by_stats})  "
         f"requests {f.requests} ({f.requests / max(accounts, 1):.2f}/account, max {f.max_requests})  "
         f"account p50 {f.p50_ms:6.1f} ms  p99 {f.p99_ms:6.1f} ms  "
-        f"CPU syncd {f.cpu_syncd:.2f} s, simulator {f.cpu_sim:.2f} s"
+        f"CPU syncd {f.cpu_syncd:.2f} s, simulator {f.cpu_sim:.2f} s, postgres {f.cpu_pg:.2f} s"
         + (f"  FAILED {f.failed}: {f.first_error}" if f.failed else ""),
         flush=True,
     )
@@ -309,6 +326,7 @@ async def timed_pass(
     before = await table_writes(dsn, ctx.pool)
     req0 = sum(a.broker.request_count for a in accounts)
     sim_cpu0 = (await sim.stats())[2]
+    pg_cpu0 = await postgres_cpu(ctx.pool)
     cpu0 = time.process_time()
     profiler: Any = None
     if profile:
@@ -319,6 +337,7 @@ async def timed_pass(
     summary = await run_pass(ctx, "accountSync", account_pass, accounts)
     cpu = time.process_time() - cpu0
     sim_cpu = (await sim.stats())[2] - sim_cpu0
+    pg_cpu = await postgres_cpu(ctx.pool) - pg_cpu0
     if profiler is not None:
         profiler.stop()
         with open(profile, "w", encoding="utf-8") as fh:
@@ -327,7 +346,7 @@ async def timed_pass(
     requests = sum(a.broker.request_count for a in accounts) - req0
     after = await table_writes(dsn, ctx.pool)
     f = figures(name, summary, before, after, requests)
-    f.cpu_syncd, f.cpu_sim = cpu, sim_cpu
+    f.cpu_syncd, f.cpu_sim, f.cpu_pg = cpu, sim_cpu, pg_cpu
     show(f, len(accounts))
     return f
 
@@ -372,6 +391,14 @@ async def main() -> None:
             + f"; simulator served {sim_requests} requests",
             flush=True,
         )
+        cores = os.cpu_count() or 1
+        for f in (first, idle):
+            busy = f.cpu_syncd + f.cpu_sim + f.cpu_pg
+            print(
+                f"{f.name:<6} CPU of syncd + simulator + postgres {busy:.2f} s over {cores} cores: "
+                f"CPU floor {busy / cores:.2f} s; pass is {f.seconds / (busy / cores):.2f}x that",
+                flush=True,
+            )
         latency = args.latency_ms / 1000
         for f in (first, idle):
             floor = latency * f.requests / args.concurrency + (write_s if f.name == "first" else 0.0)
