@@ -14,6 +14,15 @@ A pass reads as a story:
    ``account_snapshots`` row when the balances differ from the latest snapshot,
    ``accounts.broker_account_id``/``last_synced_at``, and the ``NOTIFY syncd_events``
    payloads, which Postgres delivers at commit (never for a rolled-back pass).
+   When the comparison finds nothing to write (the usual case) the pass skips the
+   transaction and only sets ``accounts.last_synced_at``: an idle pass writes no
+   position, event or snapshot row.
+
+Payloads of ``NOTIFY syncd_events`` (JSON, each under ``NOTIFY_MAX_BYTES``, keys only):
+``{"kind": "position", "account": NAME, "account_id": ID, "symbols": [...]}`` (chunked
+when many symbols changed) and ``{"kind": "account", "account": NAME, "account_id": ID}``
+when the balances or the broker's account id changed; the importer sends
+``{"kind": "trade", ..., "trade_ids": [...]}``.
 
 A failed, timed-out or malformed fetch raises before the transaction: nothing of the
 account changes, and :func:`syncd.passes.run_pass` records the error
@@ -61,7 +70,6 @@ from syncd.context import Account, Context
 
 log = structlog.get_logger(__name__)
 
-TASK = "accountSync"
 SYNC_LOCK_CLASS = 0x73796E63  # "sync": advisory lock class of accountSync (per account id)
 FETCH_DEADLINE_FACTOR = 5  # the whole fetch gives up after broker_timeout_s x this (adapters retry inside)
 NOTIFY_MAX_BYTES = 4000  # one NOTIFY payload stays well under Postgres' 8,000-byte limit
