@@ -18,18 +18,14 @@ SELECT pg_advisory_unlock($1::int, ($2::bigint % 2147483647)::int);
 SELECT (SELECT orders_watermark FROM trade_cycle_state WHERE account_id = $1) AS watermark,
        (SELECT min(submitted_at) FROM orders
          WHERE account_id = $1 AND parent_id IS NULL
-           AND status IN ('new', 'accepted', 'pending_new', 'accepted_for_bidding', 'partially_filled',
-                          'pending_cancel', 'pending_replace', 'held', 'calculated', 'stopped',
-                          'suspended', 'pending_review')) AS oldest_working;
+           AND order_is_working(status)) AS oldest_working;
 
 -- name: trade_working_order_ids
 -- Broker ids of the account's top-level orders recorded as working.
 SELECT broker_order_id
   FROM orders
  WHERE account_id = $1 AND parent_id IS NULL
-   AND status IN ('new', 'accepted', 'pending_new', 'accepted_for_bidding', 'partially_filled',
-                  'pending_cancel', 'pending_replace', 'held', 'calculated', 'stopped',
-                  'suspended', 'pending_review');
+   AND order_is_working(status);
 
 -- name: trade_set_watermark
 -- Move the watermark to $2 when it is unset or older than $3 (so an idle pass mostly writes nothing).
@@ -206,7 +202,7 @@ WITH cand AS (
        AND NOT EXISTS (
              SELECT 1 FROM orders o
               WHERE o.trade_id = t.id AND o.parent_id IS NULL
-                AND (o.status NOT IN ('filled', 'canceled', 'expired', 'replaced', 'rejected', 'done_for_day')
+                AND (order_is_working(o.status)
                      OR COALESCE(o.filled_at, o.updated_at) > a.last_synced_at - $2::interval))
        AND NOT EXISTS (
              SELECT 1 FROM order_requests r
@@ -297,26 +293,16 @@ SELECT $1, u.* FROM unnest($2::int[], $3::text[], $4::text[], $5::int[]) AS u;
 SELECT id, account_id, status, quantity FROM trades WHERE id = $1;
 
 -- name: outbox_close_inputs
--- Per leg of a trade: the position held, and what working closing orders already commit
--- (qty - filled of open orders with intent close or role exit on that symbol, legs included).
-SELECT l.leg_index, l.symbol, l.side, l.ratio,
-       COALESCE(p.quantity, 0) AS position_quantity,
-       COALESCE((
-           SELECT sum(greatest(o.qty - o.filled_qty, 0))
-             FROM orders o
-             LEFT JOIN orders parent ON parent.id = o.parent_id
-            WHERE o.account_id = $2 AND o.symbol = l.symbol
-              AND COALESCE(parent.status, o.status)
-                  IN ('new', 'accepted', 'pending_new', 'accepted_for_bidding', 'partially_filled',
-                      'pending_cancel', 'pending_replace', 'held', 'calculated', 'stopped', 'suspended',
-                      'pending_review')
-              AND (o.intent = 'close' OR COALESCE(parent.role, o.role) = 'exit')
-              AND NOT EXISTS (SELECT 1 FROM orders c WHERE c.parent_id = o.id)
-       ), 0) AS committed
-  FROM trade_legs l
-  LEFT JOIN portfolio_positions p ON p.account_id = $2 AND p.symbol = l.symbol
- WHERE l.trade_id = $1
- ORDER BY l.leg_index;
+-- Per leg of a live trade ($1, in account $2): the position held, and what working closing
+-- orders already hold of it (v_closing_order_holds, all trades': the same definition
+-- monitorCycle and v_trade_monitor read). A trade without trade_legs rows is its one leg
+-- (v_live_trade_legs). No rows when the trade is neither open nor closing.
+SELECT v.leg_index, v.symbol, v.side, v.ratio,
+       COALESCE(v.position_quantity, 0) AS position_quantity,
+       v.committed_quantity AS committed
+  FROM v_trade_leg_positions v
+ WHERE v.trade_id = $1 AND v.account_id = $2
+ ORDER BY v.leg_index;
 
 -- name: outbox_set_close_reason
 UPDATE trades SET close_reason = $2, updated_at = now() WHERE id = $1 AND close_reason IS DISTINCT FROM $2;
@@ -329,9 +315,7 @@ UPDATE trades t
    AND NOT EXISTS (
          SELECT 1 FROM orders o
           WHERE o.trade_id = t.id AND o.parent_id IS NULL AND o.role = 'exit'
-            AND o.status IN ('new', 'accepted', 'pending_new', 'accepted_for_bidding', 'partially_filled',
-                             'pending_cancel', 'pending_replace', 'held', 'calculated', 'stopped', 'suspended',
-                             'pending_review'))
+            AND order_is_working(o.status))
    AND (t.status, t.close_reason) IS DISTINCT FROM ('open', NULL);
 
 -- name: outbox_end_trade
@@ -344,6 +328,4 @@ UPDATE trades
 -- The trade's working top-level orders (what a cancel request cancels).
 SELECT broker_order_id FROM orders
  WHERE trade_id = $1 AND parent_id IS NULL
-   AND status IN ('new', 'accepted', 'pending_new', 'accepted_for_bidding', 'partially_filled',
-                  'pending_cancel', 'pending_replace', 'held', 'calculated', 'stopped', 'suspended',
-                  'pending_review');
+   AND order_is_working(status);
