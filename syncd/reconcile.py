@@ -81,6 +81,7 @@ def status_rank(status: OrderStatus) -> int:
 
 
 def is_working(status: OrderStatus) -> bool:
+    """Not terminal (``OrderStatus.is_terminal``); SQL's ``order_is_working`` is the same list."""
     return not status.is_terminal
 
 

@@ -84,6 +84,9 @@ class OrderStatus(StrEnum):
         return self in _TERMINAL
 
 
+# The one Python list of terminal statuses; every other status is working. SQL's
+# order_is_working(status) (sql/0006_unify_holds.sql) is its complement
+# (tests/integration/test_order_status_sql.py checks them status by status).
 _TERMINAL = frozenset(
     {
         OrderStatus.FILLED,
