@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import quote
@@ -46,6 +46,7 @@ from syncd.brokers.base import (
 )
 from syncd.brokers.http import HttpCore, RequestHook, RetryPolicy
 from syncd.brokers.occ import option_spec_or_none, parse_occ
+from syncd.brokers.parse import as_utc, batches, decimal_or_none, iso_z, plain
 from syncd.brokers.ratelimit import ALPACA_PER_MIN, TokenBucket
 from syncd.brokers.types import (
     AssetClass,
@@ -175,9 +176,9 @@ class AlpacaBroker:
         clock = self._model(AlpacaClock, _obj(await self._get("/v2/clock"), "clock", self.account.name), "clock")
         return Clock(
             is_open=clock.is_open,
-            next_open=_utc(clock.next_open),
-            next_close=_utc(clock.next_close),
-            timestamp=_utc(clock.timestamp),
+            next_open=as_utc(clock.next_open),
+            next_close=as_utc(clock.next_close),
+            timestamp=as_utc(clock.timestamp),
         )
 
     # -- orders -------------------------------------------------------------------------
@@ -191,7 +192,7 @@ class AlpacaBroker:
         while True:
             params = {"status": status, "limit": str(ORDERS_PAGE), "direction": "asc", "nested": "true"}
             if after is not None:
-                params["after"] = _iso(after)
+                params["after"] = iso_z(after)
             body = await self._get("/v2/orders", params=params)
             rows = _list(body, "orders", self.account.name)
             page = [self._order(_obj(o, "orders[]", self.account.name), "orders[]") for o in rows]
@@ -257,7 +258,7 @@ class AlpacaBroker:
 
     async def close_position(self, symbol: str, qty: Decimal | None = None) -> Order:
         """``DELETE /v2/positions/{symbol}``: Alpaca places the closing market order. Sent once."""
-        params = {"qty": _plain(qty)} if qty is not None else None
+        params = {"qty": plain(qty)} if qty is not None else None
         body = await self._http.request(
             "DELETE",
             f"{self.base_url}/v2/positions/{quote(symbol, safe='')}",
@@ -276,8 +277,8 @@ class AlpacaBroker:
         wanted = list(dict.fromkeys(s for s in symbols if s))
         options = [s for s in wanted if option_spec_or_none(s) is not None]
         stocks = [s for s in wanted if option_spec_or_none(s) is None]
-        jobs = [self._stock_quotes(b) for b in _batches(stocks, STOCK_BATCH)]
-        jobs += [self._option_quotes(b) for b in _batches(options, OPTION_BATCH)]
+        jobs = [self._stock_quotes(b) for b in batches(stocks, STOCK_BATCH)]
+        jobs += [self._option_quotes(b) for b in batches(options, OPTION_BATCH)]
         out: dict[str, Quote] = {}
         for part in await asyncio.gather(*jobs):
             out.update(part)
@@ -320,12 +321,12 @@ class AlpacaBroker:
                     parsed.latest_quote,
                     parsed.latest_trade,
                     Greeks(
-                        delta=_fdec(greeks.delta if greeks else None),
-                        gamma=_fdec(greeks.gamma if greeks else None),
-                        theta=_fdec(greeks.theta if greeks else None),
-                        vega=_fdec(greeks.vega if greeks else None),
-                        rho=_fdec(greeks.rho if greeks else None),
-                        implied_volatility=_fdec(parsed.implied_volatility),
+                        delta=decimal_or_none(greeks.delta if greeks else None),
+                        gamma=decimal_or_none(greeks.gamma if greeks else None),
+                        theta=decimal_or_none(greeks.theta if greeks else None),
+                        vega=decimal_or_none(greeks.vega if greeks else None),
+                        rho=decimal_or_none(greeks.rho if greeks else None),
+                        implied_volatility=decimal_or_none(parsed.implied_volatility),
                     )
                     if greeks is not None or parsed.implied_volatility is not None
                     else None,
@@ -470,10 +471,10 @@ class AlpacaBroker:
             return TradeUpdate(
                 event=update.event.value if isinstance(update.event, ae.TradeEvent) else str(update.event),
                 order=_convert_order(update.order),
-                at=_utc(update.timestamp),
-                price=_fdec(update.price),
-                qty=_fdec(update.qty),
-                position_qty=_fdec(update.position_qty),
+                at=as_utc(update.timestamp),
+                price=decimal_or_none(update.price),
+                qty=decimal_or_none(update.qty),
+                position_qty=decimal_or_none(update.position_qty),
                 execution_id=str(update.execution_id) if update.execution_id else None,
             )
         except (ValidationError, ValueError, TypeError, KeyError, InvalidOperation) as exc:
@@ -526,7 +527,7 @@ class AlpacaBroker:
 
     def _dec(self, value: Any, field: str) -> Decimal | None:
         try:
-            return _fdec(value)
+            return decimal_or_none(value)
         except (InvalidOperation, ValueError):
             raise self._bad(f"{field} is not a number", field) from None
 
@@ -650,7 +651,7 @@ def _convert_order(o: AlpacaOrder, parent_type: OrderType | None = None) -> Orde
         asset_class = AssetClass.US_OPTION
     else:
         asset_class = AssetClass.US_EQUITY
-    avg = _fdec(o.filled_avg_price)
+    avg = decimal_or_none(o.filled_avg_price)
     return Order(
         broker_order_id=str(o.id),
         client_order_id=o.client_order_id or None,
@@ -658,19 +659,19 @@ def _convert_order(o: AlpacaOrder, parent_type: OrderType | None = None) -> Orde
         side=Side(o.side.value) if o.side else None,
         type=order_type,
         order_class=order_class,
-        qty=_fdec(o.qty) or Decimal(0),
-        filled_qty=_fdec(o.filled_qty) or Decimal(0),
+        qty=decimal_or_none(o.qty) or Decimal(0),
+        filled_qty=decimal_or_none(o.filled_qty) or Decimal(0),
         status=OrderStatus(o.status.value),
         asset_class=asset_class,
         filled_avg_price=avg if avg else None,  # Alpaca sends 0 before anything is filled
-        limit_price=_fdec(o.limit_price),
+        limit_price=decimal_or_none(o.limit_price),
         time_in_force=TimeInForce(o.time_in_force.value),
         ratio_qty=int(Decimal(str(o.ratio_qty))) if o.ratio_qty not in (None, "") else None,
         intent=_intent(o.position_intent),
-        submitted_at=_utc(o.submitted_at),
-        filled_at=_utc(o.filled_at) if o.filled_at else None,
-        canceled_at=_utc(o.canceled_at) if o.canceled_at else None,
-        updated_at=_utc(o.updated_at),
+        submitted_at=as_utc(o.submitted_at),
+        filled_at=as_utc(o.filled_at) if o.filled_at else None,
+        canceled_at=as_utc(o.canceled_at) if o.canceled_at else None,
+        updated_at=as_utc(o.updated_at),
         legs=legs,
     )
 
@@ -696,12 +697,12 @@ def _asset_class(ac: ae.AssetClass | None) -> AssetClass:
 def _quote(symbol: str, q: Any, trade: Any, greeks: Greeks | None) -> Quote:
     return Quote(
         symbol=symbol,
-        bid=_fdec(q.bid_price) if q is not None else None,
-        ask=_fdec(q.ask_price) if q is not None else None,
-        last=_fdec(trade.price) if trade is not None else None,
-        bid_size=_fdec(q.bid_size) if q is not None else None,
-        ask_size=_fdec(q.ask_size) if q is not None else None,
-        at=_utc(q.timestamp) if q is not None else (_utc(trade.timestamp) if trade is not None else None),
+        bid=decimal_or_none(q.bid_price) if q is not None else None,
+        ask=decimal_or_none(q.ask_price) if q is not None else None,
+        last=decimal_or_none(trade.price) if trade is not None else None,
+        bid_size=decimal_or_none(q.bid_size) if q is not None else None,
+        ask_size=decimal_or_none(q.ask_size) if q is not None else None,
+        at=as_utc(q.timestamp) if q is not None else (as_utc(trade.timestamp) if trade is not None else None),
         greeks=greeks,
     )
 
@@ -720,30 +721,6 @@ def _reason_of(body: Any) -> str | None:
 # -- small helpers ------------------------------------------------------------------------
 
 
-def _fdec(value: Any) -> Decimal | None:
-    """A number from Alpaca (string, int or float) as an exact Decimal; None/"" -> None."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise InvalidOperation("boolean is not a number")
-    out = Decimal(str(value))
-    if not out.is_finite():
-        raise InvalidOperation(f"{value!r} is not finite")
-    return out
-
-
-def _plain(d: Decimal) -> str:
-    return format(d.normalize(), "f")
-
-
-def _utc(t: dt.datetime) -> dt.datetime:
-    return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
-
-
-def _iso(t: dt.datetime) -> str:
-    return _utc(t).isoformat().replace("+00:00", "Z")
-
-
 def _obj(body: Any, what: str, account: str = "") -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadBrokerData(f"alpaca: {what} is not a JSON object", field=what, broker="alpaca", account=account)
@@ -755,10 +732,6 @@ def _list(body: Any, what: str, account: str = "") -> list[Any]:
         raise BadBrokerData(f"alpaca: {what} is not a JSON array", field=what, broker="alpaca", account=account)
     return body
 
-
-def _batches(items: list[str], size: int) -> Iterable[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def _internal(stream: TradingStream, name: str) -> Callable[[], Awaitable[None]]:

@@ -26,7 +26,7 @@ import datetime as dt
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
@@ -45,6 +45,7 @@ from syncd.brokers.base import (
 )
 from syncd.brokers.http import HttpCore, RequestHook, RetryPolicy
 from syncd.brokers.occ import option_spec_or_none
+from syncd.brokers.parse import NotANumber, NotFinite, as_utc, batches, decimal_or_none, plain
 from syncd.brokers.ratelimit import TRADIER_PER_MIN, TokenBucket
 from syncd.brokers.types import (
     AssetClass,
@@ -366,7 +367,7 @@ class TradierBroker:
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
         """Quotes (greeks for options), batched; symbols Tradier does not know are absent."""
         wanted = list(dict.fromkeys(s for s in symbols if s))
-        parts = await asyncio.gather(*(self._quotes(b) for b in _batches(wanted, QUOTE_BATCH)))
+        parts = await asyncio.gather(*(self._quotes(b) for b in batches(wanted, QUOTE_BATCH)))
         out: dict[str, Quote] = {}
         for part in parts:
             out.update(part)
@@ -580,17 +581,14 @@ class TradierBroker:
         raise self._bad(f"{what} is neither a list nor an object", what)
 
     def _num(self, value: Any, field: str) -> Decimal | None:
-        if _is_null(value) or value == "":
+        if _is_null(value):
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise self._bad(f"{field} is not a number", field)
         try:
-            out = Decimal(str(value).strip())
-        except InvalidOperation:
+            return decimal_or_none(value)
+        except NotFinite:
+            raise self._bad(f"{field} is not a finite number", field) from None
+        except NotANumber:
             raise self._bad(f"{field} is not a number", field) from None
-        if not out.is_finite():
-            raise self._bad(f"{field} is not a finite number", field)
-        return out
 
     def _req(self, value: Any, field: str) -> Decimal:
         out = self._num(value, field)
@@ -605,7 +603,7 @@ class TradierBroker:
             t = dt.datetime.fromisoformat(str(value))
         except ValueError:
             raise self._bad(f"{field} is not a timestamp", field) from None
-        return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
+        return as_utc(t)
 
     def _bad(self, message: str, field: str) -> BadBrokerData:
         return BadBrokerData(f"tradier: {message}", field=field, broker="tradier", account=self.account.name)
@@ -651,7 +649,7 @@ def build_order_form(request: OrderRequest) -> list[tuple[str, str]]:
             net = "debit" if price > 0 else "credit" if price < 0 else "even"
             form.append(("type", net))
             if net != "even":
-                form.append(("price", _plain(abs(price))))
+                form.append(("price", plain(abs(price))))
         else:
             raise refuse("a multi-leg order is market or limit with limit_price")
     else:
@@ -664,11 +662,11 @@ def build_order_form(request: OrderRequest) -> list[tuple[str, str]]:
         else:
             side = _EQUITY_SIDE[(request.side, request.intent)]
             form += [("class", "equity"), ("symbol", request.symbol)]
-        form += [("side", side), ("quantity", _plain(request.qty))]
+        form += [("side", side), ("quantity", plain(request.qty))]
         if request.type == OrderType.MARKET:
             form.append(("type", "market"))
         elif request.type == OrderType.LIMIT and request.limit_price is not None:
-            form += [("type", "limit"), ("price", _plain(request.limit_price))]
+            form += [("type", "limit"), ("price", plain(request.limit_price))]
         else:
             raise refuse(f"order type {request.type.value!r} needs what syncd does not send (limit_price?)")
     if request.time_in_force not in (TimeInForce.DAY, TimeInForce.GTC):
@@ -685,7 +683,7 @@ def _leg_fields(i: int, leg: LegRequest, qty: Decimal, refuse: Any) -> list[tupl
     return [
         (f"option_symbol[{i}]", leg.symbol),
         (f"side[{i}]", _OPTION_SIDE[(leg.side, leg.intent)]),
-        (f"quantity[{i}]", _plain(qty * leg.ratio)),
+        (f"quantity[{i}]", plain(qty * leg.ratio)),
     ]
 
 
@@ -793,12 +791,3 @@ def _weekday_sessions(year: int, month: int) -> list[tuple[dt.datetime, dt.datet
 
 def _is_null(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() == "null")
-
-
-def _plain(d: Decimal) -> str:
-    return format(d.normalize(), "f")
-
-
-def _batches(items: list[str], size: int) -> Iterable[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -1,0 +1,55 @@
+"""syncd.brokers.parse: the number, time and batching helpers both adapters use."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import pytest
+
+from syncd.brokers.parse import NotANumber, NotFinite, as_utc, batches, decimal_or_none, iso_z, plain
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("1.50", Decimal("1.50")),
+        (" 2 ", Decimal("2")),
+        (3, Decimal(3)),
+        (0.1, Decimal("0.1")),  # through str: exact as written, not the binary float
+        (Decimal("-4.25"), Decimal("-4.25")),
+    ],
+)
+def test_numbers_are_exact_decimals(value: Any, expected: Decimal | None) -> None:
+    assert decimal_or_none(value) == expected
+
+
+@pytest.mark.parametrize("value", [True, False, [], {}, "abc", "1,5", "   "])
+def test_what_is_not_a_number_is_refused(value: Any) -> None:
+    with pytest.raises(NotANumber) as info:
+        decimal_or_none(value)
+    assert not isinstance(info.value, NotFinite)
+    assert isinstance(info.value, InvalidOperation)  # what callers that predate NotANumber catch
+
+
+@pytest.mark.parametrize("value", ["NaN", "sNaN", "Infinity", "-inf", float("nan"), float("inf")])
+def test_non_finite_numbers_are_refused(value: Any) -> None:
+    with pytest.raises(NotFinite):
+        decimal_or_none(value)
+
+
+def test_times_are_aware_utc() -> None:
+    naive = dt.datetime(2025, 12, 3, 14, 30)
+    assert as_utc(naive) == dt.datetime(2025, 12, 3, 14, 30, tzinfo=dt.UTC)
+    eastern = dt.datetime(2025, 12, 3, 9, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    assert as_utc(eastern).tzinfo is dt.UTC and as_utc(eastern).hour == 14
+    assert iso_z(eastern) == "2025-12-03T14:30:00Z"
+
+
+def test_plain_and_batches() -> None:
+    assert [plain(Decimal(x)) for x in ("1E+2", "1.500", "-0.25", "0")] == ["100", "1.5", "-0.25", "0"]
+    assert list(batches(["a", "b", "c", "d", "e"], 2)) == [["a", "b"], ["c", "d"], ["e"]]
+    assert list(batches([], 3)) == []
