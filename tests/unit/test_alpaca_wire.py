@@ -9,13 +9,11 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from aioresponses import aioresponses
 from pydantic import SecretStr
 from structlog.testing import capture_logs
@@ -32,7 +30,6 @@ from syncd.brokers.base import (
     BrokerUnavailable,
     OrderNotFound,
 )
-from syncd.brokers.http import RetryPolicy
 from syncd.brokers.types import (
     AssetClass,
     Intent,
@@ -45,38 +42,12 @@ from syncd.brokers.types import (
     Side,
 )
 from syncd.settings import AccountSettings
-from tests.unit.aiohttp_mock import MockHTTP
+from tests.unit.broker_wire import NOW, Recorder, calls, url_pattern
 
 KEY = "PKWIRETESTKEY0001"
 SECRET = "wire-test-secret-do-not-leak-0001"
 BASE = "https://paper-api.alpaca.markets"
 DATA = "https://data.alpaca.markets"
-NOW = 1_700_000_000.0
-
-
-class Recorder:
-    """Injected sleep and metrics hook: what would have been waited, what was counted."""
-
-    def __init__(self) -> None:
-        self.sleeps: list[float] = []
-        self.hook: list[tuple[str, str, str]] = []
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-
-    def on_request(self, broker: str, endpoint: str, status: str) -> None:
-        self.hook.append((broker, endpoint, status))
-
-
-@pytest.fixture
-def rec() -> Recorder:
-    return Recorder()
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture
@@ -86,34 +57,12 @@ def account() -> AccountSettings:
 
 @pytest.fixture
 def broker(account: AccountSettings, session: aiohttp.ClientSession, rec: Recorder) -> AlpacaBroker:
-    return AlpacaBroker(
-        account,
-        session=session,
-        timeout_s=5,
-        on_request=rec.on_request,
-        limiter=False,
-        retry=RetryPolicy(attempts=3, sleep=rec.sleep, clock=lambda: NOW),
-    )
-
-
-@pytest.fixture
-def mock() -> AsyncIterator[aioresponses]:
-    with MockHTTP() as m:
-        yield m
+    return AlpacaBroker(account, session=session, **rec.wiring())
 
 
 def url(path: str, base: str = BASE) -> re.Pattern[str]:
     """Match ``base + path`` with any query string."""
-    return re.compile("^" + re.escape(base + path) + r"(\?.*)?$")
-
-
-def calls(m: aioresponses, method: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
-    out = []
-    for (meth, u), reqs in m.requests.items():
-        for r in reqs:
-            if method is None or meth == method:
-                out.append((meth, str(u), r.kwargs))
-    return out
+    return url_pattern(base, path)
 
 
 def no_secret(exc: BaseException) -> None:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from aioresponses import aioresponses
 from pydantic import SecretStr
 
@@ -28,7 +26,6 @@ from syncd.brokers.base import (
     OrderNotFound,
     StreamNotSupported,
 )
-from syncd.brokers.http import RetryPolicy
 from syncd.brokers.tradier import TradierBroker, available_quantities, build_order_form
 from syncd.brokers.types import (
     AssetClass,
@@ -42,69 +39,29 @@ from syncd.brokers.types import (
     TimeInForce,
 )
 from syncd.settings import AccountSettings
-from tests.unit.aiohttp_mock import MockHTTP
+from tests.unit.broker_wire import Recorder, calls, url_pattern
 
 TOKEN = "tradier-wire-token-0123456789"
 BASE = "https://sandbox.tradier.com"
 ACCT = "VA12345678"
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.sleeps: list[float] = []
-        self.hook: list[tuple[str, str, str]] = []
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-
-    def on_request(self, broker: str, endpoint: str, status: str) -> None:
-        self.hook.append((broker, endpoint, status))
-
-
-@pytest.fixture
-def rec() -> Recorder:
-    return Recorder()
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 @pytest.fixture
 def broker(session: aiohttp.ClientSession, rec: Recorder) -> TradierBroker:
     account = AccountSettings(name="tradier-wire", broker="tradier", account_id=ACCT, token=SecretStr(TOKEN))
-    return TradierBroker(
-        account,
-        session=session,
-        timeout_s=5,
-        on_request=rec.on_request,
-        limiter=False,
-        retry=RetryPolicy(attempts=3, sleep=rec.sleep, clock=lambda: 1_700_000_000.0),
-    )
-
-
-@pytest.fixture
-def mock() -> AsyncIterator[aioresponses]:
-    with MockHTTP() as m:
-        yield m
+    return TradierBroker(account, session=session, **rec.wiring())
 
 
 def url(path: str) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(BASE + path) + r"(\?.*)?$")
+    return url_pattern(BASE, path)
 
 
 def acct(path: str) -> re.Pattern[str]:
     return url(f"/v1/accounts/{ACCT}{path}")
 
 
-def calls(m: aioresponses) -> list[tuple[str, str, dict[str, Any]]]:
-    return [(meth, str(u), r.kwargs) for (meth, u), reqs in m.requests.items() for r in reqs]
-
-
 def sent_form(m: aioresponses) -> dict[str, str]:
-    ((_, _, kw),) = [c for c in calls(m) if c[0] == "POST"]
+    ((_, _, kw),) = calls(m, "POST")
     data = kw["data"]
     return dict(data) if not isinstance(data, str) else dict(parse_qsl(data))
 
