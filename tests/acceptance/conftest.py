@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,10 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from syncd.settings import AccountSettings
-from syncd.sim import SimConfig, Simulator, start_simulator
 from tests.helpers import wait_for
+from tests.simfixtures import sim_fixture
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET_KEYS = ("api_key", "api_secret", "token")
@@ -188,13 +187,7 @@ class Daemon:
         return out
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start_simulator(SimConfig(seed=11, accounts=4, positions_per_account=5))
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
+sim = sim_fixture(seed=11, accounts=4, positions_per_account=5)
 
 
 DaemonFactory = Callable[..., Daemon]

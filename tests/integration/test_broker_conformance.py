@@ -35,8 +35,9 @@ from syncd.brokers.types import (
     Side,
     TradeUpdate,
 )
-from syncd.sim import SimConfig, Simulator, start_simulator
+from syncd.sim import Simulator
 from tests.helpers import wait_for
+from tests.simfixtures import sim_fixture
 
 CENT = Decimal("0.01")
 
@@ -54,16 +55,13 @@ class Env:
         return self.sim.accounts[0]
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def sim() -> AsyncIterator[Simulator]:
-    s = await start_simulator(SimConfig(seed=7, accounts=2, positions_per_account=6))
-    # Seed 7 gives account 0 options only (one vertical spread among them); add stocks, long and short.
+def _add_stocks(s: Simulator) -> None:
+    """Seed 7 gives account 0 options only (one vertical spread among them); add stocks, long and short."""
     s.add_position(0, "AAPL", 10, "150.00")
     s.add_position(0, "TSLA", -5, "240.00")
-    try:
-        yield s
-    finally:
-        await s.stop()
+
+
+sim = sim_fixture(seed=7, accounts=2, positions_per_account=6, setup=_add_stocks)
 
 
 @pytest_asyncio.fixture(loop_scope="function", params=["alpaca", "tradier"])

@@ -3,31 +3,26 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from syncd.context import Context
 from syncd.cycles import account_sync, trade_cycle
 from syncd.order_store import Observation, apply_observations, lock_orders
 from syncd.outbox import drain_outbox
 from syncd.passes import run_pass
-from syncd.sim import SimConfig, Simulator, start_simulator
+from syncd.sim import Simulator
 from tests.helpers import wait_for
+from tests.simfixtures import sim_fixture
 
 D = Decimal
 POST_ORDERS = ("/v2/orders", "POST")
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def sim() -> AsyncIterator[Simulator]:
-    s = await start_simulator(SimConfig(seed=11, accounts=2, positions_per_account=0, fill_on_submit=False))
-    yield s
-    await s.stop()
+sim = sim_fixture(seed=11, accounts=2, positions_per_account=0, fill_on_submit=False)
 
 
 async def queue(ctx: Context, kind: str, payload: Any, *, trade_id: int | None = None, cid: str | None = None,

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest_asyncio
 
-from syncd.sim import SimConfig, Simulator, start_simulator
+from syncd.sim import Simulator
+from tests.simfixtures import http_fixture, sim_fixture
 
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def sim() -> AsyncIterator[Simulator]:
-    s = await start_simulator(SimConfig(seed=9, accounts=3, positions_per_account=4))
-    try:
-        yield s
-    finally:
-        await s.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+sim = sim_fixture(seed=9, accounts=3, positions_per_account=4)
+http = http_fixture()
 
 
 async def admin(

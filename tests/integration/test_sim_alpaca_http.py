@@ -9,30 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from syncd.sim import SimAccount, SimConfig, Simulator, start_simulator
 from syncd.sim.market import asset_id
+from tests.simfixtures import http_fixture, sim_fixture
 
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def sim() -> AsyncIterator[Simulator]:
-    s = await start_simulator(SimConfig(seed=5, accounts=2, positions_per_account=6))
-    try:
-        yield s
-    finally:
-        await s.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+sim = sim_fixture(seed=5, accounts=2, positions_per_account=6)
+http = http_fixture()
 
 
 def keys(acct: SimAccount) -> dict[str, str]:

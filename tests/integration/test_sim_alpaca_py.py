@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from alpaca.common.exceptions import APIError
 from alpaca.data.historical.option import OptionHistoricalDataClient
 from alpaca.data.historical.stock import StockHistoricalDataClient
@@ -31,17 +29,11 @@ from alpaca.trading.requests import (
 )
 from alpaca.trading.stream import TradingStream
 
-from syncd.sim import SimConfig, Simulator, start_simulator
+from syncd.sim import Simulator
 from tests.helpers import wait_for
+from tests.simfixtures import sim_fixture
 
-
-@pytest_asyncio.fixture(loop_scope="function")  # the tests' loop: the server must run while they do
-async def sim() -> AsyncIterator[Simulator]:
-    s = await start_simulator(SimConfig(seed=7, accounts=2, positions_per_account=6))
-    try:
-        yield s
-    finally:
-        await s.stop()
+sim = sim_fixture(seed=7, accounts=2, positions_per_account=6)  # on the tests' loop: it serves while they run
 
 
 def _client(sim: Simulator, i: int = 0) -> TradingClient:

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
-from syncd.sim import SimAccount, SimConfig, Simulator, occ_symbol, start_simulator
+from syncd.sim import SimAccount, Simulator, occ_symbol
+from tests.simfixtures import http_fixture, sim_fixture
 
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def sim() -> AsyncIterator[Simulator]:
-    s = await start_simulator(SimConfig(seed=11, accounts=2, positions_per_account=6))
-    try:
-        yield s
-    finally:
-        await s.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+sim = sim_fixture(seed=11, accounts=2, positions_per_account=6)
+http = http_fixture()
 
 
 class Tradier:

@@ -9,24 +9,19 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
-import pytest_asyncio
-
 from syncd.brokers.types import TradeUpdate
 from syncd.context import Account, Context
 from syncd.cycles import trade_cycle
-from syncd.sim import SimConfig, Simulator, start_simulator
+from syncd.sim import Simulator
 from syncd.stream import apply_update, consume_trade_updates
 from tests.helpers import wait_for
+from tests.simfixtures import sim_fixture
 
 D = Decimal
 BUY = {"symbol": "AAPL", "side": "buy", "qty": 10, "type": "market", "strategy": "LONG_STOCK"}
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def sim() -> AsyncIterator[Simulator]:
-    s = await start_simulator(SimConfig(seed=5, accounts=1, positions_per_account=0, fill_on_submit=False))
-    yield s
-    await s.stop()
+sim = sim_fixture(seed=5, accounts=1, positions_per_account=0, fill_on_submit=False)
 
 
 @contextlib.asynccontextmanager

@@ -18,7 +18,8 @@ from syncd.order_store import Link, Observation, apply_observations, lock_orders
 from syncd.passes import run_pass
 from syncd.reconcile import Role
 from syncd.settings import DatabaseSettings
-from syncd.sim import SimConfig, Simulator, occ_symbol, start_simulator
+from syncd.sim import Simulator, occ_symbol
+from tests.simfixtures import sim_fixture
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -219,11 +220,7 @@ async def test_alpaca_status_vocabulary_includes_pending_review(db_pool: asyncpg
 # -- whole passes against the simulator ---------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def sim() -> AsyncIterator[Simulator]:
-    s = await start_simulator(SimConfig(seed=3, accounts=1, positions_per_account=0))
-    yield s
-    await s.stop()
+sim = sim_fixture(seed=3, accounts=1, positions_per_account=0)
 
 
 async def test_outside_orders_mirrored_unlinked_with_legs_and_idle_pass_writes_nothing(
