@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import aiohttp
 from syncd.brokers.alpaca import AlpacaBroker
 from syncd.settings import AccountSettings
 from syncd.sim import SimConfig, start_simulator
+from tests.bench.common import account_from_sim, free_port, quantile, sim_accounts, wait_serving
 
 _SIM_SCRIPT = """
 import asyncio, sys
@@ -70,9 +70,7 @@ async def simulator(args: argparse.Namespace) -> AsyncIterator[list[AccountSetti
         finally:
             await sim.stop()
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", _SIM_SCRIPT, str(port), str(args.accounts), str(args.positions)],
         stdout=subprocess.DEVNULL,
@@ -82,25 +80,10 @@ async def simulator(args: argparse.Namespace) -> AsyncIterator[list[AccountSetti
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 20
-            accounts: list[dict[str, Any]] = []
-            while True:
-                try:
-                    async with http.get(f"{url}/_sim/accounts", params={"limit": str(args.accounts)}) as r:
-                        body = await r.json()
-                        accounts = body["accounts"] if isinstance(body, dict) else body
-                        break
-                except aiohttp.ClientError:
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(0.1)
-        yield [
-            AccountSettings(
-                name=f"bench-{i}", broker="alpaca", api_key=a["alpaca_key"], api_secret=a["alpaca_secret"],
-                base_url=url, data_url=url, stream_url=url.replace("http", "ws") + "/stream",
-            )
-            for i, a in enumerate(accounts)
-        ]
+            await wait_serving(http, url, timeout=20)
+            accounts = await sim_accounts(http, url, args.accounts)
+        stream_url = url.replace("http", "ws") + "/stream"
+        yield [account_from_sim(url, a, "alpaca", f"bench-{i}", stream_url=stream_url) for i, a in enumerate(accounts)]
     finally:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -156,7 +139,7 @@ async def main() -> None:
                     calls, requests, lat = await measure(brokers, op, workers, args.seconds)
                     lat.sort()
                     p50 = statistics.median(lat) * 1000 if lat else 0.0
-                    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else 0.0
+                    p99 = quantile(lat, 0.99) * 1000
                     print(
                         f"{name:<16}{workers:>8}{calls / args.seconds:>10.0f}{requests / args.seconds:>12.0f}"
                         f"{p50:>9.1f}{p99:>9.1f}"

@@ -27,7 +27,6 @@ import multiprocessing.connection as mpc
 import random
 import statistics
 import time
-import uuid
 from typing import Any
 
 import aiohttp
@@ -35,12 +34,11 @@ from pydantic import SecretStr
 
 from syncd.context import Context, open_context
 from syncd.cycles import trade_cycle
-from syncd.db import apply_migrations
 from syncd.logs import configure_logging
 from syncd.passes import run_pass
 from syncd.settings import AccountSettings, DatabaseSettings, LogSettings, Settings
 from syncd.stream import consume_trade_updates
-from tests.pg import create_database, drop_database, find_admin_dsn, with_database
+from tests.bench.common import scratch_database
 
 
 def parse_args() -> argparse.Namespace:
@@ -195,24 +193,17 @@ async def run(args: argparse.Namespace, dsn: str, url: str, stream_url: str, cre
 async def main() -> None:
     args = parse_args()
     configure_logging(LogSettings(level="warning", format="console"))
-    admin, server = find_admin_dsn()
-    name = f"syncd_bench_fill_{uuid.uuid4().hex[:8]}"
-    await create_database(admin, name)
-    dsn = with_database(admin, name)
-    spawn = mp.get_context("spawn")
-    parent, child = spawn.Pipe()
-    proc = spawn.Process(target=_sim_main, args=(child, args.accounts, args.seed), daemon=True)
-    proc.start()
-    try:
-        await apply_migrations(DatabaseSettings(dsn=dsn))
-        url, stream_url, creds = await asyncio.get_running_loop().run_in_executor(None, parent.recv)
-        await run(args, dsn, url, stream_url, creds)
-    finally:
-        parent.send("stop")
-        await asyncio.get_running_loop().run_in_executor(None, proc.join, 10)
-        await drop_database(admin, name)
-        if server is not None:
-            server.stop()
+    async with scratch_database("syncd_bench_fill") as dsn:
+        spawn = mp.get_context("spawn")
+        parent, child = spawn.Pipe()
+        proc = spawn.Process(target=_sim_main, args=(child, args.accounts, args.seed), daemon=True)
+        proc.start()
+        try:
+            url, stream_url, creds = await asyncio.get_running_loop().run_in_executor(None, parent.recv)
+            await run(args, dsn, url, stream_url, creds)
+        finally:
+            parent.send("stop")
+            await asyncio.get_running_loop().run_in_executor(None, proc.join, 10)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import socket
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,12 +37,11 @@ import aiohttp
 from syncd.context import Account, Context, open_context
 from syncd.cycles import task_by_short
 from syncd.cycles.monitor_cycle import account_pass
-from syncd.db import apply_migrations
 from syncd.logs import configure_logging
 from syncd.passes import PassSummary, run_pass
 from syncd.settings import AccountSettings, DatabaseSettings, LogSettings, Settings
 from syncd.sim import SimConfig, Simulator, start_simulator
-from tests.pg import create_database, drop_database, find_admin_dsn, with_database
+from tests.bench.common import account_from_sim, free_port, quantile, scratch_database, sim_accounts, wait_serving
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,17 +94,10 @@ async def in_process_sim(n: int, positions: int, broker: str) -> AsyncIterator[S
         await sim.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @asynccontextmanager
 async def external_sim(n: int, positions: int, broker: str) -> AsyncIterator[SimHandle]:
     """``syncd sim`` in a child process; credentials and counters over its ``/_sim`` API."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     # ``syncd sim``'s own command module, run directly (works whether or not the CLI lists it yet).
     runner = (
@@ -120,52 +110,20 @@ async def external_sim(n: int, positions: int, broker: str) -> AsyncIterator[Sim
             "--positions", str(positions), "--tick-s", "0", "--show", "0",
             stdout=asyncio.subprocess.DEVNULL, stderr=log,  # a file: a full pipe would stall the child
         )  # fmt: skip
+
+        def check() -> None:
+            if proc.returncode is not None:
+                log.seek(0)
+                err = log.read()
+                raise SystemExit(f"the simulator exited ({proc.returncode}): {err.decode()[-500:]}")
+
         try:
             async with aiohttp.ClientSession() as http:
-                deadline = time.monotonic() + 30
-                while True:  # wait until it serves (a deadline, not a fixed sleep)
-                    try:
-                        async with http.get(f"{url}/_sim/state") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        if proc.returncode is not None:
-                            log.seek(0)
-                            err = log.read()
-                            raise SystemExit(
-                                f"the simulator exited ({proc.returncode}): {err.decode()[-500:]}"
-                            ) from None
-                        if time.monotonic() > deadline:
-                            raise
-                    await asyncio.sleep(0.1)
-                creds: list[dict[str, Any]] = []
-                while len(creds) < n:
-                    async with http.get(f"{url}/_sim/accounts", params={"offset": len(creds), "limit": 500}) as r:
-                        creds += await r.json()
-                accounts = []
-                for i, c in enumerate(creds):
-                    name = f"bench-{i:05d}"
-                    if kind_of(i, broker) == "alpaca":
-                        accounts.append(
-                            AccountSettings(
-                                name=name,
-                                broker="alpaca",
-                                api_key=c["alpaca_key"],
-                                api_secret=c["alpaca_secret"],
-                                base_url=url,
-                                data_url=url,
-                            )
-                        )
-                    else:
-                        accounts.append(
-                            AccountSettings(
-                                name=name,
-                                broker="tradier",
-                                account_id=c["tradier_account_id"],
-                                token=c["tradier_token"],
-                                base_url=url,
-                            )
-                        )
+                await wait_serving(http, url, check=check)
+                creds = await sim_accounts(http, url, n)
+                accounts = [
+                    account_from_sim(url, c, kind_of(i, broker), f"bench-{i:05d}") for i, c in enumerate(creds)
+                ]
 
                 async def count() -> int:
                     async with http.get(f"{url}/_sim/state") as r:
@@ -218,10 +176,9 @@ def report(name: str, summary: PassSummary, requests: int) -> None:
     positions = sum(r.stats.get("positions", 0) for r in summary.results)
     failed = len(summary.failed)
     per_account = sorted(r.duration_s for r in summary.results)
-    p50 = per_account[n // 2] * 1000 if n else 0.0
-    p99 = per_account[min(n - 1, int(n * 0.99))] * 1000 if n else 0.0
-    quote_waits = sorted(r.stats.get("quotes_ms", 0.0) for r in summary.results)
-    q50 = quote_waits[n // 2] if n else 0.0
+    p50 = quantile(per_account, 0.5) * 1000
+    p99 = quantile(per_account, 0.99) * 1000
+    q50 = quantile(sorted(r.stats.get("quotes_ms", 0.0) for r in summary.results), 0.5)
     print(
         f"{name:<6} {summary.duration_s:7.2f} s  {n / summary.duration_s:7.0f} accounts/s  "
         f"requests {requests:6d} ({requests / max(n, 1):.2f}/account)  positions {positions}  "
@@ -234,25 +191,16 @@ def report(name: str, summary: PassSummary, requests: int) -> None:
 async def main() -> None:
     args = parse_args()
     configure_logging(LogSettings(level="warning", format="console"))
-    admin, server = find_admin_dsn()
-    name = f"syncd_bench_monitor_{uuid.uuid4().hex[:8]}"
-    await create_database(admin, name)
     start = external_sim if args.external_sim else in_process_sim
-    try:
-        async with start(args.accounts, args.positions, args.broker) as sim:
-            await bench(args, with_database(admin, name), sim)
-    finally:
-        if args.keep_db:
-            print(f"kept database {name}")
-        else:
-            await drop_database(admin, name)
-        if server is not None:
-            server.stop()
+    async with (
+        scratch_database("syncd_bench_monitor", keep=args.keep_db) as dsn,
+        start(args.accounts, args.positions, args.broker) as sim,
+    ):
+        await bench(args, dsn, sim)
 
 
 async def bench(args: argparse.Namespace, dsn: str, sim: SimHandle) -> None:
     db = DatabaseSettings(dsn=dsn, pool_max=args.pool)
-    await apply_migrations(db)
     settings = Settings(
         database=db,
         accounts=sim.accounts,

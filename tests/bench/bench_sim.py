@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 
 from syncd.sim import SimConfig, start_simulator
+from tests.bench.common import quantile
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,7 +65,7 @@ def report(name: str, latencies: list[float], seconds: float) -> None:
         print(f"  {name:<44} no requests")
         return
     ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    p99 = quantile(ordered, 0.99)
     print(
         f"  {name:<44} {len(latencies) / seconds:>8.0f} req/s   p50 {statistics.median(ordered) * 1000:6.2f} ms"
         f"   p99 {p99 * 1000:6.2f} ms   ({len(latencies)} requests)"
