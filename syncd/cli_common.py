@@ -1,9 +1,10 @@
-"""What every command shares: configuration loading, logging set-up, exit codes."""
+"""What every command shares: configuration loading, logging set-up, account selection, exit codes."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from syncd.logs import configure_logging
 from syncd.settings import ConfigError, Settings, load_settings, resolve_config_path
@@ -35,6 +36,23 @@ def load_config(args: argparse.Namespace, *, setup_logging: bool = True) -> Sett
     if setup_logging:
         configure_logging(settings.log, secrets=settings.secret_values())
     return settings
+
+
+def chosen_accounts(settings: Settings, names: Sequence[str] | None) -> list[str] | None:
+    """The account names a command's ``--account`` options ask for (``None``: all), in order, once each.
+
+    Raises ``CommandError`` with exit code 2 naming every one the configuration lacks.
+    """
+    if not names:
+        return None
+    configured = {a.name for a in settings.accounts}
+    unknown = [n for n in names if n not in configured]
+    if unknown:
+        have = ", ".join(sorted(configured)) or "none"
+        raise CommandError(
+            f"no account named {', '.join(unknown)} in the configuration (configured: {have})", EXIT_CONFIG
+        )
+    return list(dict.fromkeys(names))
 
 
 def fail(message: str) -> None:

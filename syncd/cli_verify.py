@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from syncd.cli_common import EXIT_CONFIG, EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, CommandError, load_config
+from syncd.cli_common import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, CommandError, chosen_accounts, load_config
 from syncd.context import open_context
 from syncd.settings import Settings
 from syncd.verify import AccountReport, as_json, render_text, verify_accounts
@@ -48,22 +48,9 @@ def exit_code(reports: Sequence[AccountReport]) -> int:
     return EXIT_OK
 
 
-def _chosen(settings: Settings, names: Sequence[str] | None) -> list[str] | None:
-    if not names:
-        return None
-    configured = {a.name for a in settings.accounts}
-    unknown = [n for n in names if n not in configured]
-    if unknown:
-        have = ", ".join(sorted(configured)) or "none"
-        raise CommandError(
-            f"no account named {', '.join(unknown)} in the configuration (configured: {have})", EXIT_CONFIG
-        )
-    return list(dict.fromkeys(names))
-
-
 def verify_command(args: argparse.Namespace) -> int:
     settings = load_config(args)
-    names = _chosen(settings, args.accounts)
+    names = chosen_accounts(settings, args.accounts)
     reports, paused = asyncio.run(_run(settings, names))
     if args.json:
         body = as_json(reports)
