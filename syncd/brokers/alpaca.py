@@ -415,7 +415,9 @@ class AlpacaBroker:
                 await _internal(stream, "_start_ws")()
                 authenticated = True
                 refusals = 0
-                log.info("stream_connected", broker="alpaca", account=self.account.name)
+                # stream_connected/stream_disconnected are the consumer's (syncd.stream), once per
+                # consumer; these are the websocket's own, which reconnects inside this loop.
+                log.debug("alpaca_ws_connected", broker="alpaca", account=self.account.name)
                 await _internal(stream, "_consume")()  # returns only when asked to stop
                 return
             except asyncio.CancelledError:
@@ -443,8 +445,8 @@ class AlpacaBroker:
                 failures = 0  # the connection was healthy: start the backoff afresh
             failures += 1
             delay = self._reconnect_delay(failures)
-            log.warning(
-                "stream_disconnected",
+            log.warning(  # the only trace of a reconnect the consumer never sees: kept at warning
+                "alpaca_ws_dropped",
                 broker="alpaca",
                 account=self.account.name,
                 error=error,

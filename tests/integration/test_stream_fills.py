@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from syncd.brokers.types import TradeUpdate
 from syncd.context import Account, Context
 from syncd.cycles import trade_cycle
@@ -131,3 +133,23 @@ async def test_no_stream_for_tradier_or_when_turned_off(sim: Simulator, make_con
         acct = next(iter(ctx.accounts.values()))
         await asyncio.wait_for(consume_trade_updates(ctx, acct, asyncio.Event()), timeout=5)
         assert sim.streams.connected(0) == 0
+
+
+async def test_stream_connected_is_logged_by_the_consumer_only(sim: Simulator, make_context: Any) -> None:
+    """stream_connected/stream_disconnected come once each from the consumer (syncd.stream); the Alpaca
+    adapter's websocket reconnects underneath log alpaca_ws_connected (debug) and alpaca_ws_dropped."""
+    async with make_context(accounts=[sim.account_settings(0)]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        with capture_logs() as logs:
+            async with streaming(ctx, acct, sim):
+                await wait_for(lambda: any(e["event"] == "alpaca_ws_connected" for e in logs), timeout=10)
+                assert await sim.disconnect_streams(0) == 1
+                await wait_for(lambda: sum(e["event"] == "alpaca_ws_connected" for e in logs) >= 2, timeout=20)
+        by_event: dict[str, list[dict[str, Any]]] = {}
+        for e in logs:
+            by_event.setdefault(e["event"], []).append(e)
+        assert len(by_event["stream_connected"]) == 1
+        assert [e.get("reason") for e in by_event["stream_disconnected"]] == ["stopping"]
+        assert {e["log_level"] for e in by_event["alpaca_ws_connected"]} == {"debug"}
+        dropped = by_event["alpaca_ws_dropped"]
+        assert len(dropped) == 1 and dropped[0]["log_level"] == "warning" and dropped[0]["account"] == acct.name
