@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from syncd.cli_common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, CommandError, load_config
+from syncd.cli_common import EXIT_FAILED, EXIT_OK, CommandError, chosen_accounts, load_config
 from syncd.context import Account, Context, open_context
 from syncd.cycles import TASKS, TaskSpec, task_by_short
 from syncd.errors import describe
@@ -93,20 +93,6 @@ def chosen_tasks(groups: Sequence[Sequence[TaskSpec]] | None) -> list[TaskSpec]:
         return list(TASKS)
     named = {spec.short for group in groups for spec in group}
     return [spec for spec in TASKS if spec.short in named]
-
-
-def chosen_accounts(settings: Settings, names: Sequence[str] | None) -> list[str] | None:
-    """The names asked for (``None``: all), each checked against the configuration."""
-    if not names:
-        return None
-    configured = {a.name for a in settings.accounts}
-    unknown = [n for n in names if n not in configured]
-    if unknown:
-        have = ", ".join(sorted(configured)) or "none"
-        raise CommandError(
-            f"no account named {', '.join(unknown)} in the configuration (configured: {have})", EXIT_CONFIG
-        )
-    return list(dict.fromkeys(names))
 
 
 def _pass_fn(spec: TaskSpec, explicit: bool) -> AccountPass | None:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -137,3 +138,21 @@ async def test_ledger_records_each_version(dsn: str) -> None:
     finally:
         await conn.close()
     assert [(r["version"], r["name"]) for r in rows] == [(m.version, m.name) for m in discover_migrations()]
+
+
+async def test_trade_monitor_quantity_has_no_division_noise(db_pool: Any) -> None:
+    """A stock trade's quantity in v_trade_monitor reads 118, not 118.0000000000000000 (numeric division scale)."""
+    acct = await db_pool.fetchval("INSERT INTO accounts (name, broker) VALUES ('a', 'alpaca') RETURNING id")
+    await db_pool.execute(
+        "INSERT INTO portfolio_positions (account_id, symbol, asset_class, underlying, quantity, qty_available)"
+        " VALUES ($1, 'AAPL', 'us_equity', 'AAPL', 118, 118)",
+        acct,
+    )
+    trade = await db_pool.fetchval(
+        "INSERT INTO trades (account_id, symbol, strategy, status, quantity)"
+        " VALUES ($1, 'AAPL', 'LONG_STOCK', 'open', 118) RETURNING id",
+        acct,
+    )
+    await db_pool.execute("INSERT INTO trade_legs (trade_id, symbol, side) VALUES ($1, 'AAPL', 'buy')", trade)
+    row = await db_pool.fetchrow("SELECT quantity::text AS q, available_quantity::text AS a FROM v_trade_monitor")
+    assert (row["q"], row["a"]) == ("118", "118")
