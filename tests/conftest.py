@@ -16,12 +16,22 @@ import pytest
 
 from syncd.db import apply_migrations, create_pool
 from syncd.settings import DatabaseSettings
-from tests.pg import EmbeddedServer, create_database, drop_database, find_admin_dsn, run_sync, with_database
+from tests.pg import (
+    EmbeddedServer,
+    create_database,
+    drop_database,
+    drop_stale_databases,
+    find_admin_dsn,
+    run_sync,
+    with_database,
+)
 
 
 @pytest.fixture(scope="session")
 def pg_admin_dsn() -> Iterator[str]:
     dsn, server = find_admin_dsn()
+    if not os.environ.get("SYNCD_TEST_DSN"):  # pids in names mean something only on this machine
+        run_sync(drop_stale_databases(dsn))
     yield dsn
     if isinstance(server, EmbeddedServer):
         server.stop()

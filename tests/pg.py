@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import re
 import tempfile
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -67,6 +68,36 @@ def find_admin_dsn() -> tuple[str, EmbeddedServer | None]:
         return LOCAL_DSN, None
     server = EmbeddedServer()
     return server.dsn, server
+
+
+_OURS = re.compile(r"^syncd_test(?:_tpl|_empty)?_(\d+)_[0-9a-f]{8}$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def drop_stale_databases(admin_dsn: str) -> list[str]:
+    """Drop test databases left by test runs on this machine that were killed before their teardown.
+
+    Names carry the creating process's pid; only those whose process is gone are dropped.
+    """
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'syncd_test%'")
+        names = [r["datname"] for r in rows]
+        stale = [n for n in names if (m := _OURS.match(n)) and not _pid_alive(int(m.group(1)))]
+        for name in stale:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+    return stale
 
 
 async def create_database(admin_dsn: str, name: str, template: str | None = None) -> None:
