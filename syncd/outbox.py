@@ -289,17 +289,25 @@ class CloseLeg:
     ratio: int
     position: Decimal  # signed, from portfolio_positions
     committed: Decimal  # held by working closing orders already
+    available: Decimal | None = None  # this trade's closable share (other trades on the symbol excluded)
 
 
 def closable_quantity(legs: list[CloseLeg], cap: Decimal | None, whole: bool) -> Decimal:
-    """Trade units that can be closed: min over legs of (|position| - committed) / ratio, capped."""
+    """Trade units that can be closed: min over legs of (|position| - committed) / ratio, capped.
+
+    Where the leg says how much of it this trade may close (``available``: its share when other
+    trades hold the same symbol), no more than that.
+    """
     if not legs:
         return Decimal(0)
     units: list[Decimal] = []
     for leg in legs:
         if leg.position == 0 or (leg.position > 0) != (leg.side == Side.BUY):
             return Decimal(0)
-        units.append(max(Decimal(0), abs(leg.position) - leg.committed) / leg.ratio)
+        free = max(Decimal(0), abs(leg.position) - leg.committed)
+        if leg.available is not None:
+            free = min(free, max(Decimal(0), leg.available))
+        units.append(free / leg.ratio)
     qty = min(units)
     if whole:
         qty = qty.to_integral_value(rounding=ROUND_FLOOR)
@@ -480,7 +488,7 @@ async def _prepare(
     if trade["status"] not in ("open", "closing"):
         raise PayloadError(f"trade {trade['id']} is {trade['status']}: nothing to close")
     legs = [
-        CloseLeg(r["symbol"], Side(r["side"]), r["ratio"], r["position_quantity"], r["committed"])
+        CloseLeg(r["symbol"], Side(r["side"]), r["ratio"], r["position_quantity"], r["committed"], r["available"])
         for r in await conn.fetch(q["outbox_close_inputs"], trade["id"], account.id)
     ]
     whole = any(option_spec_or_none(leg.symbol) is not None for leg in legs)

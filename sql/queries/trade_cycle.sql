@@ -297,9 +297,12 @@ SELECT id, account_id, status, quantity FROM trades WHERE id = $1;
 -- orders already hold of it (v_closing_order_holds, all trades': the same definition
 -- monitorCycle and v_trade_monitor read). A trade without trade_legs rows is its one leg
 -- (v_live_trade_legs). No rows when the trade is neither open nor closing.
+-- `available` is the view's available_leg_quantity: what this trade may close of the leg, so
+-- when several trades share a symbol one trade's close never takes another's share.
 SELECT v.leg_index, v.symbol, v.side, v.ratio,
        COALESCE(v.position_quantity, 0) AS position_quantity,
-       v.committed_quantity AS committed
+       v.committed_quantity AS committed,
+       v.available_leg_quantity AS available
   FROM v_trade_leg_positions v
  WHERE v.trade_id = $1 AND v.account_id = $2
  ORDER BY v.leg_index;

@@ -153,3 +153,26 @@ async def test_a_trade_without_legs_is_its_one_leg(
         ("AAPL", "buy" if qty > 0 else "sell", 1, qty, 10)
     ]
     assert await _committed(db_pool, acct, tid) == {"AAPL": 10}
+
+
+async def test_a_close_takes_only_its_trades_share_of_a_shared_symbol(db_pool: asyncpg.Pool[Any]) -> None:
+    """Two trades hold AAPL (10 + 5 of a 15-share position): closing the first closes 10, never all 15."""
+    from syncd.brokers.types import Side
+    from syncd.outbox import CloseLeg, closable_quantity
+
+    acct = await _account(db_pool)
+    await _position(db_pool, acct, "AAPL", 15)
+    first = await _trade(db_pool, acct, [("AAPL", "buy")])
+    second = await _trade(db_pool, acct, [("AAPL", "buy")])
+    await db_pool.execute("UPDATE trades SET quantity = 10 WHERE id = $1", first)
+    await db_pool.execute("UPDATE trades SET quantity = 5 WHERE id = $1", second)
+    q = load_queries()
+    for trade_id, expected in ((first, 10), (second, 5)):
+        rows = await db_pool.fetch(q["outbox_close_inputs"], trade_id, acct)
+        legs = [CloseLeg(r["symbol"], Side(r["side"]), r["ratio"], r["position_quantity"], r["committed"],
+                         r["available"]) for r in rows]
+        assert closable_quantity(legs, None, whole=False) == expected
+        monitor = await db_pool.fetchval(
+            "SELECT available_quantity FROM v_trade_monitor WHERE trade_id = $1", trade_id
+        )
+        assert monitor == expected  # the outbox and the monitor agree
