@@ -139,7 +139,13 @@ class AccountSettings(_Section):
     @field_validator("base_url", "data_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
-        return _check_url(v, ("http", "https"))
+        url = _check_url(v, ("http", "https"))
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.path or parts.query or parts.fragment:
+                # CONTRACT §6: scheme and host only; the adapters add /v2, /v1 themselves.
+                raise ValueError(f"must be scheme and host only (no path such as /v2), got {v!r}")
+        return url
 
     @field_validator("stream_url")
     @classmethod

@@ -115,6 +115,12 @@ INVALID = [
      "accounts.0.base_url"),
     ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\nstream_url = "http://x"\n', {},
      "accounts.0.stream_url"),
+    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n'
+     'base_url = "https://paper-api.alpaca.markets/v2"\n', {}, "accounts.0.base_url: must be scheme and host only"),
+    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n'
+     'data_url = "https://data.alpaca.markets/v2/stocks"\n', {}, "accounts.0.data_url: must be scheme and host only"),
+    ('[[accounts]]\nname = "t"\nbroker = "tradier"\ntoken = "tok"\naccount_id = "VA1"\n'
+     'base_url = "https://sandbox.tradier.com/v1/"\n', {}, "accounts.0.base_url: must be scheme and host only"),
     ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\ncolour = "red"\n', {},
      "accounts.0.colour: unknown key"),
     ('[[accounts]]\nname = "a b"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n', {}, "accounts.0.name"),
