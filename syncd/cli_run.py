@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from syncd.cli_common import EXIT_FAILED, EXIT_OK, CommandError, load_config
+from syncd.cli_common import EXIT_FAILED, EXIT_OK, load_config
 from syncd.errors import describe
 from syncd.settings import Settings
 
@@ -33,8 +33,9 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run_until_signalled(settings, migrate=not args.no_migrate))
     except Exception as exc:  # the daemon's last line of defence: log it, exit 1
+        # Logged only: stderr stays one JSON object per line (CONTRACT §5), no plain "syncd: ..." after it.
         log.error("daemon_fatal", error=describe(exc), exc_info=exc)
-        raise CommandError(describe(exc), EXIT_FAILED) from None
+        return EXIT_FAILED
     return EXIT_OK
 
 

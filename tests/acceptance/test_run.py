@@ -142,3 +142,4 @@ async def test_a_database_that_does_not_exist_is_fatal_exit_1(
     err = daemon.stderr()
     assert "syncd_no_such_database" in err
     assert any(e["event"] == "daemon_fatal" for e in daemon.events())
+    assert [line for line in err.splitlines() if not line.startswith("{")] == []  # JSON lines only
