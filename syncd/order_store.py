@@ -88,7 +88,7 @@ class Applied:
     def notifications(self, account: str) -> list[str]:
         """The ``syncd_events`` payloads for what changed."""
         out = [json.dumps({"kind": "order", "account": account, "key": b}) for b in self.orders]
-        out += [json.dumps({"kind": "trade", "account": account, "key": str(t)}) for t in self.trades]
+        out += [json.dumps({"kind": "trade", "account": account, "key": t}) for t in self.trades]
         return out
 
     def extend(self, other: Applied) -> None:

@@ -276,13 +276,21 @@ async def test_notify_payloads_are_small_json(sim: Simulator, make_context: Any,
         conn = await asyncpg.connect(dsn)
         try:
             await conn.add_listener("syncd_events", lambda *a: got.append(a[3]))
-            await queue(ctx, "open", BUY_AAPL)
+            rid = await queue(ctx, "open", BUY_AAPL)
             await one_pass(ctx)
             await wait_for(lambda: len(got) >= 2, timeout=5)
         finally:
             await conn.close()
         kinds = {json.loads(p)["kind"] for p in got}
         assert {"order", "trade"} <= kinds
+        assert all(len(p.encode()) < 8000 for p in got)
+        # The key of what changed, of one type per kind whoever sends it: a trade's id is a number
+        # (as monitorCycle and import-positions send it), an order's key its broker id.
+        req = await request(ctx, rid)
+        name = next(iter(ctx.accounts))
+        payloads = [json.loads(p) for p in got]
+        assert {"kind": "trade", "account": name, "key": req["trade_id"]} in payloads
+        assert {"kind": "order", "account": name, "key": req["broker_order_id"]} in payloads
 
 
 async def test_monitor_queued_exit_keeps_trade_closing_and_a_failed_close_reopens_it(
