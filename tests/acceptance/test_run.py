@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import pytest
@@ -19,6 +20,22 @@ CONTRACT_METRICS = (
     "syncd_positions",
     "syncd_last_success_timestamp_seconds",
 )
+
+CONTRACT_LABELS = {
+    "syncd_cycle_duration_seconds_count": frozenset({"task"}),
+    "syncd_cycle_failures_total": frozenset({"task", "account"}),
+    "syncd_broker_requests_total": frozenset({"broker", "endpoint", "status"}),
+    "syncd_positions": frozenset({"account"}),
+    "syncd_last_success_timestamp_seconds": frozenset({"task"}),
+}
+
+
+def label_sets(text: str, sample: str) -> set[frozenset[str]]:
+    """The label names of every ``sample{...}`` line of a Prometheus text page."""
+    return {
+        frozenset(re.findall(r'(\w+)="', labels))
+        for labels in re.findall(rf"^{re.escape(sample)}{{([^}}]*)}} ", text, re.MULTILINE)
+    }
 
 
 @pytest.mark.slow
@@ -42,6 +59,8 @@ async def test_health_metrics_health_command_and_sigterm(
     for name in CONTRACT_METRICS:
         assert f"\n{name}" in metrics, f"{name} has no sample"
     assert 'syncd_positions{account="sim-alpaca-0"} 5' in metrics
+    for sample, keys in CONTRACT_LABELS.items():  # CONTRACT §5: exactly these label sets
+        assert label_sets(metrics, sample) == {keys}, sample
     assert await fetchval(dsn, "SELECT count(*) FROM portfolio_positions") == 10
 
     code, out, _err = await run_cli("health", "--url", daemon.health_url, "--json")
