@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from syncd.db import apply_migrations, discover_migrations
 from syncd.settings import DatabaseSettings
@@ -156,3 +157,93 @@ async def test_trade_monitor_quantity_has_no_division_noise(db_pool: Any) -> Non
     await db_pool.execute("INSERT INTO trade_legs (trade_id, symbol, side) VALUES ($1, 'AAPL', 'buy')", trade)
     row = await db_pool.fetchrow("SELECT quantity::text AS q, available_quantity::text AS a FROM v_trade_monitor")
     assert (row["q"], row["a"]) == ("118", "118")
+
+
+# CONTRACT §3: "Money, prices and quantities are numeric; times are timestamptz."
+NUMERIC: dict[str, set[str]] = {
+    "account_snapshots": {"equity", "cash", "buying_power", "long_market_value", "short_market_value"},
+    "portfolio_positions": {
+        "strike", "multiplier", "quantity", "qty_available", "avg_entry_price", "cost_basis", "current_price",
+        "bid", "ask", "market_value", "unrealized_pl",
+    },
+    "position_events": {"old_quantity", "new_quantity"},
+    "orders": {"qty", "filled_qty", "filled_avg_price", "limit_price"},
+    "order_events": {"qty", "price"},
+    "trades": {
+        "requested_quantity", "quantity", "entry_price", "broker_fill_price", "current_price", "floating_pnl",
+        "realized_pnl", "exit_price", "take_profit_pct", "stop_loss_pct",
+    },
+}
+
+
+async def test_money_is_numeric_and_times_are_timestamptz(db_pool: Any) -> None:
+    rows = await db_pool.fetch(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'syncd'"
+    )
+    types = {(r["table_name"], r["column_name"]): r["data_type"] for r in rows}
+    for table, columns in NUMERIC.items():
+        for column in columns:
+            assert types[(table, column)] == "numeric", f"{table}.{column} is {types[(table, column)]}"
+    for table, columns in REQUIRED.items():
+        for column in columns:
+            if column == "at" or column.endswith("_at"):
+                assert types[(table, column)] == "timestamp with time zone", f"{table}.{column}"
+
+
+@pytest.mark.parametrize(
+    ("table", "columns", "primary"),
+    [
+        ("portfolio_positions", ["account_id", "symbol"], True),
+        ("orders", ["account_id", "broker_order_id"], False),
+        ("order_requests", ["client_order_id"], False),
+        ("accounts", ["name"], False),
+    ],
+)
+async def test_keys(db_pool: Any, table: str, columns: list[str], primary: bool) -> None:
+    """CONTRACT §3's primary and unique keys, exactly on those columns (a unique index counts as unique)."""
+    indexes = await db_pool.fetch(
+        "SELECT i.indisprimary AS primary, array_agg(a.attname::text ORDER BY k.n) AS columns"
+        "  FROM pg_index i"
+        "  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)"
+        "  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+        " WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indpred IS NULL"
+        " GROUP BY i.indexrelid, i.indisprimary",
+        table,
+    )
+    keys = [(list(r["columns"]), r["primary"]) for r in indexes]
+    assert (columns, True) in keys if primary else any(cols == columns for cols, _ in keys), keys
+
+
+async def test_app_inserts_naming_only_required_columns(db_pool: Any) -> None:
+    """CONTRACT §6: every column not required has a default, so an app can insert a trades, trade_legs or
+    order_requests row naming only the required columns (here: the fewest an app would name)."""
+    lacking = await db_pool.fetch(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = 'syncd' AND table_name = ANY($1::text[])"
+        "   AND is_nullable = 'NO' AND column_default IS NULL AND is_identity = 'NO'",
+        ["trades", "trade_legs", "order_requests"],
+    )
+    extra = [f"{r['table_name']}.{r['column_name']}" for r in lacking
+             if r["column_name"] not in REQUIRED[r["table_name"]]]
+    assert extra == [], f"not required, NOT NULL and without a default: {extra}"
+
+    acct = await db_pool.fetchval("INSERT INTO accounts (name, broker) VALUES ('app', 'alpaca') RETURNING id")
+    trade = await db_pool.fetchrow(
+        "INSERT INTO trades (account_id, symbol, strategy, requested_quantity) VALUES ($1, 'AAPL', 'LONG_STOCK', 10)"
+        " RETURNING *",
+        acct,
+    )
+    assert (trade["status"], trade["quantity"], trade["source"]) == ("pending", 0, "order")
+    assert trade["updated_at"] is not None
+    await db_pool.execute(
+        "INSERT INTO trade_legs (trade_id, leg_index, symbol, side, ratio) VALUES ($1, 0, 'AAPL', 'buy', 1)",
+        trade["id"],
+    )
+    req = await db_pool.fetchrow(
+        "INSERT INTO order_requests (account_id, kind, payload) SELECT id, 'open',"
+        ' \'{"symbol": "AAPL", "side": "buy", "qty": 10, "type": "market"}\' FROM accounts'
+        " WHERE name = 'app' RETURNING *",
+    )
+    assert (req["state"], req["attempts"], req["client_order_id"], req["trade_id"]) == ("queued", 0, None, None)
+    assert req["payload"] == {"symbol": "AAPL", "side": "buy", "qty": 10, "type": "market"}
+    assert req["created_at"] is not None
