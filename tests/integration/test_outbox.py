@@ -107,6 +107,18 @@ async def test_broker_rejection_insufficient_buying_power(sim: Simulator, make_c
         assert posts(sim) == 1
 
 
+async def test_refused_order_is_not_a_failed_pass(sim: Simulator, make_context: Any) -> None:
+    """CONTRACT §6: an order the broker refused is not an account failure (sync-once exits 0 for it)."""
+    async with make_context(accounts=[sim.account_settings(0)], trading={"enabled": True}) as ctx:
+        sim.set_cash(0, 10)
+        rid = await queue(ctx, "open", {**BUY_AAPL, "qty": 1000})
+        bad = await queue(ctx, "open", {"bogus": 1})
+        summary = await run_pass(ctx, "tradeCycle", trade_cycle.account_pass, list(ctx.accounts.values()))
+        assert summary.ok, summary.failed
+        assert [(await request(ctx, r))["state"] for r in (rid, bad)] == ["rejected", "failed"]
+        assert await ctx.pool.fetchval("SELECT last_error FROM accounts") is None
+
+
 async def test_cancel_request_cancels_working_orders(sim: Simulator, make_context: Any) -> None:
     async with make_context(accounts=[sim.account_settings(0)], trading={"enabled": True}) as ctx:
         rid = await queue(ctx, "open", {**BUY_AAPL, "type": "limit", "limit_price": 1})
