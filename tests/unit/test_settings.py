@@ -151,3 +151,30 @@ def test_invalid_secret_value_is_not_echoed(tmp_path: Path) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="No such file"):
         load_settings(tmp_path / "absent.toml", {})
+
+
+def test_contract_example_is_valid_and_its_values_are_the_defaults(tmp_path: Path) -> None:
+    """CONTRACT §2's syncd.toml, verbatim: every key exists under that name, and its values are the defaults."""
+    import re
+
+    contract = Path(__file__).resolve().parents[3] / "shared" / "CONTRACT.md"
+    if not contract.is_file():
+        return
+    match = re.search(r"```toml\n(.*?)```", contract.read_text(), re.S)
+    assert match is not None
+    secrets = {"api_secret_file": tmp_path / "alpaca-secret", "token_file": tmp_path / "tradier-token"}
+    text = match.group(1)
+    for key, path in secrets.items():
+        path.write_text(f"{key}-value\n")
+        text = re.sub(rf'^{key} = ".*"$', f'{key} = "{path}"', text, flags=re.M)
+    s = load_settings(write(tmp_path, text), {})
+    defaults = load_settings(None, {})
+    for section in ("database", "cycles", "trading", "health", "log"):
+        assert getattr(s, section) == getattr(defaults, section), section
+    alpaca, tradier = s.accounts
+    assert (alpaca.name, alpaca.broker, alpaca.paper) == ("alpaca-paper", "alpaca", True)
+    assert alpaca.api_secret is not None and alpaca.api_secret.get_secret_value() == "api_secret_file-value"
+    assert (tradier.name, tradier.broker, tradier.account_id, tradier.sandbox) == (
+        "tradier-main", "tradier", "VA00000000", True
+    )
+    assert tradier.token is not None and tradier.token.get_secret_value() == "token_file-value"
