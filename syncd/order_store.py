@@ -30,6 +30,7 @@ import structlog
 from syncd.brokers.types import Order, OrderStatus, Side
 from syncd.db import Queries
 from syncd.reconcile import (
+    CLOSED_OUTSIDE,
     ZERO,
     LegFill,
     LinkedOrder,
@@ -40,6 +41,7 @@ from syncd.reconcile import (
     TradeState,
     TradeStatus,
     apply_orders,
+    closed_outside,
     merge_order,
     order_unit_price,
     reconcile_quantity,
@@ -478,18 +480,26 @@ async def write_trades(conn: Conn, q: Queries, updates: Sequence[tuple[int, Trad
 
 
 async def reconcile_quantities(conn: Conn, q: Queries, account_id: int) -> list[int]:
-    """Open trades that alone claim their positions follow the broker's quantity. Returns trade ids set."""
+    """Open trades that alone claim their positions follow the broker's quantity; flat ones close.
+
+    Returns the ids of the trades changed.
+    """
     rows = await conn.fetch(q["trade_reconcile_candidates"], account_id, RECONCILE_MARGIN)
     by_trade: dict[int, list[Mapping[str, Any]]] = {}
     for r in rows:
         by_trade.setdefault(r["trade_id"], []).append(r)
     ids: list[int] = []
     quantities: list[Decimal] = []
+    closed: list[int] = []
     for tid, legs in by_trade.items():
         spec = TradeSpec.of(TradeLeg(r["symbol"], Side(r["side"]), r["ratio"]) for r in legs)
         state = TradeState(status=TradeStatus.OPEN, quantity=legs[0]["quantity"])
         held = {r["symbol"]: r["position_quantity"] for r in legs}
         shared = [r["symbol"] for r in legs if r["claims"] > 1]
+        if closed_outside(spec, state, held, shared):
+            closed.append(tid)
+            log.info("trade_closed_outside", trade_id=tid, old=str(state.quantity))
+            continue
         quantity = reconcile_quantity(spec, state, held, shared)
         if quantity is not None:
             ids.append(tid)
@@ -497,4 +507,6 @@ async def reconcile_quantities(conn: Conn, q: Queries, account_id: int) -> list[
             log.info("trade_quantity_reconciled", trade_id=tid, old=str(state.quantity), new=str(quantity))
     if ids:
         await conn.execute(q["trade_set_quantities"], ids, quantities)
-    return ids
+    if closed:
+        await conn.execute(q["trade_close_outside"], closed, CLOSED_OUTSIDE)
+    return ids + closed

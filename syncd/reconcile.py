@@ -405,6 +405,24 @@ def _with_status(
     )
 
 
+CLOSED_OUTSIDE = "position closed outside syncd"
+
+
+def closed_outside(spec: TradeSpec, trade: TradeState, held: Mapping[str, Decimal],
+                   claimed_elsewhere: Iterable[str] = ()) -> bool:
+    """True when an open trade's every leg is flat at the broker and no other live trade claims them.
+
+    The account's position was closed by hand (or by the broker: an assignment, a
+    liquidation), so the trade is flat: CONTRACT §4 closes it. A leg still held, a
+    shared symbol or a trade without legs is left alone (``verify`` reports those).
+    The caller only asks after a complete sync newer than the trade's last fill.
+    """
+    if trade.status != TradeStatus.OPEN or not spec.legs:
+        return False
+    others = set(claimed_elsewhere)
+    return all(leg.symbol not in others and held.get(leg.symbol, ZERO) == 0 for leg in spec.legs)
+
+
 def reconcile_quantity(
     spec: TradeSpec,
     trade: TradeState,

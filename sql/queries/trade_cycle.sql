@@ -229,6 +229,14 @@ UPDATE trades t
   FROM unnest($1::bigint[], $2::numeric[]) AS u(id, quantity)
  WHERE t.id = u.id AND t.quantity IS DISTINCT FROM u.quantity;
 
+-- name: trade_close_outside
+-- Open trades whose every leg is flat at the broker (closed by hand, assigned, liquidated):
+-- closed with the reason; the exit price and realized P&L are unknown to syncd and stay NULL.
+-- $1 trade ids, $2 close_reason
+UPDATE trades
+   SET status = 'closed', quantity = 0, close_reason = $2, closed_at = now(), updated_at = now()
+ WHERE id = ANY($1::bigint[]) AND status = 'open';
+
 -- name: trade_notify
 -- NOTIFY syncd_events, one small JSON payload each.
 SELECT pg_notify('syncd_events', p) FROM unnest($1::text[]) AS p;

@@ -210,6 +210,35 @@ async def test_seed_trade_quantity_follows_held_positions(db_pool: asyncpg.Pool[
     assert (await trade_row(db_pool, other))["quantity"] == 1
 
 
+async def test_trade_whose_position_was_closed_outside_syncd_is_closed(db_pool: asyncpg.Pool[Any]) -> None:
+    """CONTRACT §4: a trade is `closed` when the position is flat, also when it was closed by hand at the broker.
+
+    Only when every leg is flat and no other live trade claims the symbol; the exit price and
+    realized P&L are unknown to syncd and stay NULL.
+    """
+    acct = await make_account(db_pool)
+    long_c, short_c = "AAPL260116C00150000", "AAPL260116C00160000"
+    flat = await make_trade(db_pool, acct, [("MSFT", "buy", 1)], quantity="3", status="open")
+    half = await make_trade(db_pool, acct, [(long_c, "buy", 1), (short_c, "sell", 1)], quantity="2", status="open")
+    await db_pool.execute(
+        "INSERT INTO portfolio_positions (account_id, symbol, asset_class, underlying, option_type, quantity) "
+        "VALUES ($1, $2, 'us_option', 'AAPL', 'call', 2)", acct, long_c,
+    )
+    await db_pool.execute("UPDATE accounts SET last_synced_at = now() WHERE id = $1", acct)
+    async with db_pool.acquire() as conn, conn.transaction():
+        assert await reconcile_quantities(conn, Q, acct) == [flat]
+    row = await trade_row(db_pool, flat)
+    assert (row["status"], row["quantity"], row["close_reason"]) == ("closed", 0, "position closed outside syncd")
+    assert row["closed_at"] is not None and row["exit_price"] is None and row["realized_pnl"] is None
+    assert (await trade_row(db_pool, half))["status"] == "open"  # one leg still held: verify reports it
+    # two live trades on one flat symbol: neither is closed by this rule
+    a = await make_trade(db_pool, acct, [("IBM", "buy", 1)], quantity="1", status="open")
+    b = await make_trade(db_pool, acct, [("IBM", "buy", 1)], quantity="1", status="open")
+    async with db_pool.acquire() as conn, conn.transaction():
+        assert await reconcile_quantities(conn, Q, acct) == []
+    assert {(await trade_row(db_pool, t))["status"] for t in (a, b)} == {"open"}
+
+
 @pytest.mark.parametrize("status", ["pending_review"])
 async def test_alpaca_status_vocabulary_includes_pending_review(db_pool: asyncpg.Pool[Any], status: str) -> None:
     acct = await make_account(db_pool)
