@@ -33,8 +33,8 @@ from itertools import groupby
 import asyncpg
 import structlog
 
+from syncd import notify
 from syncd.context import Account, Context
-from syncd.cycles.account_sync import notify_payloads
 
 log = structlog.get_logger(__name__)
 
@@ -242,7 +242,7 @@ async def import_positions(ctx: Context, account: Account) -> list[ImportedTrade
             return []
         rows = await conn.fetch(q["import_insert_trades"], account.id, *_insert_args(plans))
         imported = [ImportedTrade(r["id"], plans[r["ord"] - 1]) for r in rows]
-        payloads = notify_payloads("trade", account, "trade_ids", [t.trade_id for t in imported])
+        payloads = notify.payloads("trade", account.name, [t.trade_id for t in imported])
         await conn.execute(q["account_sync_notify"], payloads)
     for t in imported:
         log.info(

@@ -18,7 +18,6 @@ exits. Orders placed outside syncd stay unlinked (``trade_id`` NULL).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -29,6 +28,7 @@ import structlog
 
 from syncd.brokers.types import Order, OrderStatus, Side
 from syncd.db import Queries
+from syncd.notify import payloads as event_payloads
 from syncd.reconcile import (
     CLOSED_OUTSIDE,
     ZERO,
@@ -89,9 +89,7 @@ class Applied:
 
     def notifications(self, account: str) -> list[str]:
         """The ``syncd_events`` payloads for what changed."""
-        out = [json.dumps({"kind": "order", "account": account, "key": b}) for b in self.orders]
-        out += [json.dumps({"kind": "trade", "account": account, "key": t}) for t in self.trades]
-        return out
+        return event_payloads("order", account, self.orders) + event_payloads("trade", account, self.trades)
 
     def extend(self, other: Applied) -> None:
         self.orders += other.orders

@@ -18,11 +18,10 @@ A pass reads as a story:
    transaction and only sets ``accounts.last_synced_at``: an idle pass writes no
    position, event or snapshot row.
 
-Payloads of ``NOTIFY syncd_events`` (JSON, each under ``NOTIFY_MAX_BYTES``, keys only):
-``{"kind": "position", "account": NAME, "account_id": ID, "symbols": [...]}`` (chunked
-when many symbols changed) and ``{"kind": "account", "account": NAME, "account_id": ID}``
-when the balances or the broker's account id changed; the importer sends
-``{"kind": "trade", ..., "trade_ids": [...]}``.
+Payloads of ``NOTIFY syncd_events`` (see :mod:`syncd.notify`): ``{"kind": "position",
+"account": NAME, "key": SYMBOL}`` per changed position (or one ``"key": "*"`` when many
+changed) and ``{"kind": "account", "account": NAME, "key": NAME}`` when the balances or the
+broker's account id changed.
 
 A failed, timed-out or malformed fetch raises before the transaction: nothing of the
 account changes, and :func:`syncd.passes.run_pass` records the error
@@ -53,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -63,6 +61,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from syncd import notify
 from syncd.brokers.base import BadBrokerData, Broker, BrokerUnavailable
 from syncd.brokers.occ import parse_occ
 from syncd.brokers.types import AssetClass, Balances, Position
@@ -72,7 +71,6 @@ log = structlog.get_logger(__name__)
 
 SYNC_LOCK_CLASS = 0x73796E63  # "sync": advisory lock class of accountSync (per account id)
 FETCH_DEADLINE_FACTOR = 5  # the whole fetch gives up after broker_timeout_s x this (adapters retry inside)
-NOTIFY_MAX_BYTES = 4000  # one NOTIFY payload stays well under Postgres' 8,000-byte limit
 
 EventKind = Literal["opened", "increased", "reduced", "closed", "flipped"]
 
@@ -343,29 +341,6 @@ async def fetch_account(broker: Broker, deadline_s: float) -> tuple[Balances, li
 # -- writing ---------------------------------------------------------------------------------------------
 
 
-def notify_payloads(kind: str, account: Account, key: str, values: Sequence[Any]) -> list[str]:
-    """JSON payloads ``{"kind", "account", "account_id", key: [...]}``, each under ``NOTIFY_MAX_BYTES``."""
-    head = {"kind": kind, "account": account.name, "account_id": account.id}
-    base = len(_dumps({**head, key: []}).encode())
-    payloads: list[str] = []
-    chunk: list[Any] = []
-    size = base
-    for value in values:
-        item = len(_dumps(value).encode()) + 1  # the value and its comma
-        if chunk and size + item > NOTIFY_MAX_BYTES:
-            payloads.append(_dumps({**head, key: chunk}))
-            chunk, size = [], base
-        chunk.append(value)
-        size += item
-    if chunk:
-        payloads.append(_dumps({**head, key: chunk}))
-    return payloads
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _upsert_columns(rows: Sequence[PositionRow]) -> list[list[Any]]:
     return [
         [r.symbol for r in rows],
@@ -435,9 +410,9 @@ async def _write(
     conn: PoolConnectionProxy[Any], q: Mapping[str, str], account: Account, plan: _Plan, b: Balances
 ) -> None:
     diff = plan.diff
-    payloads = notify_payloads("position", account, "symbols", diff.changed_symbols)
+    payloads = notify.payloads("position", account.name, diff.changed_symbols)
     if plan.snapshot or plan.broker_id is not None:
-        payloads.append(_dumps({"kind": "account", "account": account.name, "account_id": account.id}))
+        payloads.append(notify.payload("account", account.name, account.name))
     await conn.fetchrow(
         q["account_sync_write"],
         account.id,

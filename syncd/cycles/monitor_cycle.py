@@ -29,7 +29,6 @@ placed for the next session by tradeCycle.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -42,7 +41,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from syncd import pnl
+from syncd import notify, pnl
 from syncd.brokers.types import Quote
 from syncd.context import Account, Context
 
@@ -51,7 +50,6 @@ log = structlog.get_logger(__name__)
 MARKET_TZ = ZoneInfo("America/New_York")
 # Beyond this many position rows changed in one pass, one summary notification ("key": "*")
 # replaces the per-symbol ones (a listener re-reads the account).
-NOTIFY_PER_ROW_MAX = 100
 
 
 def market_today(now: dt.datetime | None = None) -> dt.date:
@@ -276,15 +274,9 @@ async def _queue_exits(
 def _notifications(
     account: str, symbols: Sequence[str], trade_ids: Sequence[int], exits: Sequence[pnl.ExitDecision]
 ) -> list[str]:
-    notes: list[dict[str, Any]] = []
-    if len(symbols) > NOTIFY_PER_ROW_MAX:
-        notes.append({"kind": "position", "account": account, "key": "*", "count": len(symbols)})
-    else:
-        notes += [{"kind": "position", "account": account, "key": s} for s in symbols]
+    notes = notify.payloads("position", account, symbols)
     exited = {e.trade_id: e.rule for e in exits}
     for trade_id in dict.fromkeys([*trade_ids, *exited]):
-        note: dict[str, Any] = {"kind": "trade", "account": account, "key": trade_id}
-        if trade_id in exited:
-            note["exit"] = exited[trade_id]
-        notes.append(note)
-    return [json.dumps(n, separators=(",", ":")) for n in notes]
+        extra = {"exit": exited[trade_id]} if trade_id in exited else {}
+        notes.append(notify.payload("trade", account, trade_id, **extra))
+    return notes

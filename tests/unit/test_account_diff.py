@@ -10,17 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from syncd import notify
 from syncd.brokers.base import BadBrokerData
 from syncd.brokers.occ import parse_occ
 from syncd.brokers.types import AssetClass, Balances, Position
 from syncd.cycles.account_sync import (
-    NOTIFY_MAX_BYTES,
     PositionRow,
     balances_changed,
     checked_positions,
     diff_positions,
     event_kind,
-    notify_payloads,
     position_row,
 )
 
@@ -238,26 +237,17 @@ def test_balances_unchanged_and_changed() -> None:
 # -- NOTIFY payloads -----------------------------------------------------------------------------------
 
 
-class _Acct:
-    name = "acct-1"
-    id = 7
-
-
-def test_notify_payloads_are_small_and_complete() -> None:
-    symbols = [f"SYM{i:05d}C00150000" for i in range(2000)]
-    payloads = notify_payloads("position", _Acct(), "symbols", symbols)  # type: ignore[arg-type]
-    assert len(payloads) > 1
-    got: list[str] = []
-    for p in payloads:
-        assert len(p.encode()) <= NOTIFY_MAX_BYTES
-        body = json.loads(p)
-        assert (body["kind"], body["account"], body["account_id"]) == ("position", "acct-1", 7)
-        got += body["symbols"]
-    assert got == symbols
-
-
-def test_notify_payloads_of_nothing_is_nothing() -> None:
-    assert notify_payloads("position", _Acct(), "symbols", []) == []  # type: ignore[arg-type]
+def test_notify_payloads_one_per_key_or_one_star() -> None:
+    """One shape for listeners: {"kind", "account", "key"}; past PER_KEY_MAX a single "*" payload with a count."""
+    few = notify.payloads("position", "acct-1", ["AAPL", "MSFT", "AAPL"])
+    assert [json.loads(p) for p in few] == [
+        {"kind": "position", "account": "acct-1", "key": "AAPL"},
+        {"kind": "position", "account": "acct-1", "key": "MSFT"},
+    ]
+    many = notify.payloads("position", "acct-1", [f"SYM{i:05d}C00150000" for i in range(2000)])
+    assert [json.loads(p) for p in many] == [{"kind": "position", "account": "acct-1", "key": "*", "count": 2000}]
+    assert all(len(p.encode()) < 8000 for p in few + many)
+    assert notify.payloads("trade", "acct-1", []) == []
 
 
 # -- properties ------------------------------------------------------------------------------------------
