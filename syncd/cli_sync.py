@@ -66,7 +66,8 @@ def register(subparsers: Any) -> None:
         help="make trades (source 'import') of broker positions no open trade covers",
         description="Fetch each account's positions (an accountSync pass), then create a trade with "
         "source 'import' for every position no live trade covers; a vertical spread becomes one "
-        "two-leg trade. Idempotent. Exit 0, or 1 when an account failed.",
+        "two-leg trade. Applies pending migrations first unless --no-migrate. Idempotent. "
+        "Exit 0, or 1 when an account failed.",
     )
     imp.add_argument(
         "--account", action="append", metavar="NAME", dest="accounts", help="only this account (repeatable)"
@@ -74,6 +75,7 @@ def register(subparsers: Any) -> None:
     imp.add_argument(
         "--no-sync", action="store_true", help="import from the stored positions without fetching them first"
     )
+    imp.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations first")
     imp.set_defaults(handler=import_positions_command)
 
 
@@ -171,13 +173,17 @@ async def sync_once(
 def import_positions_command(args: argparse.Namespace) -> int:
     settings = load_config(args)
     names = chosen_accounts(settings, args.accounts)
-    return asyncio.run(import_all(settings, names, sync_first=not args.no_sync))
+    return asyncio.run(import_all(settings, names, sync_first=not args.no_sync, migrate=not args.no_migrate))
 
 
-async def import_all(settings: Settings, names: list[str] | None, *, sync_first: bool) -> int:
+async def import_all(settings: Settings, names: list[str] | None, *, sync_first: bool, migrate: bool = True) -> int:
     """Sync (unless told not to), then import each active account's uncovered positions; print; exit code."""
     from syncd.cycles.account_sync import sync_pass
+    from syncd.db import apply_migrations
     from syncd.importer import import_positions
+
+    if migrate:  # like sync-once: it writes, so the schema must be current
+        await apply_migrations(settings.database)
 
     if not settings.accounts:
         print("no accounts configured", flush=True)

@@ -268,3 +268,20 @@ async def test_opened_at_is_when_the_position_was_first_seen(ctx: Context, when:
     await ctx.pool.execute("UPDATE portfolio_positions SET first_seen_at = $1", when)
     await import_positions(ctx, acct)
     assert (await trades(ctx, acct))[0]["opened_at"] == when
+
+
+def test_import_positions_migrates_an_empty_database_first(empty_dsn: str, tmp_path: Any) -> None:
+    """Like sync-once it writes, so it applies pending migrations first (no bare 'relation does not exist')."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "syncd.toml"
+    cfg.write_text(f'[database]\ndsn = "{empty_dsn}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "syncd", "--config", str(cfg), "import-positions", "--no-sync"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "migration_applied" in result.stderr
