@@ -79,7 +79,7 @@ def _assert_contract_schema(found: dict[str, set[str]]) -> None:
 def test_required_list_matches_contract() -> None:
     """The REQUIRED table above is CONTRACT §3's, not a paraphrase that drifted."""
     if not CONTRACT.is_file():
-        return
+        pytest.skip(f"no {CONTRACT} beside this checkout to compare with")
     text = CONTRACT.read_text()
     for table in REQUIRED:
         if table == "schema_migrations":
