@@ -247,6 +247,10 @@ def _check_numbers(p: Position, index: int) -> None:
 def position_row(p: Position, index: int = 0) -> PositionRow:
     """The row a broker position becomes; option fields from its OCC symbol. ``BadBrokerData`` if malformed."""
     _check_numbers(p, index)
+    # asset_class, underlying, option_type, strike, expiration, multiplier: the columns stocks and options differ in
+    instrument: tuple[str, str, str | None, Decimal | None, dt.date | None, Decimal] = (
+        AssetClass(p.asset_class).value, p.symbol, None, None, None, _ONE,
+    )
     if p.asset_class == AssetClass.US_OPTION:
         spec = p.option
         if spec is None:
@@ -255,30 +259,17 @@ def position_row(p: Position, index: int = 0) -> PositionRow:
             except ValueError as exc:
                 what = f"positions[{index}].symbol"
                 raise BadBrokerData(f"{what}: {exc}", field=what) from None
-        return PositionRow(
-            p.symbol,
+        instrument = (
             AssetClass.US_OPTION.value,
             spec.underlying,
             spec.option_type.value,
             spec.strike,
             spec.expiration,
             Decimal(spec.multiplier),
-            p.quantity,
-            p.qty_available,
-            p.avg_entry_price,
-            p.cost_basis,
-            p.current_price,
-            p.market_value,
-            p.unrealized_pl,
         )
     return PositionRow(
         p.symbol,
-        AssetClass(p.asset_class).value,
-        p.symbol,
-        None,
-        None,
-        None,
-        _ONE,
+        *instrument,
         p.quantity,
         p.qty_available,
         p.avg_entry_price,
