@@ -1,9 +1,13 @@
-"""Import of outside positions: broker positions no live trade covers become trades.
+"""Import of outside positions: what of the broker's positions no live trade claims becomes trades.
 
 A position is *covered* when a live trade (status ``pending``, ``open`` or
 ``closing``) of its account has a leg on its symbol, or, for a trade an app inserted
-without legs, has it as its ``symbol``. Every uncovered position becomes part of a
-trade with ``source = 'import'`` and ``status = 'open'``:
+without legs, has it as its ``symbol``. A trade that owns its fills (an entry order is
+linked to it) claims only its own quantity, so a position it shares with shares bought
+by hand has an *untracked surplus* (254 WMT held, a trade of 4: 250), imported once the
+trade is settled (nothing of it working, positions synced after its last fill). Every
+uncovered position, and every such surplus, becomes part of a trade with
+``source = 'import'`` and ``status = 'open'``:
 
 - a **vertical spread** recognisable from the positions alone -- same underlying,
   option type and expiration, equal and opposite quantities, different strikes --
@@ -35,6 +39,7 @@ import structlog
 
 from syncd import notify
 from syncd.context import Account, Context
+from syncd.order_store import RECONCILE_MARGIN
 
 log = structlog.get_logger(__name__)
 
@@ -233,11 +238,12 @@ def _insert_args(plans: Sequence[PlannedTrade]) -> list[list[object]]:
 async def import_positions(ctx: Context, account: Account) -> list[ImportedTrade]:
     """Make trades of ``account``'s uncovered positions (from ``portfolio_positions``); return what was made."""
     q = ctx.queries
-    if not await ctx.pool.fetch(q["import_untracked_positions"], account.id):
+    if not await ctx.pool.fetch(q["import_untracked_positions"], account.id, RECONCILE_MARGIN):
         return []  # the usual case, without a transaction or a lock
     async with ctx.pool.acquire() as conn, conn.transaction():
         await conn.execute(q["import_lock"], IMPORT_LOCK_CLASS, account.id)
-        plans = plan_imports(_holding(r) for r in await conn.fetch(q["import_untracked_positions"], account.id))
+        rows = await conn.fetch(q["import_untracked_positions"], account.id, RECONCILE_MARGIN)
+        plans = plan_imports(_holding(r) for r in rows)
         if not plans:
             return []
         rows = await conn.fetch(q["import_insert_trades"], account.id, *_insert_args(plans))

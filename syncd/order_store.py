@@ -478,7 +478,8 @@ async def write_trades(conn: Conn, q: Queries, updates: Sequence[tuple[int, Trad
 
 
 async def reconcile_quantities(conn: Conn, q: Queries, account_id: int) -> list[int]:
-    """Open trades that alone claim their positions follow the broker's quantity; flat ones close.
+    """Open trades follow what the broker holds: capped by it, or, with no fill record and alone
+    on their symbols, set to it; flat ones close (:func:`syncd.reconcile.reconcile_quantity`).
 
     Returns the ids of the trades changed.
     """
@@ -498,7 +499,7 @@ async def reconcile_quantities(conn: Conn, q: Queries, account_id: int) -> list[
             closed.append(tid)
             log.info("trade_closed_outside", trade_id=tid, old=str(state.quantity))
             continue
-        quantity = reconcile_quantity(spec, state, held, shared)
+        quantity = reconcile_quantity(spec, state, held, shared, own_fills=legs[0]["own_fills"])
         if quantity is not None:
             ids.append(tid)
             quantities.append(quantity)

@@ -18,12 +18,14 @@ Conventions (CONTRACT §3/§4, the seed report in ``shared/seeds/000_*``):
   price, Tradier as a positive credit). Then per unit
   ``pnl = direction x (current_price - entry)``: debit gains when the price
   rises, credit when it falls.
-* **Quantities come from the positions, never from ``trades.quantity``**
-  (which can be stale, the seed's 1 against 67 held): a leg holds ``|position|``
-  when its trade is the only open trade on that symbol, else at most its own
-  share (``trades.quantity x ratio``); a position of the wrong sign for the leg's
-  side is not this leg's. What is available to close is what is held minus what
-  working closing orders already hold; a trade's units are the minimum over legs of
+* **Quantities come from the positions, capped by what the trade owns**: a trade
+  with a fill record (an entry order linked to it) holds at most its own
+  ``trades.quantity x ratio`` of each leg, never shares bought outside it; a trade
+  without one (imported, or the seed's trade recorded as 1 while 67 were held)
+  holds ``|position|`` when it is the only open trade on that symbol, else at most
+  its own share; a position of the wrong sign for the leg's side is not this leg's.
+  What is available to close is what is held minus what working closing orders
+  already hold; a trade's units are the minimum over legs of
   ``leg quantity / ratio``, floored to whole units except for a lone stock or crypto
   leg (fractional shares are real).
 * **Exit rules** (checked in this order): ``stop_loss`` (loss >= ``stop_loss_pct`` %
@@ -129,11 +131,12 @@ class Trade:
     strategy: str
     legs: tuple[Leg, ...]
     status: str = "open"
-    quantity: Decimal = ZERO  # trades.quantity: only a cap when several trades share a symbol
+    quantity: Decimal = ZERO  # trades.quantity: a cap when it has own fills or shares a symbol
     entry_price: Decimal | None = None
     take_profit_pct: Decimal | None = None
     stop_loss_pct: Decimal | None = None
     exit_pending: bool = False  # a close request or closing order already works for it
+    own_fills: bool = False  # an entry order is linked to it: it holds only what it filled
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,19 +153,24 @@ class TradeState:
     pnl_per_unit: Decimal | None
 
 
-def leg_held(leg: Leg, trade_quantity: Decimal) -> Decimal:
-    """The instrument quantity this leg holds (>= 0)."""
+def leg_held(leg: Leg, trade_quantity: Decimal, own_fills: bool = False) -> Decimal:
+    """The instrument quantity this leg holds (>= 0).
+
+    The whole position only for a trade without a fill record that is the only claim on the
+    symbol (the seed's trade recorded as 1 while 67 were held); a trade with own fills, or one
+    sharing the symbol, holds at most its own quantity x ratio: never shares bought outside it.
+    """
     pos = leg.position_quantity
     if pos is None or pos == ZERO or (pos > ZERO) != (leg.side == "buy"):
         return ZERO
-    if leg.claimants > 1:
+    if leg.claimants > 1 or own_fills:
         return min(abs(pos), max(trade_quantity, ZERO) * leg.ratio)
     return abs(pos)
 
 
-def leg_available(leg: Leg, trade_quantity: Decimal) -> Decimal:
+def leg_available(leg: Leg, trade_quantity: Decimal, own_fills: bool = False) -> Decimal:
     """What this leg may still close: held, minus what working closing orders already hold."""
-    held = leg_held(leg, trade_quantity)
+    held = leg_held(leg, trade_quantity, own_fills)
     if held == ZERO:
         return ZERO
     assert leg.position_quantity is not None  # held > 0 implies a position
@@ -228,9 +236,10 @@ def multiplier(legs: tuple[Leg, ...]) -> Decimal:
 def evaluate(trade: Trade) -> TradeState:
     """Held and available units, monitorability, price and floating P&L of one trade."""
     legs = trade.legs
-    held = trade_units(legs, [leg_held(leg, trade.quantity) for leg in legs])
-    available = trade_units(legs, [leg_available(leg, trade.quantity) for leg in legs])
-    every_leg_held = bool(legs) and all(leg_held(leg, trade.quantity) > ZERO for leg in legs)
+    per_leg = [leg_held(leg, trade.quantity, trade.own_fills) for leg in legs]
+    held = trade_units(legs, per_leg)
+    available = trade_units(legs, [leg_available(leg, trade.quantity, trade.own_fills) for leg in legs])
+    every_leg_held = bool(legs) and all(q > ZERO for q in per_leg)
     can_monitor = every_leg_held and all(leg.quoted for leg in legs)
     can_exit = every_leg_held and available > ZERO
     sign = direction(trade.strategy, legs, trade.entry_price)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from enum import StrEnum
 
 from syncd.brokers.occ import option_spec_or_none
@@ -428,16 +428,28 @@ def reconcile_quantity(
     trade: TradeState,
     held: Mapping[str, Decimal],
     claimed_elsewhere: Iterable[str] = (),
+    *,
+    own_fills: bool = False,
 ) -> Decimal | None:
     """The quantity an open trade should have by what the broker holds, or ``None`` to leave it.
 
-    Only when every leg is held on the trade's side (long for buy legs, short for
-    sell legs), no other live trade claims any leg's symbol, and every leg agrees
-    on ``|position| / ratio``. Disagreeing legs, a missing position or a shared
-    symbol are left for ``verify`` to report.
+    A trade with a fill record (``own_fills``: an entry order is linked to it) holds what its
+    own orders filled; the broker only caps it: where a leg's position on the trade's side
+    (``|position| / ratio``, 0 on the wrong side) is smaller, the trade shrinks to the
+    smallest leg (shares sold by hand). It never grows: a position larger than the trade's
+    claim is an untracked holding. A leg at 0 while another is still held is left to
+    ``verify`` (a spread half closed by hand is not a smaller spread).
+
+    A trade without a fill record (imported, or written by an app) follows the broker both
+    ways, but only when every leg is held on the trade's side (long for buy legs, short for
+    sell legs), no other live trade claims any leg's symbol, and every leg agrees on
+    ``|position| / ratio``. Disagreeing legs, a missing position or a shared symbol are left
+    for ``verify`` to report.
     """
     if trade.status != TradeStatus.OPEN or not spec.legs:
         return None
+    if own_fills:
+        return _capped_quantity(spec, trade, held)
     others = set(claimed_elsewhere)
     units: set[Decimal] = set()
     for leg in spec.legs:
@@ -451,3 +463,23 @@ def reconcile_quantity(
         return None
     (quantity,) = units
     return None if quantity == trade.quantity else quantity
+
+
+def _held_units(leg: TradeLeg, held: Mapping[str, Decimal]) -> Decimal:
+    """Trade units a leg's position covers on the leg's side (0 for none or the wrong side)."""
+    position = held.get(leg.symbol, ZERO)
+    if position == 0 or (position > 0) != (leg.side == Side.BUY):
+        return ZERO
+    return abs(position) / leg.ratio
+
+
+def _capped_quantity(spec: TradeSpec, trade: TradeState, held: Mapping[str, Decimal]) -> Decimal | None:
+    units = [_held_units(leg, held) for leg in spec.legs]
+    cap = min(units)
+    if cap <= 0 or cap >= trade.quantity:
+        return None
+    if spec.multileg:
+        cap = cap.to_integral_value(rounding=ROUND_FLOOR)  # a spread is whole units
+        if cap <= 0:
+            return None
+    return cap

@@ -48,6 +48,16 @@ class Finding:
     broker_quantity: Decimal
     db_quantity: Decimal  # the mirror's quantity, or the trades' signed sum
 
+    @property
+    def untracked(self) -> Decimal:
+        """What the broker holds that no trade claims (signed; 0 when the trades claim it all or more)."""
+        if self.against != "trades" or self.broker_quantity == 0:
+            return ZERO
+        held, claimed = self.broker_quantity, self.db_quantity
+        if held > 0:
+            return max(held - max(claimed, ZERO), ZERO)
+        return min(held - min(claimed, ZERO), ZERO)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "account": self.account,
@@ -169,13 +179,19 @@ def render_text(reports: Sequence[AccountReport]) -> str:
         width = max((len(f.symbol) for f in r.findings), default=0)
         for f in r.findings:
             other = "mirror" if f.against == "mirror" else "trades"
+            extra = f" untracked={_num(f.untracked)}" if f.untracked and f.kind == "quantity_mismatch" else ""
             lines.append(
                 f"  {f.symbol:<{width}}  {f.against:<6}  {f.kind:<18}  "
-                f"broker={_num(f.broker_quantity)} {other}={_num(f.db_quantity)}"
+                f"broker={_num(f.broker_quantity)} {other}={_num(f.db_quantity)}{extra}"
             )
     errors = sum(r.error is not None for r in reports)
     mismatches = sum(len(r.findings) for r in reports)
     lines.append(f"verify: {len(reports)} account(s), {mismatches} mismatch(es), {errors} error(s)")
+    if any(f.untracked for r in reports for f in r.findings):
+        lines.append(
+            "hint: positions (or parts of them) no trade owns are untracked holdings; "
+            "`syncd import-positions` makes them trades"
+        )
     return "\n".join(lines)
 
 

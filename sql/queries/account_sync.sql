@@ -116,26 +116,48 @@ SELECT pg_notify('syncd_events', payload) FROM unnest($1::text[]) AS payload;
 SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int);
 
 -- name: import_untracked_positions
--- Positions of an account that no live trade (pending/open/closing) covers: neither through
--- one of its legs, nor, for a trade without legs, through its symbol.
+-- What of each position of an account no live trade (pending/open/closing) claims. A position
+-- no trade covers (neither through one of its legs, nor, for a trade without legs, through its
+-- symbol) comes whole. A position covered only by open trades that own their fills (an entry
+-- order linked: they never grow to what the account holds) comes as its surplus over their
+-- claims, on the position's side, once those trades are settled: nothing of theirs working or
+-- queued, and the positions synced after their last fill with a margin ($2). A position covered
+-- by a trade without a fill record (it follows the broker) or by a pending one comes not at all.
+-- $1 account id, $2 margin (interval)
+WITH claims AS (
+    SELECT l.symbol,
+           sum(CASE WHEN l.side = 'buy' THEN 1 ELSE -1 END * l.trade_quantity * l.ratio) AS claimed,
+           bool_and(l.own_fills
+                    AND NOT EXISTS (
+                          SELECT 1 FROM orders o
+                           WHERE o.trade_id = l.trade_id AND o.parent_id IS NULL
+                             AND (order_is_working(o.status)
+                                  OR COALESCE(o.filled_at, o.updated_at) > a.last_synced_at - $2::interval))
+                    AND NOT EXISTS (
+                          SELECT 1 FROM order_requests r
+                           WHERE r.trade_id = l.trade_id AND r.state IN ('queued', 'submitting'))
+                    AND a.last_synced_at IS NOT NULL) AS settled
+      FROM v_live_trade_legs l
+      JOIN accounts a ON a.id = l.account_id
+     WHERE l.account_id = $1
+     GROUP BY l.symbol
+), pending AS (
+    SELECT DISTINCT COALESCE(l.symbol, t.symbol) AS symbol
+      FROM trades t
+      LEFT JOIN trade_legs l ON l.trade_id = t.id
+     WHERE t.account_id = $1 AND t.status = 'pending'
+)
 SELECT p.symbol, p.asset_class, p.underlying, p.option_type, p.strike, p.expiration, p.multiplier,
-       p.quantity, p.avg_entry_price, p.first_seen_at
+       CASE WHEN c.symbol IS NULL THEN p.quantity ELSE p.quantity - c.claimed END AS quantity,
+       p.avg_entry_price, p.first_seen_at
   FROM portfolio_positions p
+  LEFT JOIN claims c ON c.symbol = p.symbol
  WHERE p.account_id = $1
-   AND NOT EXISTS (
-        SELECT 1
-          FROM trades t
-          JOIN trade_legs l ON l.trade_id = t.id
-         WHERE t.account_id = p.account_id
-           AND t.status IN ('pending', 'open', 'closing')
-           AND l.symbol = p.symbol)
-   AND NOT EXISTS (
-        SELECT 1
-          FROM trades t
-         WHERE t.account_id = p.account_id
-           AND t.status IN ('pending', 'open', 'closing')
-           AND t.symbol = p.symbol
-           AND NOT EXISTS (SELECT 1 FROM trade_legs l WHERE l.trade_id = t.id))
+   AND p.quantity <> 0
+   AND NOT EXISTS (SELECT 1 FROM pending pe WHERE pe.symbol = p.symbol)
+   AND (c.symbol IS NULL
+        OR (c.settled AND sign(p.quantity - c.claimed) = sign(p.quantity)
+            AND abs(p.quantity - c.claimed) <= abs(p.quantity)))
  ORDER BY p.symbol;
 
 -- name: import_insert_trades

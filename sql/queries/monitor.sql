@@ -46,7 +46,7 @@ RETURNING p.symbol;
 -- commitments (v_trade_leg_positions), and its trade's fields; ordered by trade, then leg.
 SELECT v.trade_id, v.leg_index, v.symbol, v.side, v.ratio, v.position_quantity, v.bid, v.ask, v.last,
        COALESCE(v.multiplier, 1) AS multiplier, COALESCE(v.asset_class, 'us_equity') AS asset_class,
-       v.expiration, v.claimants, v.committed_quantity, v.committed_by_trade,
+       v.expiration, v.claimants, v.committed_quantity, v.committed_by_trade, v.own_fills,
        t.strategy, t.status, t.quantity, t.entry_price, t.take_profit_pct, t.stop_loss_pct,
        t.current_price, t.floating_pnl,
        EXISTS (SELECT 1 FROM v_trade_exits_working w

@@ -191,7 +191,8 @@ UPDATE trades t
 -- name: trade_reconcile_candidates
 -- Open trades whose quantity may be set from the broker's positions: nothing of theirs is
 -- working or queued, and the positions were synced after their last fill (with a margin).
--- Returns each trade's legs with the account's position and how many live trades claim it.
+-- Returns each trade's legs with the account's position, how many live trades claim it, and
+-- whether the trade has a fill record (an entry order linked to it: then it is only capped).
 -- $1 account id, $2 margin (interval)
 WITH cand AS (
     SELECT t.id, t.quantity
@@ -215,7 +216,8 @@ WITH cand AS (
      GROUP BY l.symbol
 )
 SELECT c.id AS trade_id, c.quantity, l.leg_index, l.symbol, l.side, l.ratio,
-       COALESCE(p.quantity, 0) AS position_quantity, COALESCE(cl.n, 0) AS claims
+       COALESCE(p.quantity, 0) AS position_quantity, COALESCE(cl.n, 0) AS claims,
+       trade_has_own_fills(c.id) AS own_fills
   FROM cand c
   JOIN trade_legs l ON l.trade_id = c.id
   LEFT JOIN portfolio_positions p ON p.account_id = $1 AND p.symbol = l.symbol

@@ -11,8 +11,9 @@ One pass over one account reads as a story:
    are accountSync's and never written here;
 3. **evaluate every live trade** from its legs' positions (``v_trade_leg_positions``):
    held and available units, ``can_monitor``, ``can_exit``, the net price per unit and
-   the floating P&L on the quantity actually held, never ``trades.quantity``
-   (:mod:`syncd.pnl` holds the arithmetic), and write the trades whose price or P&L changed;
+   the floating P&L on the quantity actually held (a trade with its own fills never more
+   than it owns: :mod:`syncd.pnl` holds the arithmetic), and write the trades whose price or
+   P&L changed;
 4. **exits**: with ``trading.enabled`` and ``trading.auto_exits``, a trade whose
    take-profit, stop-loss or days-before-expiration rule fires gets ONE ``close`` request
    queued in ``order_requests`` for its available quantity and goes ``closing`` (the
@@ -166,6 +167,7 @@ def trades_from_rows(rows: Sequence[asyncpg.Record]) -> list[TradeRow]:
             take_profit_pct=r["take_profit_pct"],
             stop_loss_pct=r["stop_loss_pct"],
             exit_pending=r["exit_pending"],
+            own_fills=r["own_fills"],
         )
         out.append(TradeRow(trade, r["current_price"], r["floating_pnl"]))
         legs = []

@@ -242,7 +242,7 @@ async def test_bad_user_client_id_fails(sim: Simulator, make_context: Any) -> No
 
 
 async def test_close_closes_what_is_held_then_trade_closed(sim: Simulator, make_context: Any) -> None:
-    """An exit closes the broker's quantity (67), not a stale trades.quantity."""
+    """An exit closes what the trade's own fills bought (67), not the 77 held once 10 more were bought by hand."""
     async with make_context(accounts=[sim.account_settings(0)], trading={"enabled": True}) as ctx:
         acct = next(iter(ctx.accounts.values()))
         rid = await queue(ctx, "open", {**BUY_AAPL, "qty": 67})
@@ -251,7 +251,7 @@ async def test_close_closes_what_is_held_then_trade_closed(sim: Simulator, make_
         sim.fill(req["client_order_id"], price="100")
         await one_pass(ctx)
         tid = req["trade_id"]
-        await ctx.pool.execute("UPDATE trades SET quantity = 1 WHERE id = $1", tid)  # the seed's stale quantity
+        sim.add_position(0, "AAPL", 77, "100")  # 10 more bought by hand: not the trade's
         await account_sync.account_pass(ctx, acct)
         close = await queue(ctx, "close", {"type": "market", "reason": "take_profit"}, trade_id=tid)
         await one_pass(ctx)

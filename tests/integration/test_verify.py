@@ -24,7 +24,7 @@ import pytest
 from syncd.brokers.factory import build_broker
 from syncd.settings import AccountSettings
 from syncd.sim import SimConfig, Simulator, start_simulator
-from syncd.verify import Finding, compare
+from syncd.verify import AccountReport, Finding, compare, render_text
 
 D = Decimal
 
@@ -53,6 +53,21 @@ def test_compare_every_kind() -> None:
         ("trades", "MSFT"): ("untracked_position", D(5), D(0)),
         ("trades", "NVDA"): ("missing_position", D(0), D(2)),
     }
+
+
+def test_untracked_surplus_of_a_position() -> None:
+    """What the broker holds beyond what the trades claim (on the position's side) is untracked (issue 10)."""
+    def untracked(held: str, claimed: str, against: str = "trades") -> Decimal:
+        return Finding("a", "WMT", against, "quantity_mismatch", D(held), D(claimed)).untracked  # type: ignore[arg-type]
+
+    assert untracked("254", "4") == 250
+    assert untracked("-7", "-2") == -5
+    assert untracked("3", "6") == 0  # the trades claim more: no surplus
+    assert untracked("5", "-2") == 5  # the trades are short, the account long: all of it untracked
+    assert untracked("254", "4", against="mirror") == 0
+    text = render_text([AccountReport("a", positions=1, findings=[
+        Finding("a", "WMT", "trades", "quantity_mismatch", D(254), D(4))])])
+    assert "untracked=250" in text and "import-positions" in text
 
 
 def test_finding_json_numbers() -> None:

@@ -236,6 +236,20 @@ def test_shared_symbol_caps_each_trade_at_its_own_share() -> None:
     assert pnl.leg_available(busy, D(30)) == 20
 
 
+def test_a_trade_with_own_fills_holds_only_its_own_quantity() -> None:
+    """Regression (issue 10): 250 shares bought by hand + a trade that bought 4: the trade, alone on the symbol,
+    held (and exited) all 254. With a fill record it holds and may close at most its own 4."""
+    leg = Leg("WMT", "buy", position_quantity=D(254), bid=D(1), ask=D(2))
+    assert pnl.leg_held(leg, D(4)) == 254  # no fill record: the seed's rule (the whole position)
+    assert pnl.leg_held(leg, D(4), own_fills=True) == 4
+    assert pnl.leg_available(leg, D(4), own_fills=True) == 4
+    sold = Leg("WMT", "buy", position_quantity=D(3), bid=D(1), ask=D(2))
+    assert pnl.leg_held(sold, D(4), own_fills=True) == 3  # never more than the broker holds
+    trade = Trade(id=1, strategy="LONG_STOCK", legs=(leg,), quantity=D(4), own_fills=True)
+    state = pnl.evaluate(trade)
+    assert (state.quantity, state.available_quantity) == (4, 4)
+
+
 def test_position_of_the_wrong_sign_is_not_the_legs() -> None:
     legs = (opt(LONG_CALL, "buy", "67", "4.90", "5.10"), opt(SHORT_CALL, "sell", "67", "2.40", "2.60"))
     state = pnl.evaluate(seed_trade(legs=legs))

@@ -322,3 +322,35 @@ class OutboxMachine(RuleBasedStateMachine):
 
 TestOutbox = OutboxMachine.TestCase
 TestOutbox.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
+
+
+# -- quantity attribution (issue 10) ------------------------------------------------------------
+
+
+def _open(qty: str) -> TradeState:
+    return TradeState(status=TradeStatus.OPEN, quantity=Decimal(qty))
+
+
+def test_a_trade_with_own_fills_is_capped_never_grown() -> None:
+    """Regression: a trade that bought 4 WMT was reconciled to the 254 the account held (250 bought by hand)."""
+    from syncd.reconcile import reconcile_quantity
+
+    stock = TradeSpec.of([TradeLeg("WMT", Side.BUY)])
+    assert reconcile_quantity(stock, _open("4"), {"WMT": Decimal(254)}) == 254  # no fill record: follows
+    assert reconcile_quantity(stock, _open("4"), {"WMT": Decimal(254)}, own_fills=True) is None
+    assert reconcile_quantity(stock, _open("4"), {"WMT": Decimal(3)}, own_fills=True) == 3  # sold by hand
+    assert reconcile_quantity(stock, _open("4"), {"WMT": Decimal("2.5")}, own_fills=True) == Decimal("2.5")
+    assert reconcile_quantity(stock, _open("4"), {"WMT": Decimal(3)}, ["WMT"], own_fills=True) == 3  # shared too
+    assert reconcile_quantity(stock, _open("4"), {"WMT": Decimal(-3)}, own_fills=True) is None  # wrong side
+
+
+def test_a_spread_with_own_fills_shrinks_to_its_smallest_leg_in_whole_units() -> None:
+    from syncd.reconcile import reconcile_quantity
+
+    spread = TradeSpec.of([TradeLeg("AAPL260116C00150000", Side.BUY), TradeLeg("AAPL260116C00160000", Side.SELL)])
+    held = {"AAPL260116C00150000": Decimal(7), "AAPL260116C00160000": Decimal(-7)}
+    assert reconcile_quantity(spread, _open("2"), held, own_fills=True) is None
+    held = {"AAPL260116C00150000": Decimal(7), "AAPL260116C00160000": Decimal(-1)}
+    assert reconcile_quantity(spread, _open("2"), held, own_fills=True) == 1
+    held = {"AAPL260116C00150000": Decimal(7)}  # one leg gone by hand: verify reports it, no half spread
+    assert reconcile_quantity(spread, _open("2"), held, own_fills=True) is None
