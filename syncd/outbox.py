@@ -4,9 +4,13 @@ Only when ``trading.enabled``; otherwise nothing here runs and queued requests s
 queued, untouched. One drainer per account at a time (a session advisory lock),
 each request claimed with ``FOR UPDATE SKIP LOCKED``. For each request:
 
-1. The payload is validated (CONTRACT §3 "The outbox payload"): an unknown key, a
-   missing field, a bad number or a bad client id ends it ``failed`` with a
-   readable ``last_error``, and no broker call is made.
+1. The payload is read as text and decoded here, within bounds (``MAX_PAYLOAD_BYTES``,
+   ``MAX_PAYLOAD_DEPTH``, ``MAX_LEGS``), numbers as exact Decimals, then validated
+   (CONTRACT §3 "The outbox payload"): an unreadable or oversized payload, an unknown
+   key, a missing field, a bad number (``"5_0"``, more decimals than the broker takes),
+   a non-ASCII symbol, a bad client id, or a ``trade_id`` the request may not name (of
+   another account; any on an ``open``) ends it ``failed`` with a readable
+   ``last_error``, no broker call is made, and no trade it may not name is changed.
 2. Its client id is fixed (generated when the app left it NULL) and committed
    before the first attempt; it never changes.
 3. A request found ``submitting`` (a crash, a timeout, an unknown answer) is first
@@ -184,9 +188,9 @@ def check_price(price: Decimal | None, option: bool, key: str = "limit_price") -
         return
     allowed = price_places(price, option)
     if decimal_places(price) > allowed:
-        what = "an option or multi-leg" if option else ("a stock" + (" at or above $1" if allowed == 2 else
-                                                                    " below $1"))
-        raise PayloadError(f"{key} {price} has more than {allowed} decimal places, the most {what} price takes")
+        what = "an option or multi-leg price" if option else (
+            "a stock price at or above $1" if allowed == 2 else "a stock price below $1")
+        raise PayloadError(f"{key} {price} has more than {allowed} decimal places ({what} takes at most {allowed})")
 
 
 def _ascii(value: Any) -> bool:
@@ -498,7 +502,7 @@ async def _work(ctx: Context, account: Account, conn: Conn, request_id: int) -> 
         if req is None:
             return "skipped"
         trade = None if req["trade_id"] is None else await conn.fetchrow(q["outbox_trade"], req["trade_id"])
-        refusal = trade_refusal(req["kind"], req["state"], req["trade_id"], trade, account.id)
+        refusal = trade_refusal(req["kind"], req["state"], req["attempts"], req["trade_id"], trade, account.id)
         if refusal is not None:
             req = {**dict(req), "trade_id": None}  # a trade it may not name: its end never touches it
         try:
@@ -620,18 +624,20 @@ async def _open_trade(conn: Conn, q: Any, account: Account, req: Any, payload: O
     return trade_id
 
 
-def trade_refusal(kind: str, state: str, trade_id: int | None, trade: Any, account_id: int) -> str | None:
+def trade_refusal(
+    kind: str, state: str, attempts: int, trade_id: int | None, trade: Any, account_id: int
+) -> str | None:
     """Why a request may not name its trade (``None``: it may).
 
     A request names only a trade of its own account (the database's keys refuse anything else
     too). An ``open`` creates its own trade: an app's ``trade_id`` on one is refused; syncd's own
-    link (set as it marks the request ``submitting``) is kept.
+    link (set as it marks the request ``submitting``, counting an attempt) is kept.
     """
     if trade_id is None:
         return None
     if trade is None or trade["account_id"] != account_id:
         return f"trade_id {trade_id} is not a trade of this account: a request names only its own account's trades"
-    if kind == "open" and state != "submitting":
+    if kind == "open" and (state != "submitting" or attempts < 1):
         return f"an open request creates its own trade: trade_id must be NULL, got {trade_id}"
     return None
 

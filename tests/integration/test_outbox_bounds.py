@@ -155,6 +155,6 @@ async def test_a_close_limit_with_more_decimals_than_the_option_takes_fails_and_
         await trade_cycle.account_pass(ctx, acct)
         req = await request(ctx, rid)
         assert req["state"] == "failed", req["last_error"]
-        assert "limit_price 0.125 has more than 2 decimal places, the most an option" in req["last_error"]
+        assert "limit_price 0.125 has more than 2 decimal places (an option or multi-leg price" in req["last_error"]
         assert await ctx.pool.fetchval("SELECT status FROM trades WHERE id = $1", tid) == "open"
         assert posts(sim) == 0

@@ -212,12 +212,12 @@ def test_after_lookup() -> None:
         # prices with more decimals than the broker takes
         ("open", {**STOCK, "limit_price": "1.12345678901234567890"}, "limit_price has more than 4 decimal places"),
         ("open", {**STOCK, "limit_price": D("1.12345678901234567890")}, "limit_price has more than 4 decimal"),
-        ("open", {**STOCK, "limit_price": "150.255"}, "more than 2 decimal places, the most a stock at or above $1"),
+        ("open", {**STOCK, "limit_price": "150.255"}, "(a stock price at or above $1 takes at most 2)"),
         ("open", {**STOCK, "limit_price": "0.12345"}, "limit_price has more than 4 decimal places"),
         ("open", {**STOCK, "limit_price": "1.0001"}, "more than 2 decimal places"),
-        ("open", {**STOCK, "symbol": LONG_C, "qty": 1, "limit_price": "0.125"}, "the most an option or multi-leg"),
-        ("open", {**SPREAD, "limit_price": "2.105"}, "the most an option or multi-leg"),
-        ("open", {**SPREAD, "limit_price": "-0.001"}, "the most an option or multi-leg"),
+        ("open", {**STOCK, "symbol": LONG_C, "qty": 1, "limit_price": "0.125"}, "(an option or multi-leg price"),
+        ("open", {**SPREAD, "limit_price": "2.105"}, "(an option or multi-leg price takes at most 2)"),
+        ("open", {**SPREAD, "limit_price": "-0.001"}, "(an option or multi-leg price takes at most 2)"),
         ("close", {"type": "limit", "limit_price": "2.00001"}, "limit_price has more than 4 decimal places"),
         ("open", {**STOCK, "qty": "0.0000000001"}, "qty has more than 9 decimal places"),
         ("open", {**STOCK, "qty": D("1E-400")}, "qty has more than 9 decimal places"),
@@ -290,12 +290,14 @@ def test_read_payload_bounds() -> None:
 
 def test_trade_refusal() -> None:
     mine, theirs = {"account_id": 1}, {"account_id": 2}
-    assert trade_refusal("close", "queued", None, None, 1) is None
-    assert trade_refusal("close", "queued", 7, mine, 1) is None
-    assert trade_refusal("cancel", "queued", 7, mine, 1) is None
-    assert trade_refusal("open", "submitting", 7, mine, 1) is None  # syncd's own link, set as it marked it
+    assert trade_refusal("close", "queued", 0, None, None, 1) is None
+    assert trade_refusal("close", "queued", 0, 7, mine, 1) is None
+    assert trade_refusal("cancel", "queued", 0, 7, mine, 1) is None
+    assert trade_refusal("open", "submitting", 1, 7, mine, 1) is None  # syncd's own link, set as it marked it
     for kind in ("open", "close", "cancel"):
-        assert "not a trade of this account" in str(trade_refusal(kind, "queued", 7, theirs, 1))
-        assert "not a trade of this account" in str(trade_refusal(kind, "queued", 7, None, 1))
-        assert "not a trade of this account" in str(trade_refusal(kind, "submitting", 7, theirs, 1))
-    assert "an open request creates its own trade" in str(trade_refusal("open", "queued", 7, mine, 1))
+        assert "not a trade of this account" in str(trade_refusal(kind, "queued", 0, 7, theirs, 1))
+        assert "not a trade of this account" in str(trade_refusal(kind, "queued", 0, 7, None, 1))
+        assert "not a trade of this account" in str(trade_refusal(kind, "submitting", 1, 7, theirs, 1))
+    assert "an open request creates its own trade" in str(trade_refusal("open", "queued", 0, 7, mine, 1))
+    # an app inserting a "submitting" open with a trade_id and no attempt: not syncd's link either
+    assert "an open request creates its own trade" in str(trade_refusal("open", "submitting", 0, 7, mine, 1))
