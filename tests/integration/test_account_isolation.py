@@ -321,7 +321,7 @@ async def test_migration_unlinks_existing_cross_account_rows(empty_dsn: str) -> 
     finally:
         await conn.close()
     applied = await apply_migrations(DatabaseSettings(dsn=empty_dsn))
-    assert [m.version for m in applied][0] == 8  # (and any later ones)
+    assert applied[0].version == 8  # (and any later ones)
     conn = await asyncpg.connect(empty_dsn, server_settings={"search_path": "syncd"})
     try:
         rows = {r["id"]: r for r in await conn.fetch("SELECT * FROM order_requests ORDER BY id")}
