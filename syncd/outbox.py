@@ -4,9 +4,13 @@ Only when ``trading.enabled``; otherwise nothing here runs and queued requests s
 queued, untouched. One drainer per account at a time (a session advisory lock),
 each request claimed with ``FOR UPDATE SKIP LOCKED``. For each request:
 
-1. The payload is validated (CONTRACT §3 "The outbox payload"): an unknown key, a
-   missing field, a bad number or a bad client id ends it ``failed`` with a
-   readable ``last_error``, and no broker call is made.
+1. The payload is read as text and decoded here, within bounds (``MAX_PAYLOAD_BYTES``,
+   ``MAX_PAYLOAD_DEPTH``, ``MAX_LEGS``), numbers as exact Decimals, then validated
+   (CONTRACT §3 "The outbox payload"): an unreadable or oversized payload, an unknown
+   key, a missing field, a bad number (``"5_0"``, more decimals than the broker takes),
+   a non-ASCII symbol, a bad client id, or a ``trade_id`` the request may not name (of
+   another account; any on an ``open``) ends it ``failed`` with a readable
+   ``last_error``, no broker call is made, and no trade it may not name is changed.
 2. Its client id is fixed (generated when the app left it NULL) and committed
    before the first attempt; it never changes.
 3. A request found ``submitting`` (a crash, a timeout, an unknown answer) is first
@@ -30,6 +34,7 @@ converted to the broker's signed net for a multi-leg order.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -51,12 +56,17 @@ log = structlog.get_logger(__name__)
 
 OUTBOX_LOCK_CLASS = 0x6F757462  # "outb": one drainer of an account's outbox at a time
 MAX_ATTEMPTS = 3
-CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,48}$")
-SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9./-]{0,31}$")
-STRATEGY_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+# Every pattern is matched with fullmatch (a regex `$` also matches before a trailing "\n").
+CLIENT_ID_RE = re.compile(r"[A-Za-z0-9-]{1,48}")
+SYMBOL_RE = re.compile(r"[A-Z0-9][A-Z0-9./-]{0,31}")
+STRATEGY_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
+DECIMAL_TEXT_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")  # a number given as a string: no "5_0", "1e3", " 5"
 MAX_QTY = Decimal(10_000_000)
 MAX_PRICE = Decimal(10_000_000)
-MAX_LEGS = 4
+MAX_LEGS = 4  # Alpaca's mleg and Tradier's multileg orders both take at most 4 legs
+MAX_QTY_PLACES = 9  # fractional shares: Alpaca takes up to 9 decimals
+MAX_PAYLOAD_BYTES = 16 * 1024  # of the payload as JSON text
+MAX_PAYLOAD_DEPTH = 8  # nested arrays/objects; the deepest valid payload (legs) is 3
 EXHAUSTED = "retries exhausted, broker answer unknown, client id not found"
 
 
@@ -120,26 +130,75 @@ class CancelPayload:
 Payload = OpenPayload | ClosePayload | CancelPayload
 
 
-def _number(value: Any, key: str, *, positive: bool = True, whole: bool = False, limit: Decimal = MAX_QTY) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+def _number(value: Any, key: str, *, positive: bool = True, whole: bool = False, limit: Decimal = MAX_QTY,
+            places: int | None = None) -> Decimal:
+    """An exact Decimal from a JSON number (read as Decimal, see :func:`read_payload`) or a plain decimal string.
+
+    Never through a float: a float given in code goes through ``str`` (its shortest exact repr).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
         raise PayloadError(f"{key} must be a number, got {type(value).__name__}")
+    if isinstance(value, str) and not DECIMAL_TEXT_RE.fullmatch(value):
+        raise PayloadError(f"{key} must be a number (plain decimal digits), got {value[:40]!r}")
     try:
-        number = Decimal(str(value).strip())
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
     except InvalidOperation:
         raise PayloadError(f"{key} must be a number, got {str(value)[:40]!r}") from None
     if not number.is_finite():
         raise PayloadError(f"{key} must be a finite number, got {str(value)[:40]!r}")
     if positive and number <= 0:
         raise PayloadError(f"{key} must be greater than 0, got {number}")
-    if abs(number) > limit:
-        raise PayloadError(f"{key} is out of range: {number}")
+    if number.copy_abs() > limit:
+        raise PayloadError(f"{key} is out of range: {str(number)[:40]}")
     if whole and number != number.to_integral_value():
         raise PayloadError(f"{key} must be a whole number for options, got {number}")
+    if places is not None and decimal_places(number) > places:
+        raise PayloadError(f"{key} has more than {places} decimal places: {number}")
     return number
 
 
+def decimal_places(number: Decimal) -> int:
+    """Digits after the point, trailing zeros not counted (``1.50`` -> 1), with no rounding context."""
+    _, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)  # finite: checked by the caller
+    if not any(digits):
+        return 0
+    trailing = 0
+    for digit in reversed(digits):
+        if digit != 0 or trailing >= -exponent:
+            break
+        trailing += 1
+    return max(0, -exponent - trailing)
+
+
+def price_places(price: Decimal, option: bool) -> int:
+    """The decimals a limit price may have, the rule both brokers apply.
+
+    Options and multi-leg (net) prices: 2. Stocks: 2 at or above $1, 4 below $1 (Reg NMS
+    Rule 612, as Alpaca and Tradier enforce it).
+    """
+    if option:
+        return 2
+    return 2 if price.copy_abs() >= 1 else 4
+
+
+def check_price(price: Decimal | None, option: bool, key: str = "limit_price") -> None:
+    """``PayloadError`` when ``price`` has more decimals than the broker takes for this instrument."""
+    if price is None:
+        return
+    allowed = price_places(price, option)
+    if decimal_places(price) > allowed:
+        what = "an option or multi-leg price" if option else (
+            "a stock price at or above $1" if allowed == 2 else "a stock price below $1")
+        raise PayloadError(f"{key} {price} has more than {allowed} decimal places ({what} takes at most {allowed})")
+
+
+def _ascii(value: Any) -> bool:
+    return isinstance(value, str) and value.isascii()
+
+
 def _choice(value: Any, key: str, enum: type[StrEnum], allowed: tuple[str, ...]) -> Any:
-    if not isinstance(value, str) or value.lower() not in allowed:
+    if not _ascii(value) or value.lower() not in allowed:
         raise PayloadError(f"{key} must be one of {', '.join(allowed)}, got {str(value)[:40]!r}")
     return enum(value.lower())
 
@@ -150,9 +209,10 @@ def _side(value: Any, key: str) -> Side:
 
 
 def _symbol(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not SYMBOL_RE.match(value.strip().upper()):
+    """ASCII only, upper-cased (``"\\u017fpy".upper()`` is ``"SPY"``: a non-ASCII symbol is refused, never folded)."""
+    if not _ascii(value) or not SYMBOL_RE.fullmatch(value.upper()):
         raise PayloadError(f"{key} must be a ticker or an OCC option symbol, got {str(value)[:40]!r}")
-    return value.strip().upper()
+    return str(value.upper())
 
 
 def _object(payload: Any, allowed: frozenset[str], kind: str) -> dict[str, Any]:
@@ -208,7 +268,7 @@ def _order_terms(payload: dict[str, Any], multileg: bool, default_type: str | No
     if order_type == OrderType.LIMIT:
         if limit is None:
             raise PayloadError("missing field 'limit_price' (required for a limit order)")
-        price = _number(limit, "limit_price", positive=not multileg, limit=MAX_PRICE)
+        price = _number(limit, "limit_price", positive=not multileg, limit=MAX_PRICE, places=4)
         return order_type, tif, price
     if limit is not None:
         raise PayloadError("limit_price given for a market order")
@@ -235,10 +295,11 @@ def parse_open(payload: Any) -> OpenPayload:
     options = any(option_spec_or_none(leg.symbol) is not None for leg in legs)
     if "qty" not in data:
         raise PayloadError("missing field 'qty'")
-    qty = _number(data["qty"], "qty", whole=options)
+    qty = _number(data["qty"], "qty", whole=options, places=MAX_QTY_PLACES)
     order_type, tif, limit = _order_terms(data, len(legs) > 1, None)
+    check_price(limit, options or len(legs) > 1)
     strategy = data.get("strategy") or default_strategy(legs)
-    if not isinstance(strategy, str) or not STRATEGY_RE.match(strategy):
+    if not isinstance(strategy, str) or not STRATEGY_RE.fullmatch(strategy):
         raise PayloadError(f"strategy must be letters, digits and _ (at most 64), got {str(strategy)[:40]!r}")
     return OpenPayload(qty, order_type, tif, limit, legs, strategy.upper(), _pct(data, "take_profit_pct"),
                        _pct(data, "stop_loss_pct"))
@@ -247,11 +308,51 @@ def parse_open(payload: Any) -> OpenPayload:
 def parse_close(payload: Any) -> ClosePayload:
     data = _object(payload, _CLOSE_KEYS, "close")
     order_type, tif, limit = _order_terms(data, True, "market")
-    qty = None if data.get("qty") is None else _number(data["qty"], "qty")
+    qty = None if data.get("qty") is None else _number(data["qty"], "qty", places=MAX_QTY_PLACES)
     reason = data.get("reason")
-    if reason is not None and (not isinstance(reason, str) or not reason.strip() or len(reason) > 200):
-        raise PayloadError("reason must be a non-empty string of at most 200 characters")
+    if reason is not None and (not isinstance(reason, str) or not reason.strip() or len(reason) > 200
+                               or not reason.isprintable()):
+        raise PayloadError("reason must be a non-empty string of at most 200 printable characters (no newline)")
     return ClosePayload(order_type, tif, limit, qty, reason.strip() if reason else None)
+
+
+def _too_deep(text: str, limit: int) -> bool:
+    """Whether JSON ``text`` nests arrays/objects more than ``limit`` deep (a scan, no recursion)."""
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def read_payload(text: str) -> Any:
+    """A request's payload (``payload::text``) as Python, numbers as exact Decimals, within syncd's bounds.
+
+    Read here rather than by the pool's jsonb codec, so a payload Postgres accepts but Python
+    cannot decode (nested 5,000 deep, a 5,000-digit number) fails this request alone.
+    """
+    size = len(text.encode())
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"payload is {size} bytes as JSON, more than the {MAX_PAYLOAD_BYTES} syncd accepts")
+    if _too_deep(text, MAX_PAYLOAD_DEPTH):
+        raise PayloadError(f"payload nests arrays/objects more than {MAX_PAYLOAD_DEPTH} deep, more than syncd accepts")
+    try:
+        return json.loads(text, parse_float=Decimal)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(f"payload is not readable JSON: {str(exc)[:120]}") from None
 
 
 def parse_payload(kind: str, payload: Any) -> Payload:
@@ -273,7 +374,7 @@ def make_client_order_id(request_id: int) -> str:
 
 
 def check_client_order_id(cid: str) -> None:
-    if not CLIENT_ID_RE.match(cid):
+    if not CLIENT_ID_RE.fullmatch(cid):
         raise PayloadError(
             f"client_order_id {cid[:60]!r} is not usable: it must be 1 to 48 letters, digits or '-'"
         )
@@ -400,8 +501,14 @@ async def _work(ctx: Context, account: Account, conn: Conn, request_id: int) -> 
         req = await conn.fetchrow(q["outbox_claim"], request_id)
         if req is None:
             return "skipped"
+        trade = None if req["trade_id"] is None else await conn.fetchrow(q["outbox_trade"], req["trade_id"])
+        refusal = trade_refusal(req["kind"], req["state"], req["attempts"], req["trade_id"], trade, account.id)
+        if refusal is not None:
+            req = {**dict(req), "trade_id": None}  # a trade it may not name: its end never touches it
         try:
-            payload = parse_payload(req["kind"], req["payload"])
+            if refusal is not None:
+                raise PayloadError(refusal)
+            payload = parse_payload(req["kind"], read_payload(req["payload"]))
             cid = req["client_order_id"]
             if cid is None:
                 cid = make_client_order_id(request_id)
@@ -455,9 +562,9 @@ async def _send(ctx: Context, account: Account, conn: Conn, req: Any, payload: P
             await _end(conn, q, account, req, "failed", str(exc))
             log.warning("order_request_failed", request_id=req["id"], error=str(exc))
             return "failed"
-        await conn.fetchval(q["outbox_mark_submitting"], req["id"], trade_id)
+        attempts = await conn.fetchval(q["outbox_mark_submitting"], req["id"], trade_id)
     # committed: from here on the outcome may be unknown, and the client id tells
-    req = {**dict(req), "trade_id": trade_id}
+    req = {**dict(req), "trade_id": trade_id, "state": "submitting", "attempts": attempts}
     try:
         order = await account.broker.submit_order(order_request)
     except BrokerRejected as exc:
@@ -492,6 +599,7 @@ async def _prepare(
         for r in await conn.fetch(q["outbox_close_inputs"], trade["id"], account.id)
     ]
     whole = any(option_spec_or_none(leg.symbol) is not None for leg in legs)
+    check_price(payload.limit_price, whole or len(legs) > 1)
     qty = closable_quantity(legs, payload.qty, whole)
     if qty <= 0:
         raise PayloadError(f"nothing to close: trade {trade['id']} holds no quantity not already being closed")
@@ -514,6 +622,24 @@ async def _open_trade(conn: Conn, q: Any, account: Account, req: Any, payload: O
     )
     log.info("trade_created", trade_id=trade_id, strategy=payload.strategy, qty=str(payload.qty))
     return trade_id
+
+
+def trade_refusal(
+    kind: str, state: str, attempts: int, trade_id: int | None, trade: Any, account_id: int
+) -> str | None:
+    """Why a request may not name its trade (``None``: it may).
+
+    A request names only a trade of its own account (the database's keys refuse anything else
+    too). An ``open`` creates its own trade: an app's ``trade_id`` on one is refused; syncd's own
+    link (set as it marks the request ``submitting``, counting an attempt) is kept.
+    """
+    if trade_id is None:
+        return None
+    if trade is None or trade["account_id"] != account_id:
+        return f"trade_id {trade_id} is not a trade of this account: a request names only its own account's trades"
+    if kind == "open" and (state != "submitting" or attempts < 1):
+        return f"an open request creates its own trade: trade_id must be NULL, got {trade_id}"
+    return None
 
 
 async def _own_trade(conn: Conn, q: Any, req: Any, account: Account) -> Any:
@@ -545,18 +671,23 @@ async def _record(ctx: Context, account: Account, conn: Conn, req: Any, payload:
 
 
 async def _end(conn: Conn, q: Any, account: Account, req: Any, state: str, error: str) -> None:
-    """The request ends without an order; its pending trade ends with it."""
+    """The request ends without an order; its pending trade ends with it.
+
+    Only a trade of the request's own account is ever changed (the queries say so too), and
+    only one the request may name (:func:`trade_refusal` clears any other before we get here).
+    """
+    changed = None
     async with conn.transaction():
         await conn.execute(q["outbox_mark_final"], req["id"], state, error[:500])
         if req["kind"] == "open" and req["trade_id"] is not None:
-            await conn.execute(
+            changed = await conn.fetchval(
                 q["outbox_end_trade"], req["trade_id"], "rejected" if state == "rejected" else "cancelled",
-                error[:500],
+                error[:500], account.id,
             )
         elif req["kind"] == "close" and req["trade_id"] is not None:
-            await conn.execute(q["outbox_reopen_trade"], req["trade_id"])  # no exit works: open again
-    if req["trade_id"] is not None:
-        await notify(conn, q, Applied(trades=[req["trade_id"]]).notifications(account.name))
+            changed = await conn.fetchval(q["outbox_reopen_trade"], req["trade_id"], account.id)  # open again
+    if changed is not None:
+        await notify(conn, q, Applied(trades=[changed]).notifications(account.name))
 
 
 

@@ -253,8 +253,10 @@ SELECT id FROM order_requests
  ORDER BY id;
 
 -- name: outbox_claim
--- Claim one request for this transaction; skipped when another worker holds it.
-SELECT id, account_id, kind, trade_id, payload, client_order_id, state, attempts, last_error, broker_order_id
+-- Claim one request for this transaction; skipped when another worker holds it. The payload
+-- comes as text: syncd reads it with its own bounds (outbox.read_payload), never the pool's codec,
+-- so a payload Python cannot decode fails its request alone.
+SELECT id, account_id, kind, trade_id, payload::text AS payload, client_order_id, state, attempts, last_error, broker_order_id
   FROM order_requests
  WHERE id = $1 AND state IN ('queued', 'submitting')
    FOR UPDATE SKIP LOCKED;
@@ -322,20 +324,24 @@ UPDATE trades SET close_reason = $2, updated_at = now() WHERE id = $1 AND close_
 
 -- name: outbox_reopen_trade
 -- A close request ended without an order: a trade left `closing` with no working exit is open again.
+-- $1 trade id, $2 the request's account (a trade of another account is never touched). Returns the id when changed.
 UPDATE trades t
    SET status = 'open', close_reason = NULL, updated_at = now()
- WHERE t.id = $1 AND t.status IN ('open', 'closing')
+ WHERE t.id = $1 AND t.account_id = $2 AND t.status IN ('open', 'closing')
    AND NOT EXISTS (
          SELECT 1 FROM orders o
           WHERE o.trade_id = t.id AND o.parent_id IS NULL AND o.role = 'exit'
             AND order_is_working(o.status))
-   AND (t.status, t.close_reason) IS DISTINCT FROM ('open', NULL);
+   AND (t.status, t.close_reason) IS DISTINCT FROM ('open', NULL)
+RETURNING t.id;
 
 -- name: outbox_end_trade
 -- A trade whose opening request ended without an order: rejected or cancelled, with the reason.
+-- $4 the request's account (a trade of another account is never touched). Returns the id when changed.
 UPDATE trades
    SET status = $2, close_reason = $3, closed_at = now(), updated_at = now()
- WHERE id = $1 AND status = 'pending';
+ WHERE id = $1 AND account_id = $4 AND status = 'pending'
+RETURNING id;
 
 -- name: outbox_working_orders
 -- The trade's working top-level orders (what a cancel request cancels).

@@ -579,7 +579,9 @@ class AlpacaBroker:
 def build_order_payload(request: OrderRequest) -> dict[str, Any]:
     """The JSON body of ``POST /v2/orders``, built with alpaca-py's request models.
 
-    Raises ``BrokerRejected`` (no request made) when alpaca-py's models refuse it.
+    alpaca-py's models hold ``qty``, ``limit_price`` and ``ratio_qty`` as floats, so they only
+    validate: the body carries the request's exact Decimals as strings (as Alpaca's API takes
+    them), never a float. Raises ``BrokerRejected`` (no request made) when the models refuse it.
     """
     common: dict[str, Any] = {
         "qty": float(request.qty),
@@ -616,7 +618,18 @@ def build_order_payload(request: OrderRequest) -> dict[str, Any]:
     except (ValidationError, ValueError) as exc:
         reason = f"invalid order request: {_validation_summary(exc)}"
         raise BrokerRejected(f"alpaca: {reason}", reason=reason, broker="alpaca") from None
-    return model.to_request_fields()
+    return _exact_numbers(model.to_request_fields(), request)
+
+
+def _exact_numbers(body: dict[str, Any], request: OrderRequest) -> dict[str, Any]:
+    """``body`` with every number the exact decimal string of ``request`` (no float on the wire)."""
+    body = {**body, "qty": plain(request.qty)}
+    if request.limit_price is not None and "limit_price" in body:
+        body["limit_price"] = plain(request.limit_price)
+    if request.is_multileg:
+        body["legs"] = [{**sent, "ratio_qty": str(leg.ratio)} for sent, leg in zip(body["legs"], request.legs,
+                                                                                    strict=True)]
+    return body
 
 
 def position_intent(side: Side, intent: Intent) -> ae.PositionIntent:

@@ -388,7 +388,7 @@ async def test_submit_market_stock_body(broker: AlpacaBroker, mock: aioresponses
     assert meth == "POST"
     assert kw["json"] == {
         "symbol": "AAPL",
-        "qty": 10.0,
+        "qty": "10",
         "side": "buy",
         "type": "market",
         "time_in_force": "day",
@@ -406,7 +406,7 @@ async def test_submit_limit_option_carries_position_intent(broker: AlpacaBroker,
     await broker.submit_order(req)
     body = calls(mock)[0][2]["json"]
     assert body["position_intent"] == "sell_to_close"
-    assert body["limit_price"] == 1.25 and body["type"] == "limit"
+    assert body["limit_price"] == "1.25" and body["type"] == "limit"
 
 
 async def test_submit_mleg_limit_body(broker: AlpacaBroker, mock: aioresponses) -> None:
@@ -426,11 +426,41 @@ async def test_submit_mleg_limit_body(broker: AlpacaBroker, mock: aioresponses) 
     body = calls(mock)[0][2]["json"]
     assert body["order_class"] == "mleg"
     assert "symbol" not in body and "side" not in body
-    assert body["limit_price"] == 2.1
+    assert body["limit_price"] == "2.1" and body["qty"] == "67"
     assert body["legs"] == [
-        {"symbol": "AAPL260116C00150000", "ratio_qty": 1.0, "side": "buy", "position_intent": "buy_to_open"},
-        {"symbol": "AAPL260116C00160000", "ratio_qty": 1.0, "side": "sell", "position_intent": "sell_to_open"},
+        {"symbol": "AAPL260116C00150000", "ratio_qty": "1", "side": "buy", "position_intent": "buy_to_open"},
+        {"symbol": "AAPL260116C00160000", "ratio_qty": "1", "side": "sell", "position_intent": "sell_to_open"},
     ]
+
+
+async def test_prices_and_quantities_go_on_the_wire_as_exact_decimals(
+    broker: AlpacaBroker, mock: aioresponses
+) -> None:
+    """Issue 10: a 20-decimal limit went out as 1.1234567890123457 through alpaca-py's float fields; the body
+    now carries the request's exact Decimals as strings, in the JSON text that is sent."""
+    mock.post(url("/v2/orders"), payload=order_json(client_order_id="syncd-9"))
+    price, qty = Decimal("1.12345678901234567890"), Decimal("1234567.123456789")
+    req = OrderRequest(client_order_id="syncd-9", qty=qty, type=OrderType.LIMIT, limit_price=price,
+                       symbol="AAPL", side=Side.BUY)
+    await broker.submit_order(req)
+    body = calls(mock)[0][2]["json"]
+    assert (body["limit_price"], body["qty"]) == ("1.1234567890123456789", "1234567.123456789")
+    assert Decimal(body["limit_price"]) == price and Decimal(body["qty"]) == qty
+    text = json.dumps(body)
+    assert '"limit_price": "1.1234567890123456789"' in text and "1.1234567890123457," not in text
+    assert not any(isinstance(v, float) for v in body.values())
+
+
+def test_mleg_body_has_no_float_anywhere() -> None:
+    req = OrderRequest(client_order_id="x", qty=Decimal(3), type=OrderType.LIMIT, limit_price=Decimal("-0.07"),
+                       legs=(LegRequest("AAPL260116C00150000", Side.BUY),
+                             LegRequest("AAPL260116C00160000", Side.SELL, 2)))
+    body = build_order_payload(req)
+    assert (body["qty"], body["limit_price"]) == ("3", "-0.07")
+    assert [leg["ratio_qty"] for leg in body["legs"]] == ["1", "2"]
+    floats = [v for v in [*body.values(), *(x for leg in body["legs"] for x in leg.values())]
+              if isinstance(v, float)]
+    assert floats == []
 
 
 def test_invalid_request_is_rejected_before_sending() -> None:

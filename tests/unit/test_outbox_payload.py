@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +13,8 @@ from hypothesis import strategies as st
 from syncd.brokers.types import Intent, OrderType, Side, TimeInForce
 from syncd.outbox import (
     CLIENT_ID_RE,
+    MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_DEPTH,
     CancelPayload,
     CloseLeg,
     ClosePayload,
@@ -20,10 +23,15 @@ from syncd.outbox import (
     PayloadError,
     after_lookup,
     check_client_order_id,
+    check_price,
     closable_quantity,
     close_request,
+    decimal_places,
     make_client_order_id,
     parse_payload,
+    price_places,
+    read_payload,
+    trade_refusal,
 )
 
 D = Decimal
@@ -80,7 +88,8 @@ def test_close_and_cancel_payloads() -> None:
         ("open", {**STOCK, "qty": "ten"}, "qty must be a number"),
         ("open", {**STOCK, "qty": True}, "qty must be a number"),
         ("open", {**STOCK, "qty": 0}, "greater than 0"),
-        ("open", {**STOCK, "qty": "NaN"}, "finite"),
+        ("open", {**STOCK, "qty": float("nan")}, "finite"),
+        ("open", {**STOCK, "qty": "NaN"}, "qty must be a number"),
         ("open", {**STOCK, "qty": 1e12}, "out of range"),
         ("open", {**STOCK, "limit_price": -1}, "limit_price must be greater than 0"),
         ("open", {**STOCK, "limit_price": None}, "missing field 'limit_price'"),
@@ -129,7 +138,7 @@ def test_negative_limit_is_a_credit_for_a_spread() -> None:
 @given(st.integers(min_value=1, max_value=2**63 - 1))
 def test_generated_client_ids_are_valid_and_unique(request_id: int) -> None:
     a, b = make_client_order_id(request_id), make_client_order_id(request_id)
-    assert CLIENT_ID_RE.match(a) and len(a) <= 48
+    assert CLIENT_ID_RE.fullmatch(a) and len(a) <= 48
     assert a != b  # Alpaca treats a client id as single-use forever, even across databases
     check_client_order_id(a)
 
@@ -169,3 +178,126 @@ def test_after_lookup() -> None:
     assert after_lookup(True, 3) == Next.RECORD
     assert after_lookup(False, 1) == Next.SEND
     assert after_lookup(False, 3) == Next.FAIL
+
+
+# -- issue 10: what syncd accepts, bounded; nothing folded, nothing rounded ------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "message"),
+    [
+        # Decimal("5_0") is 50: 50 shares were placed for "5_0"
+        ("open", {**STOCK, "qty": "5_0"}, "qty must be a number (plain decimal digits), got '5_0'"),
+        ("open", {**STOCK, "qty": " 5"}, "qty must be a number"),
+        ("open", {**STOCK, "qty": "1e3"}, "qty must be a number"),
+        ("open", {**STOCK, "qty": "\u0665"}, "qty must be a number"),  # ARABIC-INDIC DIGIT FIVE: Decimal takes it
+        ("open", {**STOCK, "limit_price": "1_50.25"}, "limit_price must be a number"),
+        ("open", {**STOCK, "take_profit_pct": "5_0"}, "take_profit_pct must be a number"),
+        ("close", {"type": "market", "qty": "1_0"}, "qty must be a number"),
+        ("open", {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "ratio": "1_0"},
+                                     {"symbol": SHORT_C, "side": "sell"}]}, "legs[0].ratio must be a number"),
+        # "\u017fpy".upper() == "SPY": symbols that only match after Unicode case folding are refused
+        ("open", {**STOCK, "symbol": "\u017fpy"}, "symbol must be a ticker"),
+        ("open", {**STOCK, "symbol": "\uff33\uff30\uff39"}, "symbol must be a ticker"),  # fullwidth SPY
+        ("open", {**STOCK, "symbol": "AAPL\n"}, "symbol must be a ticker"),
+        ("open", {**STOCK, "symbol": " AAPL"}, "symbol must be a ticker"),
+        # LONG_C with CYRILLIC CAPITAL LETTER ES for the C
+        ("open", {**SPREAD, "legs": [{"symbol": LONG_C.replace("C", "\u0421"), "side": "buy"},
+                                     {"symbol": SHORT_C, "side": "sell"}]}, "legs[0].symbol must be a ticker"),
+        ("open", {**STOCK, "type": "mar\u212aet"}, "type must be one of"),  # KELVIN SIGN lower()s to "k"
+        ("open", {**STOCK, "side": "buy\n"}, "side must be one of"),
+        # a regex `$` matches before a trailing newline: the newline reached the broker
+        ("open", {**STOCK, "strategy": "LONG_STOCK\n"}, "strategy must be"),
+        ("close", {"reason": "take_profit\n"}, "reason must be"),
+        # prices with more decimals than the broker takes
+        ("open", {**STOCK, "limit_price": "1.12345678901234567890"}, "limit_price has more than 4 decimal places"),
+        ("open", {**STOCK, "limit_price": D("1.12345678901234567890")}, "limit_price has more than 4 decimal"),
+        ("open", {**STOCK, "limit_price": "150.255"}, "(a stock price at or above $1 takes at most 2)"),
+        ("open", {**STOCK, "limit_price": "0.12345"}, "limit_price has more than 4 decimal places"),
+        ("open", {**STOCK, "limit_price": "1.0001"}, "more than 2 decimal places"),
+        ("open", {**STOCK, "symbol": LONG_C, "qty": 1, "limit_price": "0.125"}, "(an option or multi-leg price"),
+        ("open", {**SPREAD, "limit_price": "2.105"}, "(an option or multi-leg price takes at most 2)"),
+        ("open", {**SPREAD, "limit_price": "-0.001"}, "(an option or multi-leg price takes at most 2)"),
+        ("close", {"type": "limit", "limit_price": "2.00001"}, "limit_price has more than 4 decimal places"),
+        ("open", {**STOCK, "qty": "0.0000000001"}, "qty has more than 9 decimal places"),
+        ("open", {**STOCK, "qty": D("1E-400")}, "qty has more than 9 decimal places"),
+        ("open", {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy"}] * 5}, "legs must be a list of 1 to 4"),
+    ],
+)
+def test_issue10_refusals(kind: str, payload: Any, message: str) -> None:
+    with pytest.raises(PayloadError) as err:
+        parse_payload(kind, payload)
+    assert message in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("payload", "limit", "qty"),
+    [
+        ({**STOCK, "limit_price": "150.25"}, D("150.25"), D(10)),
+        ({**STOCK, "limit_price": "150.2500"}, D("150.25"), D(10)),  # trailing zeros change nothing
+        ({**STOCK, "limit_price": "0.1234"}, D("0.1234"), D(10)),  # sub-dollar stocks take 4 decimals
+        ({**STOCK, "qty": "0.123456789", "type": "market", "limit_price": None}, None, D("0.123456789")),
+        ({**SPREAD, "limit_price": D("-1.05")}, D("-1.05"), D(67)),
+        ({**STOCK, "qty": D("10.000000000000")}, D("150.25"), D(10)),
+    ],
+)
+def test_exact_numbers_within_bounds_are_taken_exactly(payload: Any, limit: Decimal | None, qty: Decimal) -> None:
+    if payload.get("limit_price", 0) is None:
+        payload = {k: v for k, v in payload.items() if k != "limit_price"}
+    p = parse_payload("open", payload)
+    assert isinstance(p, OpenPayload)
+    assert (p.limit_price, p.qty) == (limit, qty)
+
+
+def test_price_places_rule() -> None:
+    assert [price_places(D(x), option=False) for x in ("1", "0.99", "-0.5", "1000")] == [2, 4, 4, 2]
+    assert [price_places(D(x), option=True) for x in ("1", "0.05", "-0.5")] == [2, 2, 2]
+    check_price(None, option=True)
+    check_price(D("0.05"), option=True)
+    with pytest.raises(PayloadError, match="more than 2 decimal places"):
+        check_price(D("0.055"), option=True)
+    assert [decimal_places(D(x)) for x in ("1.50", "100", "1E+2", "0.000", "-2.500", "0.0001")] == [1, 0, 0, 0, 1, 4]
+
+
+def test_client_id_with_a_trailing_newline_is_refused() -> None:
+    """CLIENT_ID_RE.match with `$` took "abc\\n"; fullmatch does not."""
+    with pytest.raises(PayloadError, match="client_order_id"):
+        check_client_order_id("syncd-1-abc\n")
+
+
+def test_read_payload_reads_numbers_exactly() -> None:
+    data = read_payload('{"qty": 10, "limit_price": 1.12345678901234567890, "symbol": "[[{{"}')
+    assert data == {"qty": 10, "limit_price": D("1.12345678901234567890"), "symbol": "[[{{"}
+    assert isinstance(data["limit_price"], Decimal)
+
+
+def test_read_payload_bounds() -> None:
+    nested = lambda n: "[" * n + "]" * n  # noqa: E731
+    assert read_payload(nested(MAX_PAYLOAD_DEPTH)) is not None
+    read_payload('{"s": "' + "[" * 1000 + '"}')  # brackets inside a string are not nesting
+    read_payload('{"s": "\\"[[[[[[[[[[\\""}')  # nor after an escaped quote
+    for text, message in [
+        (nested(MAX_PAYLOAD_DEPTH + 1), f"more than {MAX_PAYLOAD_DEPTH} deep"),
+        (nested(5000), f"more than {MAX_PAYLOAD_DEPTH} deep"),  # json.loads would raise RecursionError
+        ('{"a":' * 2000 + "1" + "}" * 2000, f"more than {MAX_PAYLOAD_DEPTH} deep"),
+        ('{"strategy": "' + "x" * MAX_PAYLOAD_BYTES + '"}', f"more than the {MAX_PAYLOAD_BYTES} syncd accepts"),
+        ('{"qty": ' + "9" * 5000 + "}", "payload is not readable JSON"),  # beyond int's 4300-digit limit
+        ('{"qty": ', "payload is not readable JSON"),
+    ]:
+        with pytest.raises(PayloadError, match=re.escape(message)):
+            read_payload(text)
+
+
+def test_trade_refusal() -> None:
+    mine, theirs = {"account_id": 1}, {"account_id": 2}
+    assert trade_refusal("close", "queued", 0, None, None, 1) is None
+    assert trade_refusal("close", "queued", 0, 7, mine, 1) is None
+    assert trade_refusal("cancel", "queued", 0, 7, mine, 1) is None
+    assert trade_refusal("open", "submitting", 1, 7, mine, 1) is None  # syncd's own link, set as it marked it
+    for kind in ("open", "close", "cancel"):
+        assert "not a trade of this account" in str(trade_refusal(kind, "queued", 0, 7, theirs, 1))
+        assert "not a trade of this account" in str(trade_refusal(kind, "queued", 0, 7, None, 1))
+        assert "not a trade of this account" in str(trade_refusal(kind, "submitting", 1, 7, theirs, 1))
+    assert "an open request creates its own trade" in str(trade_refusal("open", "queued", 0, 7, mine, 1))
+    # an app inserting a "submitting" open with a trade_id and no attempt: not syncd's link either
+    assert "an open request creates its own trade" in str(trade_refusal("open", "submitting", 0, 7, mine, 1))

@@ -438,6 +438,18 @@ def form(request: OrderRequest) -> dict[str, str]:
     return dict(build_order_form(request))
 
 
+def test_prices_and_quantities_go_on_the_wire_as_exact_decimals() -> None:
+    """Issue 10: never a price through a float; the form carries the exact decimal digits."""
+    f = form(OrderRequest(client_order_id="t", qty=Decimal("1234567.123456789"), type=OrderType.LIMIT,
+                          limit_price=Decimal("1.12345678901234567890"), symbol="AAPL", side=Side.BUY))
+    assert (f["price"], f["quantity"]) == ("1.1234567890123456789", "1234567.123456789")
+    spread = form(OrderRequest(client_order_id="t", qty=Decimal(3), type=OrderType.LIMIT,
+                               limit_price=Decimal("-0.07"),
+                               legs=(LegRequest("AAPL260116C00150000", Side.BUY),
+                                     LegRequest("AAPL260116C00160000", Side.SELL, 2))))
+    assert (spread["price"], spread["type"], spread["quantity[1]"]) == ("0.07", "credit", "6")
+
+
 def test_equity_sides_from_intent() -> None:
     def side(s: Side, i: Intent) -> str:
         return form(OrderRequest(client_order_id="t", qty=Decimal(1), symbol="AAPL", side=s, intent=i))["side"]
