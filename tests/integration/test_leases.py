@@ -1,4 +1,8 @@
-"""Account leases on a real Postgres: balancing, take-over after a replica dies, no account held twice."""
+"""Account leases on a real Postgres: balancing, take-over after a replica dies, no account held twice.
+
+Liveness is the holder's database session (its advisory lock): a lease whose holder's
+session is gone is free at once; one whose holder is alive is taken only after it lapsed.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,23 @@ from typing import Any
 import asyncpg
 import pytest_asyncio
 
-from syncd.db import create_pool, load_queries
-from syncd.leases import LeaseManager
+from syncd.db import connect, create_pool, load_queries
+from syncd.leases import InstanceInUse, LeaseManager, ProbeResult, needs_heartbeat
 from syncd.settings import DatabaseSettings
 from tests.helpers import wait_for
+
+MADE: list[LeaseManager] = []
+DSN: list[str] = []
 
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def db_pool(dsn: str) -> AsyncIterator[asyncpg.Pool[Any]]:
-    """A pool on this test's database, on the test's own event loop."""
+    """A pool on this test's database, on the test's own event loop; every manager made is closed after."""
     pool = await create_pool(DatabaseSettings(dsn=dsn))
+    DSN[:] = [dsn]
     yield pool
+    while MADE:
+        await MADE.pop().close()
     await pool.close()
 
 
@@ -32,8 +42,22 @@ async def _accounts(pool: asyncpg.Pool[Any], n: int) -> list[int]:
     return sorted(r["id"] for r in rows)
 
 
-def _manager(pool: asyncpg.Pool[Any], instance: str, ids: list[int], heartbeat_s: float = 0.5) -> LeaseManager:
-    return LeaseManager(pool, load_queries(), instance=instance, account_ids=ids, heartbeat_s=heartbeat_s)
+def _manager(
+    pool: asyncpg.Pool[Any], instance: str, ids: list[int], heartbeat_s: float = 0.5, **kw: Any
+) -> LeaseManager:
+    """A manager with its own dedicated lease connection (as ``syncd run`` makes them)."""
+    dsn = DSN[0]
+    m = LeaseManager(
+        pool,
+        load_queries(),
+        instance=instance,
+        account_ids=ids,
+        heartbeat_s=heartbeat_s,
+        connect=lambda: connect(DatabaseSettings(dsn=dsn)),  # noqa: B023
+        **kw,
+    )
+    MADE.append(m)
+    return m
 
 
 async def _db_holders(pool: asyncpg.Pool[Any]) -> dict[int, str]:
@@ -129,7 +153,7 @@ async def test_release_all_hands_over_at_once(db_pool: asyncpg.Pool[Any]) -> Non
 async def test_busy_accounts_are_given_back_last(db_pool: asyncpg.Pool[Any]) -> None:
     ids = await _accounts(db_pool, 2)
     busy: set[int] = set(ids)
-    m1 = LeaseManager(db_pool, load_queries(), instance="r1", account_ids=ids, heartbeat_s=5, busy=lambda: busy)
+    m1 = _manager(db_pool, "r1", ids, 5, busy=lambda: busy)
     m2 = _manager(db_pool, "r2", ids, 5)
     await m1.heartbeat()
     await m2.heartbeat()
