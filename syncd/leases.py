@@ -254,17 +254,22 @@ class LeaseManager:
         return ProbeResult(int(row["live"]), int(row["candidates"]), int(row["free"]))
 
     async def run(self, stop: asyncio.Event, *, on_error: Callable[[BaseException], None] | None = None) -> None:
-        """Heartbeat every ``heartbeat_s`` (at once when a probe sees a change) until ``stop``;
-        then give every lease back."""
+        """Heartbeat every ``heartbeat_s`` (at once when a probe sees a change; every ``probe_s``
+        while the lease connection is down, to be back within a second of the database) until
+        ``stop``; then give every lease back. Failures are logged at most once per heartbeat."""
         next_beat = self._clock()
+        quiet_until = 0.0
         while not stop.is_set():
             try:
-                if self._clock() >= next_beat or await self._probe_says_beat():
+                if self._clock() >= next_beat or self._conn is None or await self._probe_says_beat():
                     next_beat = self._clock() + self.heartbeat_s
                     await self.heartbeat()
+                quiet_until = 0.0
             except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError, InstanceInUse) as exc:
-                event = "lease_instance_in_use" if isinstance(exc, InstanceInUse) else "lease_heartbeat_failed"
-                log.warning(event, error=describe(exc), valid_for_s=self._remaining())
+                if self._clock() >= quiet_until:
+                    event = "lease_instance_in_use" if isinstance(exc, InstanceInUse) else "lease_heartbeat_failed"
+                    log.warning(event, error=describe(exc), valid_for_s=self._remaining())
+                    quiet_until = self._clock() + self.heartbeat_s
                 if on_error is not None:
                     on_error(exc)
             wait = min(self.probe_s, max(0.0, next_beat - self._clock()))
