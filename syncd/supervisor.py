@@ -336,8 +336,9 @@ class Supervisor:
         await self._write("task_pass_started", self.ctx.instance, td.name, interval)
         try:
             async with asyncio.timeout(budget) as deadline:
+                # Whatever this pass covers (or finds paused) is no longer waiting for a first pass.
+                self._fresh[td.name].difference_update(self.leases.held() if only is None else only)
                 accounts = await self._accounts(only)
-                self._fresh[td.name].difference_update(a.id for a in accounts)
                 summary = await run_pass(self.ctx, td.name, guarded, accounts)
         except TimeoutError as exc:
             if deadline.expired():
