@@ -29,7 +29,8 @@ Between heartbeats a read-only probe (``lease_probe``, every ``PROBE_S``) looks 
 change: another replica gone or new, or free accounts while below the fair share; then
 the heartbeat runs at once. A dead replica's accounts are therefore taken within about
 ``PROBE_S`` plus one heartbeat; the listeners hear of them at once (the supervisor runs
-a pass for them without waiting for its interval).
+a pass for them without waiting for its interval). A clean shutdown deletes the replica's
+leases at once.
 
 Safety: a replica trusts a lease only while its lease connection is up (when it breaks,
 or a heartbeat on it fails, every lease is dropped locally before the connection is
