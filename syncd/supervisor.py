@@ -36,7 +36,7 @@ from syncd.context import Account, Context, open_context
 from syncd.cycles import TASKS
 from syncd.errors import describe
 from syncd.health import DB_DOWN_ERRORS, DaemonMetrics, HealthServer, TaskView
-from syncd.leases import LeaseLost, LeaseManager
+from syncd.leases import InstanceInUse, LeaseLost, LeaseManager
 from syncd.passes import AccountPass, TaskName, run_pass
 from syncd.sdnotify import Notifier
 from syncd.settings import Settings
@@ -66,6 +66,9 @@ RETRYABLE_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
 )
+
+# A lease heartbeat that fails with these is retried by the lease loop; the daemon carries on.
+HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DB_DOWN_ERRORS, asyncpg.PostgresError, InstanceInUse)
 
 IntervalFn = Callable[[Context, TaskName, float], Awaitable[float]]
 StreamFn = Callable[[Context, Account, asyncio.Event], Coroutine[Any, Any, None]]
@@ -191,6 +194,9 @@ class Supervisor:
         self._abort = asyncio.Event()
         self._streams: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._by_id = {a.id: a for a in ctx.accounts.values()}
+        # Per task: accounts acquired since that task last passed over them, and the event that wakes it.
+        self._fresh: dict[str, set[int]] = {t.name: set() for t in self._tasks}
+        self._wake: dict[str, asyncio.Event] = {t.name: asyncio.Event() for t in self._tasks}
         self._watchdog_withheld = False
         self.leases.add_listener(self._on_leases)
 
@@ -204,7 +210,7 @@ class Supervisor:
         """Take leases (one heartbeat, best-effort) and start every loop."""
         try:
             await self.leases.heartbeat()
-        except DB_DOWN_ERRORS as exc:
+        except HEARTBEAT_ERRORS as exc:
             log.warning("lease_heartbeat_failed", error=describe(exc))
         self._spawn(self.leases.run(self._leases_stop, on_error=self._lease_error), "leases")
         for td in self._tasks:
@@ -298,34 +304,72 @@ class Supervisor:
             log.warning("task_failed", **fields)
 
     async def _loop(self, td: TaskDef) -> None:
-        """Passes until stop; raises when something outside an account pass fails."""
-        view = self.views[td.name]
+        """Passes until stop; raises when something outside an account pass fails.
+
+        Between two passes the loop also wakes when leases are acquired (a restart's first
+        heartbeat, a dead replica's accounts): it runs a pass over just those accounts at
+        once instead of leaving them unserved until the next regular pass.
+        """
         guarded = self._guard(td)
         while not self._stop.is_set():
             interval = await self._interval(td.name)
-            budget = max(self.ctx.settings.health.stale_after_s, 2 * interval)
-            view.interval_s = interval
-            view.last_started_at = dt.datetime.now(dt.UTC)
-            self._deadlines[td.name] = time.monotonic() + budget + WATCHDOG_GRACE_S
-            await self._write("task_pass_started", self.ctx.instance, td.name, interval)
+            await self._pass(td, guarded, interval)
+            due = time.monotonic() + jittered(interval, self.ctx.settings.cycles.jitter_pct, self._rng)
+            while True:
+                self._deadlines[td.name] = due + WATCHDOG_GRACE_S
+                woke = await self._wait_until(td.name, due)
+                if woke == "stop":
+                    return
+                if woke == "due":
+                    break
+                await self._pass(td, guarded, interval, only=frozenset(self._fresh[td.name]))
+
+    async def _pass(
+        self, td: TaskDef, guarded: AccountPass, interval: float, *, only: frozenset[int] | None = None
+    ) -> None:
+        """One pass over the held accounts (or only those of ``only``), with its bookkeeping."""
+        view = self.views[td.name]
+        budget = max(self.ctx.settings.health.stale_after_s, 2 * interval)
+        view.interval_s = interval
+        view.last_started_at = dt.datetime.now(dt.UTC)
+        self._deadlines[td.name] = time.monotonic() + budget + WATCHDOG_GRACE_S
+        await self._write("task_pass_started", self.ctx.instance, td.name, interval)
+        try:
+            async with asyncio.timeout(budget) as deadline:
+                # Whatever this pass covers (or finds paused) is no longer waiting for a first pass.
+                self._fresh[td.name].difference_update(self.leases.held() if only is None else only)
+                accounts = await self._accounts(only)
+                summary = await run_pass(self.ctx, td.name, guarded, accounts)
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise PassTimeout(f"the pass took longer than {budget:g}s and was cancelled") from exc
+            raise
+        finished = dt.datetime.now(dt.UTC)
+        view.last_ok_at, view.last_error, view.consecutive_failures = finished, None, 0
+        view.accounts_total, view.accounts_failed = len(summary.results), len(summary.failed)
+        await self._write(
+            "task_pass_finished", self.ctx.instance, td.name, finished, len(summary.results), len(summary.failed)
+        )
+
+    async def _wait_until(self, task: TaskName, due: float) -> str:
+        """Sleep until ``due``: "stop" when stopped, "wake" when newly acquired accounts await a pass."""
+        wake = self._wake[task]
+        while True:
+            if self._stop.is_set():
+                return "stop"
+            self._fresh[task].intersection_update(self.leases.held())
+            if self._fresh[task]:
+                return "wake"
+            wake.clear()
+            remaining = due - time.monotonic()
+            if remaining <= 0:
+                return "due"
+            waiters = [asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(wake.wait())]
             try:
-                async with asyncio.timeout(budget) as deadline:
-                    accounts = await self._accounts()
-                    summary = await run_pass(self.ctx, td.name, guarded, accounts)
-            except TimeoutError as exc:
-                if deadline.expired():
-                    raise PassTimeout(f"the pass took longer than {budget:g}s and was cancelled") from exc
-                raise
-            finished = dt.datetime.now(dt.UTC)
-            view.last_ok_at, view.last_error, view.consecutive_failures = finished, None, 0
-            view.accounts_total, view.accounts_failed = len(summary.results), len(summary.failed)
-            await self._write(
-                "task_pass_finished", self.ctx.instance, td.name, finished, len(summary.results), len(summary.failed)
-            )
-            wait = jittered(interval, self.ctx.settings.cycles.jitter_pct, self._rng)
-            self._deadlines[td.name] = time.monotonic() + wait + WATCHDOG_GRACE_S
-            if await _stoppable_sleep(self._stop, wait):
-                return
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
 
     async def _interval(self, task: TaskName) -> float:
         normal = base_interval(self.ctx.settings, task)
@@ -338,9 +382,9 @@ class Supervisor:
             log.warning("market_clock_failed", task=task, error=describe(exc))
             return normal
 
-    async def _accounts(self) -> list[Account]:
-        """Active accounts this replica holds a lease on."""
-        held = self.leases.held()
+    async def _accounts(self, only: frozenset[int] | None = None) -> list[Account]:
+        """Active accounts this replica holds a lease on (of ``only``, when given)."""
+        held = self.leases.held() if only is None else self.leases.held() & only
         if not held:
             return []
         return [a for a in await self.ctx.active_accounts() if a.id in held]
@@ -396,6 +440,11 @@ class Supervisor:
     def _on_leases(self, acquired: frozenset[int], lost: frozenset[int]) -> None:
         self.ctx.metrics.set("syncd_leases_held", float(len(self.leases.held())))
         self.ctx.metrics.set("syncd_replicas_live", float(self.leases.live_replicas))
+        for name, fresh in self._fresh.items():  # every task serves newly acquired accounts at once
+            fresh.difference_update(lost)
+            fresh.update(acquired)
+            if acquired:
+                self._wake[name].set()
         if self._stream is None or self._stop.is_set():
             return
         for account_id in lost:
@@ -592,8 +641,13 @@ async def running(
             connect=lambda: connect(settings.database),
         )
         supervisor = Supervisor(
-            ctx, stop=stop, leases=leases, notifier=notifier, tasks=tasks,
-            interval_for=market_interval_fn(), stream=stream_fn(),
+            ctx,
+            stop=stop,
+            leases=leases,
+            notifier=notifier,
+            tasks=tasks,
+            interval_for=market_interval_fn(),
+            stream=stream_fn(),
         )
         server: HealthServer | None = None
         if settings.health.listen:

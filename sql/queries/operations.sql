@@ -62,15 +62,39 @@ SELECT name FROM accounts WHERE active AND name = ANY($1::text[]) ORDER BY name;
 -- Every applied migration version (readiness: none of the shipped files may be missing).
 SELECT version FROM schema_migrations ORDER BY version;
 
+-- name: replica_session_open
+-- A new lease connection: take a fresh session advisory lock (class 0x6C656173, see
+-- 0009_lease_sessions.sql) on it. Returns the lock key, or no row if that key was taken.
+SELECT s.n AS session_lock
+  FROM (SELECT nextval('replica_session_seq')::integer AS n) s
+ WHERE pg_try_advisory_lock(1818583411, s.n);
+
 -- name: replica_heartbeat
--- Register or renew this replica: $1 instance, $2 TTL seconds. Returns how many replicas are live.
-WITH me AS (
-    INSERT INTO replicas AS r (instance, expires_at)
-    VALUES ($1, now() + make_interval(secs => $2))
+-- Register or renew this replica: $1 instance, $2 TTL seconds, $3 its session lock key.
+-- The row is taken over from an earlier holder of the instance name only when that
+-- holder's session is gone (or its row lapsed): two live processes never share a name.
+-- Returns registered (false: the name is in use by a live session) and how many
+-- replicas are live (unexpired, and their session not known to be gone).
+WITH live AS MATERIALIZED (SELECT s FROM lease_live_sessions() s),
+me AS (
+    INSERT INTO replicas AS r (instance, expires_at, session_lock, backend_pid, backend_start)
+    VALUES ($1, now() + make_interval(secs => $2), $3, pg_backend_pid(),
+            (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()))
     ON CONFLICT (instance) DO UPDATE
-       SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at
+       SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at,
+           started_at = CASE WHEN r.session_lock IS DISTINCT FROM EXCLUDED.session_lock
+                             THEN now() ELSE r.started_at END,
+           session_lock = EXCLUDED.session_lock,
+           backend_pid = EXCLUDED.backend_pid, backend_start = EXCLUDED.backend_start
+     WHERE r.session_lock IS NULL OR r.session_lock = EXCLUDED.session_lock OR r.expires_at <= now()
+        OR NOT lease_session_alive(r.session_lock)
+    RETURNING 1
 )
-SELECT 1 + count(*) FROM replicas WHERE instance <> $1 AND expires_at > now();
+SELECT EXISTS (SELECT 1 FROM me) AS registered,
+       1 + count(*) AS live
+  FROM replicas r
+ WHERE r.instance <> $1 AND r.expires_at > now()
+   AND (r.session_lock IS NULL OR r.session_lock IN (SELECT s FROM live));
 
 -- name: replica_remove
 -- A clean shutdown: forget this replica and give its leases back at once. $1 instance.
@@ -78,10 +102,11 @@ WITH gone AS (DELETE FROM account_leases WHERE holder = $1)
 DELETE FROM replicas WHERE instance = $1;
 
 -- name: lease_renew
--- Extend this replica's unexpired leases on active accounts among $3 ids: $1 instance, $2 TTL seconds.
--- Returns the account ids still held. A lease that lapsed (and may be someone else's now) is not renewed.
+-- Extend this replica's unexpired leases on active accounts among $3 ids: $1 instance, $2 TTL
+-- seconds, $4 its session lock key (recorded: the lease now lives and dies with that session).
+-- Returns the account ids still held. A lease that lapsed or was taken over is not renewed.
 UPDATE account_leases l
-   SET renewed_at = now(), expires_at = now() + make_interval(secs => $2)
+   SET renewed_at = now(), expires_at = now() + make_interval(secs => $2), holder_session = $4
   FROM accounts a
  WHERE l.holder = $1 AND l.expires_at > now()
    AND a.id = l.account_id AND a.active AND a.id = ANY($3::bigint[])
@@ -103,29 +128,52 @@ DELETE FROM account_leases l
 SELECT count(*) FROM accounts WHERE active AND id = ANY($1::bigint[]);
 
 -- name: lease_acquire
--- Take up to $3 free or lapsed leases among active accounts in $2 ids: $1 instance, $4 TTL seconds.
--- Two replicas racing for one account: the insert's conflict check lets exactly one win.
-WITH free AS (
+-- Take up to $3 free leases among active accounts in $2 ids: $1 instance, $4 TTL seconds,
+-- $5 this replica's session lock key. Free: no lease, a lapsed one, or one whose holder's
+-- session is gone (Postgres released its lock: the holder died or lost its connection).
+-- Two replicas racing for one account: the insert's conflict check, re-evaluated on the
+-- latest row with a fresh look at the lock manager, lets exactly one win.
+WITH live AS MATERIALIZED (SELECT s FROM lease_live_sessions() s),
+free AS (
     SELECT a.id
       FROM accounts a
       LEFT JOIN account_leases l ON l.account_id = a.id
      WHERE a.active AND a.id = ANY($2::bigint[])
-       AND (l.account_id IS NULL OR l.expires_at <= now())
+       AND (l.account_id IS NULL OR l.expires_at <= now()
+            OR (l.holder_session IS NOT NULL AND l.holder_session NOT IN (SELECT s FROM live)))
      ORDER BY a.id
      LIMIT $3
 )
-INSERT INTO account_leases AS l (account_id, holder, expires_at)
-SELECT id, $1, now() + make_interval(secs => $4) FROM free
+INSERT INTO account_leases AS l (account_id, holder, holder_session, expires_at)
+SELECT id, $1, $5, now() + make_interval(secs => $4) FROM free
 ON CONFLICT (account_id) DO UPDATE
-   SET holder = EXCLUDED.holder, acquired_at = now(), renewed_at = now(), expires_at = EXCLUDED.expires_at
- WHERE l.expires_at <= now()
+   SET holder = EXCLUDED.holder, holder_session = EXCLUDED.holder_session,
+       acquired_at = now(), renewed_at = now(), expires_at = EXCLUDED.expires_at
+ WHERE l.expires_at <= now() OR NOT lease_session_alive(l.holder_session)
 RETURNING account_id;
 
+-- name: lease_probe
+-- Between heartbeats (read only): is there anything to take? $1 instance, $2 account ids.
+-- Returns the live replicas (as replica_heartbeat counts them), the active accounts among
+-- $2 and how many of them are free (as lease_acquire sees them).
+WITH live AS MATERIALIZED (SELECT s FROM lease_live_sessions() s)
+SELECT (SELECT 1 + count(*) FROM replicas r
+         WHERE r.instance <> $1 AND r.expires_at > now()
+           AND (r.session_lock IS NULL OR r.session_lock IN (SELECT s FROM live))) AS live,
+       count(*) AS candidates,
+       count(*) FILTER (WHERE l.account_id IS NULL OR l.expires_at <= now()
+                           OR (l.holder_session IS NOT NULL
+                               AND l.holder_session NOT IN (SELECT s FROM live))) AS free
+  FROM accounts a
+  LEFT JOIN account_leases l ON l.account_id = a.id
+ WHERE a.active AND a.id = ANY($2::bigint[]);
+
 -- name: leases_of
--- Who holds what (ops, tests): every lease with its account name.
-SELECT a.name, l.holder, l.acquired_at, l.renewed_at, l.expires_at, l.expires_at > now() AS valid
-  FROM account_leases l JOIN accounts a ON a.id = l.account_id
- ORDER BY a.name;
+-- Who holds what (ops, tests): every lease with its account name; valid = unexpired and its
+-- holder's session not known to be gone.
+SELECT name, holder, holder_session, acquired_at, renewed_at, expires_at, holder_alive, valid
+  FROM v_account_leases
+ ORDER BY name;
 
 -- name: replicas_purge
 -- Replicas whose heartbeat lapsed more than $1 seconds ago, and their leases.

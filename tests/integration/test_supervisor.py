@@ -37,7 +37,9 @@ TASK_NAMES: tuple[TaskName, ...] = ("accountSync", "tradeCycle", "monitorCycle")
 
 def account(name: str) -> AccountSettings:
     # Never contacted: the passes below do not call the broker.
-    return AccountSettings(name=name, broker="alpaca", api_key="k-test", api_secret="s-test", base_url="http://127.0.0.1:9")
+    return AccountSettings(
+        name=name, broker="alpaca", api_key="k-test", api_secret="s-test", base_url="http://127.0.0.1:9"
+    )
 
 
 async def fast(ctx: Context, task: TaskName, normal: float) -> float:
@@ -83,6 +85,7 @@ def build(
     instance: str | None = None,
     heartbeat_s: float = 5.0,
     notifier: Notifier | None = None,
+    interval_for: Callable[[Context, TaskName, float], Awaitable[float]] = fast,
 ) -> tuple[Supervisor, asyncio.Event]:
     if instance is not None:
         ctx = dataclasses.replace(ctx, instance=instance)
@@ -96,7 +99,9 @@ def build(
         heartbeat_s=heartbeat_s,
         busy=lambda: holder[0].busy() if holder else frozenset(),
     )
-    sup = Supervisor(ctx, stop=stop, leases=leases, tasks=tasks, interval_for=fast, stream=None, notifier=notifier)
+    sup = Supervisor(
+        ctx, stop=stop, leases=leases, tasks=tasks, interval_for=interval_for, stream=None, notifier=notifier
+    )
     holder.append(sup)
     return sup, stop
 
@@ -212,8 +217,9 @@ async def test_losing_a_lease_mid_pass_cancels_that_account_only(ctx: Context) -
         await wait_for(lambda: cancelled == ["a1"], timeout=5, what="a1's pass cancelled")
         gate.set()
         row = await wait_for(
-            lambda: ctx.pool.fetchrow("SELECT ok, error FROM sync_runs s JOIN accounts a ON a.id = s.account_id "
-                                      "WHERE a.name = 'a1'"),
+            lambda: ctx.pool.fetchrow(
+                "SELECT ok, error FROM sync_runs s JOIN accounts a ON a.id = s.account_id WHERE a.name = 'a1'"
+            ),
             timeout=5,
         )
     finally:
@@ -265,8 +271,13 @@ async def test_health_server_answers_and_reports_metrics(ctx: Context) -> None:
     rec = Recorder()
     sup, _stop = build(ctx, [TaskDef(t, rec.fn(t)) for t in TASK_NAMES])
     server = HealthServer(
-        pool=ctx.pool, queries=ctx.queries, metrics=ctx.metrics, tasks=lambda: sup.views,
-        account_names=list(ctx.accounts), stale_after_s=300, instance=ctx.instance,
+        pool=ctx.pool,
+        queries=ctx.queries,
+        metrics=ctx.metrics,
+        tasks=lambda: sup.views,
+        account_names=list(ctx.accounts),
+        stale_after_s=300,
+        instance=ctx.instance,
     )
     host, port = await server.start("127.0.0.1:0")
     await sup.start()
@@ -313,8 +324,14 @@ async def test_health_server_answers_and_reports_metrics(ctx: Context) -> None:
 async def test_healthz_answers_503_quickly_when_the_database_is_unreachable(ctx: Context) -> None:
     dead: asyncpg.Pool[Any] = await asyncpg.create_pool("postgresql://postgres@127.0.0.1:1/none", min_size=0)
     server = HealthServer(
-        pool=dead, queries=ctx.queries, metrics=ctx.metrics, tasks=dict, account_names=["a1"],
-        stale_after_s=300, instance="x", timeout_s=2,
+        pool=dead,
+        queries=ctx.queries,
+        metrics=ctx.metrics,
+        tasks=dict,
+        account_names=["a1"],
+        stale_after_s=300,
+        instance="x",
+        timeout_s=2,
     )
     host, port = await server.start("127.0.0.1:0")
     try:
@@ -415,3 +432,40 @@ async def test_a_pass_past_its_budget_is_cancelled_and_the_task_restarted(
                 await sup.shutdown(2)
     failed = [e for e in logs if e["event"] == "task_failed"]
     assert failed and failed[0]["error"].startswith("PassTimeout: the pass took longer than 5s")
+
+
+async def slow_cadence(ctx: Context, task: TaskName, normal: float) -> float:
+    return 600.0
+
+
+async def test_accounts_acquired_between_passes_are_served_at_once(ctx: Context, dsn: str) -> None:
+    """Guards issue 10 item 4: an account taken over from a dead holder waited for the task's next
+    regular pass (up to its interval); now every task passes over it as soon as it is acquired, and
+    only over it (the others keep their cadence)."""
+    recorder = Recorder()
+    a1 = ctx.accounts["a1"].id
+    dead = await asyncpg.connect(dsn)  # another replica's lease session, holding a1
+    try:
+        await dead.execute("SELECT pg_advisory_lock(1818583411, 424242)")
+        await dead.execute(
+            "INSERT INTO syncd.account_leases (account_id, holder, holder_session, expires_at) "
+            "VALUES ($1, 'other', 424242, now() + interval '1 hour')",
+            a1,
+        )
+        tasks = [TaskDef(name, recorder.fn(name)) for name in TASK_NAMES]
+        sup, _stop = build(ctx, tasks, heartbeat_s=30, interval_for=slow_cadence)
+        await sup.start()
+        try:
+            await wait_for(lambda: all(recorder.calls[(t, "a2")] == 1 for t in TASK_NAMES), timeout=5)
+            assert all(recorder.calls[(t, "a1")] == 0 for t in TASK_NAMES)  # held by a live session
+            await dead.close()  # that replica dies: its session and lock go
+            await wait_for(
+                lambda: all(recorder.calls[(t, "a1")] == 1 for t in TASK_NAMES),
+                timeout=5,
+                what="every task passes over a1 within seconds, not at its 600 s interval",
+            )
+            assert all(recorder.calls[(t, "a2")] == 1 for t in TASK_NAMES)
+        finally:
+            await sup.shutdown(5)
+    finally:
+        await dead.close()
