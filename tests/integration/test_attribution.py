@@ -17,6 +17,7 @@ from syncd.context import Context
 from syncd.cycles import account_sync, monitor_cycle, trade_cycle
 from syncd.importer import import_positions
 from syncd.sim import Simulator, occ_symbol
+from syncd.verify import verify_account
 from tests.simfixtures import sim_fixture
 
 D = Decimal
@@ -246,3 +247,57 @@ async def test_import_takes_only_the_untracked_surplus(sim: Simulator, make_cont
         assert await import_positions(ctx, acct) == []
         assert await ctx.pool.fetch("SELECT * FROM v_position_mismatches") == []
         assert (await trade(ctx, tid))["quantity"] == 4
+
+
+async def _app_trade(ctx: Context, symbol: str, quantity: int, *, legs: bool) -> int:
+    """A trade an app inserted (no fill record), with or without its trade_legs row."""
+    acct = next(iter(ctx.accounts.values()))
+    tid = int(
+        await ctx.pool.fetchval(
+            "INSERT INTO trades (account_id, symbol, strategy, status, quantity) "
+            "VALUES ($1, $2, 'LONG_STOCK', 'open', $3) RETURNING id",
+            acct.id,
+            symbol,
+            quantity,
+        )
+    )
+    if legs:
+        await ctx.pool.execute("INSERT INTO trade_legs (trade_id, symbol, side) VALUES ($1, $2, 'buy')", tid, symbol)
+    return tid
+
+
+async def test_an_app_trade_without_legs_is_still_reconciled_to_the_broker(
+    sim: Simulator, make_context: Any
+) -> None:
+    """Regression: an app's trade without trade_legs rows (1 recorded, 67 held, the only claim) was never
+    reconciled: monitorCycle and a close already took it as holding 67, yet trades.quantity stayed 1, verify
+    reported 66 untracked that import-positions would not import. It follows the broker to 67 like a trade
+    with legs; one whose symbol is not held is left open (read only through its symbol, never closed by it)."""
+    sim.add_position(0, "AAPL", 67, "100")
+    async with make_context(accounts=[sim.account_settings(0)], trading={"enabled": True}) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        tid = await _app_trade(ctx, "AAPL", 1, legs=False)
+        absent = await _app_trade(ctx, "NOPE", 3, legs=False)
+        await sync(ctx)
+        assert (await trade(ctx, tid))["quantity"] == 67
+        t = await trade(ctx, absent)
+        assert (t["status"], t["quantity"]) == ("open", 3)
+        assert [r["symbol"] for r in await ctx.pool.fetch("SELECT symbol FROM v_position_mismatches")] == ["NOPE"]
+        assert [f.symbol for f in (await verify_account(ctx, acct)).findings] == ["NOPE"]
+        assert await import_positions(ctx, acct) == []
+        assert await close_sent(ctx, sim, tid) == 67
+
+
+async def test_a_trade_without_legs_is_a_claim_on_its_symbol(sim: Simulator, make_context: Any) -> None:
+    """Regression: a trade with legs and an app's trade without legs on the same symbol: the legless one was not
+    counted as a claim, so the other (no fill record) was reconciled to the whole position (1 -> 67). Both
+    claim AAPL, so neither is set from the broker; verify reports the sum."""
+    sim.add_position(0, "AAPL", 67, "100")
+    async with make_context(accounts=[sim.account_settings(0)], trading={"enabled": True}) as ctx:
+        legged = await _app_trade(ctx, "AAPL", 1, legs=True)
+        legless = await _app_trade(ctx, "AAPL", 2, legs=False)
+        await sync(ctx)
+        await sync(ctx)
+        assert ((await trade(ctx, legged))["quantity"], (await trade(ctx, legless))["quantity"]) == (1, 2)
+        mismatch = await ctx.pool.fetchrow("SELECT kind, position_quantity, trade_quantity FROM v_position_mismatches")
+        assert tuple(mismatch) == ("quantity_mismatch", 67, 3)
