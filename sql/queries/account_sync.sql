@@ -121,14 +121,16 @@ SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int);
 -- symbol) comes whole. A position covered only by open trades that own their fills (an entry
 -- order linked: they never grow to what the account holds) comes as its surplus over their
 -- claims, on the position's side, once those trades are settled: nothing of theirs working or
--- queued, and the positions synced after their last fill with a margin ($2). A position covered
--- by a trade without a fill record (it follows the broker) or by a pending one comes not at all.
+-- queued, and the positions synced after their last fill with a margin ($2). So does one covered
+-- by several trades, with a fill record or not (none of them follows the broker: an import next
+-- to a syncd trade keeps its quantity). A position whose only claim is a trade without a fill
+-- record (it follows the broker) or that a pending trade covers comes not at all.
 -- $1 account id, $2 margin (interval)
 WITH claims AS (
     SELECT l.symbol,
            sum(CASE WHEN l.side = 'buy' THEN 1 ELSE -1 END * l.trade_quantity * l.ratio) AS claimed,
-           bool_and(l.own_fills
-                    AND NOT EXISTS (
+           (bool_and(l.own_fills) OR count(DISTINCT l.trade_id) > 1)
+           AND bool_and(NOT EXISTS (
                           SELECT 1 FROM orders o
                            WHERE o.trade_id = l.trade_id AND o.parent_id IS NULL
                              AND (order_is_working(o.status)

@@ -266,9 +266,7 @@ async def _app_trade(ctx: Context, symbol: str, quantity: int, *, legs: bool) ->
     return tid
 
 
-async def test_an_app_trade_without_legs_is_still_reconciled_to_the_broker(
-    sim: Simulator, make_context: Any
-) -> None:
+async def test_an_app_trade_without_legs_is_still_reconciled_to_the_broker(sim: Simulator, make_context: Any) -> None:
     """Regression: an app's trade without trade_legs rows (1 recorded, 67 held, the only claim) was never
     reconciled: monitorCycle and a close already took it as holding 67, yet trades.quantity stayed 1, verify
     reported 66 untracked that import-positions would not import. It follows the broker to 67 like a trade
@@ -301,3 +299,30 @@ async def test_a_trade_without_legs_is_a_claim_on_its_symbol(sim: Simulator, mak
         assert ((await trade(ctx, legged))["quantity"], (await trade(ctx, legless))["quantity"]) == (1, 2)
         mismatch = await ctx.pool.fetchrow("SELECT kind, position_quantity, trade_quantity FROM v_position_mismatches")
         assert tuple(mismatch) == ("quantity_mismatch", 67, 3)
+
+
+async def test_shares_bought_after_an_import_are_importable_too(sim: Simulator, make_context: Any) -> None:
+    """Regression: once the surplus next to a syncd trade was imported (an import trade has no fill record),
+    shares bought by hand afterwards were reported untracked by verify, with the hint to import them, but
+    import-positions never took them: a trade without fills counted as a claim that follows the broker, though
+    sharing the symbol it keeps its quantity. The new 10 become a trade of their own, the others stay."""
+    sim.add_position(0, "WMT", 250, "90")
+    async with make_context(accounts=[sim.account_settings(0)], trading={"enabled": True}) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        tid, _ = await open_trade(ctx, sim, {"symbol": "WMT", "side": "buy", "qty": 4, "type": "market"})
+        await sync(ctx)
+        await settle(ctx)
+        [first] = await import_positions(ctx, acct)
+        assert first.plan.quantity == 250
+        hand = sim.place_outside_order(0, "WMT", "buy", 10)  # bought by hand later: 264 held
+        if hand.is_working:
+            sim.fill(hand.id)
+        await sync(ctx)
+        await sync(ctx)
+        assert [f.untracked for f in (await verify_account(ctx, acct)).findings] == [10]
+        await settle(ctx)
+        assert [i.plan.quantity for i in await import_positions(ctx, acct)] == [10]
+        assert await import_positions(ctx, acct) == []
+        assert await ctx.pool.fetch("SELECT * FROM v_position_mismatches") == []
+        assert (await trade(ctx, tid))["quantity"] == 4
+        assert (await trade(ctx, first.trade_id))["quantity"] == 250
