@@ -8,11 +8,13 @@ own orders filled. Shares sold by hand shrink a trade; shares bought by hand nev
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from syncd import order_store
 from syncd.context import Context
 from syncd.cycles import account_sync, monitor_cycle, trade_cycle
 from syncd.importer import import_positions
@@ -347,3 +349,93 @@ async def test_a_trade_just_closed_is_not_imported_back_from_a_stale_sync(sim: S
         sim.add_position(0, "WMT", 7, "90")  # bought by hand afterwards: this one is untracked
         await settle(ctx)
         assert [(i.plan.symbol, i.plan.quantity) for i in await import_positions(ctx, acct)] == [("WMT", 7)]
+
+
+async def test_an_import_next_to_a_syncd_trade_is_shrunk_by_a_hand_sale(sim: Simulator, make_context: Any) -> None:
+    """Regression: the 250 imported next to a syncd trade of 4 kept claiming 250 after 200 were sold by hand
+    (sharing the symbol, a trade without fills was never reconciled). It is capped at the 54 held; the syncd
+    trade keeps its 4."""
+    sim.add_position(0, "WMT", 250, "90")
+    async with make_context(accounts=[sim.account_settings(0)], trading={"enabled": True}) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        tid, _ = await open_trade(ctx, sim, {"symbol": "WMT", "side": "buy", "qty": 4, "type": "market"})
+        await sync(ctx)
+        await settle(ctx)
+        [imported] = await import_positions(ctx, acct)
+        hand = sim.place_outside_order(0, "WMT", "sell", 200)
+        if hand.is_working:
+            sim.fill(hand.id)
+        await sync(ctx)
+        await sync(ctx)
+        assert await ctx.pool.fetchval("SELECT quantity FROM portfolio_positions WHERE symbol = 'WMT'") == 54
+        assert (await trade(ctx, imported.trade_id))["quantity"] == 54
+        assert (await trade(ctx, tid))["quantity"] == 4
+
+
+@pytest.mark.parametrize(("index", "broker"), BROKERS)
+async def test_a_spread_sold_by_hand_shrinks_the_trade_and_one_bought_back_does_not_grow_it(
+    sim: Simulator, make_context: Any, index: int, broker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spread trade of 2 next to 5 bought by hand: 6 spreads sold by hand leave 1, the trade shrinks to 1;
+    buying 8 back by hand does not grow it; a close for 5 sells 1."""
+    monkeypatch.setattr(order_store, "RECONCILE_MARGIN", dt.timedelta(hours=-1))  # every pass sees settled fills
+    long_c, short_c = _spread(sim)
+    sim.add_position(index, long_c, 5, "3.00")
+    sim.add_position(index, short_c, -5, "1.00")
+    async with make_context(accounts=[sim.account_settings(index, broker=broker)], trading={"enabled": True}) as ctx:
+        await account_sync.account_pass(ctx, next(iter(ctx.accounts.values())))
+        legs = [{"symbol": long_c, "side": "buy"}, {"symbol": short_c, "side": "sell"}]
+        tid, _ = await open_trade(ctx, sim, {"legs": legs, "qty": 2, "type": "market", "strategy": "BULL_CALL_DEBIT"})
+        await sync(ctx)
+        assert (await trade(ctx, tid))["quantity"] == 2
+        for held in (1, 9):
+            sim.add_position(index, long_c, held, "3.00")
+            sim.add_position(index, short_c, -held, "1.00")
+            await sync(ctx)
+            await sync(ctx)
+            assert (await trade(ctx, tid))["quantity"] == 1
+        assert await close_sent(ctx, sim, tid, {"type": "market", "qty": 5}) == 1
+
+
+@pytest.mark.parametrize(("index", "broker"), BROKERS)
+async def test_a_close_while_the_entry_still_works_sells_what_filled(
+    sim: Simulator, make_context: Any, index: int, broker: str
+) -> None:
+    """Next to 100 KO bought by hand, an entry for 10 fills 6 and still works: a close sells the 6, never the
+    106 held; the entry's last 4 then make the trade 4."""
+    sim.add_position(index, "KO", 100, "60")
+    async with make_context(accounts=[sim.account_settings(index, broker=broker)], trading={"enabled": True}) as ctx:
+        await account_sync.account_pass(ctx, next(iter(ctx.accounts.values())))
+        rid = await queue(ctx, "open", {"symbol": "KO", "side": "buy", "qty": 10, "type": "limit", "limit_price": 1})
+        await trade_pass(ctx)
+        req = await request(ctx, rid)
+        sim.fill(req["broker_order_id"], qty=6, price="1")
+        await sync(ctx)
+        tid = req["trade_id"]
+        assert await close_sent(ctx, sim, tid) == 6
+        sim.fill((await ctx.pool.fetchrow("SELECT * FROM order_requests WHERE kind = 'close'"))["broker_order_id"])
+        await sync(ctx)
+        sim.fill(req["broker_order_id"], price="1")
+        await sync(ctx)
+        await sync(ctx)
+        t = await trade(ctx, tid)
+        assert (t["status"], t["quantity"]) == ("open", 4)
+        assert await ctx.pool.fetchval("SELECT quantity FROM portfolio_positions WHERE symbol = 'KO'") == 104
+
+
+async def test_a_stop_loss_exit_sells_the_trade_not_the_shares_held_outside(sim: Simulator, make_context: Any) -> None:
+    """monitorCycle's stop-loss for a trade of 4 WMT next to 250 bought by hand queues and places 4."""
+    sim.add_position(0, "WMT", 250, "90")
+    async with make_context(accounts=[sim.account_settings(0)], trading={"enabled": True, "auto_exits": True}) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await account_sync.account_pass(ctx, acct)
+        payload = {"symbol": "WMT", "side": "buy", "qty": 4, "type": "market", "stop_loss_pct": 5}
+        tid, _ = await open_trade(ctx, sim, payload)
+        await sync(ctx)
+        sim.set_price("WMT", "1.00", "1.02")
+        await account_sync.account_pass(ctx, acct)
+        await monitor_cycle.account_pass(ctx, acct)
+        exit_req = await ctx.pool.fetchrow("SELECT * FROM order_requests WHERE kind = 'close' AND trade_id = $1", tid)
+        assert exit_req is not None and exit_req["payload"]["qty"] == 4
+        await trade_pass(ctx)
+        assert D(sim.order((await request(ctx, exit_req["id"]))["broker_order_id"]).qty) == 4
