@@ -5,7 +5,11 @@ A position is *covered* when a live trade (status ``pending``, ``open`` or
 without legs, has it as its ``symbol``. A trade that owns its fills (an entry order is
 linked to it) claims only its own quantity, so a position it shares with shares bought
 by hand has an *untracked surplus* (254 WMT held, a trade of 4: 250), imported once the
-trade is settled (nothing of it working, positions synced after its last fill). Every
+trade is settled (nothing of it working, positions synced after its last fill). So does a
+position several trades share, whether they own fills or not (none of them follows the
+broker: shares bought by hand after an import are a surplus of their own). A symbol a
+trade just ended on waits for a sync newer than its last fill (the mirror may still show
+what its close sold). Every
 uncovered position, and every such surplus, becomes part of a trade with
 ``source = 'import'`` and ``status = 'open'``:
 

@@ -479,7 +479,8 @@ async def write_trades(conn: Conn, q: Queries, updates: Sequence[tuple[int, Trad
 
 async def reconcile_quantities(conn: Conn, q: Queries, account_id: int) -> list[int]:
     """Open trades follow what the broker holds: capped by it, or, with no fill record and alone
-    on their symbols, set to it; flat ones close (:func:`syncd.reconcile.reconcile_quantity`).
+    on their symbols, set to it (an app's trade without trade_legs rows too, as its one leg on its
+    symbol); flat ones with legs close (:func:`syncd.reconcile.reconcile_quantity`).
 
     Returns the ids of the trades changed.
     """
@@ -495,7 +496,8 @@ async def reconcile_quantities(conn: Conn, q: Queries, account_id: int) -> list[
         state = TradeState(status=TradeStatus.OPEN, quantity=legs[0]["quantity"])
         held = {r["symbol"]: r["position_quantity"] for r in legs}
         shared = [r["symbol"] for r in legs if r["claims"] > 1]
-        if closed_outside(spec, state, held, shared):
+        # a trade without trade_legs rows is only read as a leg on its symbol: never closed by its absence
+        if legs[0]["has_legs"] and closed_outside(spec, state, held, shared):
             closed.append(tid)
             log.info("trade_closed_outside", trade_id=tid, old=str(state.quantity))
             continue

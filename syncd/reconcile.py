@@ -443,18 +443,17 @@ def reconcile_quantity(
     A trade without a fill record (imported, or written by an app) follows the broker both
     ways, but only when every leg is held on the trade's side (long for buy legs, short for
     sell legs), no other live trade claims any leg's symbol, and every leg agrees on
-    ``|position| / ratio``. Disagreeing legs, a missing position or a shared symbol are left
-    for ``verify`` to report.
+    ``|position| / ratio``. Disagreeing legs or a missing position are left for ``verify`` to
+    report. Sharing a symbol with another live trade, it is only capped, as a trade with its
+    own fills (an import next to a syncd trade keeps its quantity, shrunk by a hand sale).
     """
     if trade.status != TradeStatus.OPEN or not spec.legs:
         return None
-    if own_fills:
-        return _capped_quantity(spec, trade, held)
     others = set(claimed_elsewhere)
+    if own_fills or any(leg.symbol in others for leg in spec.legs):
+        return _capped_quantity(spec, trade, held)
     units: set[Decimal] = set()
     for leg in spec.legs:
-        if leg.symbol in others:
-            return None
         position = held.get(leg.symbol, ZERO)
         if position == 0 or (position > 0) != (leg.side == Side.BUY):
             return None

@@ -66,6 +66,7 @@ class Finding:
             "kind": self.kind,
             "broker_quantity": _num(self.broker_quantity),
             "db_quantity": _num(self.db_quantity),
+            "untracked": _num(self.untracked),
         }
 
 

@@ -121,14 +121,18 @@ SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int);
 -- symbol) comes whole. A position covered only by open trades that own their fills (an entry
 -- order linked: they never grow to what the account holds) comes as its surplus over their
 -- claims, on the position's side, once those trades are settled: nothing of theirs working or
--- queued, and the positions synced after their last fill with a margin ($2). A position covered
--- by a trade without a fill record (it follows the broker) or by a pending one comes not at all.
+-- queued, and the positions synced after their last fill with a margin ($2). So does one covered
+-- by several trades, with a fill record or not (none of them follows the broker: an import next
+-- to a syncd trade keeps its quantity). A position whose only claim is a trade without a fill
+-- record (it follows the broker) or that a pending trade covers comes not at all; nor does one
+-- a trade just ended on (an order of it filled or changed within the margin of the last sync:
+-- the mirror may still show what its close sold).
 -- $1 account id, $2 margin (interval)
 WITH claims AS (
     SELECT l.symbol,
            sum(CASE WHEN l.side = 'buy' THEN 1 ELSE -1 END * l.trade_quantity * l.ratio) AS claimed,
-           bool_and(l.own_fills
-                    AND NOT EXISTS (
+           (bool_and(l.own_fills) OR count(DISTINCT l.trade_id) > 1)
+           AND bool_and(NOT EXISTS (
                           SELECT 1 FROM orders o
                            WHERE o.trade_id = l.trade_id AND o.parent_id IS NULL
                              AND (order_is_working(o.status)
@@ -146,6 +150,17 @@ WITH claims AS (
       FROM trades t
       LEFT JOIN trade_legs l ON l.trade_id = t.id
      WHERE t.account_id = $1 AND t.status = 'pending'
+), ended AS (
+    SELECT DISTINCT COALESCE(l.symbol, t.symbol) AS symbol
+      FROM trades t
+      JOIN accounts a ON a.id = t.account_id
+      LEFT JOIN trade_legs l ON l.trade_id = t.id
+     WHERE t.account_id = $1 AND t.status IN ('closed', 'cancelled', 'rejected')
+       AND EXISTS (
+             SELECT 1 FROM orders o
+              WHERE o.trade_id = t.id AND o.parent_id IS NULL
+                AND (a.last_synced_at IS NULL
+                     OR COALESCE(o.filled_at, o.updated_at) > a.last_synced_at - $2::interval))
 )
 SELECT p.symbol, p.asset_class, p.underlying, p.option_type, p.strike, p.expiration, p.multiplier,
        CASE WHEN c.symbol IS NULL THEN p.quantity ELSE p.quantity - c.claimed END AS quantity,
@@ -155,6 +170,7 @@ SELECT p.symbol, p.asset_class, p.underlying, p.option_type, p.strike, p.expirat
  WHERE p.account_id = $1
    AND p.quantity <> 0
    AND NOT EXISTS (SELECT 1 FROM pending pe WHERE pe.symbol = p.symbol)
+   AND NOT EXISTS (SELECT 1 FROM ended e WHERE e.symbol = p.symbol)
    AND (c.symbol IS NULL
         OR (c.settled AND sign(p.quantity - c.claimed) = sign(p.quantity)
             AND abs(p.quantity - c.claimed) <= abs(p.quantity)))

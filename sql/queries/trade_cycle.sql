@@ -193,9 +193,11 @@ UPDATE trades t
 -- working or queued, and the positions were synced after their last fill (with a margin).
 -- Returns each trade's legs with the account's position, how many live trades claim it, and
 -- whether the trade has a fill record (an entry order linked to it: then it is only capped).
+-- A trade an app wrote without trade_legs rows is its one leg on its symbol, as
+-- v_live_trade_legs reads it (has_legs false), and it claims that symbol for the others.
 -- $1 account id, $2 margin (interval)
 WITH cand AS (
-    SELECT t.id, t.quantity
+    SELECT t.id, t.quantity, t.symbol, t.strategy
       FROM trades t
       JOIN accounts a ON a.id = t.account_id
      WHERE t.account_id = $1 AND t.status = 'open'
@@ -208,18 +210,27 @@ WITH cand AS (
        AND NOT EXISTS (
              SELECT 1 FROM order_requests r
               WHERE r.trade_id = t.id AND r.state IN ('queued', 'submitting'))
-), claims AS (
-    SELECT l.symbol, count(DISTINCT l.trade_id) AS n
-      FROM trade_legs l
-      JOIN trades t ON t.id = l.trade_id
+), live AS (
+    SELECT t.id AS trade_id, COALESCE(l.symbol, t.symbol) AS symbol
+      FROM trades t
+      LEFT JOIN trade_legs l ON l.trade_id = t.id
      WHERE t.account_id = $1 AND t.status IN ('pending', 'open', 'closing')
-     GROUP BY l.symbol
+), claims AS (
+    SELECT symbol, count(DISTINCT trade_id) AS n FROM live GROUP BY symbol
+), legs AS (
+    SELECT l.trade_id, l.leg_index, l.symbol, l.side, l.ratio, true AS has_legs
+      FROM trade_legs l
+     WHERE l.trade_id IN (SELECT id FROM cand)
+    UNION ALL
+    SELECT c.id, 0, c.symbol, CASE WHEN upper(c.strategy) LIKE 'SHORT%' THEN 'sell' ELSE 'buy' END, 1, false
+      FROM cand c
+     WHERE NOT EXISTS (SELECT 1 FROM trade_legs l WHERE l.trade_id = c.id)
 )
-SELECT c.id AS trade_id, c.quantity, l.leg_index, l.symbol, l.side, l.ratio,
+SELECT c.id AS trade_id, c.quantity, l.leg_index, l.symbol, l.side, l.ratio, l.has_legs,
        COALESCE(p.quantity, 0) AS position_quantity, COALESCE(cl.n, 0) AS claims,
        trade_has_own_fills(c.id) AS own_fills
   FROM cand c
-  JOIN trade_legs l ON l.trade_id = c.id
+  JOIN legs l ON l.trade_id = c.id
   LEFT JOIN portfolio_positions p ON p.account_id = $1 AND p.symbol = l.symbol
   LEFT JOIN claims cl ON cl.symbol = l.symbol
  ORDER BY c.id, l.leg_index;

@@ -76,6 +76,14 @@ def test_finding_json_numbers() -> None:
     assert f.as_dict()["db_quantity"] == 2.5
 
 
+def test_finding_json_says_what_is_untracked() -> None:
+    """Regression: `verify` printed untracked=250 for 254 WMT held against a trade of 4, but `verify --json` had
+    no such field, so a script could not tell the untracked surplus (issue 10) from a trade claiming too much."""
+    assert Finding("a", "WMT", "trades", "quantity_mismatch", D(254), D(4)).as_dict()["untracked"] == 250
+    assert Finding("a", "WMT", "trades", "quantity_mismatch", D(3), D(6)).as_dict()["untracked"] == 0
+    assert Finding("a", "WMT", "mirror", "quantity_mismatch", D(254), D(4)).as_dict()["untracked"] == 0
+
+
 # -- the command -------------------------------------------------------------------------------
 
 

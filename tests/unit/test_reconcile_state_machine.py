@@ -354,3 +354,15 @@ def test_a_spread_with_own_fills_shrinks_to_its_smallest_leg_in_whole_units() ->
     assert reconcile_quantity(spread, _open("2"), held, own_fills=True) == 1
     held = {"AAPL260116C00150000": Decimal(7)}  # one leg gone by hand: verify reports it, no half spread
     assert reconcile_quantity(spread, _open("2"), held, own_fills=True) is None
+
+
+def test_a_trade_without_fills_sharing_a_symbol_is_capped_never_grown() -> None:
+    """Regression: a trade without a fill record (an import) sharing its symbol with another trade was left at
+    its quantity whatever the broker held: 250 imported next to a syncd trade of 4, then 200 sold by hand, it
+    still claimed 250 of the 54 held. It is capped by the position like a trade with its own fills, never grown."""
+    from syncd.reconcile import reconcile_quantity
+
+    stock = TradeSpec.of([TradeLeg("WMT", Side.BUY)])
+    assert reconcile_quantity(stock, _open("250"), {"WMT": Decimal(54)}, ["WMT"]) == 54
+    assert reconcile_quantity(stock, _open("250"), {"WMT": Decimal(300)}, ["WMT"]) is None
+    assert reconcile_quantity(stock, _open("250"), {"WMT": Decimal(-3)}, ["WMT"]) is None
