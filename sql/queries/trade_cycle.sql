@@ -340,3 +340,9 @@ UPDATE trades
 SELECT broker_order_id FROM orders
  WHERE trade_id = $1 AND parent_id IS NULL
    AND order_is_working(status);
+
+-- name: stream_set_error
+-- A stream event syncd refused (syncd.stream.refuse_update): accounts.last_error at once.
+-- $1 account id, $2 the error line (prefixed "tradeCycle: ", so tradeCycle's next good pass clears it).
+UPDATE accounts SET last_error = $2, updated_at = now()
+ WHERE id = $1 AND last_error IS DISTINCT FROM $2;

@@ -29,6 +29,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
@@ -342,7 +343,9 @@ class HttpCore:
         if reply.status == 204 or not reply.body.strip():
             return None
         try:
-            return json.loads(reply.body)
+            # Numbers with a point or exponent as exact Decimals, never through a float: a float
+            # would silently drop the digits past its 17th, which syncd must see to refuse them.
+            return json.loads(reply.body, parse_float=Decimal)
         except (ValueError, UnicodeDecodeError):
             ctype = reply.headers.get("Content-Type", "no content type")
             looks = "an HTML page" if reply.body.lstrip()[:1] == b"<" else "malformed JSON"
