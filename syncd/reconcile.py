@@ -34,6 +34,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 from syncd.brokers.occ import option_spec_or_none
+from syncd.brokers.parse import exact
 from syncd.brokers.types import Order, OrderStatus, Side
 
 ZERO = Decimal(0)
@@ -275,6 +276,7 @@ def _sign(side: Side | None) -> int:
     return -1 if side == Side.SELL else 1
 
 
+@exact
 def order_unit_price(order: OrderSnapshot) -> Decimal | None:
     """Per-unit fill price of an order in its own orientation (a multi-leg order: net, debit > 0)."""
     if not order.legs:
@@ -287,6 +289,7 @@ def order_unit_price(order: OrderSnapshot) -> Decimal | None:
     return order.filled_avg_price
 
 
+@exact
 def _average(orders: Sequence[OrderSnapshot], sign: int) -> tuple[Decimal, Decimal | None]:
     """Total filled and the weighted average unit price (``None`` if a filled order has no price yet)."""
     filled = sum((o.filled_qty for o in orders), ZERO)
@@ -317,12 +320,14 @@ def _exit_price(spec: TradeSpec, exits: Sequence[OrderSnapshot]) -> Decimal | No
     return _average(exits, -1 if spec.multileg else 1)[1]
 
 
+@exact
 def _realized(spec: TradeSpec, entry: Decimal | None, exit_: Decimal | None, qty: Decimal) -> Decimal | None:
     if entry is None or exit_ is None or qty <= 0:
         return None
     return ((exit_ - entry) * spec.direction * qty * spec.multiplier).quantize(Decimal("0.01"))
 
 
+@exact
 def apply_orders(
     spec: TradeSpec,
     trade: TradeState,
