@@ -47,6 +47,7 @@ from syncd.brokers.base import (
     BrokerUnavailable,
     OrderNotFound,
 )
+from syncd.brokers.parse import MAX_SIGNIFICANT_DIGITS, significant_digits
 from syncd.brokers.ratelimit import TokenBucket
 
 log = structlog.get_logger(__name__)
@@ -345,7 +346,7 @@ class HttpCore:
         try:
             # Numbers with a point or exponent as exact Decimals, never through a float: a float
             # would silently drop the digits past its 17th, which syncd must see to refuse them.
-            return json.loads(reply.body, parse_float=Decimal)
+            decoded = json.loads(reply.body, parse_float=Decimal)
         except (ValueError, UnicodeDecodeError):
             ctype = reply.headers.get("Content-Type", "no content type")
             looks = "an HTML page" if reply.body.lstrip()[:1] == b"<" else "malformed JSON"
@@ -355,6 +356,17 @@ class HttpCore:
                 broker=self.broker,
                 account=self.account,
             ) from None
+        too_fine = _too_fine(decoded)
+        if too_fine is not None:
+            # A model typed float (alpaca-py's) would round it to 17 digits unseen: refuse it here.
+            raise BadBrokerData(
+                f"{what}: the number {too_fine[:40]} has more digits than syncd keeps exactly"
+                f" (at most {MAX_SIGNIFICANT_DIGITS})",
+                field="body",
+                broker=self.broker,
+                account=self.account,
+            )
+        return decoded
 
     @staticmethod
     def _decode_quietly(body: bytes) -> Any:
@@ -373,6 +385,20 @@ class HttpCore:
             text = raw.decode("utf-8", "replace").strip()
             reason = "no details" if not text or text.startswith("<") else " ".join(text.split())
         return self.scrub(reason)[:_MAX_REASON]
+
+
+def _too_fine(decoded: Any) -> str | None:
+    """The first JSON number with a point or exponent that has more significant digits than syncd keeps."""
+    stack = [decoded]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, Decimal) and item.is_finite() and significant_digits(item) > MAX_SIGNIFICANT_DIGITS:
+            return str(item)
+    return None
 
 
 def _default_reason(body: Any) -> str | None:

@@ -54,16 +54,25 @@ class TooManyDigits(NotANumber):
     """More digits than syncd keeps exactly (``MAX_INTEGER_DIGITS``, ``MAX_SIGNIFICANT_DIGITS``)."""
 
 
-def check_digits(value: Decimal) -> Decimal:
-    """``value`` itself, or ``TooManyDigits`` when it has more digits than syncd keeps exactly."""
+def _digits(value: Decimal) -> tuple[int, int]:
+    """(significant digits, digits before the point) of a finite ``value``; trailing zeros after the
+    point say nothing ("1.50" is "1.5") and do not count."""
     _, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)  # finite: checked by the caller
-    # Trailing zeros after the point say nothing ("1.50" is "1.5"); the count is of what remains.
     significant = len(digits)
     while significant > 1 and exponent < 0 and digits[significant - 1] == 0:
         significant -= 1
         exponent += 1
-    integer = max(0, significant + exponent)
+    return significant, max(0, significant + exponent)
+
+
+def significant_digits(value: Decimal) -> int:
+    return _digits(value)[0]
+
+
+def check_digits(value: Decimal) -> Decimal:
+    """``value`` itself, or ``TooManyDigits`` when it has more digits than syncd keeps exactly."""
+    significant, integer = _digits(value)
     if integer > MAX_INTEGER_DIGITS or significant > MAX_SIGNIFICANT_DIGITS:
         raise TooManyDigits(
             f"{str(value)[:40]!r} has more digits than syncd keeps exactly "

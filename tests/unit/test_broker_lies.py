@@ -291,3 +291,22 @@ async def test_tradier_html_where_json_belongs_is_refused_at_once(
     err = await refused(call(), "body")
     assert "HTML" in str(err)
     assert rec.sleeps == []
+
+
+async def test_alpaca_json_number_with_too_many_digits_is_refused_before_a_float_rounds_it(
+    alpaca: AlpacaBroker, mock: aioresponses
+) -> None:
+    """alpaca-py's models hold some numbers as float: a 25-digit JSON number would be rounded unseen."""
+    order = json.dumps(aw.order_json(filled_qty="1", status="partially_filled")).replace(
+        '"filled_avg_price": null', '"filled_avg_price": 150.123456789012345678901234'
+    )
+    mock.get(aw.url("/v2/orders/x1"), body=order, content_type="application/json")
+    err = await refused(alpaca.get_order("x1"), "more digits")
+    assert err.field == "body"
+
+
+async def test_float_json_numbers_of_real_brokers_pass(alpaca: AlpacaBroker, mock: aioresponses) -> None:
+    snap = aw.stock_snapshot(0.30000000000000004, 1.1, 1.2345678901234567e-10)
+    mock.get(aw.url("/v2/stocks/snapshots", aw.DATA), payload={"AAPL": snap})
+    quote = (await alpaca.get_quotes(["AAPL"]))["AAPL"]
+    assert quote.bid == Decimal("0.30000000000000004")
