@@ -23,6 +23,9 @@ from syncd.settings import LogSettings
 REDACTED = "***"
 _SECRET_KEY = re.compile(r"(secret|token|password|passwd|api_key|apikey|authorization|credential)", re.I)
 _MIN_SECRET_LEN = 4  # shorter strings would redact ordinary words
+# A DSN's password in any form libpq takes, however short: URL userinfo, ?password=, password=...
+_DSN_USERINFO = re.compile(r"(postgres(?:ql)?://[^\s:@/]*:)\S*@", re.I)
+_DSN_PASSWORD = re.compile(r"""((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&'"]+)""", re.I)
 
 
 class RedactSecrets:
@@ -41,6 +44,9 @@ class RedactSecrets:
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, REDACTED)
+            if "://" in value or "assword" in value.lower():
+                value = _DSN_USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", value)
+                value = _DSN_PASSWORD.sub(lambda m: m.group(1) + REDACTED, value)
             return value
         if isinstance(value, MutableMapping):
             return {k: REDACTED if _SECRET_KEY.search(str(k)) and v else self._scrub(v) for k, v in value.items()}
@@ -54,9 +60,7 @@ def _drop_color_message(logger: WrappedLogger, method: str, event_dict: EventDic
     return event_dict
 
 
-def configure_logging(
-    settings: LogSettings, *, secrets: Iterable[str] = (), stream: TextIO | None = None
-) -> None:
+def configure_logging(settings: LogSettings, *, secrets: Iterable[str] = (), stream: TextIO | None = None) -> None:
     """Configure structlog and the stdlib root logger once per process."""
     stream = stream or sys.stderr
     level = getattr(logging, settings.level.upper())

@@ -26,6 +26,7 @@ from typing import Any, Literal, Union
 import asyncpg
 import structlog
 
+from syncd.brokers.parse import exact
 from syncd.brokers.types import Order, OrderStatus, Side
 from syncd.db import Queries
 from syncd.notify import payloads as event_payloads
@@ -207,6 +208,7 @@ class _Change:
     events: list[_Event] = field(default_factory=list)
 
 
+@exact
 def _fill_price(prev: OrderSnapshot | None, new: OrderSnapshot, delta: Decimal) -> Decimal | None:
     """The price of the fills between two snapshots, from their averages (poll answers)."""
     p_new = order_unit_price(new)

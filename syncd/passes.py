@@ -15,13 +15,14 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import asyncpg
 import structlog
 
 from syncd.brokers.base import BrokerError
+from syncd.brokers.guard import PassBroker
 from syncd.context import Account, Context
 from syncd.errors import describe
 
@@ -43,6 +44,7 @@ class PassResult:
     duration_s: float
     error: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    recorded: bool = False  # written to the database already (failures are, as they happen)
 
 
 @dataclass(slots=True)
@@ -71,7 +73,8 @@ async def _one(ctx: Context, task: TaskName, fn: AccountPass, acct: Account, sem
             error: str | None = None
             stats: dict[str, Any] = {}
             try:
-                stats = await fn(ctx, acct)
+                # Once the broker hung in this pass, the pass asks it nothing more (syncd.brokers.guard).
+                stats = await fn(ctx, replace(acct, broker=PassBroker(acct.broker)))
             except BrokerError as exc:
                 error = describe(exc)
                 log.warning("account_pass_failed", error=error)
@@ -91,7 +94,12 @@ async def _one(ctx: Context, task: TaskName, fn: AccountPass, acct: Account, sem
                 **stats,
             )
             ctx.metrics.account_pass(task, acct.name, error is None)
-            return PassResult(acct.name, acct.id, error is None, started, _now(), duration, error, stats)
+            result = PassResult(acct.name, acct.id, error is None, started, _now(), duration, error, stats)
+            if error is not None:
+                # A failure is recorded at once (accounts.last_error), not when the slowest
+                # account of the pass is done: whoever watches the table sees it now.
+                result.recorded = await _record_quietly(ctx, task, [result])
+            return result
 
 
 async def run_pass(ctx: Context, task: TaskName, fn: AccountPass, accounts: Sequence[Account]) -> PassSummary:
@@ -100,15 +108,22 @@ async def run_pass(ctx: Context, task: TaskName, fn: AccountPass, accounts: Sequ
     sem = asyncio.Semaphore(ctx.settings.cycles.concurrency)
     results = list(await asyncio.gather(*(_one(ctx, task, fn, a, sem) for a in accounts)))
     summary = PassSummary(task, results, time.perf_counter() - t0)
-    try:
-        await asyncio.shield(record(ctx, task, results))
-    except _DB_ERRORS as exc:
-        log.error("pass_record_failed", task=task, error=describe(exc))
+    await _record_quietly(ctx, task, [r for r in results if not r.recorded])
     # The task succeeded when it completed a pass that reached the broker for someone: one failing
     # account is counted in syncd_cycle_failures_total, it must not freeze the task's last success.
     completed = not results or any(r.ok for r in results)
     ctx.metrics.cycle_finished(task, summary.duration_s, time.time(), ok=completed)
     return summary
+
+
+async def _record_quietly(ctx: Context, task: TaskName, results: Sequence[PassResult]) -> bool:
+    """``record``, shielded from cancellation; a database error is logged. True when written."""
+    try:
+        await asyncio.shield(record(ctx, task, results))
+    except _DB_ERRORS as exc:
+        log.error("pass_record_failed", task=task, error=describe(exc))
+        return False
+    return True
 
 
 async def record(ctx: Context, task: TaskName, results: Sequence[PassResult]) -> None:

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Literal
 
+from syncd.brokers.parse import exact
+
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
 
@@ -63,6 +65,7 @@ def two_sided(bid: Decimal | None, ask: Decimal | None) -> bool:
     return bid is not None and ask is not None and bid >= ZERO and ask > ZERO and ask >= bid
 
 
+@exact
 def mid(bid: Decimal | None, ask: Decimal | None, last: Decimal | None = None) -> Decimal | None:
     """Mid of a two-sided quote, else ``last`` (which may be None)."""
     if two_sided(bid, ask):
@@ -72,11 +75,13 @@ def mid(bid: Decimal | None, ask: Decimal | None, last: Decimal | None = None) -
     return last
 
 
+@exact
 def market_value(price: Decimal, quantity: Decimal, multiplier: Decimal) -> Decimal:
     """Signed value of a position: negative for a short."""
     return price * quantity * multiplier
 
 
+@exact
 def unrealized_pl(value: Decimal, quantity: Decimal, cost_basis: Decimal | None) -> Decimal | None:
     """``market_value - cost_basis``, the cost basis taken with the position's sign.
 
@@ -233,6 +238,7 @@ def multiplier(legs: tuple[Leg, ...]) -> Decimal:
     return max((leg.multiplier for leg in legs), default=Decimal(1))
 
 
+@exact
 def evaluate(trade: Trade) -> TradeState:
     """Held and available units, monitorability, price and floating P&L of one trade."""
     legs = trade.legs
@@ -265,6 +271,7 @@ def evaluate(trade: Trade) -> TradeState:
 # -- exit rules -------------------------------------------------------------------------------
 
 
+@exact
 def pnl_pct(state: TradeState, entry_price: Decimal | None) -> Decimal | None:
     """P&L per unit as a percentage of the entry debit/credit (None when either is unknown or 0)."""
     if state.pnl_per_unit is None or entry_price is None or entry_price == ZERO:
@@ -325,6 +332,7 @@ def exit_blocker(trade: Trade, state: TradeState) -> BlockReason | None:
     return None
 
 
+@exact
 def decide_exit(
     trade: Trade, state: TradeState, *, today: dt.date, exit_days_before_expiration: int
 ) -> ExitDecision | BlockReason | None:

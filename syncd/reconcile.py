@@ -5,9 +5,13 @@ consumer read the stored state, call these functions, and write what changed.
 Everything is monotonic, so the same observation arriving twice (poll and
 stream), arriving late, or arriving out of order changes nothing wrong:
 
-- :func:`merge_order` folds an observation into what is known of an order. Fill
-  progress (``filled_qty``) never goes backwards; a status never moves back from
-  terminal to working, nor from a later working status to an earlier one.
+- :func:`merge_order` folds an observation into what is known of an order. While the
+  order works, fill progress (``filled_qty``) never goes backwards and a status never
+  moves from a later working status to an earlier one (a stale or repeated answer changes
+  nothing); a working answer never reopens a terminal order. A terminal answer is the
+  broker's final word: it replaces what was recorded, so an earlier wrong answer (a lying
+  proxy's fill price, status or quantity) is corrected by the next truthful one instead of
+  being frozen forever, and the trade follows (its quantity moves by the correction).
 - :func:`apply_orders` derives a trade from all of its orders. Its quantity moves
   by the fill *delta* of each order (what the merge added), so a fill is counted
   exactly once however often it is seen; prices are weighted averages over every
@@ -34,6 +38,7 @@ from decimal import ROUND_FLOOR, Decimal
 from enum import StrEnum
 
 from syncd.brokers.occ import option_spec_or_none
+from syncd.brokers.parse import exact
 from syncd.brokers.types import Order, OrderStatus, Side
 
 ZERO = Decimal(0)
@@ -176,13 +181,55 @@ def _merged_status(prev: OrderSnapshot, obs: OrderSnapshot) -> OrderStatus:
     return prev.status
 
 
+def _final_legs(prev: tuple[LegFill, ...], obs: tuple[LegFill, ...]) -> tuple[LegFill, ...]:
+    """A terminal answer's legs replace the recorded ones (in the recorded order); a leg price it
+    does not know yet (Tradier: the price comes after the quantity) is kept."""
+    if not obs:
+        return prev
+    by_symbol = {leg.symbol: leg for leg in obs}
+
+    def final(old: LegFill) -> LegFill:
+        new = by_symbol.get(old.symbol)
+        if new is None:
+            return old
+        if new.avg_price is None and new.filled_qty == old.filled_qty:
+            return replace(new, avg_price=old.avg_price)
+        return new
+
+    known = {leg.symbol for leg in prev}
+    return tuple(final(leg) for leg in prev) + tuple(leg for leg in obs if leg.symbol not in known)
+
+
+def _final(prev: OrderSnapshot, obs: OrderSnapshot) -> OrderSnapshot:
+    """``prev`` corrected by a terminal observation ``obs`` (the broker's final word on the order)."""
+    same_fill = obs.filled_qty == prev.filled_qty
+    return OrderSnapshot(
+        status=obs.status,
+        qty=obs.qty if obs.qty > 0 else prev.qty,
+        filled_qty=obs.filled_qty,
+        # Tradier may say "filled" before it knows the price: a price not given yet is not a correction.
+        filled_avg_price=obs.filled_avg_price if obs.filled_avg_price is not None or not same_fill
+        else prev.filled_avg_price,
+        side=obs.side or prev.side,
+        legs=_final_legs(prev.legs, obs.legs),
+        reject_reason=obs.reject_reason or (prev.reject_reason if obs.status == prev.status else None),
+        filled_at=obs.filled_at or (prev.filled_at if obs.filled_qty > 0 else None),
+        canceled_at=obs.canceled_at or (prev.canceled_at if obs.status == prev.status else None),
+    )
+
+
 def merge_order(prev: OrderSnapshot | None, obs: OrderSnapshot) -> OrderSnapshot:
     """Fold an observation into what is known; stale parts of it change nothing.
 
+    A terminal observation replaces what is known (see the module docstring): the same final
+    answer seen twice (stream and poll) changes nothing, a different one corrects the record.
     Returns ``prev`` itself (``is``-identical) when the observation adds nothing.
     """
     if prev is None:
         return obs
+    if obs.status.is_terminal:
+        final = _final(prev, obs)
+        return prev if final == prev else final
     if obs.filled_qty > prev.filled_qty:
         filled, avg = obs.filled_qty, obs.filled_avg_price
     else:
@@ -267,14 +314,20 @@ class LinkedOrder:
 
     @property
     def delta(self) -> Decimal:
-        """Quantity filled by this step (never negative: fills never go backwards)."""
-        return max(ZERO, self.after.filled_qty - (self.before.filled_qty if self.before else ZERO))
+        """Quantity filled by this step; negative only when a final answer corrected a wrong earlier one."""
+        return self.after.filled_qty - (self.before.filled_qty if self.before else ZERO)
+
+    @property
+    def corrected(self) -> bool:
+        """This step took back fills recorded from a wrong earlier answer."""
+        return self.delta < 0
 
 
 def _sign(side: Side | None) -> int:
     return -1 if side == Side.SELL else 1
 
 
+@exact
 def order_unit_price(order: OrderSnapshot) -> Decimal | None:
     """Per-unit fill price of an order in its own orientation (a multi-leg order: net, debit > 0)."""
     if not order.legs:
@@ -287,6 +340,7 @@ def order_unit_price(order: OrderSnapshot) -> Decimal | None:
     return order.filled_avg_price
 
 
+@exact
 def _average(orders: Sequence[OrderSnapshot], sign: int) -> tuple[Decimal, Decimal | None]:
     """Total filled and the weighted average unit price (``None`` if a filled order has no price yet)."""
     filled = sum((o.filled_qty for o in orders), ZERO)
@@ -317,12 +371,14 @@ def _exit_price(spec: TradeSpec, exits: Sequence[OrderSnapshot]) -> Decimal | No
     return _average(exits, -1 if spec.multileg else 1)[1]
 
 
+@exact
 def _realized(spec: TradeSpec, entry: Decimal | None, exit_: Decimal | None, qty: Decimal) -> Decimal | None:
     if entry is None or exit_ is None or qty <= 0:
         return None
     return ((exit_ - entry) * spec.direction * qty * spec.multiplier).quantize(Decimal("0.01"))
 
 
+@exact
 def apply_orders(
     spec: TradeSpec,
     trade: TradeState,
@@ -347,19 +403,28 @@ def apply_orders(
     quantity = trade.quantity + delta
     entry_filled, entry_avg = _average(entries, 1)
     exit_filled = sum((o.filled_qty for o in exits), ZERO)
-    entry_price = entry_avg if entry_avg is not None else trade.entry_price
-    fill_price = entry_avg if entry_avg is not None else trade.broker_fill_price
-    exit_price = _exit_price(spec, exits) if exit_filled > 0 else trade.exit_price
+    corrected = any(o.corrected for o in orders)  # a final answer took back wrongly recorded fills
+    entry_price, fill_price = trade.entry_price, trade.broker_fill_price
+    if entry_avg is not None:
+        entry_price = fill_price = entry_avg
+    elif corrected and entries and entry_filled <= 0:
+        entry_price = fill_price = None  # the fills that priced it were never made
+    exit_price, realized = trade.exit_price, trade.realized_pnl
+    if exit_filled > 0:
+        exit_price = _exit_price(spec, exits)
+        realized = _realized(spec, entry_price, exit_price, exit_filled)
+    elif corrected and exits:
+        exit_price = realized = None
     new = replace(
         trade,
         quantity=quantity,
         entry_price=entry_price,
         broker_fill_price=fill_price,
         exit_price=exit_price,
-        realized_pnl=_realized(spec, entry_price, exit_price, exit_filled) if exit_filled > 0 else trade.realized_pnl,
+        realized_pnl=realized,
     )
-    if trade.status == TradeStatus.CLOSED:
-        return new  # final: fills may still firm up its prices, nothing reopens it
+    if trade.status == TradeStatus.CLOSED and not corrected:
+        return new  # final: fills may still firm up its prices; only a corrected fill reopens it
     exit_working = exit_pending and trade.status == TradeStatus.CLOSING
     return _with_status(new, entries, exits, entry_filled, exit_filled, now, orders, exit_working)
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -58,9 +58,20 @@ class DatabaseSettings(_Section):
     @field_validator("dsn")
     @classmethod
     def _dsn_is_postgres(cls, v: str) -> str:
-        if not v.startswith(("postgresql://", "postgres://")):
-            raise ValueError("must be a postgresql:// URL")
+        parse_dsn(v)  # ValueError (naming no secret) when libpq or asyncpg could not use it
         return v
+
+    @field_validator("schema_")
+    @classmethod
+    def _not_a_system_schema(cls, v: str) -> str:
+        if v == "information_schema" or v.startswith("pg_"):
+            raise ValueError(f'{v!r} is a PostgreSQL system schema; choose a schema of syncd\'s own (e.g. "syncd")')
+        return v
+
+    @property
+    def url(self) -> str:
+        """The DSN as the URL asyncpg takes: the URL form as given, key=value pairs as query parameters."""
+        return dsn_url(self.dsn)
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> DatabaseSettings:
@@ -281,10 +292,7 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every secret in the config, for the log redactor."""
         values = [s for acct in self.accounts for s in acct.secret_values()]
-        password = urlsplit(self.database.dsn).password
-        if password:
-            values.append(password)
-        return values
+        return values + dsn_secrets(self.database.dsn)
 
     def account(self, name: str) -> AccountSettings:
         for acct in self.accounts:
@@ -341,12 +349,204 @@ def _looks_secret(loc: str) -> bool:
     return any(k in loc for k in SECRET_KEYS) or "dsn" in loc
 
 
+# -- the DSN: every form libpq accepts, its secrets, and the URL asyncpg takes -----------------------------
+
+DSN_SCHEMES = ("postgresql://", "postgres://")
+DSN_SECRET_KEYS = frozenset({"password", "sslpassword"})
+_DSN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DSN_PORT_KEYS = ("port",)
+
+
+def _unquote_dsn_value(text: str, i: int) -> tuple[str, int, int]:
+    """The value of a key=value DSN starting at ``text[i]``: (value, start, end) of its raw span.
+
+    libpq's rules: a value is single-quoted (``\\'`` and ``\\\\`` escaped inside) or runs to the
+    next whitespace (backslash escapes allowed).
+    """
+    start = i
+    out: list[str] = []
+    if i < len(text) and text[i] == "'":
+        i += 1
+        while True:
+            if i >= len(text):
+                raise ValueError("a quoted value in the key=value DSN is not closed")
+            ch = text[i]
+            if ch == "\\" and i + 1 < len(text):
+                out.append(text[i + 1])
+                i += 2
+                continue
+            if ch == "'":
+                return "".join(out), start, i + 1
+            out.append(ch)
+            i += 1
+    while i < len(text) and not text[i].isspace():
+        if text[i] == "\\" and i + 1 < len(text):
+            out.append(text[i + 1])
+            i += 2
+            continue
+        out.append(text[i])
+        i += 1
+    return "".join(out), start, i
+
+
+def _keyword_pairs(dsn: str) -> list[tuple[str, str, int, int]]:
+    """A libpq key=value DSN as (key, value, value start, value end); ValueError when malformed."""
+    pairs: list[tuple[str, str, int, int]] = []
+    i = 0
+    while True:
+        while i < len(dsn) and dsn[i].isspace():
+            i += 1
+        if i >= len(dsn):
+            return pairs
+        key = _DSN_KEY.match(dsn, i)
+        if key is None:
+            raise ValueError("must be a postgresql:// URL or libpq key=value pairs")
+        i = key.end()
+        while i < len(dsn) and dsn[i].isspace():
+            i += 1
+        if i >= len(dsn) or dsn[i] != "=":
+            raise ValueError(f"key {key.group()[:30]!r} of the key=value DSN has no '=' value")
+        i += 1
+        while i < len(dsn) and dsn[i].isspace():
+            i += 1
+        value, start, i = _unquote_dsn_value(dsn, i)
+        pairs.append((key.group().lower(), value, start, i))
+
+
+def _check_port(value: str, where: str) -> None:
+    for port in value.split(","):
+        if not port.isdigit() or not 1 <= int(port) <= 65_535:
+            raise ValueError(f"the port {where} must be a number 1-65535, got {port[:10]!r}")
+
+
+def _url_ports(hostinfo: str) -> list[str]:
+    """The ports of a URL's ``host[:port][,host[:port]]...``; ``ValueError`` for one that is not a number."""
+    ports: list[str] = []
+    for host in hostinfo.split(",") if hostinfo else []:
+        if host.startswith("["):
+            end = host.find("]")
+            if end < 0:
+                raise ValueError("has an IPv6 host without its closing ']'")
+            rest = host[end + 1 :]
+            if rest and not rest.startswith(":"):
+                raise ValueError("has text after an IPv6 host")
+            port = rest[1:]
+        else:
+            port = host.rpartition(":")[2] if ":" in host else ""
+        if port:
+            _check_port(port, "in the URL")
+            ports.append(port)
+    return ports
+
+
+def _url_query(query: str) -> tuple[dict[str, str], list[str]]:
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise ValueError("has a query string that is not key=value pairs joined by '&'") from None
+    out = {key.lower(): value for key, value in pairs}
+    raw = [value for key, value in pairs if key.lower() in DSN_SECRET_KEYS]
+    for piece in query.split("&"):
+        key, _, value = piece.partition("=")
+        if unquote(key).lower() in DSN_SECRET_KEYS and value:
+            raw.append(value)
+    return out, raw
+
+
+def _url_parts(dsn: str) -> tuple[dict[str, str], list[str]]:
+    """A postgresql:// URL's libpq keywords (user, password, port, dbname, query keys) and its secrets as written."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        raise ValueError("is not a parsable postgresql:// URL") from None
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    if not at:
+        userinfo, hostinfo = "", parts.netloc
+    out: dict[str, str] = {}
+    raw: list[str] = []
+    if userinfo:
+        user, colon, password = userinfo.partition(":")
+        out["user"] = unquote(user)
+        if colon:
+            out["password"] = unquote(password)
+            raw += [out["password"], password]
+    ports = _url_ports(hostinfo)
+    if ports:
+        out["port"] = ",".join(ports)
+    if parts.path.strip("/"):
+        out["dbname"] = unquote(parts.path.lstrip("/"))
+    if parts.query:
+        query, secrets = _url_query(parts.query)
+        out.update(query)
+        raw += secrets
+    return out, raw
+
+
+def parse_dsn(dsn: str) -> dict[str, str]:
+    """The libpq keywords of ``dsn`` (URL or key=value form); ``ValueError`` naming no secret when malformed.
+
+    A port that is not a number is refused here (``syncd config check``), not at connect time.
+    """
+    if dsn.startswith(DSN_SCHEMES):
+        keywords, _ = _url_parts(dsn)
+    elif "://" in dsn.split("=", 1)[0] or "=" not in dsn:
+        raise ValueError("must be a postgresql:// URL (or libpq key=value pairs: host=... dbname=...)")
+    else:
+        keywords = {k: v for k, v, _, _ in _keyword_pairs(dsn)}
+    for key in _DSN_PORT_KEYS:
+        if key in keywords:
+            _check_port(keywords[key], f"({key}=)")
+    return keywords
+
+
+def dsn_secrets(dsn: str) -> list[str]:
+    """Every secret in ``dsn`` (password, sslpassword), decoded and as written, for the log redactor."""
+    try:
+        if dsn.startswith(DSN_SCHEMES):
+            keywords, raw = _url_parts(dsn)
+        else:
+            pairs = _keyword_pairs(dsn)
+            keywords = {k: v for k, v, _, _ in pairs}
+            raw = [dsn[a:b] for k, _, a, b in pairs if k in DSN_SECRET_KEYS]
+    except ValueError:
+        return []
+    values = [keywords[k] for k in DSN_SECRET_KEYS if keywords.get(k)] + raw
+    return list(dict.fromkeys(v for v in values if v))
+
+
 def redact_dsn(dsn: str) -> str:
-    parts = urlsplit(dsn)
-    if parts.password is None:
+    """``dsn`` with every secret (userinfo password, ``password=``, ``sslpassword=``) replaced by ``***``."""
+    if dsn.startswith(DSN_SCHEMES):
+        scheme, _, rest = dsn.partition("://")
+        netloc_end = len(rest)
+        for sep in "/?#":
+            pos = rest.find(sep)
+            if pos >= 0:
+                netloc_end = min(netloc_end, pos)
+        netloc, tail = rest[:netloc_end], rest[netloc_end:]
+        userinfo, at, hostinfo = netloc.rpartition("@")
+        if at and ":" in userinfo:
+            netloc = userinfo.partition(":")[0] + ":***@" + hostinfo
+        tail = re.sub(r"(?i)([?&](?:ssl)?password=)[^&#]*", lambda m: m.group(1) + "***", tail)
+        return f"{scheme}://{netloc}{tail}"
+    try:
+        pairs = _keyword_pairs(dsn)
+    except ValueError:
+        return "***"  # unparsable: show nothing of it
+    out, last = [], 0
+    for key, _, start, end in pairs:
+        if key in DSN_SECRET_KEYS:
+            out += [dsn[last:start], "***"]
+            last = end
+    return "".join(out) + dsn[last:]
+
+
+def dsn_url(dsn: str) -> str:
+    """``dsn`` as a URL asyncpg understands (asyncpg takes no key=value form): every keyword a query parameter."""
+    if dsn.startswith(DSN_SCHEMES):
         return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    keywords = {k: v for k, v, _, _ in _keyword_pairs(dsn)}
+    return "postgresql://?" + urlencode(keywords, quote_via=quote)
 
 
 def redacted_dict(settings: Settings) -> dict[str, Any]:

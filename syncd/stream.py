@@ -21,7 +21,8 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from syncd.brokers.base import BrokerAuthFailed, BrokerError, StreamNotSupported
+from syncd.brokers.base import BadBrokerData, BrokerAuthFailed, BrokerError, StreamNotSupported
+from syncd.brokers.sanity import Bad, check_update
 from syncd.brokers.types import TradeUpdate
 from syncd.context import Account, Context
 from syncd.errors import describe
@@ -78,8 +79,27 @@ async def apply_update(
     return applied
 
 
+async def refuse_update(ctx: Context, account: Account, exc: BadBrokerData) -> None:
+    """An event that cannot be true is not applied; ``accounts.last_error`` says so at once.
+
+    The error is tradeCycle's (the stream is its fast path): its next pass clears it when the
+    broker's order listing, the backstop, is truthful, or keeps it when it says the same.
+    """
+    error = describe(exc)
+    log.warning("stream_event_refused", error=error)
+    await ctx.pool.execute(ctx.queries["stream_set_error"], account.id, f"tradeCycle: stream event refused: {error}")
+
+
 async def _consume(ctx: Context, account: Account, on_fill: FillLatency | None) -> None:
     async for update in account.broker.trade_updates():
+        try:
+            check_update(update, "trade_update", _refusal(account))
+        except BadBrokerData as exc:
+            try:
+                await refuse_update(ctx, account, exc)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as db_exc:
+                log.error("stream_event_failed", error=describe(db_exc))
+            continue
         try:
             await apply_update(ctx, account, update, on_fill)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
@@ -134,6 +154,15 @@ async def consume_trade_updates(
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
 
+def _refusal(account: Account) -> Bad:
+    def bad(message: str, field: str) -> BadBrokerData:
+        return BadBrokerData(
+            f"{account.broker.kind}: {message}", field=field, broker=account.broker.kind, account=account.name
+        )
+
+    return bad
+
+
 async def _outcome(task: asyncio.Task[None]) -> BaseException | None:
     """Wait for the consumer task; its exception, if any (a cancellation is not one)."""
     try:
@@ -146,4 +175,3 @@ async def _outcome(task: asyncio.Task[None]) -> BaseException | None:
         log.exception("stream_crashed", error=describe(exc))
         return exc
     return None
-

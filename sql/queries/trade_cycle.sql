@@ -21,11 +21,18 @@ SELECT (SELECT orders_watermark FROM trade_cycle_state WHERE account_id = $1) AS
            AND order_is_working(status)) AS oldest_working;
 
 -- name: trade_working_order_ids
--- Broker ids of the account's top-level orders recorded as working.
+-- Broker ids of the account's top-level orders recorded as working, and of those recorded
+-- terminal within the last $2 (asked again, so a wrong final answer is corrected by the next
+-- truthful one; see syncd.reconcile.merge_order). Uses orders_working and orders_recent (0011).
 SELECT broker_order_id
   FROM orders
  WHERE account_id = $1 AND parent_id IS NULL
-   AND order_is_working(status);
+   AND order_is_working(status)
+UNION
+SELECT broker_order_id
+  FROM orders
+ WHERE account_id = $1 AND parent_id IS NULL
+   AND updated_at > now() - $2::interval;
 
 -- name: trade_set_watermark
 -- Move the watermark to $2 when it is unset or older than $3 (so an idle pass mostly writes nothing).
@@ -359,3 +366,9 @@ RETURNING id;
 SELECT broker_order_id FROM orders
  WHERE trade_id = $1 AND parent_id IS NULL
    AND order_is_working(status);
+
+-- name: stream_set_error
+-- A stream event syncd refused (syncd.stream.refuse_update): accounts.last_error at once.
+-- $1 account id, $2 the error line (prefixed "tradeCycle: ", so tradeCycle's next good pass clears it).
+UPDATE accounts SET last_error = $2, updated_at = now()
+ WHERE id = $1 AND last_error IS DISTINCT FROM $2;

@@ -46,8 +46,9 @@ from syncd.brokers.base import (
 )
 from syncd.brokers.http import HttpCore, RequestHook, RetryPolicy
 from syncd.brokers.occ import option_spec_or_none, parse_occ
-from syncd.brokers.parse import as_utc, batches, decimal_or_none, iso_z, plain
+from syncd.brokers.parse import TooManyDigits, as_utc, batches, decimal_or_none, iso_z, plain
 from syncd.brokers.ratelimit import ALPACA_PER_MIN, TokenBucket
+from syncd.brokers.sanity import check_order, check_position, check_quote
 from syncd.brokers.types import (
     AssetClass,
     Balances,
@@ -162,8 +163,7 @@ class AlpacaBroker:
             cash=self._req_dec(acct.cash, "account.cash"),
             buying_power=self._req_dec(acct.buying_power, "account.buying_power"),
             long_market_value=self._dec(acct.long_market_value, "account.long_market_value") or Decimal(0),
-            short_market_value=self._dec(acct.short_market_value, "account.short_market_value")
-            or Decimal(0),
+            short_market_value=self._dec(acct.short_market_value, "account.short_market_value") or Decimal(0),
             currency=acct.currency or "USD",
         )
 
@@ -183,9 +183,7 @@ class AlpacaBroker:
 
     # -- orders -------------------------------------------------------------------------
 
-    async def list_orders(
-        self, status: OrderStatusFilter = "all", since: dt.datetime | None = None
-    ) -> list[Order]:
+    async def list_orders(self, status: OrderStatusFilter = "all", since: dt.datetime | None = None) -> list[Order]:
         """Every order (legs nested) submitted after ``since``, oldest first, all pages."""
         seen: dict[str, Order] = {}
         after = since
@@ -296,7 +294,7 @@ class AlpacaBroker:
             if snap is None:
                 continue
             parsed = self._snapshot(Snapshot, sym, snap)
-            out[sym] = _quote(sym, parsed.latest_quote, parsed.latest_trade, None)
+            out[sym] = self._checked_quote(sym, parsed.latest_quote, parsed.latest_trade, None)
         return out
 
     async def _option_quotes(self, symbols: list[str]) -> dict[str, Quote]:
@@ -316,21 +314,22 @@ class AlpacaBroker:
                     continue
                 parsed = self._snapshot(OptionsSnapshot, sym, snap)
                 greeks = parsed.greeks
-                out[sym] = _quote(
-                    sym,
-                    parsed.latest_quote,
-                    parsed.latest_trade,
-                    Greeks(
-                        delta=decimal_or_none(greeks.delta if greeks else None),
-                        gamma=decimal_or_none(greeks.gamma if greeks else None),
-                        theta=decimal_or_none(greeks.theta if greeks else None),
-                        vega=decimal_or_none(greeks.vega if greeks else None),
-                        rho=decimal_or_none(greeks.rho if greeks else None),
-                        implied_volatility=decimal_or_none(parsed.implied_volatility),
+                try:
+                    greeks_ = (
+                        Greeks(
+                            delta=decimal_or_none(greeks.delta if greeks else None),
+                            gamma=decimal_or_none(greeks.gamma if greeks else None),
+                            theta=decimal_or_none(greeks.theta if greeks else None),
+                            vega=decimal_or_none(greeks.vega if greeks else None),
+                            rho=decimal_or_none(greeks.rho if greeks else None),
+                            implied_volatility=decimal_or_none(parsed.implied_volatility),
+                        )
+                        if greeks is not None or parsed.implied_volatility is not None
+                        else None
                     )
-                    if greeks is not None or parsed.implied_volatility is not None
-                    else None,
-                )
+                except (InvalidOperation, ValueError) as exc:
+                    raise self._bad(f"cannot read the greeks of {sym}: {exc}", f"snapshots.{sym}.greeks") from None
+                out[sym] = self._checked_quote(sym, parsed.latest_quote, parsed.latest_trade, greeks_)
             token = body.get("next_page_token")
             if not token:
                 return out
@@ -530,8 +529,17 @@ class AlpacaBroker:
     def _dec(self, value: Any, field: str) -> Decimal | None:
         try:
             return decimal_or_none(value)
+        except TooManyDigits as exc:
+            raise self._bad(f"{field}: {exc}", field) from None
         except (InvalidOperation, ValueError):
             raise self._bad(f"{field} is not a number", field) from None
+
+    def _checked_quote(self, symbol: str, q: Any, trade: Any, greeks: Greeks | None) -> Quote:
+        try:
+            quote_ = _quote(symbol, q, trade, greeks)
+        except (InvalidOperation, ValueError) as exc:
+            raise self._bad(f"cannot read the snapshot of {symbol}: {exc}", f"snapshots.{symbol}") from None
+        return check_quote(quote_, f"snapshots.{symbol}", self._bad)
 
     def _req_dec(self, value: Any, field: str) -> Decimal:
         out = self._dec(value, field)
@@ -552,11 +560,14 @@ class AlpacaBroker:
                 option = parse_occ(p.symbol)
             except ValueError as exc:
                 raise self._bad(f"{what}.symbol: {exc}", f"{what}.symbol") from None
-        return Position(
+        # copy_abs/copy_negate are exact whatever the decimal context (abs() and * round to it).
+        signed = qty.copy_abs() if sign > 0 else qty.copy_abs().copy_negate()
+        free = signed if available is None else available.copy_abs() if sign > 0 else available.copy_abs().copy_negate()
+        position = Position(
             symbol=p.symbol,
             asset_class=_asset_class(p.asset_class),
-            quantity=abs(qty) * sign,
-            qty_available=abs(available) * sign if available is not None else abs(qty) * sign,
+            quantity=signed,
+            qty_available=free,
             avg_entry_price=self._req_dec(p.avg_entry_price, f"{what}.avg_entry_price"),
             cost_basis=self._req_dec(p.cost_basis, f"{what}.cost_basis"),
             current_price=self._dec(p.current_price, f"{what}.current_price"),
@@ -564,13 +575,15 @@ class AlpacaBroker:
             unrealized_pl=self._dec(p.unrealized_pl, f"{what}.unrealized_pl"),
             option=option,
         )
+        return check_position(position, what, self._bad)
 
     def _order(self, data: dict[str, Any], what: str) -> Order:
         order = self._model(AlpacaOrder, _clean_order(data), what)
         try:
-            return _convert_order(order)
+            converted = _convert_order(order)
         except (InvalidOperation, ValueError) as exc:
             raise self._bad(f"cannot read {what}: {exc}", what) from None
+        return check_order(converted, what, self._bad)
 
 
 # -- request building ---------------------------------------------------------------------
@@ -746,7 +759,6 @@ def _list(body: Any, what: str, account: str = "") -> list[Any]:
     if not isinstance(body, list):
         raise BadBrokerData(f"alpaca: {what} is not a JSON array", field=what, broker="alpaca", account=account)
     return body
-
 
 
 def _internal(stream: TradingStream, name: str) -> Callable[[], Awaitable[None]]:

@@ -27,12 +27,19 @@ class BrokerError(Exception):
 
 
 class BrokerUnavailable(BrokerError):
-    """Connection error, timeout, 5xx or 429 that retries did not cure. The outcome is unknown."""
+    """Connection error, timeout, 5xx or 429 that retries did not cure. The outcome is unknown.
+
+    ``timed_out``: the broker did not answer within ``broker_timeout_s`` (it hangs).
+    """
+
+    def __init__(self, message: str, *, timed_out: bool = False, **kw: str) -> None:
+        super().__init__(message, **kw)
+        self.timed_out = timed_out
 
 
 class BrokerRateLimited(BrokerUnavailable):
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: str) -> None:
-        super().__init__(message, **kw)
+    def __init__(self, message: str, *, retry_after: float | None = None, broker: str = "", account: str = "") -> None:
+        super().__init__(message, broker=broker, account=account)
         self.retry_after = retry_after
 
 
@@ -86,9 +93,7 @@ class Broker(Protocol):
 
     async def list_positions(self) -> list[Position]: ...
 
-    async def list_orders(
-        self, status: OrderStatusFilter = "all", since: dt.datetime | None = None
-    ) -> list[Order]: ...
+    async def list_orders(self, status: OrderStatusFilter = "all", since: dt.datetime | None = None) -> list[Order]: ...
 
     async def get_order(self, broker_order_id: str) -> Order: ...
 

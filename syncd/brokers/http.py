@@ -6,10 +6,13 @@ owns one ``aiohttp.ClientSession`` for the whole process and passes it in.
 Every request:
 
 1. waits for the account's token bucket (:mod:`syncd.brokers.ratelimit`);
-2. is sent with a total timeout of ``timeout_s``;
+2. is sent with a total timeout of ``timeout_s`` for the WHOLE request: every attempt,
+   every backoff sleep and the rate limiter's wait share one deadline, so a broker that
+   hangs costs one request ``timeout_s`` (never ``attempts x timeout_s``);
 3. is retried, with tenacity's jittered exponential backoff, on a connection error, a
    timeout, a 5xx or a 429 (waiting what ``Retry-After`` or Alpaca's
-   ``X-Ratelimit-Reset`` asks for instead, when given) -- unless the caller says the
+   ``X-Ratelimit-Reset`` asks for instead, when given) while the deadline leaves time for
+   the wait and another attempt -- unless the caller says the
    request must be sent at most once (an order placement: its outcome would be unknown,
    and the caller looks the client order id up instead of sending it again);
 4. has its answer translated into syncd's exceptions (:mod:`syncd.brokers.base`).
@@ -26,6 +29,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
@@ -43,6 +47,7 @@ from syncd.brokers.base import (
     BrokerUnavailable,
     OrderNotFound,
 )
+from syncd.brokers.parse import MAX_SIGNIFICANT_DIGITS, significant_digits
 from syncd.brokers.ratelimit import TokenBucket
 
 log = structlog.get_logger(__name__)
@@ -70,6 +75,7 @@ class RetryPolicy:
     max_retry_after_s: float = 30.0  # a 429 asking for longer gives up at once (BrokerRateLimited)
     sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep)
     clock: Callable[[], float] = field(default=time.time)  # wall clock, for X-Ratelimit-Reset
+    monotonic: Callable[[], float] = field(default=time.monotonic)  # the request's deadline
 
 
 class _Transient(Exception):
@@ -80,6 +86,7 @@ class _Transient(Exception):
         self.what = what
         self.status = status
         self.retry_after = retry_after
+        self.out_of_time = False  # set when the deadline left no time for the wait and a retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +116,6 @@ class HttpCore:
         self.broker = broker
         self.account = account
         self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.timeout_s = timeout_s
         self._headers = dict(headers)
         self._limiter = limiter
@@ -144,20 +150,29 @@ class HttpCore:
         rather than an authorisation failure.
         """
         what = f"{self.broker} {method} {endpoint}"
+        deadline = self.retry.monotonic() + self.timeout_s
         retrying = AsyncRetrying(
             stop=stop_after_attempt(1 if once else max(1, self.retry.attempts)),
-            wait=self._wait,
+            wait=lambda state: self._wait(state, deadline),
             retry=retry_if_exception_type(_Transient),
             sleep=self.retry.sleep,
             before_sleep=self._before_sleep(what),
             reraise=True,
         )
         try:
-            reply: Reply = await retrying(
-                self._attempt, method, url, endpoint, params, json_body, form
-            )
+            # The hard bound of the whole request (attempts, backoff sleeps, rate-limit wait);
+            # each attempt's own aiohttp timeout is what is left of it.
+            async with asyncio.timeout(self.timeout_s):
+                reply: Reply = await retrying(self._attempt, method, url, endpoint, params, json_body, form, deadline)
         except _Transient as exc:
-            raise self._exhausted(what, exc, once=once) from None
+            raise self._exhausted(what, exc, once=once, attempts=retrying.statistics.get("attempt_number", 1)) from None
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"{what}: no answer within {self.timeout_s:g}s (broker_timeout_s, retries included)",
+                timed_out=True,
+                broker=self.broker,
+                account=self.account,
+            ) from None
         return self._interpret(what, reply, on_404=on_404, reject_403=reject_403)
 
     def scrub(self, text: str) -> str:
@@ -176,10 +191,12 @@ class HttpCore:
         params: Mapping[str, str] | Sequence[tuple[str, str]] | None,
         json_body: Any,
         form: Mapping[str, str] | Sequence[tuple[str, str]] | None,
+        deadline: float,
     ) -> Reply:
         if self._limiter is not None:
             await self._limiter.acquire()
         self.request_count += 1
+        left = max(0.001, deadline - self.retry.monotonic())
         try:
             async with self._session.request(
                 method,
@@ -188,14 +205,14 @@ class HttpCore:
                 json=json_body,
                 data=form,
                 headers=self._headers,
-                timeout=self._timeout,
+                timeout=aiohttp.ClientTimeout(total=min(self.timeout_s, left)),
                 allow_redirects=False,
             ) as resp:
                 body = await resp.read()
                 reply = Reply(resp.status, resp.headers, body)
         except TimeoutError:
             self._hook(endpoint, "timeout")
-            raise _Transient(f"timed out after {self.timeout_s:g}s") from None
+            raise _Transient(f"timed out after {min(self.timeout_s, left):.3g}s") from None
         except aiohttp.ClientError as exc:
             self._hook(endpoint, "error")
             detail = self.scrub(str(exc))[:200]
@@ -244,15 +261,21 @@ class HttpCore:
 
     # -- retry plumbing -------------------------------------------------------------------
 
-    def _wait(self, state: RetryCallState) -> float:
+    def _wait(self, state: RetryCallState, deadline: float) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Transient) and exc.retry_after is not None:
             if exc.retry_after > self.retry.max_retry_after_s:
                 # Waiting that long inside one request would stall a whole cycle: give up now.
                 raise exc
-            return exc.retry_after
-        backoff = wait_random_exponential(multiplier=self.retry.initial_s, max=self.retry.max_s)
-        return float(backoff(state))
+            wait = exc.retry_after
+        else:
+            backoff = wait_random_exponential(multiplier=self.retry.initial_s, max=self.retry.max_s)
+            wait = float(backoff(state))
+        if isinstance(exc, _Transient) and wait >= deadline - self.retry.monotonic():
+            # The wait would use up what is left of broker_timeout_s: no time for another attempt.
+            exc.out_of_time = True
+            raise exc
+        return wait
 
     def _before_sleep(self, what: str) -> Callable[[RetryCallState], None]:
         def before_sleep(state: RetryCallState) -> None:
@@ -269,19 +292,21 @@ class HttpCore:
 
         return before_sleep
 
-    def _exhausted(self, what: str, exc: _Transient, *, once: bool) -> BrokerUnavailable:
+    def _exhausted(self, what: str, exc: _Transient, *, once: bool, attempts: int) -> BrokerUnavailable:
         if exc.retry_after is not None and exc.retry_after > self.retry.max_retry_after_s:
             tries = f"asked to wait {exc.retry_after:.0f}s, more than {self.retry.max_retry_after_s:g}s"
         elif once:
             tries = "sent once, not retried"
+        elif exc.out_of_time:
+            plural = "s" if attempts != 1 else ""
+            tries = f"after {attempts} attempt{plural}; broker_timeout_s {self.timeout_s:g}s used up"
         else:
-            tries = f"after {self.retry.attempts} attempts"
+            tries = f"after {attempts} attempts"
         msg = f"{what}: {exc.what} ({tries})"
         if exc.status == 429:
-            return BrokerRateLimited(
-                msg, retry_after=exc.retry_after, broker=self.broker, account=self.account
-            )
-        return BrokerUnavailable(msg, broker=self.broker, account=self.account)
+            return BrokerRateLimited(msg, retry_after=exc.retry_after, broker=self.broker, account=self.account)
+        timed_out = exc.what.startswith("timed out")
+        return BrokerUnavailable(msg, timed_out=timed_out, broker=self.broker, account=self.account)
 
     # -- answers ------------------------------------------------------------------------
 
@@ -319,7 +344,9 @@ class HttpCore:
         if reply.status == 204 or not reply.body.strip():
             return None
         try:
-            return json.loads(reply.body)
+            # Numbers with a point or exponent as exact Decimals, never through a float: a float
+            # would silently drop the digits past its 17th, which syncd must see to refuse them.
+            decoded = json.loads(reply.body, parse_float=Decimal)
         except (ValueError, UnicodeDecodeError):
             ctype = reply.headers.get("Content-Type", "no content type")
             looks = "an HTML page" if reply.body.lstrip()[:1] == b"<" else "malformed JSON"
@@ -329,6 +356,17 @@ class HttpCore:
                 broker=self.broker,
                 account=self.account,
             ) from None
+        too_fine = _too_fine(decoded)
+        if too_fine is not None:
+            # A model typed float (alpaca-py's) would round it to 17 digits unseen: refuse it here.
+            raise BadBrokerData(
+                f"{what}: the number {too_fine[:40]} has more digits than syncd keeps exactly"
+                f" (at most {MAX_SIGNIFICANT_DIGITS})",
+                field="body",
+                broker=self.broker,
+                account=self.account,
+            )
+        return decoded
 
     @staticmethod
     def _decode_quietly(body: bytes) -> Any:
@@ -347,6 +385,20 @@ class HttpCore:
             text = raw.decode("utf-8", "replace").strip()
             reason = "no details" if not text or text.startswith("<") else " ".join(text.split())
         return self.scrub(reason)[:_MAX_REASON]
+
+
+def _too_fine(decoded: Any) -> str | None:
+    """The first JSON number with a point or exponent that has more significant digits than syncd keeps."""
+    stack = [decoded]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, Decimal) and item.is_finite() and significant_digits(item) > MAX_SIGNIFICANT_DIGITS:
+            return str(item)
+    return None
 
 
 def _default_reason(body: Any) -> str | None:

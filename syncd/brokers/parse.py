@@ -1,7 +1,13 @@
 """Small parsing and formatting helpers both broker adapters share.
 
 Numbers from a broker arrive as strings, ints or floats; syncd keeps them as exact
-``Decimal`` values and refuses what is not a finite number. Times are kept as aware UTC
+``Decimal`` values and refuses what is not a finite number, and what has more digits
+than syncd keeps exactly: at most ``MAX_INTEGER_DIGITS`` (15) digits before the decimal
+point and ``MAX_SIGNIFICANT_DIGITS`` (20) significant digits in all. The ``numeric``
+columns would store more, but the arithmetic on these numbers (P&L, averages, sums) runs
+under :data:`WIDE` (100 digits), where sums and products of numbers within these bounds
+are exact: nothing a broker says is silently rounded (a 30-digit quantity used to be
+stored rounded to 28 digits). Times are kept as aware UTC
 datetimes. Each adapter turns the exceptions raised here into its own ``BadBrokerData``
 (naming the broker, the account and the field).
 """
@@ -9,9 +15,31 @@ datetimes. Each adapter turns the exceptions raised here into its own ``BadBroke
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from collections.abc import Callable, Iterator
+from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+MAX_INTEGER_DIGITS = 15  # < 10**15: more than any real quantity, price or balance
+MAX_SIGNIFICANT_DIGITS = 20  # a float's 17 digits fit; a 30-digit "quantity" does not
+
+# The context syncd's arithmetic on broker numbers runs in (see the module docstring): wide enough
+# that sums and products of accepted numbers never round; only divisions do (then quantized).
+WIDE = Context(prec=100, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow])
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def exact(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` under :data:`WIDE` (a decorator for the pure cores doing arithmetic on broker numbers)."""
+
+    @wraps(fn)
+    def inner(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with localcontext(WIDE):
+            return fn(*args, **kwargs)
+
+    return inner
 
 
 class NotANumber(InvalidOperation):
@@ -20,6 +48,37 @@ class NotANumber(InvalidOperation):
 
 class NotFinite(NotANumber):
     """NaN or an infinity: a number syncd never stores."""
+
+
+class TooManyDigits(NotANumber):
+    """More digits than syncd keeps exactly (``MAX_INTEGER_DIGITS``, ``MAX_SIGNIFICANT_DIGITS``)."""
+
+
+def _digits(value: Decimal) -> tuple[int, int]:
+    """(significant digits, digits before the point) of a finite ``value``; trailing zeros after the
+    point say nothing ("1.50" is "1.5") and do not count."""
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite: checked by the caller
+    significant = len(digits)
+    while significant > 1 and exponent < 0 and digits[significant - 1] == 0:
+        significant -= 1
+        exponent += 1
+    return significant, max(0, significant + exponent)
+
+
+def significant_digits(value: Decimal) -> int:
+    return _digits(value)[0]
+
+
+def check_digits(value: Decimal) -> Decimal:
+    """``value`` itself, or ``TooManyDigits`` when it has more digits than syncd keeps exactly."""
+    significant, integer = _digits(value)
+    if integer > MAX_INTEGER_DIGITS or significant > MAX_SIGNIFICANT_DIGITS:
+        raise TooManyDigits(
+            f"{str(value)[:40]!r} has more digits than syncd keeps exactly "
+            f"(at most {MAX_INTEGER_DIGITS} before the point, {MAX_SIGNIFICANT_DIGITS} in all)"
+        )
+    return value
 
 
 def decimal_or_none(value: Any) -> Decimal | None:
@@ -40,7 +99,7 @@ def decimal_or_none(value: Any) -> Decimal | None:
         raise NotANumber(f"{str(value)[:40]!r} is not a number") from None
     if not out.is_finite():
         raise NotFinite(f"{value!r} is not finite")
-    return out
+    return check_digits(out)
 
 
 def as_utc(t: dt.datetime) -> dt.datetime:

@@ -26,7 +26,7 @@ import datetime as dt
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any, Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
@@ -45,8 +45,9 @@ from syncd.brokers.base import (
 )
 from syncd.brokers.http import HttpCore, RequestHook, RetryPolicy
 from syncd.brokers.occ import option_spec_or_none
-from syncd.brokers.parse import NotANumber, NotFinite, as_utc, batches, decimal_or_none, plain
+from syncd.brokers.parse import WIDE, NotANumber, NotFinite, TooManyDigits, as_utc, batches, decimal_or_none, plain
 from syncd.brokers.ratelimit import TRADIER_PER_MIN, TokenBucket
+from syncd.brokers.sanity import check_order, check_position, check_quote
 from syncd.brokers.types import (
     AssetClass,
     Balances,
@@ -208,8 +209,7 @@ class TradierBroker:
             cash=total_cash if total_cash is not None else Decimal(0),
             buying_power=self._num(bp, "balances.buying_power") or (total_cash or Decimal(0)),
             long_market_value=self._num(b.get("long_market_value"), "balances.long_market_value") or Decimal(0),
-            short_market_value=self._num(b.get("short_market_value"), "balances.short_market_value")
-            or Decimal(0),
+            short_market_value=self._num(b.get("short_market_value"), "balances.short_market_value") or Decimal(0),
         )
 
     async def list_positions(self) -> list[Position]:
@@ -231,31 +231,29 @@ class TradierBroker:
             option = option_spec_or_none(symbol)
             mult = Decimal(option.multiplier if option else 1)
             committed = held.get((symbol, qty < 0), Decimal(0))
-            free = max(Decimal(0), abs(qty) - committed)
-            out.append(
-                Position(
-                    symbol=symbol,
-                    asset_class=AssetClass.US_OPTION if option else AssetClass.US_EQUITY,
-                    quantity=qty,
-                    qty_available=free if qty >= 0 else -free,
-                    avg_entry_price=abs(cost) / (abs(qty) * mult) if qty else Decimal(0),
-                    cost_basis=cost,
-                    option=option,
-                )
+            with localcontext(WIDE):  # exact: no digit of the broker's numbers is rounded away
+                free = max(Decimal(0), qty.copy_abs() - committed)
+                units = qty.copy_abs() * mult
+            position = Position(
+                symbol=symbol,
+                asset_class=AssetClass.US_OPTION if option else AssetClass.US_EQUITY,
+                quantity=qty,
+                qty_available=free if qty >= 0 else free.copy_negate(),
+                # a quotient (Tradier sends no average price): the default 28 digits, as any division
+                avg_entry_price=cost.copy_abs() / units if qty else Decimal(0),
+                cost_basis=cost,
+                option=option,
             )
+            out.append(check_position(position, what, self._bad))
         return out
 
     # -- orders -------------------------------------------------------------------------
 
     async def _orders(self) -> list[Order]:
-        body = await self._get(
-            f"{self._acct}/orders", "/v1/accounts/{id}/orders", params={"includeTags": "true"}
-        )
+        body = await self._get(f"{self._acct}/orders", "/v1/accounts/{id}/orders", params={"includeTags": "true"})
         return [self._order(o, f"orders[{i}]") for i, o in enumerate(self._items(body, "orders", "order"))]
 
-    async def list_orders(
-        self, status: OrderStatusFilter = "all", since: dt.datetime | None = None
-    ) -> list[Order]:
+    async def list_orders(self, status: OrderStatusFilter = "all", since: dt.datetime | None = None) -> list[Order]:
         """Tradier returns the account's orders in one answer; we filter by status and creation time."""
         out = []
         for order in await self._orders():
@@ -455,6 +453,10 @@ class TradierBroker:
     # -- parsing ------------------------------------------------------------------------
 
     def _order(self, d: Any, what: str, parent_qty: Decimal | None = None) -> Order:
+        order = self._parse_order(d, what, parent_qty)
+        return order if parent_qty is not None else check_order(order, what, self._bad)
+
+    def _parse_order(self, d: Any, what: str, parent_qty: Decimal | None) -> Order:
         if not isinstance(d, dict):
             raise self._bad(f"{what} is not an object", what)
         status_raw = d.get("status")
@@ -527,20 +529,25 @@ class TradierBroker:
                 rho=self._num(g.get("rho"), f"{what}.greeks.rho"),
                 implied_volatility=self._num(g.get("mid_iv"), f"{what}.greeks.mid_iv"),
             )
-        stamps = [
-            self._num(q.get(k), f"{what}.{k}") for k in ("bid_date", "ask_date", "trade_date")
-        ]
+        stamps = [self._num(q.get(k), f"{what}.{k}") for k in ("bid_date", "ask_date", "trade_date")]
         latest = max((s for s in stamps if s), default=None)
-        return Quote(
+        quote_ = Quote(
             symbol=q["symbol"],
             bid=self._num(q.get("bid"), f"{what}.bid"),
             ask=self._num(q.get("ask"), f"{what}.ask"),
             last=self._num(q.get("last"), f"{what}.last"),
             bid_size=self._num(q.get("bidsize"), f"{what}.bidsize"),
             ask_size=self._num(q.get("asksize"), f"{what}.asksize"),
-            at=dt.datetime.fromtimestamp(float(latest) / 1000, dt.UTC) if latest else None,
+            at=self._epoch_ms(latest, f"{what}.bid_date") if latest else None,
             greeks=greeks,
         )
+        return check_quote(quote_, what, self._bad)
+
+    def _epoch_ms(self, value: Decimal, field: str) -> dt.datetime:
+        try:
+            return dt.datetime.fromtimestamp(float(value) / 1000, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            raise self._bad(f"{field} is not a time", field) from None
 
     def _section(self, body: Any, key: str) -> dict[str, Any] | None:
         """``body[key]`` as an object; ``None`` when Tradier says "null"."""
@@ -587,6 +594,8 @@ class TradierBroker:
             return decimal_or_none(value)
         except NotFinite:
             raise self._bad(f"{field} is not a finite number", field) from None
+        except TooManyDigits as exc:
+            raise self._bad(f"{field}: {exc}", field) from None
         except NotANumber:
             raise self._bad(f"{field} is not a number", field) from None
 

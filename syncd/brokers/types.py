@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from enum import StrEnum
+
+from syncd.brokers.parse import WIDE
 
 
 class AssetClass(StrEnum):
@@ -213,7 +215,8 @@ class Quote:
     def mid(self) -> Decimal | None:
         """Mid when both sides exist, else last."""
         if self.bid is not None and self.ask is not None and self.bid > 0 and self.ask > 0:
-            return (self.bid + self.ask) / 2
+            with localcontext(WIDE):  # exact: the sum of two accepted prices never rounds
+                return (self.bid + self.ask) / 2
         return self.last
 
 

@@ -70,7 +70,9 @@ from syncd.context import Account, Context
 log = structlog.get_logger(__name__)
 
 SYNC_LOCK_CLASS = 0x73796E63  # "sync": advisory lock class of accountSync (per account id)
-FETCH_DEADLINE_FACTOR = 5  # the whole fetch gives up after broker_timeout_s x this (adapters retry inside)
+# The whole fetch (two requests at once, each bounded by broker_timeout_s retries included)
+# gives up after broker_timeout_s x this, whatever happens inside the adapters.
+FETCH_DEADLINE_FACTOR = 2
 
 EventKind = Literal["opened", "increased", "reduced", "closed", "flipped"]
 
@@ -249,7 +251,12 @@ def position_row(p: Position, index: int = 0) -> PositionRow:
     _check_numbers(p, index)
     # asset_class, underlying, option_type, strike, expiration, multiplier: the columns stocks and options differ in
     instrument: tuple[str, str, str | None, Decimal | None, dt.date | None, Decimal] = (
-        AssetClass(p.asset_class).value, p.symbol, None, None, None, _ONE,
+        AssetClass(p.asset_class).value,
+        p.symbol,
+        None,
+        None,
+        None,
+        _ONE,
     )
     if p.asset_class == AssetClass.US_OPTION:
         spec = p.option
@@ -320,7 +327,9 @@ async def fetch_account(broker: Broker, deadline_s: float) -> tuple[Balances, li
             balances, positions = await asyncio.gather(balances_task, positions_task)
             return balances, positions
     except TimeoutError:
-        raise BrokerUnavailable(f"fetching balances and positions timed out after {deadline_s:g}s") from None
+        raise BrokerUnavailable(
+            f"fetching balances and positions timed out after {deadline_s:g}s", timed_out=True
+        ) from None
     finally:
         for task in (balances_task, positions_task):
             if not task.done():

@@ -5,7 +5,8 @@ One pass over one account:
 1. when ``trading.enabled``, drain the account's outbox (:mod:`syncd.outbox`);
 2. fetch the account's orders: everything submitted since the watermark (minus an
    overlap for clock skew, and reaching back to the oldest order still recorded as
-   working), plus any recorded-working order the listing missed, asked for by id;
+   working), plus any recorded-working order the listing missed, asked for by id (and any
+   recorded terminal in the last ``TERMINAL_RECHECK``, so a wrong final answer is corrected);
    on the first pass, the open orders and the last ``FIRST_PASS_LOOKBACK``;
 3. in one transaction holding the account's orders lock: fold every order into
    ``orders``/``order_events`` and re-derive the trades they touch
@@ -36,6 +37,9 @@ WATERMARK_OVERLAP = dt.timedelta(minutes=5)
 WATERMARK_STEP = dt.timedelta(minutes=2)  # the watermark is rewritten only once it is this old
 FIRST_PASS_LOOKBACK = dt.timedelta(days=7)
 MAX_LOOKUPS = 8  # concurrent get_order calls for working orders the listing missed
+# An order recorded terminal is asked for again (by id, when the listing misses it) this long
+# after it was last written: a wrong final answer is then corrected by the next truthful one.
+TERMINAL_RECHECK = dt.timedelta(minutes=10)
 
 
 async def fetch_orders(ctx: Context, account: Account, started: dt.datetime) -> list[Order]:
@@ -53,7 +57,8 @@ async def fetch_orders(ctx: Context, account: Account, started: dt.datetime) -> 
         since = min(watermark, oldest_working or watermark) - WATERMARK_OVERLAP
     for o in await broker.list_orders("all", since=since):
         orders[o.broker_order_id] = o
-    working = [r["broker_order_id"] for r in await ctx.pool.fetch(q["trade_working_order_ids"], account.id)]
+    rows = await ctx.pool.fetch(q["trade_working_order_ids"], account.id, TERMINAL_RECHECK)
+    working = [r["broker_order_id"] for r in rows]
     missing = [bid for bid in working if bid not in orders]
     if missing:
         for o in await _get_orders(account, missing):

@@ -25,7 +25,7 @@ def _server_settings(schema: str) -> dict[str, str]:
 async def create_pool(db: DatabaseSettings, *, max_size: int | None = None) -> asyncpg.Pool[Any]:
     """The process's pool. Every connection has ``search_path`` set to ``db.schema_``."""
     pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
-        db.dsn,
+        db.url,
         min_size=min(db.pool_min, max_size or db.pool_max),
         max_size=max_size or db.pool_max,
         timeout=db.connect_timeout_s,
@@ -39,7 +39,7 @@ async def create_pool(db: DatabaseSettings, *, max_size: int | None = None) -> a
 async def connect(db: DatabaseSettings) -> asyncpg.Connection[Any]:
     """One dedicated connection (migrations, LISTEN, session advisory locks)."""
     conn: asyncpg.Connection[Any] = await asyncpg.connect(
-        db.dsn, timeout=db.connect_timeout_s, server_settings=_server_settings(db.schema_)
+        db.url, timeout=db.connect_timeout_s, server_settings=_server_settings(db.schema_)
     )
     await _init_connection(conn)
     return conn

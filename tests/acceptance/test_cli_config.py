@@ -99,3 +99,54 @@ def test_every_command_has_help(command: tuple[str, ...]) -> None:
     result = syncd(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: syncd" in result.stdout
+
+
+# -- the DSN's password never printed, in any form libpq takes (issue 10 item 6) ------------------------------
+
+DSN_FORMS = {
+    "url-userinfo": ("postgresql://u:Pw-Userinfo-1@127.0.0.1:9/db", "Pw-Userinfo-1"),
+    "postgres-scheme": ("postgres://u:Pw-Scheme-2@127.0.0.1:9/db", "Pw-Scheme-2"),
+    "url-query": ("postgresql://u@127.0.0.1:9/db?password=Pw-Query-3", "Pw-Query-3"),
+    "keyword": ("host=127.0.0.1 port=9 dbname=db user=u password=Pw-Keyword-4", "Pw-Keyword-4"),
+    "keyword-quoted": ("host=127.0.0.1 port=9 dbname=db password='Pw Quoted 5'", "Pw Quoted 5"),
+}
+
+
+@pytest.mark.parametrize("form", sorted(DSN_FORMS))
+@pytest.mark.parametrize("as_json", [False, True], ids=["toml", "json"])
+def test_config_check_never_prints_the_dsn_password(form: str, as_json: bool) -> None:
+    dsn, password = DSN_FORMS[form]
+    result = syncd("config", "check", *(["--json"] if as_json else []), env={"SYNCD_DATABASE__DSN": dsn})
+    assert result.returncode == 0, result.stderr
+    assert "***" in result.stdout
+    assert password not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("form", sorted(DSN_FORMS))
+def test_logs_never_carry_the_dsn_password(form: str) -> None:
+    """``migrate`` against a closed port logs its failure; the password is nowhere in the output."""
+    dsn, password = DSN_FORMS[form]
+    env = {"SYNCD_DATABASE__DSN": dsn, "SYNCD_DATABASE__CONNECT_TIMEOUT_S": "2", "SYNCD_LOG__LEVEL": "debug"}
+    result = syncd("migrate", env=env)
+    assert result.returncode != 0
+    assert result.stderr  # it did log
+    assert password not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"SYNCD_DATABASE__DSN": "postgresql://u:Pw-Port-6@127.0.0.1:abc/db"}, "database.dsn"),
+        ({"SYNCD_DATABASE__DSN": "host=h port=x5 password=Pw-Port-7"}, "database.dsn"),
+        ({"SYNCD_DATABASE__DSN": "host=h password='Pw-Open-8"}, "database.dsn"),
+        ({"SYNCD_DATABASE__DSN": "postgresql://u:Pw-V6-9@[::1/db"}, "database.dsn"),
+        ({"SYNCD_DATABASE__SCHEMA": "information_schema"}, "database.schema"),
+        ({"SYNCD_DATABASE__SCHEMA": "pg_catalog"}, "database.schema"),
+    ],
+)
+def test_bad_dsn_or_system_schema_is_exit_2_at_config_check(env: dict[str, str], needle: str) -> None:
+    for command in (("config", "check"), ("migrate",)):
+        result = syncd(*command, env=env)
+        assert result.returncode == 2, result.stderr
+        assert needle in result.stderr
+        assert "Pw-" not in result.stdout + result.stderr

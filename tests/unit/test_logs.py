@@ -61,3 +61,19 @@ def test_redactor_ignores_short_strings() -> None:
     """A 1-3 character 'secret' would redact ordinary words; it is ignored."""
     r = RedactSecrets(["ab"])
     assert r(None, "info", {"event": "about"})["event"] == "about"
+
+
+def test_dsn_passwords_are_redacted_from_log_lines_however_short() -> None:
+    """Guards issue 10 item 6: a DSN's password (any libpq form) never reaches a log line."""
+    from syncd.settings import load_settings
+
+    settings = load_settings(None, {"SYNCD_DATABASE__DSN": "postgresql://u@h/db?password=pw-in-query"})
+    buf = _capture(settings.secret_values())
+    log = structlog.get_logger("t")
+    log.info("x", detail="cannot connect with pw-in-query")
+    log.info("y", detail="dsn postgresql://u:pw@h/db and postgres://h/db?sslmode=x&password=pw")
+    log.info("z", detail="host=h password='p w' dbname=d", other="sslpassword=k1")
+    out = buf.getvalue()
+    assert "pw-in-query" not in out and ":pw@" not in out and "password=pw" not in out
+    assert "'p w'" not in out and "k1" not in out
+    assert "postgresql://u:***@h/db" in out

@@ -359,3 +359,20 @@ def test_debit_and_credit_views_of_one_spread_are_mirror_images(
     assert credit.floating_pnl is not None
     assert debit.floating_pnl == -credit.floating_pnl
     assert debit.quantity == credit.quantity == held
+
+
+def test_arithmetic_on_accepted_numbers_never_rounds() -> None:
+    """Guards the 28-digit rounding (issue 10 item 5): values within syncd's digit bounds stay exact."""
+    import decimal
+
+    from syncd import reconcile
+    from syncd.brokers.parse import MAX_INTEGER_DIGITS
+
+    price, qty = Decimal("12345678901234.5"), Decimal("123456789012345")
+    assert len(str(qty)) == MAX_INTEGER_DIGITS
+    with decimal.localcontext(decimal.Context(prec=200)):
+        expected = price * qty * 100
+    assert pnl.market_value(price, qty, Decimal(100)) == expected  # 33 digits: Decimal's default would round
+    spec = reconcile.TradeSpec((reconcile.TradeLeg("X", reconcile.Side.BUY),))
+    realized = reconcile._realized(spec, price, price + Decimal("0.5"), qty)  # quantized to cents: 31 digits
+    assert realized == Decimal("61728394506172.50")

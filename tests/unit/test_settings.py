@@ -178,3 +178,72 @@ def test_contract_example_is_valid_and_its_values_are_the_defaults(tmp_path: Pat
         "tradier-main", "tradier", "VA00000000", True
     )
     assert tradier.token is not None and tradier.token.get_secret_value() == "token_file-value"
+
+
+# -- the DSN's secrets in every form libpq takes, and the schema -------------------------------------------------
+
+# (dsn, its password(s)): each form libpq accepts.
+DSN_FORMS = [
+    ("postgresql://u:pw-userinfo@h/db", ["pw-userinfo"]),
+    ("postgres://u:pw-postgres@h:5432/db", ["pw-postgres"]),
+    ("postgresql://u@h/db?password=pw-query&sslmode=prefer", ["pw-query"]),
+    ("postgresql://h/db?sslmode=require&password=pw-last", ["pw-last"]),
+    ("postgresql://u:p%40ss-enc@h/db", ["p@ss-enc", "p%40ss-enc"]),
+    ("postgresql://u:pw-both@h/db?password=pw-query2", ["pw-both", "pw-query2"]),
+    ("host=h dbname=d user=u password=pw-keyword", ["pw-keyword"]),
+    ("host=h password='p w quoted' dbname=d", ["p w quoted"]),
+    ("host = h  password = 'it\\'s-escaped'", ["it's-escaped"]),
+    ("host=h sslpassword=pw-sslkey", ["pw-sslkey"]),
+]
+
+
+@pytest.mark.parametrize(("dsn", "passwords"), DSN_FORMS)
+def test_dsn_password_is_redacted_in_every_form(tmp_path: Path, dsn: str, passwords: list[str]) -> None:
+    """Guards issue 10 item 6: a ?password= (and the key=value forms) was printed in clear by config check."""
+    s = load_settings(None, {"SYNCD_DATABASE__DSN": dsn})
+    text = to_toml(redacted_dict(s))
+    for password in passwords:
+        assert password not in text
+        assert password in s.secret_values()  # the log redactor removes it wherever it appears
+    assert "***" in text
+
+
+def test_key_value_dsn_is_given_to_asyncpg_as_a_url() -> None:
+    s = load_settings(None, {"SYNCD_DATABASE__DSN": "host=/tmp port=5433 dbname=d user=u password='p w'"})
+    assert s.database.url == "postgresql://?host=%2Ftmp&port=5433&dbname=d&user=u&password=p%20w"
+    url = "postgresql://u:pw@h/db?sslmode=require"
+    assert load_settings(None, {"SYNCD_DATABASE__DSN": url}).database.url == url
+
+
+BAD_DSNS = [
+    "mysql://x",
+    "postgresql://u:pw@h:abc/db",  # non-numeric port: config check, not migrate
+    "postgresql://u:pw@h:99999/db",
+    "postgresql://h/db?port=five",
+    "host=h port=abc password=pw-x",
+    "host=h password='pw-unclosed",
+    "postgresql://u:pw-v6@[::1/db",
+    "postgresql://h/db?sslmode",
+    "just some words",
+]
+
+
+@pytest.mark.parametrize("dsn", BAD_DSNS)
+def test_unusable_dsn_is_a_config_error_naming_the_key_and_no_secret(dsn: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"SYNCD_DATABASE__DSN": dsn})
+    message = str(info.value)
+    assert "database.dsn" in message
+    assert "pw" not in message.replace("passwords", "")  # neither the DSN nor its password is echoed
+
+
+@pytest.mark.parametrize("schema", ["information_schema", "pg_catalog", "pg_toast", "pg_temp_1", "pg_mine"])
+def test_system_schema_is_refused(schema: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"SYNCD_DATABASE__SCHEMA": schema})
+    assert "database.schema" in str(info.value) and "system schema" in str(info.value)
+
+
+@pytest.mark.parametrize("schema", ["public", "syncd", "pgx", "my_pg_schema"])
+def test_ordinary_schemas_are_fine(schema: str) -> None:
+    assert load_settings(None, {"SYNCD_DATABASE__SCHEMA": schema}).database.schema_ == schema
