@@ -9,7 +9,7 @@ own orders filled. Shares sold by hand shrink a trade; shares bought by hand nev
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -86,7 +86,7 @@ async def close_sent(ctx: Context, sim: Simulator, tid: int, payload: dict[str, 
 
 @pytest.mark.parametrize(("index", "broker"), BROKERS)
 async def test_outside_shares_never_join_a_trade_nor_its_close(
-    sim: Simulator, make_context: Any, index: int, broker: str
+    sim: Simulator, make_context: Any, index: int, broker: Literal["alpaca", "tradier"]
 ) -> None:
     """Regression: 250 WMT bought by hand + an outbox open for 4 WMT: the trade was reconciled to 254 and its
     close sold all 254. The trade holds 4, its close sells 4, the 250 stay untracked and importable."""
@@ -120,7 +120,7 @@ async def test_outside_shares_never_join_a_trade_nor_its_close(
 
 @pytest.mark.parametrize(("index", "broker"), BROKERS)
 async def test_partial_fills_count_and_a_hand_sale_shrinks_the_trade(
-    sim: Simulator, make_context: Any, index: int, broker: str
+    sim: Simulator, make_context: Any, index: int, broker: Literal["alpaca", "tradier"]
 ) -> None:
     """A partly filled then cancelled entry holds what filled (6 of 10), whatever the account holds besides;
     selling by hand below that shrinks the trade, and buying back by hand does not grow it again."""
@@ -165,7 +165,7 @@ def _spread(sim: Simulator) -> tuple[str, str]:
 
 @pytest.mark.parametrize(("index", "broker"), BROKERS)
 async def test_spread_trade_owns_its_contracts_not_a_hand_bought_spread(
-    sim: Simulator, make_context: Any, index: int, broker: str
+    sim: Simulator, make_context: Any, index: int, broker: Literal["alpaca", "tradier"]
 ) -> None:
     """The account holds 5 of a call spread bought by hand; syncd opens 2 more of the same spread. The trade
     holds 2, monitorCycle's exit and a close are for 2, and import-positions makes the other 5 a trade."""
@@ -198,7 +198,7 @@ async def test_spread_trade_owns_its_contracts_not_a_hand_bought_spread(
 
         await settle(ctx)
         imported = await import_positions(ctx, acct)  # the 5 bought by hand become a trade of their own
-        assert [(i.plan.strategy, i.plan.quantity) for i in imported] == [("BULL_CALL_DEBIT", 5)]
+        assert [(i.plan.strategy, i.plan.quantity) for i in imported] == [("BULL_CALL_DEBIT", Decimal(5))]
         assert await import_positions(ctx, acct) == []  # idempotent: the surplus is covered now
         await ctx.pool.execute("UPDATE trades SET stop_loss_pct = NULL WHERE id = $1", imported[0].trade_id)
 
@@ -242,7 +242,7 @@ async def test_import_takes_only_the_untracked_surplus(sim: Simulator, make_cont
         await sync(ctx)
         await settle(ctx)
         imported = await import_positions(ctx, acct)
-        assert [(i.plan.strategy, i.plan.quantity) for i in imported] == [("LONG_STOCK", 250)]
+        assert [(i.plan.strategy, i.plan.quantity) for i in imported] == [("LONG_STOCK", Decimal(250))]
         assert await import_positions(ctx, acct) == []
         assert await ctx.pool.fetch("SELECT * FROM v_position_mismatches") == []
         assert (await trade(ctx, tid))["quantity"] == 4

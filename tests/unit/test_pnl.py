@@ -247,7 +247,7 @@ def test_a_trade_with_own_fills_holds_only_its_own_quantity() -> None:
     assert pnl.leg_held(sold, D(4), own_fills=True) == 3  # never more than the broker holds
     trade = Trade(id=1, strategy="LONG_STOCK", legs=(leg,), quantity=D(4), own_fills=True)
     state = pnl.evaluate(trade)
-    assert (state.quantity, state.available_quantity) == (4, 4)
+    assert (state.quantity, state.available_quantity) == (D(4), D(4))
 
 
 def test_position_of_the_wrong_sign_is_not_the_legs() -> None:
