@@ -25,7 +25,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check syncd tests
-	$(PY) -m mypy syncd
+	$(PY) -m mypy syncd tests
 
 bench: $(STAMP)
 	$(PY) -m tests.bench.bench_account_sync --accounts 1000 --positions 50

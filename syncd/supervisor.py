@@ -162,7 +162,12 @@ def _log_unretrieved(task: asyncio.Task[Any]) -> None:
 
 
 class Supervisor:
-    """Runs the task loops, the lease heartbeat, the streams, housekeeping and the watchdog."""
+    """Runs the task loops, the lease heartbeat, the streams, housekeeping and the watchdog.
+
+    ``restart_backoff(n)`` is the delay before restarting a loop or stream after its n-th
+    consecutive failure; ``watchdog_grace_s`` is how far past its deadline a loop may be
+    before the watchdog calls it stalled (a public attribute: tests move it while running).
+    """
 
     def __init__(
         self,
@@ -175,6 +180,8 @@ class Supervisor:
         interval_for: IntervalFn | None = None,
         stream: StreamFn | None = None,
         rng: random.Random | None = None,
+        restart_backoff: Callable[[int], float] = backoff,
+        watchdog_grace_s: float = WATCHDOG_GRACE_S,
     ) -> None:
         self.ctx = ctx
         self._stop = stop
@@ -184,6 +191,8 @@ class Supervisor:
         self._interval_for = interval_for
         self._stream = stream if ctx.settings.cycles.stream else None
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
+        self._restart_backoff = restart_backoff
+        self.watchdog_grace_s = watchdog_grace_s
         self.views: dict[str, TaskView] = {t.name: TaskView(instance=ctx.instance) for t in self._tasks}
         self._deadlines: dict[str, float] = {}
         self._in_flight: Counter[int] = Counter()
@@ -282,8 +291,8 @@ class Supervisor:
             else:
                 return
             await self._write("task_failed", self.ctx.instance, td.name, view.last_error)
-            delay = backoff(view.consecutive_failures)
-            self._deadlines[td.name] = time.monotonic() + delay + WATCHDOG_GRACE_S
+            delay = self._restart_backoff(view.consecutive_failures)
+            self._deadlines[td.name] = time.monotonic() + delay + self.watchdog_grace_s
             log.info("task_restarting", task=td.name, in_s=delay, consecutive_failures=view.consecutive_failures)
             self.ctx.metrics.inc("syncd_task_restarts_total", task=td.name)
             if await _stoppable_sleep(self._stop, delay):
@@ -316,7 +325,7 @@ class Supervisor:
             await self._pass(td, guarded, interval)
             due = time.monotonic() + jittered(interval, self.ctx.settings.cycles.jitter_pct, self._rng)
             while True:
-                self._deadlines[td.name] = due + WATCHDOG_GRACE_S
+                self._deadlines[td.name] = due + self.watchdog_grace_s
                 woke = await self._wait_until(td.name, due)
                 if woke == "stop":
                     return
@@ -332,7 +341,7 @@ class Supervisor:
         budget = max(self.ctx.settings.health.stale_after_s, 2 * interval)
         view.interval_s = interval
         view.last_started_at = dt.datetime.now(dt.UTC)
-        self._deadlines[td.name] = time.monotonic() + budget + WATCHDOG_GRACE_S
+        self._deadlines[td.name] = time.monotonic() + budget + self.watchdog_grace_s
         await self._write("task_pass_started", self.ctx.instance, td.name, interval)
         try:
             async with asyncio.timeout(budget) as deadline:
@@ -475,7 +484,7 @@ class Supervisor:
                     log.error("stream_crashed", error=describe(exc), consecutive_failures=failures, exc_info=exc)
                 else:
                     return
-                if await _stoppable_sleep(stop, backoff(failures)):
+                if await _stoppable_sleep(stop, self._restart_backoff(failures)):
                     return
 
     def _stop_stream(self, account_id: int) -> None:
@@ -525,15 +534,15 @@ class Supervisor:
         for row in rows:
             self.ctx.metrics.set("syncd_positions", float(row["n"]), account=row["name"])
 
-    async def purge_old_rows(self) -> int:
-        """Retention: ``sync_runs`` older than ``database.retention_days``, in small batches; stale health rows."""
+    async def purge_old_rows(self, *, batch: int = RETENTION_BATCH) -> int:
+        """Retention: ``sync_runs`` older than ``database.retention_days``, ``batch`` at a time; stale health rows."""
         days = self.ctx.settings.database.retention_days
         total = 0
         for _ in range(RETENTION_MAX_BATCHES):
             async with asyncio.timeout(30):
-                n = int(await self.ctx.pool.fetchval(self.ctx.queries["sync_runs_purge_batch"], days, RETENTION_BATCH))
+                n = int(await self.ctx.pool.fetchval(self.ctx.queries["sync_runs_purge_batch"], days, batch))
             total += n
-            if n < RETENTION_BATCH or self._stop.is_set():
+            if n < batch or self._stop.is_set():
                 break
             await asyncio.sleep(0)  # let the passes have the loop between batches
         async with asyncio.timeout(30):

@@ -5,13 +5,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast, overload
 
 T = TypeVar("T")
 
 
+@overload
 async def wait_for(
-    predicate: Callable[[], Awaitable[T] | T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+    predicate: Callable[[], Awaitable[T | None]], timeout: float = ..., interval: float = ..., what: str = ""
+) -> T: ...
+
+
+@overload
+async def wait_for(
+    predicate: Callable[[], T | None], timeout: float = ..., interval: float = ..., what: str = ""
+) -> T: ...
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[T | None] | T | None],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "",
 ) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds.
 
@@ -23,7 +38,7 @@ async def wait_for(
         if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
             result = await result
         if result:
-            return result  # type: ignore[return-value]
+            return cast(T, result)  # truthy, so not None; an awaitable was awaited above
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s{': ' + what if what else ''}")
         await asyncio.sleep(interval)

@@ -48,10 +48,10 @@ class EmbeddedServer:
     """pgserver, for machines with no PostgreSQL listening."""
 
     def __init__(self) -> None:
-        import pgserver
+        from pgserver.postgres_server import get_server  # the package re-exports it without __all__
 
         self._dir = tempfile.TemporaryDirectory(prefix="syncd-test-pg-")
-        self._server = pgserver.get_server(self._dir.name, cleanup_mode="stop")
+        self._server = get_server(self._dir.name, cleanup_mode="stop")
         self.dsn: str = self._server.get_uri()
 
     def stop(self) -> None:

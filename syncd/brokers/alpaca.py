@@ -106,6 +106,7 @@ class AlpacaBroker:
         retry: RetryPolicy | None = None,
         stream_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         stream_backoff: tuple[float, float] = (1.0, 30.0),
+        orders_page: int = ORDERS_PAGE,
     ) -> None:
         if account.api_key is None or account.api_secret is None:
             raise ValueError(f"account {account.name!r}: alpaca needs api_key and api_secret")
@@ -134,6 +135,7 @@ class AlpacaBroker:
         self._stream_sleep = stream_sleep
         self._stream_backoff = stream_backoff
         self._stream_active = False
+        self._orders_page = orders_page
 
     # -- Protocol properties ------------------------------------------------------------
 
@@ -188,7 +190,7 @@ class AlpacaBroker:
         seen: dict[str, Order] = {}
         after = since
         while True:
-            params = {"status": status, "limit": str(ORDERS_PAGE), "direction": "asc", "nested": "true"}
+            params = {"status": status, "limit": str(self._orders_page), "direction": "asc", "nested": "true"}
             if after is not None:
                 params["after"] = iso_z(after)
             body = await self._get("/v2/orders", params=params)
@@ -197,7 +199,7 @@ class AlpacaBroker:
             new = [o for o in page if o.broker_order_id not in seen]
             for order in new:
                 seen[order.broker_order_id] = order
-            if len(page) < ORDERS_PAGE or not new:
+            if len(page) < self._orders_page or not new:
                 break
             # ``after`` is exclusive: step back a microsecond so orders sharing the last
             # timestamp are not skipped; the ids already seen are dropped above.

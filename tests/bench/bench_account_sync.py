@@ -173,8 +173,8 @@ def account_settings(sim: SimHandle, broker: str) -> list[AccountSettings]:
                 AccountSettings(
                     name=name,
                     broker="alpaca",
-                    api_key=info.api_key,  # type: ignore[arg-type]
-                    api_secret=info.api_secret,  # type: ignore[arg-type]
+                    api_key=info.api_key,
+                    api_secret=info.api_secret,
                     base_url=sim.url,
                     data_url=sim.url,
                 )
@@ -185,7 +185,7 @@ def account_settings(sim: SimHandle, broker: str) -> list[AccountSettings]:
                     name=name,
                     broker="tradier",
                     account_id=info.tradier_account_id,
-                    token=info.tradier_token,  # type: ignore[arg-type]
+                    token=info.tradier_token,
                     base_url=sim.url,
                 )
             )
@@ -338,7 +338,7 @@ async def timed_pass(
     cpu = time.process_time() - cpu0
     sim_cpu = (await sim.stats())[2] - sim_cpu0
     pg_cpu = await postgres_cpu(ctx.pool) - pg_cpu0
-    if profiler is not None:
+    if profiler is not None and profile:
         profiler.stop()
         with open(profile, "w", encoding="utf-8") as fh:
             fh.write(profiler.output_html())
@@ -367,7 +367,7 @@ async def main() -> None:
         settings = Settings(
             database=db,
             accounts=account_settings(sim, args.broker),
-            cycles={"concurrency": args.concurrency, "broker_timeout_s": 30},  # type: ignore[arg-type]
+            cycles={"concurrency": args.concurrency, "broker_timeout_s": 30},
             log=LogSettings(level="warning", format="console"),
         )
         async with open_context(settings, instance="bench") as ctx:

@@ -146,7 +146,7 @@ async def fire(http: aiohttp.ClientSession, url: str, cids: list[str], steps: in
 async def run(args: argparse.Namespace, dsn: str, url: str, stream_url: str, creds: list[tuple[str, str]]) -> None:
     settings = Settings(
         database=DatabaseSettings(dsn=dsn, pool_max=20),
-        trading={"enabled": True},  # type: ignore[arg-type]
+        trading={"enabled": True},
         log=LogSettings(level="warning", format="console"),
         accounts=[
             AccountSettings(
@@ -167,7 +167,7 @@ async def run(args: argparse.Namespace, dsn: str, url: str, stream_url: str, cre
         try:
             await warm_up(ctx, http, url)
             latencies.clear()
-            expected = len(cids) * args.steps
+            expected: int = len(cids) * args.steps
             started = time.perf_counter()
             await fire(http, url, cids, args.steps, args.rate, args.seed)
 

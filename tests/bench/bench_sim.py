@@ -141,7 +141,7 @@ async def bench(args: argparse.Namespace, url: str) -> None:
             print(f"warm, {workers} concurrent clients, {args.seconds:.0f} s each:")
             for name, requests in cases:
                 cycle = itertools.cycle(requests)
-                latencies = await run_for(args.seconds, workers, lambda c=cycle: next(c), http)
+                latencies = await run_for(args.seconds, workers, cycle.__next__, http)
                 report(name, latencies, args.seconds)
 
 

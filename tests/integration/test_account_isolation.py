@@ -56,6 +56,7 @@ async def trade_state(ctx: Context, tid: int) -> tuple[Any, ...]:
     orders = await ctx.pool.fetch(
         "SELECT broker_order_id, role, status FROM orders WHERE trade_id = $1 ORDER BY id", tid
     )
+    assert row is not None
     return tuple(row), [tuple(r) for r in legs], [tuple(r) for r in orders]
 
 

@@ -170,7 +170,7 @@ async def events(ctx: Context, account: Account) -> list[tuple[str, str, Decimal
 
 
 async def account_row(ctx: Context, account: Account) -> asyncpg.Record:
-    row = await ctx.pool.fetchrow("SELECT * FROM accounts WHERE id = $1", account.id)
+    row: asyncpg.Record | None = await ctx.pool.fetchrow("SELECT * FROM accounts WHERE id = $1", account.id)
     assert row is not None
     return row
 

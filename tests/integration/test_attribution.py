@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -27,6 +27,7 @@ D = Decimal
 sim = sim_fixture(seed=23, accounts=2, positions_per_account=0, fill_on_submit=False)
 
 BROKERS = [pytest.param(0, "alpaca", id="alpaca"), pytest.param(1, "tradier", id="tradier")]
+BrokerName = Literal["alpaca", "tradier"]
 
 
 async def queue(ctx: Context, kind: str, payload: Any, *, trade_id: int | None = None) -> int:
@@ -89,7 +90,7 @@ async def close_sent(ctx: Context, sim: Simulator, tid: int, payload: dict[str, 
 
 @pytest.mark.parametrize(("index", "broker"), BROKERS)
 async def test_outside_shares_never_join_a_trade_nor_its_close(
-    sim: Simulator, make_context: Any, index: int, broker: str
+    sim: Simulator, make_context: Any, index: int, broker: Literal["alpaca", "tradier"]
 ) -> None:
     """Regression: 250 WMT bought by hand + an outbox open for 4 WMT: the trade was reconciled to 254 and its
     close sold all 254. The trade holds 4, its close sells 4, the 250 stay untracked and importable."""
@@ -123,7 +124,7 @@ async def test_outside_shares_never_join_a_trade_nor_its_close(
 
 @pytest.mark.parametrize(("index", "broker"), BROKERS)
 async def test_partial_fills_count_and_a_hand_sale_shrinks_the_trade(
-    sim: Simulator, make_context: Any, index: int, broker: str
+    sim: Simulator, make_context: Any, index: int, broker: Literal["alpaca", "tradier"]
 ) -> None:
     """A partly filled then cancelled entry holds what filled (6 of 10), whatever the account holds besides;
     selling by hand below that shrinks the trade, and buying back by hand does not grow it again."""
@@ -168,7 +169,7 @@ def _spread(sim: Simulator) -> tuple[str, str]:
 
 @pytest.mark.parametrize(("index", "broker"), BROKERS)
 async def test_spread_trade_owns_its_contracts_not_a_hand_bought_spread(
-    sim: Simulator, make_context: Any, index: int, broker: str
+    sim: Simulator, make_context: Any, index: int, broker: Literal["alpaca", "tradier"]
 ) -> None:
     """The account holds 5 of a call spread bought by hand; syncd opens 2 more of the same spread. The trade
     holds 2, monitorCycle's exit and a close are for 2, and import-positions makes the other 5 a trade."""
@@ -201,7 +202,7 @@ async def test_spread_trade_owns_its_contracts_not_a_hand_bought_spread(
 
         await settle(ctx)
         imported = await import_positions(ctx, acct)  # the 5 bought by hand become a trade of their own
-        assert [(i.plan.strategy, i.plan.quantity) for i in imported] == [("BULL_CALL_DEBIT", 5)]
+        assert [(i.plan.strategy, i.plan.quantity) for i in imported] == [("BULL_CALL_DEBIT", Decimal(5))]
         assert await import_positions(ctx, acct) == []  # idempotent: the surplus is covered now
         await ctx.pool.execute("UPDATE trades SET stop_loss_pct = NULL WHERE id = $1", imported[0].trade_id)
 
@@ -245,7 +246,7 @@ async def test_import_takes_only_the_untracked_surplus(sim: Simulator, make_cont
         await sync(ctx)
         await settle(ctx)
         imported = await import_positions(ctx, acct)
-        assert [(i.plan.strategy, i.plan.quantity) for i in imported] == [("LONG_STOCK", 250)]
+        assert [(i.plan.strategy, i.plan.quantity) for i in imported] == [("LONG_STOCK", Decimal(250))]
         assert await import_positions(ctx, acct) == []
         assert await ctx.pool.fetch("SELECT * FROM v_position_mismatches") == []
         assert (await trade(ctx, tid))["quantity"] == 4
@@ -348,7 +349,7 @@ async def test_a_trade_just_closed_is_not_imported_back_from_a_stale_sync(sim: S
         assert await import_positions(ctx, acct) == []
         sim.add_position(0, "WMT", 7, "90")  # bought by hand afterwards: this one is untracked
         await settle(ctx)
-        assert [(i.plan.symbol, i.plan.quantity) for i in await import_positions(ctx, acct)] == [("WMT", 7)]
+        assert [(i.plan.symbol, i.plan.quantity) for i in await import_positions(ctx, acct)] == [("WMT", D(7))]
 
 
 async def test_an_import_next_to_a_syncd_trade_is_shrunk_by_a_hand_sale(sim: Simulator, make_context: Any) -> None:
@@ -374,7 +375,7 @@ async def test_an_import_next_to_a_syncd_trade_is_shrunk_by_a_hand_sale(sim: Sim
 
 @pytest.mark.parametrize(("index", "broker"), BROKERS)
 async def test_a_spread_sold_by_hand_shrinks_the_trade_and_one_bought_back_does_not_grow_it(
-    sim: Simulator, make_context: Any, index: int, broker: str, monkeypatch: pytest.MonkeyPatch
+    sim: Simulator, make_context: Any, index: int, broker: BrokerName, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A spread trade of 2 next to 5 bought by hand: 6 spreads sold by hand leave 1, the trade shrinks to 1;
     buying 8 back by hand does not grow it; a close for 5 sells 1."""
@@ -399,7 +400,7 @@ async def test_a_spread_sold_by_hand_shrinks_the_trade_and_one_bought_back_does_
 
 @pytest.mark.parametrize(("index", "broker"), BROKERS)
 async def test_a_close_while_the_entry_still_works_sells_what_filled(
-    sim: Simulator, make_context: Any, index: int, broker: str
+    sim: Simulator, make_context: Any, index: int, broker: BrokerName
 ) -> None:
     """Next to 100 KO bought by hand, an entry for 10 fills 6 and still works: a close sells the 6, never the
     106 held; the entry's last 4 then make the trade 4."""

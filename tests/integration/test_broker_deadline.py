@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import aiohttp
@@ -102,6 +102,7 @@ async def test_a_hanging_request_is_sent_once_and_ends_with_broker_unavailable(
     """Guards the total deadline: one request's attempts and backoff share broker_timeout_s (no retry after a hang)."""
     async with aiohttp.ClientSession() as session:
         retry = RetryPolicy(attempts=4, initial_s=0.01, max_s=0.01)
+        call: Coroutine[Any, Any, object]
         if kind == "alpaca":
             a = AlpacaBroker(alpaca(hanging.url), session=session, timeout_s=0.3, limiter=False, retry=retry)
             call = a.list_positions()

@@ -170,7 +170,7 @@ async def test_a_lying_stream_event_is_not_applied_and_sets_last_error_at_once(m
     truth = TradeUpdate("fill", _order("o-true", "10", "10", OrderStatus.FILLED, "5"), now, Decimal("5"), Decimal("10"))
     async with make_context(accounts=[ALPACA]) as ctx:
         acct = ctx.accounts[ALPACA.name]
-        acct = replace(acct, broker=StreamingBroker([*lies, truth]))  # type: ignore[arg-type]
+        acct = replace(acct, broker=StreamingBroker([*lies, truth]))
         await _consume(ctx, acct, None)
         stored = [r["broker_order_id"] for r in await ctx.pool.fetch("SELECT broker_order_id FROM orders")]
         assert stored == ["o-true"]

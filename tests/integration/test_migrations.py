@@ -103,7 +103,7 @@ async def test_migrate_twice_is_idempotent(empty_dsn: str) -> None:
 
 
 async def test_migrate_into_another_schema(empty_dsn: str) -> None:
-    await apply_migrations(DatabaseSettings(dsn=empty_dsn, schema="tenant_b"))
+    await apply_migrations(DatabaseSettings.model_validate({"dsn": empty_dsn, "schema": "tenant_b"}))
     _assert_contract_schema(await _columns(empty_dsn, "tenant_b"))
     assert "accounts" not in await _columns(empty_dsn, "syncd")
 

@@ -7,7 +7,7 @@ from syncd.settings import DatabaseSettings
 
 
 async def test_queries_run_in_a_non_default_schema(empty_dsn: str) -> None:
-    db = DatabaseSettings(dsn=empty_dsn, schema="tenant_x")
+    db = DatabaseSettings.model_validate({"dsn": empty_dsn, "schema": "tenant_x"})
     await apply_migrations(db)
     pool = await create_pool(db)
     try:

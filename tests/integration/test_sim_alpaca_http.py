@@ -83,7 +83,7 @@ async def test_order_list_filters(sim: Simulator, http: aiohttp.ClientSession) -
     assert (await call(http, sim, "DELETE", f"/v2/orders/{canceled['id']}"))[0] == 204
 
     async def ids(**params: str) -> list[str]:
-        status, body = await call(http, sim, "GET", "/v2/orders", **params)
+        status, body = await call(http, sim, "GET", "/v2/orders", None, 0, **params)
         assert status == 200, body
         return [o["id"] for o in body]
 

@@ -59,6 +59,7 @@ async def test_get_account(sim: Simulator) -> None:
 
 async def test_get_all_positions_matches_the_book(sim: Simulator) -> None:
     positions = await asyncio.to_thread(_client(sim).get_all_positions)
+    assert isinstance(positions, list)
     assert all(isinstance(p, Position) for p in positions)
     book = sim.accounts[0].positions
     assert {p.symbol: Decimal(p.qty) for p in positions} == {s: p.qty for s, p in book.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from decimal import Decimal
 from typing import Any
 
@@ -145,7 +145,7 @@ async def test_stream_connected_is_logged_by_the_consumer_only(sim: Simulator, m
                 await wait_for(lambda: any(e["event"] == "alpaca_ws_connected" for e in logs), timeout=10)
                 assert await sim.disconnect_streams(0) == 1
                 await wait_for(lambda: sum(e["event"] == "alpaca_ws_connected" for e in logs) >= 2, timeout=20)
-        by_event: dict[str, list[dict[str, Any]]] = {}
+        by_event: dict[str, list[MutableMapping[str, Any]]] = {}
         for e in logs:
             by_event.setdefault(e["event"], []).append(e)
         assert len(by_event["stream_connected"]) == 1

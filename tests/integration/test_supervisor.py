@@ -26,7 +26,7 @@ import syncd.supervisor as supervisor_mod
 from syncd.context import Account, Context
 from syncd.health import HealthServer
 from syncd.leases import LeaseManager
-from syncd.passes import TaskName
+from syncd.passes import TaskName, run_pass
 from syncd.sdnotify import Notifier
 from syncd.settings import AccountSettings
 from syncd.supervisor import Supervisor, TaskDef
@@ -86,6 +86,7 @@ def build(
     heartbeat_s: float = 5.0,
     notifier: Notifier | None = None,
     interval_for: Callable[[Context, TaskName, float], Awaitable[float]] = fast,
+    restart_backoff: Callable[[int], float] = supervisor_mod.backoff,
 ) -> tuple[Supervisor, asyncio.Event]:
     if instance is not None:
         ctx = dataclasses.replace(ctx, instance=instance)
@@ -100,7 +101,14 @@ def build(
         busy=lambda: holder[0].busy() if holder else frozenset(),
     )
     sup = Supervisor(
-        ctx, stop=stop, leases=leases, tasks=tasks, interval_for=interval_for, stream=None, notifier=notifier
+        ctx,
+        stop=stop,
+        leases=leases,
+        tasks=tasks,
+        interval_for=interval_for,
+        stream=None,
+        notifier=notifier,
+        restart_backoff=restart_backoff,
     )
     holder.append(sup)
     return sup, stop
@@ -131,7 +139,7 @@ async def test_a_crashing_task_is_restarted_with_backoff_without_touching_the_ot
     ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rec = Recorder()
-    real_run_pass = supervisor_mod.run_pass
+    real_run_pass = run_pass
     crashes = {"n": 0}
 
     async def flaky_run_pass(c: Context, task: TaskName, fn: Any, accounts: Any) -> Any:
@@ -141,8 +149,7 @@ async def test_a_crashing_task_is_restarted_with_backoff_without_touching_the_ot
         return await real_run_pass(c, task, fn, accounts)
 
     monkeypatch.setattr(supervisor_mod, "run_pass", flaky_run_pass)
-    monkeypatch.setattr(supervisor_mod, "backoff", lambda n: n / 20)
-    sup, _stop = build(ctx, [TaskDef(t, rec.fn(t)) for t in TASK_NAMES])
+    sup, _stop = build(ctx, [TaskDef(t, rec.fn(t)) for t in TASK_NAMES], restart_backoff=lambda n: n / 20)
     with capture_logs() as logs:
         await sup.start()
         try:
@@ -346,7 +353,7 @@ async def test_healthz_answers_503_quickly_when_the_database_is_unreachable(ctx:
         await dead.close()
 
 
-async def test_retention_deletes_old_sync_runs_in_batches(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_retention_deletes_old_sync_runs_in_batches(ctx: Context) -> None:
     a1 = ctx.accounts["a1"].id
     await ctx.pool.execute(
         "INSERT INTO sync_runs (task, account_id, started_at, ok) "
@@ -357,16 +364,13 @@ async def test_retention_deletes_old_sync_runs_in_batches(ctx: Context, monkeypa
     await ctx.pool.execute(
         "INSERT INTO sync_runs (task, account_id, started_at, ok) VALUES ('accountSync', $1, now(), true)", a1
     )
-    monkeypatch.setattr(supervisor_mod, "RETENTION_BATCH", 10)
     sup, _stop = build(ctx, [])
-    assert await sup.purge_old_rows() == 25
+    assert await sup.purge_old_rows(batch=10) == 25
     assert await ctx.pool.fetchval("SELECT count(*) FROM sync_runs") == 1
     assert ctx.metrics.value("syncd_sync_runs_purged_total") == 25
 
 
-async def test_watchdog_pings_only_while_every_task_is_on_schedule(
-    ctx: Context, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_watchdog_pings_only_while_every_task_is_on_schedule(ctx: Context) -> None:
     short_dir = Path(tempfile.mkdtemp(prefix="wd-"))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(short_dir / "n.sock"))
@@ -396,7 +400,7 @@ async def test_watchdog_pings_only_while_every_task_is_on_schedule(
             await wait_for(lambda: drain() >= 3, timeout=5, what="pings while healthy")
             assert sup.alive() == (True, [])
             # From now on a pass that starts is already past its deadline, and it never ends.
-            monkeypatch.setattr(supervisor_mod, "WATCHDOG_GRACE_S", -3600.0)
+            sup.watchdog_grace_s = -3600.0
             hang.set()
             await wait_for(lambda: any(e["event"] == "watchdog_withheld" for e in logs), timeout=5)
         withheld = next(e for e in logs if e["event"] == "watchdog_withheld")
@@ -408,11 +412,8 @@ async def test_watchdog_pings_only_while_every_task_is_on_schedule(
         shutil.rmtree(short_dir, ignore_errors=True)
 
 
-async def test_a_pass_past_its_budget_is_cancelled_and_the_task_restarted(
-    make_context: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_pass_past_its_budget_is_cancelled_and_the_task_restarted(make_context: Any) -> None:
     """A pass that hangs (a broker that never answers despite timeouts) must not stall its task forever."""
-    monkeypatch.setattr(supervisor_mod, "backoff", lambda n: 0.05)
     calls: Counter[str] = Counter()
     never = asyncio.Event()
 
@@ -423,7 +424,7 @@ async def test_a_pass_past_its_budget_is_cancelled_and_the_task_restarted(
         return {}
 
     async with make_context(accounts=[account("a1")], health={"stale_after_s": 5}) as context:
-        sup, _stop = build(context, [TaskDef("accountSync", hangs_once)])
+        sup, _stop = build(context, [TaskDef("accountSync", hangs_once)], restart_backoff=lambda n: 0.05)
         with capture_logs() as logs:
             await sup.start()
             try:

@@ -21,9 +21,9 @@ class _CompatResponse(aiohttp.ClientResponse):
         super().__init__(method, url, **kw)
 
 
-class MockHTTP(aioresponses):  # type: ignore[misc]
+class MockHTTP(aioresponses):
     """``aioresponses`` whose responses are built aiohttp-3.14-compatibly."""
 
-    def add(self, url: Any, method: str = "GET", **kwargs: Any) -> None:
+    def add(self, url: Any, method: str = "GET", *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("response_class", _CompatResponse)
-        super().add(url, method=method, **kwargs)
+        super().add(url, method, *args, **kwargs)

@@ -344,10 +344,10 @@ async def test_get_order_by_client_id(broker: AlpacaBroker, mock: aioresponses) 
 
 
 async def test_list_orders_paginates_with_after(
-    broker: AlpacaBroker, mock: aioresponses, monkeypatch: pytest.MonkeyPatch
+    account: AccountSettings, session: aiohttp.ClientSession, rec: Recorder, mock: aioresponses
 ) -> None:
     assert alpaca_mod.ORDERS_PAGE == 500  # Alpaca's maximum; a small page keeps the mocked bodies small
-    monkeypatch.setattr(alpaca_mod, "ORDERS_PAGE", 5)
+    broker = AlpacaBroker(account, session=session, orders_page=5, **rec.wiring())
     start = dt.datetime(2026, 1, 5, 14, 0, tzinfo=dt.UTC)
     page1 = [
         order_json(id=str(uuid.uuid4()), submitted_at=(start + dt.timedelta(seconds=i)).isoformat())
@@ -542,7 +542,7 @@ async def test_close_position_without_position_is_rejected(broker: AlpacaBroker,
 
 async def test_cancel(broker: AlpacaBroker, mock: aioresponses) -> None:
     mock.delete(url("/v2/orders/abc"), status=204)
-    assert await broker.cancel_order("abc") is None
+    await broker.cancel_order("abc")  # 204: no error (it returns None, which mypy checks)
     mock.delete(url("/v2/orders/done"), status=422, payload={"code": 42210000, "message": "order is not cancelable"})
     with pytest.raises(BrokerRejected, match="not cancelable"):
         await broker.cancel_order("done")

@@ -178,7 +178,7 @@ async def test_alpaca_html_where_json_belongs_is_refused_at_once(
 
 # -- Tradier --------------------------------------------------------------------------------------------------
 
-TRADIER_ORDER_LIES = {
+TRADIER_ORDER_LIES: dict[str, tuple[dict[str, Any], str]] = {
     "filled-above-qty": ({"quantity": 10.0, "exec_quantity": 11.0, "status": "partially_filled"}, "filled_qty"),
     "future-created": ({"create_date": FUTURE}, "submitted_at"),
     "future-transaction": ({"transaction_date": FUTURE}, "updated_at"),
@@ -263,7 +263,7 @@ async def test_tradier_balances_with_too_many_digits_are_refused(tradier: Tradie
     await refused(tradier.get_account(), "total_equity")
 
 
-TRADIER_QUOTE_LIES = {
+TRADIER_QUOTE_LIES: dict[str, tuple[dict[str, Any], str]] = {
     "negative-bid": ({"bid": -190.4}, "bid"),
     "negative-ask": ({"ask": -190.6}, "ask"),
     "negative-last": ({"last": -190.5}, "last"),

@@ -10,8 +10,8 @@ from syncd.settings import AccountSettings, Settings
 
 def _settings(*names: str) -> Settings:
     return Settings(
-        database={"dsn": "postgresql://127.0.0.1/x"},  # type: ignore[arg-type]
-        accounts=[AccountSettings(name=n, broker="tradier", account_id="VA1", token="t") for n in names],  # type: ignore[arg-type]
+        database={"dsn": "postgresql://127.0.0.1/x"},
+        accounts=[AccountSettings(name=n, broker="tradier", account_id="VA1", token="t") for n in names],
     )
 
 

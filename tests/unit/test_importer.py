@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -147,7 +148,7 @@ def test_missing_average_price_gives_no_entry_price() -> None:
     assert p.entry_price is None
 
 
-def _fields(h: Holding) -> dict[str, object]:
+def _fields(h: Holding) -> dict[str, Any]:
     return {name: getattr(h, name) for name in Holding.__slots__}
 
 

@@ -14,7 +14,7 @@ from syncd.settings import LogSettings
 
 def _capture(secrets: list[str], fmt: str = "json") -> io.StringIO:
     buf = io.StringIO()
-    configure_logging(LogSettings(format=fmt, level="info"), secrets=secrets, stream=buf)  # type: ignore[arg-type]
+    configure_logging(LogSettings(format=fmt, level="info"), secrets=secrets, stream=buf)
     return buf
 
 

@@ -272,7 +272,9 @@ def test_read_payload_reads_numbers_exactly() -> None:
 
 
 def test_read_payload_bounds() -> None:
-    nested = lambda n: "[" * n + "]" * n  # noqa: E731
+    def nested(n: int) -> str:
+        return "[" * n + "]" * n
+
     assert read_payload(nested(MAX_PAYLOAD_DEPTH)) is not None
     read_payload('{"s": "' + "[" * 1000 + '"}')  # brackets inside a string are not nesting
     read_payload('{"s": "\\"[[[[[[[[[[\\""}')  # nor after an escaped quote

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncd import pnl
+from syncd.brokers.types import Side
 from syncd.pnl import ExitDecision, Leg, Trade
 
 D = Decimal
@@ -247,7 +248,7 @@ def test_a_trade_with_own_fills_holds_only_its_own_quantity() -> None:
     assert pnl.leg_held(sold, D(4), own_fills=True) == 3  # never more than the broker holds
     trade = Trade(id=1, strategy="LONG_STOCK", legs=(leg,), quantity=D(4), own_fills=True)
     state = pnl.evaluate(trade)
-    assert (state.quantity, state.available_quantity) == (4, 4)
+    assert (state.quantity, state.available_quantity) == (D(4), D(4))
 
 
 def test_position_of_the_wrong_sign_is_not_the_legs() -> None:
@@ -373,6 +374,6 @@ def test_arithmetic_on_accepted_numbers_never_rounds() -> None:
     with decimal.localcontext(decimal.Context(prec=200)):
         expected = price * qty * 100
     assert pnl.market_value(price, qty, Decimal(100)) == expected  # 33 digits: Decimal's default would round
-    spec = reconcile.TradeSpec((reconcile.TradeLeg("X", reconcile.Side.BUY),))
+    spec = reconcile.TradeSpec((reconcile.TradeLeg("X", Side.BUY),))
     realized = reconcile._realized(spec, price, price + Decimal("0.5"), qty)  # quantized to cents: 31 digits
     assert realized == Decimal("61728394506172.50")

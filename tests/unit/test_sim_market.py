@@ -156,11 +156,11 @@ def test_partial_fills_over_ticks() -> None:
     sim = make(partial_fills=True, partial_fill_steps=3)
     sim.set_price("KO", "59.99", "60.01")
     order = sim.place_outside_order(0, "KO", "buy", 10)
-    assert (order.status, order.filled_qty) == ("partially_filled", 4)
+    assert (order.status, order.filled_qty) == ("partially_filled", Decimal(4))
     sim.tick()
-    assert (order.status, order.filled_qty) == ("partially_filled", 8)
+    assert (order.status, order.filled_qty) == ("partially_filled", Decimal(8))
     sim.tick()
-    assert (order.status, order.filled_qty) == ("filled", 10)
+    assert (order.status, order.filled_qty) == ("filled", Decimal(10))
     assert [e.event for e in sim.events] == ["new", "partial_fill", "partial_fill", "fill"]
     assert sim.accounts[0].positions["KO"].qty == 10
 
@@ -297,17 +297,17 @@ def test_position_derivation() -> None:
     sim.set_price("AAPL", "109.99", "110")
     sim.place_outside_order(0, "AAPL", "buy", 10)
     pos = acct.positions["AAPL"]
-    assert (pos.qty, pos.avg_entry) == (20, Decimal(105))
+    assert (pos.qty, pos.avg_entry) == (Decimal(20), Decimal(105))
     sim.set_price("AAPL", "120", "120.01")
     sim.place_outside_order(0, "AAPL", "sell", 15)
-    assert (pos.qty, pos.avg_entry, acct.realized_pl) == (5, Decimal(105), Decimal(225))
+    assert (pos.qty, pos.avg_entry, acct.realized_pl) == (Decimal(5), Decimal(105), Decimal(225))
     view = sim.exchange.position_view(acct, "AAPL")
     assert view is not None
     assert view.cost_basis == Decimal(525) and view.market_value == Decimal("600.025")
     assert view.unrealized_pl == Decimal("75.025")
     sim.set_price("AAPL", "130", "130.01")
     sim.place_outside_order(0, "AAPL", "sell", 10)  # a flip: short 5 from 130
-    assert (pos.qty, pos.avg_entry) == (-5, Decimal(130))
+    assert (pos.qty, pos.avg_entry) == (Decimal(-5), Decimal(130))
     sim.place_outside_order(0, "AAPL", "buy", 5)
     assert "AAPL" not in acct.positions
 
@@ -335,7 +335,7 @@ def test_forced_fills() -> None:
     order = sim.place_outside_order(0, "F", "buy", 10)
     assert order.status == "new"
     sim.fill(order.id, qty=4, price="9.50")
-    assert (order.status, order.filled_qty, order.filled_avg_price) == ("partially_filled", 4, Decimal("9.5"))
+    assert (order.status, order.filled_qty, order.filled_avg_price) == ("partially_filled", Decimal(4), Decimal("9.5"))
     sim.fill(order.client_order_id, price="10.50")
     assert (order.status, order.filled_avg_price) == ("filled", Decimal("10.1"))
     legs = [(call(sim, "SPY", 0), "buy", 1), (call(sim, "SPY", 1), "sell", 1)]
