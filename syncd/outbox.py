@@ -4,7 +4,7 @@ Only when ``trading.enabled``; otherwise nothing here runs and queued requests s
 queued, untouched. One drainer per account at a time (a session advisory lock),
 each request claimed with ``FOR UPDATE SKIP LOCKED``. For each request:
 
-1. The payload is validated (CONTRACT §3 "The outbox payload"): an unknown key, a
+1. The payload is validated (docs/outbox.md): an unknown key, a
    missing field, a bad number or a bad client id ends it ``failed`` with a
    readable ``last_error``, and no broker call is made.
 2. Its client id is fixed (generated when the app left it NULL) and committed
