@@ -1,4 +1,4 @@
-"""The ``syncd`` command line (CONTRACT §1).
+"""The ``syncd`` command line (docs/commands.md).
 
 Each command lives with its feature and registers itself through a module-level
 ``register(subparsers)``; this file only assembles them and maps errors to exit

@@ -24,7 +24,7 @@ class CommandError(Exception):
 
 
 def load_config(args: argparse.Namespace, *, setup_logging: bool = True) -> Settings:
-    """Resolve ``--config`` per CONTRACT §1, validate, and configure logging from it.
+    """Resolve ``--config`` (docs/configuration.md), validate, and configure logging from it.
 
     Raises ``CommandError`` with exit code 2 when the configuration is invalid.
     """

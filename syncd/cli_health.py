@@ -1,4 +1,4 @@
-"""``syncd health [--json] [--url URL] [--strict]`` (CONTRACT §1): for people and Docker's HEALTHCHECK.
+"""``syncd health [--json] [--url URL] [--strict]`` (docs/commands.md): for people and Docker's HEALTHCHECK.
 
 Asks the running daemon (``--url``, else ``health.listen`` of the config); when no
 ``--url`` was given and the daemon does not answer, judges from the ``task_health``

@@ -1,4 +1,4 @@
-"""``syncd run [--no-migrate]``: the daemon (CONTRACT §1). Exit 0 clean stop, 2 bad config, 1 fatal."""
+"""``syncd run [--no-migrate]``: the daemon (docs/commands.md). Exit 0 clean stop, 2 bad config, 1 fatal."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run_until_signalled(settings, migrate=not args.no_migrate))
     except Exception as exc:  # the daemon's last line of defence: log it, exit 1
-        # Logged only: stderr stays one JSON object per line (CONTRACT §5), no plain "syncd: ..." after it.
+        # Logged only: stderr stays one JSON object per line (docs/operations.md), no plain "syncd: ..." after it.
         log.error("daemon_fatal", error=describe(exc), exc_info=exc)
         return EXIT_FAILED
     return EXIT_OK

@@ -1,4 +1,4 @@
-"""``syncd sync-once`` and ``syncd import-positions`` (CONTRACT §1).
+"""``syncd sync-once`` and ``syncd import-positions`` (docs/commands.md).
 
 ``sync-once [--account NAME]... [--task account,trade,monitor] [--no-migrate]``: one
 pass of the chosen cycles over the chosen active accounts -- the "Sync with Broker"

@@ -1,4 +1,4 @@
-"""``syncd verify [--account NAME]... [--json]`` (CONTRACT §1).
+"""``syncd verify [--account NAME]... [--json]`` (docs/commands.md).
 
 Fetches every chosen active account's positions live from its broker and compares them
 with ``portfolio_positions`` and the open trades (:mod:`syncd.verify`). The result goes

@@ -1,6 +1,6 @@
 """Health: what ``/healthz`` and ``syncd health`` say, and the HTTP listener that says it.
 
-The verdict (CONTRACT §5, §6):
+The verdict (docs/operations.md):
 
 - ``unhealthy`` (503): the database is unreachable, or a task has not completed a
   pass within its staleness limit;
@@ -106,7 +106,7 @@ class HealthReport:
         return 503 if self.status == "unhealthy" else 200
 
     def body(self) -> dict[str, Any]:
-        """The JSON body of CONTRACT §6 (plus ``instance``, ``database`` and ``reasons``)."""
+        """The JSON body of docs/operations.md (with ``instance``, ``database`` and ``reasons``)."""
         return {
             "status": self.status,
             "tasks": {

@@ -1,4 +1,4 @@
-"""structlog's production chain: one JSON object per line on stderr (CONTRACT §5).
+"""structlog's production chain: one JSON object per line on stderr (docs/operations.md).
 
 Fields: ``timestamp`` (UTC ISO 8601), ``level``, ``event`` (a constant snake_case
 name), ``task`` and ``account`` from contextvars, and the call's own fields.

@@ -1,6 +1,6 @@
 """Prometheus metrics without a client library: counters, gauges, histograms, text exposition.
 
-Names and labels are CONTRACT §5's; more may be added. Thread-safety is not
+Names and labels are those of docs/operations.md; more may be added. Thread-safety is not
 needed: everything runs on one event loop.
 """
 

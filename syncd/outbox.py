@@ -6,7 +6,7 @@ each request claimed with ``FOR UPDATE SKIP LOCKED``. For each request:
 
 1. The payload is read as text and decoded here, within bounds (``MAX_PAYLOAD_BYTES``,
    ``MAX_PAYLOAD_DEPTH``, ``MAX_LEGS``), numbers as exact Decimals, then validated
-   (CONTRACT §3 "The outbox payload"): an unreadable or oversized payload, an unknown
+   (docs/outbox.md): an unreadable or oversized payload, an unknown
    key, a missing field, a bad number (``"5_0"``, more decimals than the broker takes),
    a non-ASCII symbol, a bad client id, or a ``trade_id`` the request may not name (of
    another account; any on an ``open``) ends it ``failed`` with a readable

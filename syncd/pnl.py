@@ -1,6 +1,6 @@
 """The money arithmetic of monitorCycle, as pure functions (no I/O, no clock, no database).
 
-Conventions (CONTRACT §3/§4, the seed report in ``shared/seeds/000_*``):
+Conventions (docs/schema.md, docs/guarantees.md):
 
 * **Positions** carry a signed quantity (short < 0). ``market_value`` is
   ``price x quantity x multiplier`` (so negative for a short) and

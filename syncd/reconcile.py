@@ -387,7 +387,7 @@ def apply_orders(
     *,
     exit_pending: bool = False,
 ) -> TradeState:
-    """The trade after this step, from all of its orders (CONTRACT §4's status rules).
+    """The trade after this step, from all of its orders (the status rules of docs/guarantees.md).
 
     ``orders`` lists every order linked to the trade, oldest first; an unchanged one
     has ``before == after``. ``quantity`` moves by the fill deltas (entries add,
@@ -478,7 +478,7 @@ def closed_outside(spec: TradeSpec, trade: TradeState, held: Mapping[str, Decima
     """True when an open trade's every leg is flat at the broker and no other live trade claims them.
 
     The account's position was closed by hand (or by the broker: an assignment, a
-    liquidation), so the trade is flat: CONTRACT §4 closes it. A leg still held, a
+    liquidation), so the trade is flat and closes (docs/guarantees.md). A leg still held, a
     shared symbol or a trade without legs is left alone (``verify`` reports those).
     The caller only asks after a complete sync newer than the trade's last fill.
     """

@@ -154,7 +154,7 @@ class AccountSettings(_Section):
         if url is not None:
             parts = urlsplit(url)
             if parts.path or parts.query or parts.fragment:
-                # CONTRACT §6: scheme and host only; the adapters add /v2, /v1 themselves.
+                # docs/configuration.md: scheme and host only; the adapters add /v2, /v1 themselves.
                 raise ValueError(f"must be scheme and host only (no path such as /v2), got {v!r}")
         return url
 

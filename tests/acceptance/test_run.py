@@ -59,7 +59,7 @@ async def test_health_metrics_health_command_and_sigterm(
     for name in CONTRACT_METRICS:
         assert f"\n{name}" in metrics, f"{name} has no sample"
     assert 'syncd_positions{account="sim-alpaca-0"} 5' in metrics
-    for sample, keys in CONTRACT_LABELS.items():  # CONTRACT §5: exactly these label sets
+    for sample, keys in CONTRACT_LABELS.items():  # docs/operations.md: exactly these label sets
         assert label_sets(metrics, sample) == {keys}, sample
     assert await fetchval(dsn, "SELECT count(*) FROM portfolio_positions") == 10
 

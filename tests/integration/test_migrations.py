@@ -1,4 +1,4 @@
-"""Migrations: idempotent, safe when two processes race, and the contract's schema exists."""
+"""Migrations: idempotent, safe when two processes race, and the documented schema exists."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import pytest
 from syncd.db import apply_migrations, discover_migrations
 from syncd.settings import DatabaseSettings
 
-CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "CONTRACT.md"
+SCHEMA_DOC = Path(__file__).resolve().parents[2] / "docs" / "schema.md"
 
-# CONTRACT §3, required columns per table (kept here too, so the test works without ../shared).
+# docs/schema.md "Required columns", pinned here too: the doc and this list must agree exactly, so a
+# required column cannot leave the doc and the schema together unnoticed.
 REQUIRED: dict[str, set[str]] = {
     "accounts": {"id", "name", "broker", "broker_account_id", "paper", "active", "last_synced_at", "last_error"},
     "account_snapshots": {
@@ -69,29 +70,34 @@ async def _columns(dsn: str, schema: str) -> dict[str, set[str]]:
     return found
 
 
-def _assert_contract_schema(found: dict[str, set[str]]) -> None:
+def _assert_required_schema(found: dict[str, set[str]]) -> None:
     for table, columns in REQUIRED.items():
         assert table in found, f"table {table} missing"
         missing = columns - found[table]
         assert not missing, f"{table} lacks {sorted(missing)}"
 
 
-def test_required_list_matches_contract() -> None:
-    """The REQUIRED table above is CONTRACT §3's, not a paraphrase that drifted."""
-    if not CONTRACT.is_file():
-        pytest.skip(f"no {CONTRACT} beside this checkout to compare with")
-    text = CONTRACT.read_text()
-    for table in REQUIRED:
-        if table == "schema_migrations":
+def required_columns_from_doc(text: str) -> dict[str, set[str]]:
+    """The "Required columns" table of docs/schema.md: table -> its required columns."""
+    section = text.split("\n## Required columns\n", 1)[1].split("\n## ", 1)[0]
+    found: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        cells = line.split("|")
+        if not line.startswith("| `") or len(cells) < 5:
             continue
-        row = next(ln for ln in text.splitlines() if ln.startswith(f"| `{table}` |"))
-        listed = set(re.findall(r"`([a-z_]+)`", row.split("|")[3]))
-        listed -= {"us_equity", "us_option", "crypto", "opened", "increased", "reduced", "closed", "flipped",
-                   "new", "accepted", "pending_new", "partially_filled", "filled", "canceled", "expired",
-                   "rejected", "replaced", "stream", "poll", "pending", "open", "closing", "cancelled",
-                   "order", "import", "buy", "sell", "queued", "submitting", "submitted", "failed", "close",
-                   "cancel", "accountSync", "tradeCycle", "monitorCycle", "LONG_STOCK", "BULL_CALL_DEBIT"}
-        assert listed <= REQUIRED[table], f"{table}: contract lists {sorted(listed - REQUIRED[table])}"
+        table = re.fullmatch(r"\s*`([a-z_]+)`\s*", cells[1])
+        assert table is not None, f"not a table name: {cells[1]!r}"
+        assert table.group(1) not in found, f"{table.group(1)} listed twice"
+        found[table.group(1)] = set(re.findall(r"`([a-z_]+)`", cells[3]))
+    return found
+
+
+def test_required_list_matches_the_schema_doc() -> None:
+    """The REQUIRED table above is docs/schema.md's "Required columns", table for table and column for column."""
+    documented = required_columns_from_doc(SCHEMA_DOC.read_text())
+    assert set(documented) == set(REQUIRED), f"tables differ: {sorted(set(documented) ^ set(REQUIRED))}"
+    for table, columns in REQUIRED.items():
+        assert documented[table] == columns, f"{table}: differs in {sorted(documented[table] ^ columns)}"
 
 
 async def test_migrate_twice_is_idempotent(empty_dsn: str) -> None:
@@ -99,12 +105,12 @@ async def test_migrate_twice_is_idempotent(empty_dsn: str) -> None:
     first = await apply_migrations(db)
     assert [m.version for m in first] == [m.version for m in discover_migrations()]
     assert await apply_migrations(db) == []
-    _assert_contract_schema(await _columns(empty_dsn, "syncd"))
+    _assert_required_schema(await _columns(empty_dsn, "syncd"))
 
 
 async def test_migrate_into_another_schema(empty_dsn: str) -> None:
     await apply_migrations(DatabaseSettings.model_validate({"dsn": empty_dsn, "schema": "tenant_b"}))
-    _assert_contract_schema(await _columns(empty_dsn, "tenant_b"))
+    _assert_required_schema(await _columns(empty_dsn, "tenant_b"))
     assert "accounts" not in await _columns(empty_dsn, "syncd")
 
 
@@ -112,7 +118,7 @@ async def test_two_migrations_at_once_in_process(empty_dsn: str) -> None:
     db = DatabaseSettings(dsn=empty_dsn)
     a, b = await asyncio.gather(apply_migrations(db), apply_migrations(db))
     assert sorted([len(a), len(b)])[0] == 0, "the second migrator must find nothing pending"
-    _assert_contract_schema(await _columns(empty_dsn, "syncd"))
+    _assert_required_schema(await _columns(empty_dsn, "syncd"))
 
 
 def test_two_processes_migrate_at_once(empty_dsn: str) -> None:
@@ -129,7 +135,7 @@ def test_two_processes_migrate_at_once(empty_dsn: str) -> None:
     assert len(applied) == 1, outs
     from tests.pg import run_sync
 
-    _assert_contract_schema(run_sync(_columns(empty_dsn, "syncd")))
+    _assert_required_schema(run_sync(_columns(empty_dsn, "syncd")))
 
 
 async def test_ledger_records_each_version(dsn: str) -> None:
@@ -159,7 +165,7 @@ async def test_trade_monitor_quantity_has_no_division_noise(db_pool: Any) -> Non
     assert (row["q"], row["a"]) == ("118", "118")
 
 
-# CONTRACT §3: "Money, prices and quantities are numeric; times are timestamptz."
+# docs/schema.md: "Money, prices and quantities are numeric; times are timestamptz."
 NUMERIC: dict[str, set[str]] = {
     "account_snapshots": {"equity", "cash", "buying_power", "long_market_value", "short_market_value"},
     "portfolio_positions": {
@@ -200,7 +206,7 @@ async def test_money_is_numeric_and_times_are_timestamptz(db_pool: Any) -> None:
     ],
 )
 async def test_keys(db_pool: Any, table: str, columns: list[str], primary: bool) -> None:
-    """CONTRACT §3's primary and unique keys, exactly on those columns (a unique index counts as unique)."""
+    """docs/schema.md's primary and unique keys, exactly on those columns (a unique index counts as unique)."""
     indexes = await db_pool.fetch(
         "SELECT i.indisprimary AS primary, array_agg(a.attname::text ORDER BY k.n) AS columns"
         "  FROM pg_index i"
@@ -215,7 +221,7 @@ async def test_keys(db_pool: Any, table: str, columns: list[str], primary: bool)
 
 
 async def test_app_inserts_naming_only_required_columns(db_pool: Any) -> None:
-    """CONTRACT §6: every column not required has a default, so an app can insert a trades, trade_legs or
+    """docs/schema.md: every column not required has a default, so an app can insert a trades, trade_legs or
     order_requests row naming only the required columns (here: the fewest an app would name)."""
     lacking = await db_pool.fetch(
         "SELECT table_name, column_name FROM information_schema.columns"

@@ -108,7 +108,7 @@ async def test_broker_rejection_insufficient_buying_power(sim: Simulator, make_c
 
 
 async def test_refused_order_is_not_a_failed_pass(sim: Simulator, make_context: Any) -> None:
-    """CONTRACT §6: an order the broker refused is not an account failure (sync-once exits 0 for it)."""
+    """docs/commands.md: an order the broker refused is not an account failure (sync-once exits 0 for it)."""
     async with make_context(accounts=[sim.account_settings(0)], trading={"enabled": True}) as ctx:
         sim.set_cash(0, 10)
         rid = await queue(ctx, "open", {**BUY_AAPL, "qty": 1000})

@@ -211,7 +211,7 @@ async def test_seed_trade_quantity_follows_held_positions(db_pool: asyncpg.Pool[
 
 
 async def test_trade_whose_position_was_closed_outside_syncd_is_closed(db_pool: asyncpg.Pool[Any]) -> None:
-    """CONTRACT §4: a trade is `closed` when the position is flat, also when it was closed by hand at the broker.
+    """docs/guarantees.md: a trade is `closed` when the position is flat, also when it was closed by hand at the broker.
 
     Only when every leg is flat and no other live trade claims the symbol; the exit price and
     realized P&L are unknown to syncd and stay NULL.

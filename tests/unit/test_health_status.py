@@ -1,4 +1,4 @@
-"""The /healthz verdict (CONTRACT §5, §6): ok, degraded, unhealthy, and the body's shape."""
+"""The /healthz verdict (docs/operations.md): ok, degraded, unhealthy, and the body's shape."""
 
 from __future__ import annotations
 

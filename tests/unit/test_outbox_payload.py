@@ -1,4 +1,4 @@
-"""Outbox payloads (CONTRACT §3 "The outbox payload"), client ids, and what a close may close."""
+"""Outbox payloads (docs/outbox.md), client ids, and what a close may close."""
 
 from __future__ import annotations
 

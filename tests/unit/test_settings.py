@@ -1,12 +1,36 @@
-"""Configuration per CONTRACT §2: precedence, secrets from files, and every way to get it wrong."""
+"""Configuration (docs/configuration.md): precedence, secrets from files, and every way to get it wrong."""
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from syncd.settings import ConfigError, load_settings, redacted_dict, resolve_config_path, to_toml
+from syncd.settings import (
+    AccountSettings,
+    ConfigError,
+    CyclesSettings,
+    DatabaseSettings,
+    HealthSettings,
+    LogSettings,
+    TradingSettings,
+    load_settings,
+    redacted_dict,
+    resolve_config_path,
+    to_toml,
+)
+
+CONFIG_DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+SECTIONS: dict[str, type[BaseModel]] = {
+    "database": DatabaseSettings,
+    "cycles": CyclesSettings,
+    "trading": TradingSettings,
+    "health": HealthSettings,
+    "log": LogSettings,
+}
 
 ALPACA = """
 [[accounts]]
@@ -153,30 +177,36 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load_settings(tmp_path / "absent.toml", {})
 
 
-def test_contract_example_is_valid_and_its_values_are_the_defaults(tmp_path: Path) -> None:
-    """CONTRACT §2's syncd.toml, verbatim: every key exists under that name, and its values are the defaults."""
-    import re
+def _config_doc_toml() -> str:
+    """The one ```toml block of docs/configuration.md."""
+    blocks = re.findall(r"```toml\n(.*?)```", CONFIG_DOC.read_text(), re.S)
+    assert len(blocks) == 1, f"{CONFIG_DOC} should have exactly one toml block, has {len(blocks)}"
+    return str(blocks[0])
 
-    contract = Path(__file__).resolve().parents[3] / "shared" / "CONTRACT.md"
-    if not contract.is_file():
-        return
-    match = re.search(r"```toml\n(.*?)```", contract.read_text(), re.S)
-    assert match is not None
+
+def _doc_keys(model: type[BaseModel]) -> set[str]:
+    return {f.alias or name for name, f in model.model_fields.items()}
+
+
+def test_config_doc_example_is_valid_and_its_values_are_the_defaults(tmp_path: Path) -> None:
+    """docs/configuration.md's toml block, verbatim: every key exists under that name, every key of every
+    section is in it, and its values are the defaults (so the documented defaults cannot drift)."""
     secrets = {"api_secret_file": tmp_path / "alpaca-secret", "token_file": tmp_path / "tradier-token"}
-    text = match.group(1)
+    text = _config_doc_toml()
     for key, path in secrets.items():
         path.write_text(f"{key}-value\n")
         text = re.sub(rf'^{key} = ".*"$', f'{key} = "{path}"', text, flags=re.M)
     s = load_settings(write(tmp_path, text), {})
     defaults = load_settings(None, {})
-    for section in ("database", "cycles", "trading", "health", "log"):
+    parsed = tomllib.loads(text)
+    for section, model in SECTIONS.items():
         assert getattr(s, section) == getattr(defaults, section), section
+        assert set(parsed[section]) == _doc_keys(model), f"[{section}] in {CONFIG_DOC.name} lacks or adds keys"
     alpaca, tradier = s.accounts
     assert (alpaca.name, alpaca.broker, alpaca.paper) == ("alpaca-paper", "alpaca", True)
     assert alpaca.api_secret is not None and alpaca.api_secret.get_secret_value() == "api_secret_file-value"
-    assert (tradier.name, tradier.broker, tradier.account_id, tradier.sandbox) == (
-        "tradier-main", "tradier", "VA00000000", True
-    )
+    expected = ("tradier-main", "tradier", "VA00000000", True)
+    assert (tradier.name, tradier.broker, tradier.account_id, tradier.sandbox) == expected
     assert tradier.token is not None and tradier.token.get_secret_value() == "token_file-value"
 
 
@@ -247,3 +277,16 @@ def test_system_schema_is_refused(schema: str) -> None:
 @pytest.mark.parametrize("schema", ["public", "syncd", "pgx", "my_pg_schema"])
 def test_ordinary_schemas_are_fine(schema: str) -> None:
     assert load_settings(None, {"SYNCD_DATABASE__SCHEMA": schema}).database.schema_ == schema
+
+
+@pytest.mark.parametrize("section", [*SECTIONS, "accounts"])
+def test_config_doc_tables_list_every_key(section: str) -> None:
+    """docs/configuration.md has a key table per section naming exactly the keys the code accepts."""
+    model = SECTIONS.get(section, AccountSettings)
+    heading = f"## `[[{section}]]`" if section == "accounts" else f"## `[{section}]`"
+    text = CONFIG_DOC.read_text()
+    assert heading in text, heading
+    body = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in body.splitlines() if ln.startswith("| `")]
+    listed = {key for row in rows for key in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+    assert listed == _doc_keys(model), f"{heading}: documents {sorted(listed ^ _doc_keys(model))} wrongly"
