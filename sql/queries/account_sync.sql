@@ -112,7 +112,7 @@ UPDATE accounts
 SELECT pg_notify('syncd_events', payload) FROM unnest($1::text[]) AS payload;
 
 -- name: import_lock
--- Serialises importers of one account. $1 lock class (syncd.importer.IMPORT_LOCK_CLASS), $2 account id.
+-- Serialises importers of one account. $1 lock class (syncd.cycles.importer.IMPORT_LOCK_CLASS), $2 account id.
 SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int);
 
 -- name: import_untracked_positions

@@ -1,7 +1,7 @@
 -- name: trade_orders_lock
 -- Serialises every writer of one account's orders and trades (the poll pass, the stream
 -- consumer, the outbox), whichever replica runs it. Held until the transaction ends.
--- $1 lock class (syncd.order_store.ORDERS_LOCK_CLASS), $2 account id.
+-- $1 lock class (syncd.trading.order_store.ORDERS_LOCK_CLASS), $2 account id.
 SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int);
 
 -- name: trade_outbox_try_lock
@@ -23,7 +23,7 @@ SELECT (SELECT orders_watermark FROM trade_cycle_state WHERE account_id = $1) AS
 -- name: trade_working_order_ids
 -- Broker ids of the account's top-level orders recorded as working, and of those recorded
 -- terminal within the last $2 (asked again, so a wrong final answer is corrected by the next
--- truthful one; see syncd.reconcile.merge_order). Uses orders_working and orders_recent (0011).
+-- truthful one; see syncd.trading.reconcile.merge_order). Uses orders_working and orders_recent (0011).
 SELECT broker_order_id
   FROM orders
  WHERE account_id = $1 AND parent_id IS NULL
@@ -368,7 +368,7 @@ SELECT broker_order_id FROM orders
    AND order_is_working(status);
 
 -- name: stream_set_error
--- A stream event syncd refused (syncd.stream.refuse_update): accounts.last_error at once.
+-- A stream event syncd refused (syncd.trading.stream.refuse_update): accounts.last_error at once.
 -- $1 account id, $2 the error line (prefixed "tradeCycle: ", so tradeCycle's next good pass clears it).
 UPDATE accounts SET last_error = $2, updated_at = now()
  WHERE id = $1 AND last_error IS DISTINCT FROM $2;

@@ -1,7 +1,9 @@
 """The broker layer: one Protocol (:mod:`.base`), domain types (:mod:`.types`), two adapters.
 
 The adapters (and alpaca-py with them) are imported lazily, so importing the domain
-types stays cheap for the simulator and the CLI.
+types stays cheap for the simulator and the CLI. The cycles never see a broker's JSON.
+
+May import: settings, logs, errors. Never db, trading, cycles, daemon, sim or the CLI.
 """
 
 from __future__ import annotations

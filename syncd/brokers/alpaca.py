@@ -416,7 +416,7 @@ class AlpacaBroker:
                 await _internal(stream, "_start_ws")()
                 authenticated = True
                 refusals = 0
-                # stream_connected/stream_disconnected are the consumer's (syncd.stream), once per
+                # stream_connected/stream_disconnected are the consumer's (syncd.trading.stream), once per
                 # consumer; these are the websocket's own, which reconnects inside this loop.
                 log.debug("alpaca_ws_connected", broker="alpaca", account=self.account.name)
                 await _internal(stream, "_consume")()  # returns only when asked to stop

@@ -4,7 +4,7 @@
 A pass makes several requests (tradeCycle: the outbox's placements and look-ups, then the
 order listing; monitorCycle: a few quote batches), so a broker that hangs would still
 cost ``requests x broker_timeout_s``. :class:`PassBroker` wraps the account's broker for
-one pass (:func:`syncd.passes.run_pass`): after a request ended with no answer within
+one pass (:func:`syncd.daemon.passes.run_pass`): after a request ended with no answer within
 its deadline (``BrokerUnavailable.timed_out``), every later call of that pass raises
 ``BrokerUnavailable`` at once, without a request. A pass over a hanging broker therefore
 ends after about one ``broker_timeout_s`` (two when two requests run at once), changing

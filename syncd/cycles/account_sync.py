@@ -18,13 +18,13 @@ A pass reads as a story:
    transaction and only sets ``accounts.last_synced_at``: an idle pass writes no
    position, event or snapshot row.
 
-Payloads of ``NOTIFY syncd_events`` (see :mod:`syncd.notify`): ``{"kind": "position",
+Payloads of ``NOTIFY syncd_events`` (see :mod:`syncd.db.events`): ``{"kind": "position",
 "account": NAME, "key": SYMBOL}`` per changed position (or one ``"key": "*"`` when many
 changed) and ``{"kind": "account", "account": NAME, "key": NAME}`` when the balances or the
 broker's account id changed.
 
 A failed, timed-out or malformed fetch raises before the transaction: nothing of the
-account changes, and :func:`syncd.passes.run_pass` records the error
+account changes, and :func:`syncd.daemon.passes.run_pass` records the error
 (``accounts.last_error``, ``sync_runs``, ``account_health``).
 
 Who owns which column of ``portfolio_positions``
@@ -61,11 +61,11 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from syncd import notify
 from syncd.brokers.base import BadBrokerData, Broker, BrokerUnavailable
 from syncd.brokers.occ import parse_occ
 from syncd.brokers.types import AssetClass, Balances, Position
 from syncd.context import Account, Context
+from syncd.db import events as notify
 
 log = structlog.get_logger(__name__)
 
@@ -475,12 +475,12 @@ async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
     """One accountSync pass over ``account`` (see the module docstring); returns its stats.
 
     With ``cycles.auto_import`` the positions no live trade covers then become trades
-    (:mod:`syncd.importer`), in a transaction of their own.
+    (:mod:`syncd.cycles.importer`), in a transaction of their own.
     """
     result = await sync_account(ctx, account)
     stats = result.stats()
     if ctx.settings.cycles.auto_import:
-        from syncd.importer import import_positions  # the importer builds on this module
+        from syncd.cycles.importer import import_positions  # the importer builds on this module
 
         imported = await import_positions(ctx, account)
         stats["imported"] = len(imported)

@@ -12,7 +12,7 @@ One pass over one account reads as a story:
 3. **evaluate every live trade** from its legs' positions (``v_trade_leg_positions``):
    held and available units, ``can_monitor``, ``can_exit``, the net price per unit and
    the floating P&L on the quantity actually held (a trade with its own fills never more
-   than it owns: :mod:`syncd.pnl` holds the arithmetic), and write the trades whose price or
+   than it owns: :mod:`syncd.trading.pnl` holds the arithmetic), and write the trades whose price or
    P&L changed;
 4. **exits**: with ``trading.enabled`` and ``trading.auto_exits``, a trade whose
    take-profit, stop-loss or days-before-expiration rule fires gets ONE ``close`` request
@@ -23,7 +23,7 @@ One pass over one account reads as a story:
 
 Everything from step 2 on is one transaction. The exit rules use whatever quotes the broker
 gives; while the market is closed the supervisor runs this cycle at
-``closed_market_interval_s`` (see :mod:`syncd.market_clock`) and an exit queued then is
+``closed_market_interval_s`` (see :mod:`syncd.daemon.market_clock`) and an exit queued then is
 placed for the next session by tradeCycle.
 """
 
@@ -42,9 +42,10 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from syncd import notify, pnl
 from syncd.brokers.types import Quote
 from syncd.context import Account, Context
+from syncd.db import events as notify
+from syncd.trading import pnl
 
 log = structlog.get_logger(__name__)
 

@@ -2,7 +2,7 @@
 
 One pass over one account:
 
-1. when ``trading.enabled``, drain the account's outbox (:mod:`syncd.outbox`);
+1. when ``trading.enabled``, drain the account's outbox (:mod:`syncd.trading.outbox`);
 2. fetch the account's orders: everything submitted since the watermark (minus an
    overlap for clock skew, and reaching back to the oldest order still recorded as
    working), plus any recorded-working order the listing missed, asked for by id (and any
@@ -10,7 +10,7 @@ One pass over one account:
    on the first pass, the open orders and the last ``FIRST_PASS_LOOKBACK``;
 3. in one transaction holding the account's orders lock: fold every order into
    ``orders``/``order_events`` and re-derive the trades they touch
-   (:mod:`syncd.order_store`, the same path the stream consumer uses), reconcile
+   (:mod:`syncd.trading.order_store`, the same path the stream consumer uses), reconcile
    open trades' quantities with the broker's positions, move the watermark;
 4. after commit, ``NOTIFY syncd_events``.
 
@@ -28,8 +28,8 @@ import structlog
 from syncd.brokers.base import OrderNotFound
 from syncd.brokers.types import Order
 from syncd.context import Account, Context
-from syncd.order_store import Observation, apply_observations, lock_orders, notify, reconcile_quantities
-from syncd.outbox import drain_outbox
+from syncd.trading.order_store import Observation, apply_observations, lock_orders, notify, reconcile_quantities
+from syncd.trading.outbox import drain_outbox
 
 log = structlog.get_logger(__name__)
 

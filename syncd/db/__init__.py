@@ -1,4 +1,7 @@
-"""The database layer: a pool bound to syncd's schema, named queries, migrations."""
+"""The database layer: a pool bound to syncd's schema, named queries, migrations, NOTIFY payloads.
+
+May import: settings, logs, errors. Never brokers, trading, cycles, daemon or the CLI.
+"""
 
 from syncd.db.migrate import MigrationError, apply_migrations, current_version, pending_migrations
 from syncd.db.migrate import discover as discover_migrations

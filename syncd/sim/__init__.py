@@ -104,6 +104,9 @@ credit < 0). Errors: 401 ``{"code":40110000}`` bad credentials, 403 ``40310000``
 cancelable). ``DELETE /v2/orders/{id}`` answers 204. The stream: see
 ``syncd.sim.alpaca_stream``. Tradier: see ``syncd.sim.tradier_api`` for its quirks
 (single objects, ``"null"``, plain-text 401s, late fill prices).
+
+May import: settings, logs, and the broker layer's pure helpers (OCC symbols). Never db,
+trading, cycles, daemon or the CLI: it is a broker, not part of syncd's own flow.
 """
 
 from syncd.sim.config import SimConfig

@@ -40,9 +40,9 @@ import asyncpg
 
 from syncd.context import Account, Context, open_context
 from syncd.cycles.account_sync import account_pass
+from syncd.daemon.passes import PassSummary, run_pass
 from syncd.db import apply_migrations
 from syncd.logs import configure_logging
-from syncd.passes import PassSummary, run_pass
 from syncd.settings import AccountSettings, DatabaseSettings, LogSettings, Settings
 from tests.pg import create_database, drop_database, find_admin_dsn, with_database
 

@@ -6,7 +6,7 @@ Set-up (not timed): a scratch database on the test Postgres (``$SYNCD_TEST_DSN``
 127.0.0.1:5432) with every migration; the simulator in a process of its own (wall
 clock, nothing fills until told); ``--orders`` open requests spread over ``--accounts``
 Alpaca accounts, placed by one tradeCycle pass (the outbox); one stream consumer per
-account (``syncd.stream.consume_trade_updates``, as the daemon runs it), warmed up by
+account (``syncd.trading.stream.consume_trade_updates``, as the daemon runs it), warmed up by
 one outside order per account seen arriving in ``orders``.
 
 Timed: each order is filled in ``--steps`` slices through the simulator's ``/_sim/fill``
@@ -34,10 +34,10 @@ from pydantic import SecretStr
 
 from syncd.context import Context, open_context
 from syncd.cycles import trade_cycle
+from syncd.daemon.passes import run_pass
 from syncd.logs import configure_logging
-from syncd.passes import run_pass
 from syncd.settings import AccountSettings, DatabaseSettings, LogSettings, Settings
-from syncd.stream import consume_trade_updates
+from syncd.trading.stream import consume_trade_updates
 from tests.bench.common import scratch_database
 
 

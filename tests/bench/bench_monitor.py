@@ -37,8 +37,8 @@ import aiohttp
 from syncd.context import Account, Context, open_context
 from syncd.cycles import task_by_short
 from syncd.cycles.monitor_cycle import account_pass
+from syncd.daemon.passes import PassSummary, run_pass
 from syncd.logs import configure_logging
-from syncd.passes import PassSummary, run_pass
 from syncd.settings import AccountSettings, DatabaseSettings, LogSettings, Settings
 from syncd.sim import SimConfig, Simulator, start_simulator
 from tests.bench.common import account_from_sim, free_port, quantile, scratch_database, sim_accounts, wait_serving
@@ -210,7 +210,7 @@ async def bench(args: argparse.Namespace, dsn: str, sim: SimHandle) -> None:
     async with open_context(settings, instance="bench") as ctx:
         accounts: list[Account] = [ctx.accounts[a.name] for a in settings.accounts]
         t0 = time.perf_counter()
-        synced = await run_pass(ctx, "accountSync", task_by_short("account").account_pass(), accounts)
+        synced = await run_pass(ctx, "accountSync", task_by_short("account").account_pass, accounts)
         trades = await add_spread_trades(ctx)
         held = await ctx.pool.fetchval("SELECT count(*) FROM portfolio_positions")
         where = "its own process" if args.external_sim else "this process"

@@ -29,8 +29,8 @@ from syncd.brokers.occ import option_spec_or_none
 from syncd.brokers.types import AssetClass, Balances, Clock, Order, OrderRequest, Position, Quote, TradeUpdate
 from syncd.context import Account, Context
 from syncd.cycles import account_sync
+from syncd.daemon.passes import run_pass
 from syncd.db import connect
-from syncd.passes import run_pass
 from syncd.settings import AccountSettings, DatabaseSettings
 from tests.helpers import wait_for
 

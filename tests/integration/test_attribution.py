@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 import pytest
 
-from syncd import order_store
 from syncd.context import Context
 from syncd.cycles import account_sync, monitor_cycle, trade_cycle
-from syncd.importer import import_positions
+from syncd.cycles.importer import import_positions
+from syncd.cycles.verify import verify_account
 from syncd.sim import Simulator, occ_symbol
-from syncd.verify import verify_account
+from syncd.trading import order_store
 from tests.simfixtures import sim_fixture
 
 D = Decimal

@@ -28,7 +28,7 @@ from syncd.brokers.http import RetryPolicy
 from syncd.brokers.tradier import TradierBroker
 from syncd.context import Context
 from syncd.cycles import account_sync, monitor_cycle, trade_cycle
-from syncd.passes import run_pass
+from syncd.daemon.passes import run_pass
 from syncd.settings import AccountSettings
 from tests.helpers import wait_for
 

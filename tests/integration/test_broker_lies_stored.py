@@ -20,9 +20,9 @@ from aioresponses import aioresponses
 from syncd.brokers.types import Order, OrderClass, OrderStatus, OrderType, Side, TradeUpdate
 from syncd.context import Context
 from syncd.cycles import account_sync, trade_cycle
-from syncd.passes import run_pass
+from syncd.daemon.passes import run_pass
 from syncd.settings import AccountSettings
-from syncd.stream import _consume
+from syncd.trading.stream import _consume
 from tests.unit import test_alpaca_wire as aw
 from tests.unit import test_tradier_wire as tw
 from tests.unit.aiohttp_mock import MockHTTP

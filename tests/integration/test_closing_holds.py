@@ -158,7 +158,7 @@ async def test_a_trade_without_legs_is_its_one_leg(
 async def test_a_close_takes_only_its_trades_share_of_a_shared_symbol(db_pool: asyncpg.Pool[Any]) -> None:
     """Two trades hold AAPL (10 + 5 of a 15-share position): closing the first closes 10, never all 15."""
     from syncd.brokers.types import Side
-    from syncd.outbox import CloseLeg, closable_quantity
+    from syncd.trading.outbox import CloseLeg, closable_quantity
 
     acct = await _account(db_pool)
     await _position(db_pool, acct, "AAPL", 15)

@@ -15,8 +15,8 @@ import pytest_asyncio
 
 from syncd.brokers.occ import option_spec_or_none
 from syncd.context import Account, Context
+from syncd.cycles.importer import import_positions
 from syncd.db import connect
-from syncd.importer import import_positions
 from syncd.settings import AccountSettings, DatabaseSettings
 from tests.helpers import wait_for
 from tests.integration.test_account_sync import run_cli, sim_accounts, write_config

@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from syncd.daemon.leases import InstanceInUse, LeaseManager
 from syncd.db import connect, create_pool, load_queries
-from syncd.leases import InstanceInUse, LeaseManager
 from syncd.settings import DatabaseSettings
 from tests.helpers import wait_for
 

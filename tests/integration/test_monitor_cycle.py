@@ -23,7 +23,7 @@ from syncd.brokers.types import Clock, Greeks, Quote
 from syncd.context import Account, Context
 from syncd.cycles import task_by_short
 from syncd.cycles.monitor_cycle import account_pass, monitor_account
-from syncd.passes import run_pass
+from syncd.daemon.passes import run_pass
 from syncd.settings import AccountSettings
 
 D = Decimal
@@ -548,8 +548,8 @@ async def test_pass_through_the_registry(make_context: Any) -> None:
     async with environment(make_context) as (ctx, acct, broker):
         await seed(ctx, acct, broker)
         spec = task_by_short("monitor")
-        assert spec.account_pass() is account_pass
-        summary = await run_pass(ctx, spec.name, spec.account_pass(), [acct])
+        assert spec.account_pass is account_pass
+        summary = await run_pass(ctx, spec.name, spec.account_pass, [acct])
         assert summary.ok, summary.failed
         run = await ctx.pool.fetchrow("SELECT ok, stats FROM sync_runs WHERE task = 'monitorCycle'")
         assert run is not None
@@ -575,7 +575,7 @@ async def test_seed_case_end_to_end_on_the_simulator(make_context: Any, broker_k
         settings = sim.account_settings(0, broker_kind)  # type: ignore[arg-type]
         async with make_context(accounts=[settings], trading={"enabled": True, "auto_exits": True}) as ctx:
             acct = ctx.accounts[settings.name]
-            synced = await run_pass(ctx, "accountSync", task_by_short("account").account_pass(), [acct])
+            synced = await run_pass(ctx, "accountSync", task_by_short("account").account_pass, [acct])
             assert synced.ok, synced.failed
             trade_id = await add_trade(
                 ctx.pool, acct.id, "BULL_CALL_DEBIT", [(long_call, "buy"), (short_call, "sell")], entry="1.60"
@@ -616,7 +616,7 @@ async def test_exit_goes_through_the_outbox_to_the_broker(make_context: Any) -> 
         settings = sim.account_settings(0, "alpaca")
         async with make_context(accounts=[settings], trading={"enabled": True, "auto_exits": True}) as ctx:
             acct = ctx.accounts[settings.name]
-            account_sync, trade_cycle = task_by_short("account").account_pass(), task_by_short("trade").account_pass()
+            account_sync, trade_cycle = task_by_short("account").account_pass, task_by_short("trade").account_pass
             assert (await run_pass(ctx, "accountSync", account_sync, [acct])).ok
             trade_id = await add_trade(
                 ctx.pool, acct.id, "BULL_CALL_DEBIT", [(long_call, "buy"), (short_call, "sell")], entry="1.60"

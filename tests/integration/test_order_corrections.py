@@ -20,9 +20,9 @@ from aioresponses import aioresponses
 
 from syncd.brokers.types import OrderStatus, Side
 from syncd.cycles import trade_cycle
-from syncd.order_store import Link, Observation
-from syncd.reconcile import Role
 from syncd.settings import AccountSettings
+from syncd.trading.order_store import Link, Observation
+from syncd.trading.reconcile import Role
 from tests.integration.test_trade_cycle import apply, db_pool, make_account, make_trade, order, trade_row
 from tests.unit import test_alpaca_wire as aw
 from tests.unit.aiohttp_mock import MockHTTP

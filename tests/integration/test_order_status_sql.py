@@ -1,7 +1,7 @@
 """The Python and SQL definitions of a working order agree, status by status.
 
 Python: ``OrderStatus.is_terminal`` (``_TERMINAL`` in syncd/brokers/types.py), which
-``syncd.reconcile.is_working`` negates. SQL: ``order_is_working(status)`` (sql/0006), used by
+``syncd.trading.reconcile.is_working`` negates. SQL: ``order_is_working(status)`` (sql/0006), used by
 the views, the partial indexes and the named queries.
 """
 
@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from syncd.brokers.types import OrderStatus
-from syncd.reconcile import is_working
+from syncd.trading.reconcile import is_working
 
 
 async def test_sql_order_is_working_matches_python(db_pool: asyncpg.Pool[Any]) -> None:

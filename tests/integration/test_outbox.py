@@ -11,10 +11,10 @@ import pytest
 
 from syncd.context import Context
 from syncd.cycles import account_sync, trade_cycle
-from syncd.order_store import Observation, apply_observations, lock_orders
-from syncd.outbox import drain_outbox
-from syncd.passes import run_pass
+from syncd.daemon.passes import run_pass
 from syncd.sim import Simulator
+from syncd.trading.order_store import Observation, apply_observations, lock_orders
+from syncd.trading.outbox import drain_outbox
 from tests.helpers import wait_for
 from tests.simfixtures import sim_fixture
 

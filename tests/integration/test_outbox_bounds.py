@@ -13,9 +13,9 @@ import pytest
 
 from syncd.context import Context
 from syncd.cycles import trade_cycle
-from syncd.outbox import MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH
-from syncd.passes import run_pass
+from syncd.daemon.passes import run_pass
 from syncd.sim import Simulator
+from syncd.trading.outbox import MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH
 from tests.simfixtures import sim_fixture
 
 D = Decimal

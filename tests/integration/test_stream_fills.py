@@ -15,7 +15,7 @@ from syncd.brokers.types import TradeUpdate
 from syncd.context import Account, Context
 from syncd.cycles import trade_cycle
 from syncd.sim import Simulator
-from syncd.stream import apply_update, consume_trade_updates
+from syncd.trading.stream import apply_update, consume_trade_updates
 from tests.helpers import wait_for
 from tests.simfixtures import sim_fixture
 
@@ -136,7 +136,7 @@ async def test_no_stream_for_tradier_or_when_turned_off(sim: Simulator, make_con
 
 
 async def test_stream_connected_is_logged_by_the_consumer_only(sim: Simulator, make_context: Any) -> None:
-    """stream_connected/stream_disconnected come once each from the consumer (syncd.stream); the Alpaca
+    """stream_connected/stream_disconnected come once each from the consumer (syncd.trading.stream); the Alpaca
     adapter's websocket reconnects underneath log alpaca_ws_connected (debug) and alpaca_ws_dropped."""
     async with make_context(accounts=[sim.account_settings(0)]) as ctx:
         acct = next(iter(ctx.accounts.values()))

@@ -22,14 +22,15 @@ import pytest
 import pytest_asyncio
 from structlog.testing import capture_logs
 
-import syncd.supervisor as supervisor_mod
+import syncd.daemon.supervisor as supervisor_mod
 from syncd.context import Account, Context
-from syncd.health import HealthServer
-from syncd.leases import LeaseManager
-from syncd.passes import TaskName, run_pass
-from syncd.sdnotify import Notifier
+from syncd.cycles import TaskName
+from syncd.daemon.health import HealthServer
+from syncd.daemon.leases import LeaseManager
+from syncd.daemon.passes import run_pass
+from syncd.daemon.sdnotify import Notifier
+from syncd.daemon.supervisor import Supervisor, TaskDef
 from syncd.settings import AccountSettings
-from syncd.supervisor import Supervisor, TaskDef
 from tests.helpers import wait_for
 
 TASK_NAMES: tuple[TaskName, ...] = ("accountSync", "tradeCycle", "monitorCycle")

@@ -13,12 +13,12 @@ import pytest_asyncio
 
 from syncd.brokers.types import AssetClass, Order, OrderClass, OrderStatus, OrderType, Side
 from syncd.cycles import trade_cycle
+from syncd.daemon.passes import run_pass
 from syncd.db import create_pool, load_queries
-from syncd.order_store import Link, Observation, apply_observations, lock_orders, reconcile_quantities
-from syncd.passes import run_pass
-from syncd.reconcile import Role
 from syncd.settings import DatabaseSettings
 from syncd.sim import Simulator, occ_symbol
+from syncd.trading.order_store import Link, Observation, apply_observations, lock_orders, reconcile_quantities
+from syncd.trading.reconcile import Role
 from tests.simfixtures import sim_fixture
 
 

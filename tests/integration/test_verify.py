@@ -22,9 +22,9 @@ import asyncpg
 import pytest
 
 from syncd.brokers.factory import build_broker
+from syncd.cycles.verify import AccountReport, Finding, compare, render_text
 from syncd.settings import AccountSettings
 from syncd.sim import SimConfig, Simulator, start_simulator
-from syncd.verify import AccountReport, Finding, compare, render_text
 
 D = Decimal
 

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd import notify
 from syncd.brokers.base import BadBrokerData
 from syncd.brokers.occ import parse_occ
 from syncd.brokers.types import AssetClass, Balances, Position
@@ -22,6 +21,7 @@ from syncd.cycles.account_sync import (
     event_kind,
     position_row,
 )
+from syncd.db import events as notify
 
 D = Decimal
 

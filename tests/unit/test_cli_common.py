@@ -1,10 +1,10 @@
-"""syncd.cli_common.chosen_accounts: what ``--account NAME`` selects, shared by the commands."""
+"""syncd.cli.common.chosen_accounts: what ``--account NAME`` selects, shared by the commands."""
 
 from __future__ import annotations
 
 import pytest
 
-from syncd.cli_common import EXIT_CONFIG, CommandError, chosen_accounts
+from syncd.cli.common import EXIT_CONFIG, CommandError, chosen_accounts
 from syncd.settings import AccountSettings, Settings
 
 

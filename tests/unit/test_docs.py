@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from syncd.cli import build_parser
-from syncd.health import DaemonMetrics
+from syncd.daemon.health import DaemonMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

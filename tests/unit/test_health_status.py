@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from syncd.cli_health import exit_code, listen_url, render_text
-from syncd.health import AccountView, TaskView, build_report, evaluate, stale_limit
-from syncd.leases import fair_share
-from syncd.supervisor import backoff, jittered
+from syncd.cli.health import exit_code, listen_url, render_text
+from syncd.daemon.health import AccountView, TaskView, build_report, evaluate, stale_limit
+from syncd.daemon.leases import fair_share
+from syncd.daemon.supervisor import backoff, jittered
 
 NOW = dt.datetime(2026, 1, 5, 15, 0, tzinfo=dt.UTC)
 

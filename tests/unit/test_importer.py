@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from syncd.brokers.occ import format_occ, parse_occ
 from syncd.brokers.types import OptionSpec, OptionType
-from syncd.importer import Holding, pair_verticals, plan_imports, single_strategy, spread_strategy
+from syncd.cycles.importer import Holding, pair_verticals, plan_imports, single_strategy, spread_strategy
 
 D = Decimal
 EXP = dt.date(2026, 1, 16)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from syncd.leases import ProbeResult, fair_share, needs_heartbeat
+from syncd.daemon.leases import ProbeResult, fair_share, needs_heartbeat
 
 
 @pytest.mark.parametrize(

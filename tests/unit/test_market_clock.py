@@ -1,4 +1,4 @@
-"""The cached market clock and the cycles' cadence (``syncd.market_clock``); time moved by hand."""
+"""The cached market clock and the cycles' cadence (``syncd.daemon.market_clock``); time moved by hand."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from syncd.brokers.base import BrokerUnavailable
 from syncd.brokers.types import Clock
-from syncd.market_clock import Cadence, MarketClock, interval_for, state_at
+from syncd.daemon.market_clock import Cadence, MarketClock, interval_for, state_at
 from syncd.settings import CyclesSettings, Settings
 
 T0 = dt.datetime(2025, 12, 3, 15, 0, tzinfo=dt.UTC)  # 10:00 New York, a Wednesday

@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from syncd.brokers.types import OrderStatus, Side
-from syncd.reconcile import LegFill, OrderSnapshot, merge_order
+from syncd.trading.reconcile import LegFill, OrderSnapshot, merge_order
 
 D = Decimal
 FILLED, CANCELED, PARTIAL = OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.PARTIALLY_FILLED

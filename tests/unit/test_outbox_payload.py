@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncd.brokers.types import Intent, OrderType, Side, TimeInForce
-from syncd.outbox import (
+from syncd.trading.outbox import (
     CLIENT_ID_RE,
     MAX_PAYLOAD_BYTES,
     MAX_PAYLOAD_DEPTH,

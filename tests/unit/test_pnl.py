@@ -1,4 +1,4 @@
-"""Pure P&L, availability and exit-rule math of monitorCycle (``syncd.pnl``)."""
+"""Pure P&L, availability and exit-rule math of monitorCycle (``syncd.trading.pnl``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd import pnl
 from syncd.brokers.types import Side
-from syncd.pnl import ExitDecision, Leg, Trade
+from syncd.trading import pnl
+from syncd.trading.pnl import ExitDecision, Leg, Trade
 
 D = Decimal
 TODAY = dt.date(2025, 12, 3)
@@ -366,8 +366,8 @@ def test_arithmetic_on_accepted_numbers_never_rounds() -> None:
     """Guards the 28-digit rounding (issue 10 item 5): values within syncd's digit bounds stay exact."""
     import decimal
 
-    from syncd import reconcile
     from syncd.brokers.parse import MAX_INTEGER_DIGITS
+    from syncd.trading import reconcile
 
     price, qty = Decimal("12345678901234.5"), Decimal("123456789012345")
     assert len(str(qty)) == MAX_INTEGER_DIGITS

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from syncd.brokers.types import OrderStatus, Side
-from syncd.outbox import MAX_ATTEMPTS, Next, after_lookup
-from syncd.reconcile import (
+from syncd.trading.outbox import MAX_ATTEMPTS, Next, after_lookup
+from syncd.trading.reconcile import (
     LinkedOrder,
     OrderSnapshot,
     Role,
@@ -260,7 +260,7 @@ class OutboxMachine(RuleBasedStateMachine):
     """Requests go queued -> submitting (committed) -> sent -> recorded, with crashes and lost answers.
 
     The broker is the truth: ``placed[cid]`` counts orders it accepted per client id.
-    The outbox follows syncd.outbox: before any (re)send of a request found
+    The outbox follows syncd.trading.outbox: before any (re)send of a request found
     ``submitting`` it asks the broker by client id, and acts on ``after_lookup``.
     """
 
@@ -333,7 +333,7 @@ def _open(qty: str) -> TradeState:
 
 def test_a_trade_with_own_fills_is_capped_never_grown() -> None:
     """Regression: a trade that bought 4 WMT was reconciled to the 254 the account held (250 bought by hand)."""
-    from syncd.reconcile import reconcile_quantity
+    from syncd.trading.reconcile import reconcile_quantity
 
     stock = TradeSpec.of([TradeLeg("WMT", Side.BUY)])
     assert reconcile_quantity(stock, _open("4"), {"WMT": Decimal(254)}) == 254  # no fill record: follows
@@ -345,7 +345,7 @@ def test_a_trade_with_own_fills_is_capped_never_grown() -> None:
 
 
 def test_a_spread_with_own_fills_shrinks_to_its_smallest_leg_in_whole_units() -> None:
-    from syncd.reconcile import reconcile_quantity
+    from syncd.trading.reconcile import reconcile_quantity
 
     spread = TradeSpec.of([TradeLeg("AAPL260116C00150000", Side.BUY), TradeLeg("AAPL260116C00160000", Side.SELL)])
     held = {"AAPL260116C00150000": Decimal(7), "AAPL260116C00160000": Decimal(-7)}
@@ -360,7 +360,7 @@ def test_a_trade_without_fills_sharing_a_symbol_is_capped_never_grown() -> None:
     """Regression: a trade without a fill record (an import) sharing its symbol with another trade was left at
     its quantity whatever the broker held: 250 imported next to a syncd trade of 4, then 200 sold by hand, it
     still claimed 250 of the 54 held. It is capped by the position like a trade with its own fills, never grown."""
-    from syncd.reconcile import reconcile_quantity
+    from syncd.trading.reconcile import reconcile_quantity
 
     stock = TradeSpec.of([TradeLeg("WMT", Side.BUY)])
     assert reconcile_quantity(stock, _open("250"), {"WMT": Decimal(54)}, ["WMT"]) == 54

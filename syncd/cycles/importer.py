@@ -41,9 +41,9 @@ from itertools import groupby
 import asyncpg
 import structlog
 
-from syncd import notify
 from syncd.context import Account, Context
-from syncd.order_store import RECONCILE_MARGIN
+from syncd.db import events as notify
+from syncd.trading.order_store import RECONCILE_MARGIN
 
 log = structlog.get_logger(__name__)
 

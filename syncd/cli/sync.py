@@ -9,7 +9,7 @@ any failed (an order the broker refused is the trade cycle's business, not a fai
 pass), 2 on a bad configuration or an unknown account or task.
 
 ``import-positions [--account NAME]... [--no-sync]``: fetch positions (an accountSync
-pass), then make trades of those no live trade covers (:mod:`syncd.importer`);
+pass), then make trades of those no live trade covers (:mod:`syncd.cycles.importer`);
 stdout says what was imported per account; exit 0, or 1 when an account failed.
 """
 
@@ -24,11 +24,11 @@ from typing import Any
 import asyncpg
 import structlog
 
-from syncd.cli_common import EXIT_FAILED, EXIT_OK, CommandError, chosen_accounts, load_config
+from syncd.cli.common import EXIT_FAILED, EXIT_OK, chosen_accounts, load_config
 from syncd.context import Account, Context, open_context
-from syncd.cycles import TASKS, TaskSpec, task_by_short
+from syncd.cycles import TASKS, AccountPass, TaskSpec, task_by_short
+from syncd.daemon.passes import PassResult, run_pass
 from syncd.errors import describe
-from syncd.passes import AccountPass, PassResult, run_pass
 from syncd.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -97,19 +97,6 @@ def chosen_tasks(groups: Sequence[Sequence[TaskSpec]] | None) -> list[TaskSpec]:
     return [spec for spec in TASKS if spec.short in named]
 
 
-def _pass_fn(spec: TaskSpec, explicit: bool) -> AccountPass | None:
-    """The task's ``account_pass``; a task whose module is absent is an error only when asked for by name."""
-    try:
-        return spec.account_pass()
-    except ModuleNotFoundError as exc:
-        if exc.name != spec.module:
-            raise
-        if explicit:
-            raise CommandError(f"task {spec.short} ({spec.name}) is not available in this build", EXIT_FAILED) from None
-        log.warning("task_unavailable", task=spec.name, module=spec.module)
-        return None
-
-
 def result_line(task: str, r: PassResult, width: int) -> str:
     """``NAME  TASK  ok  key=value ...  0.12s`` or ``NAME  TASK  FAILED  error``."""
     head = f"{r.account:<{width}}  {task:<12}"
@@ -135,7 +122,7 @@ def sync_once_command(args: argparse.Namespace) -> int:
     settings = load_config(args)
     names = chosen_accounts(settings, args.accounts)
     specs = chosen_tasks(args.tasks)
-    fns = [(spec, fn) for spec in specs if (fn := _pass_fn(spec, explicit=bool(args.tasks))) is not None]
+    fns = [(spec, spec.account_pass) for spec in specs]
     return asyncio.run(sync_once(settings, names, fns, migrate=not args.no_migrate))
 
 
@@ -179,8 +166,8 @@ def import_positions_command(args: argparse.Namespace) -> int:
 async def import_all(settings: Settings, names: list[str] | None, *, sync_first: bool, migrate: bool = True) -> int:
     """Sync (unless told not to), then import each active account's uncovered positions; print; exit code."""
     from syncd.cycles.account_sync import sync_pass
+    from syncd.cycles.importer import import_positions
     from syncd.db import apply_migrations
-    from syncd.importer import import_positions
 
     if migrate:  # like sync-once: it writes, so the schema must be current
         await apply_migrations(settings.database)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 import structlog
@@ -24,12 +24,10 @@ import structlog
 from syncd.brokers.base import BrokerError
 from syncd.brokers.guard import PassBroker
 from syncd.context import Account, Context
+from syncd.cycles import AccountPass, TaskName
 from syncd.errors import describe
 
 log = structlog.get_logger(__name__)
-
-TaskName = Literal["accountSync", "tradeCycle", "monitorCycle"]
-AccountPass = Callable[[Context, Account], Awaitable[dict[str, Any]]]
 
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
 

@@ -19,7 +19,7 @@ each request claimed with ``FOR UPDATE SKIP LOCKED``. For each request:
    in all, then it ends ``failed`` ("retries exhausted ...").
 4. Otherwise it is marked ``submitting`` (``attempts + 1``) and COMMITTED, and
    only then sent. The broker's order is recorded through the same path as a
-   poll (:mod:`syncd.order_store`); ``BrokerRejected`` ends it ``rejected`` with
+   poll (:mod:`syncd.trading.order_store`); ``BrokerRejected`` ends it ``rejected`` with
    the broker's reason (never retried).
 
 ``open`` creates the trade (legs, strategy, exit rules, ``requested_quantity``,
@@ -49,8 +49,8 @@ from syncd.brokers.occ import option_spec_or_none
 from syncd.brokers.types import Intent, LegRequest, Order, OrderRequest, OrderType, Side, TimeInForce
 from syncd.context import Account, Context
 from syncd.errors import describe
-from syncd.order_store import Applied, Conn, Link, Observation, apply_observations, lock_orders, notify
-from syncd.reconcile import Role
+from syncd.trading.order_store import Applied, Conn, Link, Observation, apply_observations, lock_orders, notify
+from syncd.trading.reconcile import Role
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from syncd.cli_common import EXIT_CONFIG, EXIT_OK, CommandError
+from syncd.cli.common import EXIT_CONFIG, EXIT_OK, CommandError
 from syncd.logs import configure_logging
 from syncd.settings import LogSettings
 
@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from syncd.demo import DemoError, default_state_dir, run_demo
+    from syncd.cli.demo_stack import DemoError, default_state_dir, run_demo
 
     configure_logging(LogSettings(format="console", level="info"))
     state_dir = args.state_dir or default_state_dir()

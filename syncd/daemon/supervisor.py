@@ -9,7 +9,7 @@ transactions roll back) and named in the log; streams stop; leases are given bac
 the listener, the HTTP session and the pool close.
 
 Each task loop: pick the active accounts this replica holds leases on, run one pass
-(``syncd.passes.run_pass``: one transaction and one summary line per account), wait
+(``syncd.daemon.passes.run_pass``: one transaction and one summary line per account), wait
 its interval with jitter or until stop, whichever comes first. A pass never overlaps
 itself (one loop per task). A loop that raises is logged, recorded in
 ``task_health`` and restarted with exponential backoff; the other loops never
@@ -33,12 +33,13 @@ import asyncpg
 import structlog
 
 from syncd.context import Account, Context, open_context
-from syncd.cycles import TASKS
+from syncd.cycles import TASKS, AccountPass, TaskName
+from syncd.cycles import task as task_spec
+from syncd.daemon.health import DB_DOWN_ERRORS, DaemonMetrics, HealthServer, TaskView
+from syncd.daemon.leases import InstanceInUse, LeaseLost, LeaseManager
+from syncd.daemon.passes import run_pass
+from syncd.daemon.sdnotify import Notifier
 from syncd.errors import describe
-from syncd.health import DB_DOWN_ERRORS, DaemonMetrics, HealthServer, TaskView
-from syncd.leases import InstanceInUse, LeaseLost, LeaseManager
-from syncd.passes import AccountPass, TaskName, run_pass
-from syncd.sdnotify import Notifier
 from syncd.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -103,16 +104,11 @@ class TaskDef:
 
 def default_tasks() -> list[TaskDef]:
     """The three cycles of ``syncd.cycles.TASKS``."""
-    return [TaskDef(spec.name, spec.account_pass()) for spec in TASKS]
+    return [TaskDef(spec.name, spec.account_pass) for spec in TASKS]
 
 
-def base_interval(settings: Settings, task: TaskName) -> float:
-    cycles = settings.cycles
-    return {
-        "accountSync": cycles.account_interval_s,
-        "tradeCycle": cycles.trade_interval_s,
-        "monitorCycle": cycles.monitor_interval_s,
-    }[task]
+def base_interval(settings: Settings, name: TaskName) -> float:
+    return task_spec(name).interval(settings.cycles)
 
 
 def jittered(interval: float, jitter_pct: float, rng: random.Random) -> float:
@@ -129,14 +125,14 @@ def backoff(failures: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_MA
 
 def market_interval_fn() -> IntervalFn:
     """tradeCycle and monitorCycle slow to ``closed_market_interval_s`` while the market is closed."""
-    from syncd.market_clock import Cadence
+    from syncd.daemon.market_clock import Cadence
 
     return Cadence()
 
 
 def stream_fn() -> StreamFn:
     """The tradeCycle's trade-update consumer (it reconnects by itself; returns when it cannot stream)."""
-    from syncd.stream import consume_trade_updates
+    from syncd.trading.stream import consume_trade_updates
 
     return consume_trade_updates
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from syncd.cli_common import EXIT_FAILED, EXIT_OK, load_config
+from syncd.cli.common import EXIT_FAILED, EXIT_OK, load_config
 from syncd.errors import describe
 from syncd.logs import configure_logging
 from syncd.settings import LogSettings, Settings
@@ -66,7 +66,7 @@ def health_command(args: argparse.Namespace) -> int:
 
 
 async def _gather(url: str | None, settings: Settings | None) -> dict[str, Any]:
-    from syncd.health import fetch_report
+    from syncd.daemon.health import fetch_report
 
     target = url or (listen_url(settings.health.listen) if settings else None)
     if target:
@@ -83,8 +83,8 @@ async def _gather(url: str | None, settings: Settings | None) -> dict[str, Any]:
 
 
 async def _from_database(settings: Settings) -> dict[str, Any]:
+    from syncd.daemon.health import DB_DOWN_ERRORS, report_from_db
     from syncd.db import create_pool, load_queries
-    from syncd.health import DB_DOWN_ERRORS, report_from_db
 
     try:
         async with asyncio.timeout(settings.database.connect_timeout_s + 1):

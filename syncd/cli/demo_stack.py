@@ -171,7 +171,7 @@ def _psql(bindir: Path | None) -> str:
 
 async def run_demo(state_dir: Path, out: TextIO, *, seed: int = 7) -> None:
     """The whole demo until SIGINT/SIGTERM."""
-    from syncd.supervisor import running
+    from syncd.daemon.supervisor import running
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -2,7 +2,7 @@
 
 ``consume_trade_updates`` runs beside the polling cycles (the supervisor starts
 one per account it holds; ``sync-once`` does not stream). Each event goes through
-the same idempotent path as a poll (:func:`syncd.order_store.apply_observations`
+the same idempotent path as a poll (:func:`syncd.trading.order_store.apply_observations`
 under the account's orders lock), with ``source = 'stream'``: the same fill seen
 by the stream and by a poll counts once (the order's fill progress is monotonic,
 and a stream execution id is stored once), and events repeated or out of order
@@ -26,7 +26,7 @@ from syncd.brokers.sanity import Bad, check_update
 from syncd.brokers.types import TradeUpdate
 from syncd.context import Account, Context
 from syncd.errors import describe
-from syncd.order_store import Applied, Observation, apply_observations, lock_orders, notify
+from syncd.trading.order_store import Applied, Observation, apply_observations, lock_orders, notify
 
 log = structlog.get_logger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from syncd.cli_common import EXIT_FAILED, EXIT_OK, load_config
+from syncd.cli.common import EXIT_FAILED, EXIT_OK, load_config
 from syncd.errors import describe
 from syncd.settings import Settings
 
@@ -41,7 +41,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 async def run_until_signalled(settings: Settings, *, migrate: bool) -> None:
     """``serve`` with SIGTERM and SIGINT setting its stop Event (and doing nothing else)."""
-    from syncd.supervisor import serve
+    from syncd.daemon.supervisor import serve
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Any
 
-from syncd.cli_common import EXIT_OK
+from syncd.cli.common import EXIT_OK
 from syncd.logs import configure_logging
 from syncd.settings import LogSettings
 from syncd.sim import SimConfig, Simulator, start_simulator

@@ -1,10 +1,10 @@
 """The database side of orders and trades: one idempotent path for poll, stream and outbox.
 
 ``apply_observations`` takes what a broker said about some orders, folds each
-observation into the stored order with :func:`syncd.reconcile.merge_order`, writes
+observation into the stored order with :func:`syncd.trading.reconcile.merge_order`, writes
 the orders that changed (a multi-leg order's legs as rows with ``parent_id``) and
 one ``order_events`` row per change, then re-derives every trade those orders
-belong to with :func:`syncd.reconcile.apply_orders`. It runs inside the caller's
+belong to with :func:`syncd.trading.reconcile.apply_orders`. It runs inside the caller's
 transaction, after :func:`lock_orders`: every writer of an account's orders
 (the poll pass, the stream consumer, the outbox, on any replica) holds the same
 transaction-scoped advisory lock, so a fill seen by the stream and by a poll at
@@ -29,8 +29,8 @@ import structlog
 from syncd.brokers.parse import exact
 from syncd.brokers.types import Order, OrderStatus, Side
 from syncd.db import Queries
-from syncd.notify import payloads as event_payloads
-from syncd.reconcile import (
+from syncd.db.events import payloads as event_payloads
+from syncd.trading.reconcile import (
     CLOSED_OUTSIDE,
     ZERO,
     LegFill,
@@ -482,7 +482,7 @@ async def write_trades(conn: Conn, q: Queries, updates: Sequence[tuple[int, Trad
 async def reconcile_quantities(conn: Conn, q: Queries, account_id: int) -> list[int]:
     """Open trades follow what the broker holds: capped by it, or, with no fill record and alone
     on their symbols, set to it (an app's trade without trade_legs rows too, as its one leg on its
-    symbol); flat ones with legs close (:func:`syncd.reconcile.reconcile_quantity`).
+    symbol); flat ones with legs close (:func:`syncd.trading.reconcile.reconcile_quantity`).
 
     Returns the ids of the trades changed.
     """

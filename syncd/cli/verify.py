@@ -1,7 +1,7 @@
 """``syncd verify [--account NAME]... [--json]`` (docs/commands.md).
 
 Fetches every chosen active account's positions live from its broker and compares them
-with ``portfolio_positions`` and the open trades (:mod:`syncd.verify`). The result goes
+with ``portfolio_positions`` and the open trades (:mod:`syncd.cycles.verify`). The result goes
 to stdout, as text for a person or ``--json`` for a program; logs go to stderr. Exit 0
 when everything agrees, 3 when something disagrees, 1 when an account could not be
 checked (broker or database error), 2 on a bad configuration or an unknown account.
@@ -18,10 +18,10 @@ from typing import Any
 
 import asyncpg
 
-from syncd.cli_common import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, CommandError, chosen_accounts, load_config
+from syncd.cli.common import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, CommandError, chosen_accounts, load_config
 from syncd.context import open_context
+from syncd.cycles.verify import AccountReport, as_json, render_text, verify_accounts
 from syncd.settings import Settings
-from syncd.verify import AccountReport, as_json, render_text, verify_accounts
 
 
 def register(subparsers: Any) -> None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from syncd import cycles as registry
 from syncd.brokers.base import Broker, BrokerError
 from syncd.brokers.types import Clock
 from syncd.errors import describe
@@ -153,15 +154,6 @@ class MarketClock:
         entry.clock = clock
 
 
-_INTERVALS = {
-    "account": "account_interval_s",
-    "accountSync": "account_interval_s",
-    "trade": "trade_interval_s",
-    "tradeCycle": "trade_interval_s",
-    "monitor": "monitor_interval_s",
-    "monitorCycle": "monitor_interval_s",
-}
-_MARKET_PACED = frozenset({"trade", "tradeCycle", "monitor", "monitorCycle"})
 
 
 def interval_for(task: str, settings: Settings | CyclesSettings, is_open: bool) -> float:
@@ -173,13 +165,12 @@ def interval_for(task: str, settings: Settings | CyclesSettings, is_open: bool) 
     """
     cycles = settings.cycles if isinstance(settings, Settings) else settings
     try:
-        key = _INTERVALS[task]
-    except KeyError:
-        raise ValueError(f"unknown task {task!r}; choose from {', '.join(_INTERVALS)}") from None
-    if task in _MARKET_PACED and not is_open:
+        spec = registry.task(task)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    if spec.market_paced and not is_open:
         return cycles.closed_market_interval_s
-    value: float = getattr(cycles, key)
-    return value
+    return spec.interval(cycles)
 
 
 class Cadence:
@@ -194,7 +185,7 @@ class Cadence:
         self.clock = clock or MarketClock()
 
     async def __call__(self, ctx: Context, task: str, normal: float) -> float:
-        if task not in _MARKET_PACED:
+        if not registry.task(task).market_paced:
             return normal
         is_open = await self.clock.any_open(a.broker for a in ctx.accounts.values())
         return normal if is_open else interval_for(task, ctx.settings, is_open)

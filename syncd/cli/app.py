@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import sys
 from collections.abc import Sequence
 
 from syncd import __version__
-from syncd.cli_common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, CommandError, fail, load_config
+from syncd.cli import demo, health, run, sim, sync, verify
+from syncd.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, CommandError, fail, load_config
 from syncd.settings import redacted_dict, to_toml
 
-# Modules that add commands; each defines ``register(subparsers) -> None``.
-COMMAND_MODULES: tuple[str, ...] = (
-    "syncd.cli_run",
-    "syncd.cli_health",
-    "syncd.cli_demo",
-    "syncd.cli_sync",
-    "syncd.cli_verify",
-    "syncd.cli_sim",
-)
+# The modules that add commands, in --help order; each defines ``register(subparsers) -> None``.
+COMMAND_MODULES = (run, health, demo, sync, verify, sim)
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -77,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(handler=_migrate)
 
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 
