@@ -385,11 +385,13 @@ async def test_watchdog_pings_only_while_every_task_is_on_schedule(ctx: Context)
             except BlockingIOError:
                 return sum(p == b"WATCHDOG=1" for p in pings)
 
-    hang = asyncio.Event()
     never = asyncio.Event()
+    calls = [0]
+    hang_from = [10**9]  # the first call that hangs
 
     async def maybe_stuck(c: Context, acct: Account) -> dict[str, Any]:
-        if hang.is_set():
+        calls[0] += 1
+        if calls[0] >= hang_from[0]:
             await never.wait()
         return {}
 
@@ -400,9 +402,10 @@ async def test_watchdog_pings_only_while_every_task_is_on_schedule(ctx: Context)
             await sup.start()
             await wait_for(lambda: drain() >= 3, timeout=5, what="pings while healthy")
             assert sup.alive() == (True, [])
-            # From now on a pass that starts is already past its deadline, and it never ends.
+            # From now on a pass that starts is already past its deadline. The one that hangs is two calls on:
+            # a pass in flight now took its deadline before the change, the one after it surely after.
             sup.watchdog_grace_s = -3600.0
-            hang.set()
+            hang_from[0] = calls[0] + 2
             await wait_for(lambda: any(e["event"] == "watchdog_withheld" for e in logs), timeout=5)
         withheld = next(e for e in logs if e["event"] == "watchdog_withheld")
         assert withheld["stalled"] == ["accountSync stalled"]
