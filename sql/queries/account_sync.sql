@@ -30,24 +30,22 @@ SELECT a.broker_account_id, s.equity, s.cash, s.buying_power, s.long_market_valu
 -- upsert changed positions, delete vanished ones, insert position events, maybe a balances
 -- snapshot, and mark the account synced. Returns the counts written.
 -- $1 account id
--- $2..$15 rows to upsert, one array per column: symbol, asset_class, underlying, option_type, strike,
---          expiration, multiplier, quantity, qty_available, avg_entry_price, cost_basis,
---          current_price, market_value, unrealized_pl
--- $16 symbols to delete
--- $17..$20 events: symbol, kind, old_quantity, new_quantity
--- $21 write a snapshot?, $22 equity, $23 cash, $24 buying_power, $25 long_market_value, $26 short_market_value
--- $27 broker_account_id (NULL keeps the stored one)
--- $28 NOTIFY syncd_events payloads (delivered at commit, and only then)
+-- $2 rows to upsert (position_row[], 0012: by attribute name)
+-- $3 symbols to delete
+-- $4 events (position_event_row[])
+-- $5 the balances snapshot to write: none or one (balances_row[])
+-- $6 broker_account_id (NULL keeps the stored one)
+-- $7 NOTIFY syncd_events payloads (delivered at commit, and only then)
 -- bid/ask/last/greeks/quote_at are monitorCycle's and never written here; current_price,
 -- market_value and unrealized_pl keep their stored value when the broker gave none.
 WITH up AS (
     INSERT INTO portfolio_positions AS p
            (account_id, symbol, asset_class, underlying, option_type, strike, expiration, multiplier,
             quantity, qty_available, avg_entry_price, cost_basis, current_price, market_value, unrealized_pl)
-    SELECT $1, u.*
-      FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::date[], $8::numeric[],
-                  $9::numeric[], $10::numeric[], $11::numeric[], $12::numeric[], $13::numeric[], $14::numeric[],
-                  $15::numeric[]) AS u
+    SELECT $1, u.symbol, u.asset_class, u.underlying, u.option_type, u.strike, u.expiration, u.multiplier,
+           u.quantity, u.qty_available, u.avg_entry_price, u.cost_basis, u.current_price, u.market_value,
+           u.unrealized_pl
+      FROM unnest($2::position_row[]) AS u
     ON CONFLICT (account_id, symbol) DO UPDATE
        SET asset_class = EXCLUDED.asset_class,
            underlying = EXCLUDED.underlying,
@@ -66,31 +64,30 @@ WITH up AS (
     RETURNING 1
 ), gone AS (
     DELETE FROM portfolio_positions
-     WHERE account_id = $1 AND symbol = ANY($16::text[])
+     WHERE account_id = $1 AND symbol = ANY($3::text[])
     RETURNING 1
 ), ev AS (
     INSERT INTO position_events (account_id, symbol, kind, old_quantity, new_quantity, at)
     SELECT $1, e.symbol, e.kind, e.old_quantity, e.new_quantity, now()
-      FROM unnest($17::text[], $18::text[], $19::numeric[], $20::numeric[])
-           AS e(symbol, kind, old_quantity, new_quantity)
+      FROM unnest($4::position_event_row[]) AS e
     RETURNING 1
 ), snap AS (
     INSERT INTO account_snapshots (account_id, taken_at, equity, cash, buying_power,
                                    long_market_value, short_market_value)
-    SELECT $1, now(), $22, $23, $24, $25, $26
-     WHERE $21::boolean
+    SELECT $1, now(), b.equity, b.cash, b.buying_power, b.long_market_value, b.short_market_value
+      FROM unnest($5::balances_row[]) AS b
     RETURNING 1
 ), acct AS (
     UPDATE accounts
        SET last_synced_at = now(),
-           broker_account_id = COALESCE($27::text, broker_account_id),
+           broker_account_id = COALESCE($6::text, broker_account_id),
            last_error = CASE WHEN last_error LIKE 'accountSync: %' THEN NULL ELSE last_error END,
-           updated_at = CASE WHEN $27::text IS NOT NULL AND broker_account_id IS DISTINCT FROM $27::text
+           updated_at = CASE WHEN $6::text IS NOT NULL AND broker_account_id IS DISTINCT FROM $6::text
                              THEN now() ELSE updated_at END
      WHERE id = $1
     RETURNING 1
 ), notes AS (
-    SELECT pg_notify('syncd_events', payload) FROM unnest($28::text[]) AS payload
+    SELECT pg_notify('syncd_events', payload) FROM unnest($7::text[]) AS payload
 )
 SELECT (SELECT count(*) FROM up) AS upserted,
        (SELECT count(*) FROM gone) AS deleted,
@@ -178,13 +175,13 @@ SELECT p.symbol, p.asset_class, p.underlying, p.option_type, p.strike, p.expirat
 
 -- name: import_insert_trades
 -- Imported trades and their legs in one statement. Trade ids are drawn first so legs can
--- name them. Returns each new trade's id with its 1-based position in the input arrays.
--- $1 account id; trades: $2 symbol, $3 strategy, $4 quantity, $5 entry_price, $6 opened_at;
--- legs: $7 trade ordinal (1-based), $8 leg_index, $9 symbol, $10 side, $11 ratio
+-- name them. Returns each new trade's id with its ord.
+-- $1 account id; trades: $2 (import_trade_row[], 0012: by attribute name), ord 1-based and distinct;
+-- legs: $3 (import_leg_row[], 0012), each naming its trade by ord
 WITH input AS MATERIALIZED (
-    SELECT nextval(pg_get_serial_sequence('trades', 'id')) AS id, t.*
-      FROM unnest($2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::timestamptz[])
-           WITH ORDINALITY AS t(symbol, strategy, quantity, entry_price, opened_at, ord)
+    SELECT nextval(pg_get_serial_sequence('trades', 'id')) AS id, t.ord, t.symbol, t.strategy, t.quantity,
+           t.entry_price, t.opened_at
+      FROM unnest($2::import_trade_row[]) AS t
 ), ins AS (
     INSERT INTO trades (id, account_id, symbol, strategy, status, requested_quantity, quantity,
                         entry_price, broker_fill_price, source, opened_at)
@@ -194,8 +191,7 @@ WITH input AS MATERIALIZED (
 ), legs AS (
     INSERT INTO trade_legs (trade_id, leg_index, symbol, side, ratio)
     SELECT i.id, l.leg_index, l.symbol, l.side, l.ratio
-      FROM unnest($7::bigint[], $8::int[], $9::text[], $10::text[], $11::int[])
-           AS l(ord, leg_index, symbol, side, ratio)
+      FROM unnest($3::import_leg_row[]) AS l
       JOIN input i ON i.ord = l.ord
     RETURNING 1
 )

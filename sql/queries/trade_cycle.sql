@@ -64,23 +64,18 @@ SELECT client_order_id, trade_id, kind
 -- name: trade_upsert_orders
 -- Insert or update top-level orders and their legs in one statement; returns the top-level ids.
 -- $1 account id
--- $2..$22 top-level rows: broker_order_id, client_order_id, trade_id, role, symbol, asset_class, side,
---   intent, type, order_class, time_in_force, qty, ratio_qty, filled_qty, filled_avg_price, limit_price,
---   status, reject_reason, submitted_at, filled_at, canceled_at
--- $23..$42 leg rows, the same columns without trade_id/role but with the parent's broker_order_id first:
---   parent_broker_order_id, broker_order_id, client_order_id, symbol, asset_class, side, intent, type,
---   order_class, time_in_force, qty, ratio_qty, filled_qty, filled_avg_price, limit_price, status,
---   reject_reason, submitted_at, filled_at, canceled_at
+-- $2 top-level rows (order_row[], 0012: by attribute name)
+-- $3 leg rows (order_leg_row[]): the same columns without trade_id/role, with the parent's broker id
 WITH top AS (
     INSERT INTO orders AS o
            (account_id, broker_order_id, client_order_id, trade_id, role, symbol, asset_class, side, intent,
             type, order_class, time_in_force, qty, ratio_qty, filled_qty, filled_avg_price, limit_price,
             status, reject_reason, submitted_at, filled_at, canceled_at)
-    SELECT $1, u.*
-      FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],
-                  $9::text[], $10::text[], $11::text[], $12::text[], $13::numeric[], $14::int[],
-                  $15::numeric[], $16::numeric[], $17::numeric[], $18::text[], $19::text[],
-                  $20::timestamptz[], $21::timestamptz[], $22::timestamptz[]) AS u
+    SELECT $1, u.broker_order_id, u.client_order_id, u.trade_id, u.role, u.symbol, u.asset_class, u.side,
+           u.intent, u.type, u.order_class, u.time_in_force, u.qty, u.ratio_qty, u.filled_qty,
+           u.filled_avg_price, u.limit_price, u.status, u.reject_reason, u.submitted_at, u.filled_at,
+           u.canceled_at
+      FROM unnest($2::order_row[]) AS u
     ON CONFLICT (account_id, broker_order_id) DO UPDATE
        SET client_order_id = COALESCE(o.client_order_id, EXCLUDED.client_order_id),
            trade_id = COALESCE(o.trade_id, EXCLUDED.trade_id),
@@ -113,13 +108,7 @@ WITH top AS (
            l.intent, l.type, l.order_class, l.time_in_force, l.qty, l.ratio_qty, l.filled_qty,
            l.filled_avg_price, l.limit_price, l.status, l.reject_reason, l.submitted_at, l.filled_at,
            l.canceled_at
-      FROM unnest($23::text[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[], $29::text[],
-                  $30::text[], $31::text[], $32::text[], $33::numeric[], $34::int[], $35::numeric[],
-                  $36::numeric[], $37::numeric[], $38::text[], $39::text[], $40::timestamptz[],
-                  $41::timestamptz[], $42::timestamptz[])
-           AS l(parent_broker_order_id, broker_order_id, client_order_id, symbol, asset_class, side, intent,
-                type, order_class, time_in_force, qty, ratio_qty, filled_qty, filled_avg_price, limit_price,
-                status, reject_reason, submitted_at, filled_at, canceled_at)
+      FROM unnest($3::order_leg_row[]) AS l
       JOIN top ON top.broker_order_id = l.parent_broker_order_id
     ON CONFLICT (account_id, broker_order_id) DO UPDATE
        SET parent_id = EXCLUDED.parent_id,
@@ -140,10 +129,10 @@ SELECT id, broker_order_id, (SELECT count(*) FROM legs) AS legs_written FROM top
 
 -- name: trade_insert_order_events
 -- One row per observed change; a stream fill seen twice (same execution id) is kept once.
--- $1 order ids, $2 event, $3 qty, $4 price, $5 filled_qty, $6 status, $7 execution_id, $8 at, $9 source
+-- $1 rows (order_event_row[], 0012: by attribute name)
 INSERT INTO order_events (order_id, event, qty, price, filled_qty, status, execution_id, at, source)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[], $6::text[],
-                     $7::text[], $8::timestamptz[], $9::text[])
+SELECT e.order_id, e.event, e.qty, e.price, e.filled_qty, e.status, e.execution_id, e.at, e.source
+  FROM unnest($1::order_event_row[]) AS e
 ON CONFLICT (order_id, execution_id) WHERE execution_id IS NOT NULL DO NOTHING;
 
 -- name: trade_trades_for_apply
@@ -177,7 +166,7 @@ SELECT o.id, o.parent_id, o.broker_order_id, o.client_order_id, o.trade_id, o.ro
  ORDER BY o.parent_id NULLS FIRST, COALESCE(o.submitted_at, o.created_at), o.id;
 
 -- name: trade_update_trades
--- Write re-derived trades (only those that changed are passed).
+-- Write re-derived trades (only those that changed are passed). $1 rows (trade_row[], 0012: by name).
 UPDATE trades t
    SET status = u.status,
        quantity = u.quantity,
@@ -189,10 +178,7 @@ UPDATE trades t
        opened_at = u.opened_at,
        closed_at = u.closed_at,
        updated_at = now()
-  FROM unnest($1::bigint[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[], $6::numeric[],
-              $7::numeric[], $8::text[], $9::timestamptz[], $10::timestamptz[])
-       AS u(id, status, quantity, entry_price, broker_fill_price, exit_price, realized_pnl, close_reason,
-            opened_at, closed_at)
+  FROM unnest($1::trade_row[]) AS u
  WHERE t.id = u.id;
 
 -- name: trade_reconcile_candidates

@@ -9,7 +9,7 @@ A pass reads as a story:
    answer is malformed and the pass raises ``BadBrokerData`` before touching anything;
 3. **compare** it with the stored rows (:func:`diff_positions`, a pure function);
 4. **write the difference** in ONE transaction and one bulk statement
-   (``account_sync_write``: arrays through ``unnest``): changed rows upserted,
+   (``account_sync_write``: arrays of named rows through ``unnest``): changed rows upserted,
    vanished rows deleted, one ``position_events`` row per change, an
    ``account_snapshots`` row when the balances differ from the latest snapshot,
    ``accounts.broker_account_id``/``last_synced_at``, and the ``NOTIFY syncd_events``
@@ -341,28 +341,26 @@ async def fetch_account(broker: Broker, deadline_s: float) -> tuple[Balances, li
 # -- writing ---------------------------------------------------------------------------------------------
 
 
-def _upsert_columns(rows: Sequence[PositionRow]) -> list[list[Any]]:
-    return [
-        [r.symbol for r in rows],
-        [r.asset_class for r in rows],
-        [r.underlying for r in rows],
-        [r.option_type for r in rows],
-        [r.strike for r in rows],
-        [r.expiration for r in rows],
-        [r.multiplier for r in rows],
-        [r.quantity for r in rows],
-        [r.qty_available for r in rows],
-        [r.avg_entry_price for r in rows],
-        [r.cost_basis for r in rows],
-        [r.current_price for r in rows],
-        [r.market_value for r in rows],
-        [r.unrealized_pl for r in rows],
-    ]
+def _upsert_row(r: PositionRow) -> dict[str, Any]:
+    """One ``position_row`` (0012) by attribute name: every PositionRow field but ``marks_ours``."""
+    row = r._asdict()
+    del row["marks_ours"]
+    return row
+
+
+def _event_row(e: PositionEvent) -> dict[str, Any]:
+    """One ``position_event_row`` (0012)."""
+    return {"symbol": e.symbol, "kind": e.kind, "old_quantity": e.old_quantity, "new_quantity": e.new_quantity}
+
+
+def _balances_rows(b: Balances, snapshot: bool) -> list[dict[str, Any]]:
+    """The ``balances_row`` (0012) to write: none, or the snapshot."""
+    return [{k: getattr(b, k) for k in _BALANCE_FIELDS}] if snapshot else []
 
 
 def _stored_row(r: asyncpg.Record) -> PositionRow:
-    # account_sync_stored_positions selects PositionRow's fields in its field order.
-    return PositionRow(*r)
+    """A stored row by column name: account_sync_stored_positions selects PositionRow's fields, in any order."""
+    return PositionRow(**dict(r.items()))
 
 
 @dataclass(slots=True)
@@ -416,18 +414,10 @@ async def _write(
     await conn.fetchrow(
         q["account_sync_write"],
         account.id,
-        *_upsert_columns(diff.upserts),
+        [_upsert_row(r) for r in diff.upserts],
         diff.deletes,
-        [e.symbol for e in diff.events],
-        [e.kind for e in diff.events],
-        [e.old_quantity for e in diff.events],
-        [e.new_quantity for e in diff.events],
-        plan.snapshot,
-        b.equity,
-        b.cash,
-        b.buying_power,
-        b.long_market_value,
-        b.short_market_value,
+        [_event_row(e) for e in diff.events],
+        _balances_rows(b, plan.snapshot),
         plan.broker_id,
         payloads,
     )

@@ -223,20 +223,25 @@ def _holding(r: asyncpg.Record) -> Holding:
     )
 
 
-def _insert_args(plans: Sequence[PlannedTrade]) -> list[list[object]]:
-    legs = [(i, j, leg) for i, p in enumerate(plans, start=1) for j, leg in enumerate(p.legs)]
-    return [
-        [p.symbol for p in plans],
-        [p.strategy for p in plans],
-        [p.quantity for p in plans],
-        [p.entry_price for p in plans],
-        [p.opened_at for p in plans],
-        [i for i, _, _ in legs],
-        [j for _, j, _ in legs],
-        [leg.symbol for _, _, leg in legs],
-        [leg.side for _, _, leg in legs],
-        [leg.ratio for _, _, leg in legs],
+def _insert_args(plans: Sequence[PlannedTrade]) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """The ``import_trade_row`` and ``import_leg_row`` arrays (0012), by attribute name; ord is 1-based."""
+    trades: list[dict[str, object]] = [
+        {
+            "ord": i,
+            "symbol": p.symbol,
+            "strategy": p.strategy,
+            "quantity": p.quantity,
+            "entry_price": p.entry_price,
+            "opened_at": p.opened_at,
+        }
+        for i, p in enumerate(plans, start=1)
     ]
+    legs: list[dict[str, object]] = [
+        {"ord": i, "leg_index": j, "symbol": leg.symbol, "side": leg.side, "ratio": leg.ratio}
+        for i, p in enumerate(plans, start=1)
+        for j, leg in enumerate(p.legs)
+    ]
+    return trades, legs
 
 
 async def import_positions(ctx: Context, account: Account) -> list[ImportedTrade]:

@@ -357,53 +357,89 @@ def _leg_fill(leg: Order, merged: OrderSnapshot) -> LegFill | None:
     return next((lf for lf in merged.legs if lf.symbol == leg.symbol), None)
 
 
+def _value(e: Any) -> Any:
+    return None if e is None else e.value
+
+
+def _order_row(bid: str, c: _Change) -> dict[str, Any]:
+    """One ``order_row`` (0012) by attribute name: the latest observation's description, the merged state."""
+    o, s = c.order, c.after
+    return {
+        "broker_order_id": bid,
+        "client_order_id": c.client_order_id,
+        "trade_id": c.trade_id,
+        "role": _value(c.role),
+        "symbol": o.symbol,
+        "asset_class": o.asset_class.value,
+        "side": _value(o.side),
+        "intent": _value(o.intent),
+        "type": o.type.value,
+        "order_class": o.order_class.value,
+        "time_in_force": o.time_in_force.value,
+        "qty": s.qty,
+        "ratio_qty": o.ratio_qty,
+        "filled_qty": s.filled_qty,
+        "filled_avg_price": s.filled_avg_price,
+        "limit_price": o.limit_price,
+        "status": s.status.value,
+        "reject_reason": s.reject_reason,
+        "submitted_at": o.submitted_at,
+        "filled_at": s.filled_at,
+        "canceled_at": s.canceled_at,
+    }
+
+
+def _leg_row(bid: str, leg: Order, s: OrderSnapshot) -> dict[str, Any]:
+    """One ``order_leg_row`` (0012): a leg of order ``bid``, its fill as the merged parent counts it."""
+    fill = _leg_fill(leg, s)
+    return {
+        "parent_broker_order_id": bid,
+        "broker_order_id": leg.broker_order_id,
+        "client_order_id": leg.client_order_id,
+        "symbol": leg.symbol,
+        "asset_class": leg.asset_class.value,
+        "side": _value(leg.side),
+        "intent": _value(leg.intent),
+        "type": leg.type.value,
+        "order_class": leg.order_class.value,
+        "time_in_force": leg.time_in_force.value,
+        "qty": leg.qty,
+        "ratio_qty": leg.ratio_qty,
+        "filled_qty": fill.filled_qty if fill else leg.filled_qty,
+        "filled_avg_price": fill.avg_price if fill else leg.filled_avg_price,
+        "limit_price": leg.limit_price,
+        "status": s.status.value,
+        "reject_reason": leg.reject_reason,
+        "submitted_at": leg.submitted_at,
+        "filled_at": s.filled_at if s.status == OrderStatus.FILLED else leg.filled_at,
+        "canceled_at": s.canceled_at,
+    }
+
+
+def _event_row(order_id: int, e: _Event) -> dict[str, Any]:
+    """One ``order_event_row`` (0012)."""
+    return {
+        "order_id": order_id,
+        "event": e.name,
+        "qty": e.qty,
+        "price": e.price,
+        "filled_qty": e.state.filled_qty,
+        "status": e.state.status.value,
+        "execution_id": e.execution_id,
+        "at": e.at,
+        "source": e.source,
+    }
+
+
 async def _write_orders(conn: Conn, q: Queries, account_id: int, changes: Mapping[str, _Change]) -> Applied:
-    top: list[list[Any]] = [[] for _ in range(21)]
-    legs: list[list[Any]] = [[] for _ in range(20)]
-    for bid, c in changes.items():
-        o, s = c.order, c.after
-        for col, v in zip(
-            top,
-            (
-                bid, c.client_order_id, c.trade_id, c.role.value if c.role else None, o.symbol,
-                o.asset_class.value, o.side.value if o.side else None, o.intent.value if o.intent else None,
-                o.type.value, o.order_class.value, o.time_in_force.value, s.qty, o.ratio_qty, s.filled_qty,
-                s.filled_avg_price, o.limit_price, s.status.value, s.reject_reason, o.submitted_at,
-                s.filled_at, s.canceled_at,
-            ),
-            strict=True,
-        ):
-            col.append(v)
-        for leg in o.legs:
-            fill = _leg_fill(leg, s)
-            for col, v in zip(
-                legs,
-                (
-                    bid, leg.broker_order_id, leg.client_order_id, leg.symbol, leg.asset_class.value,
-                    leg.side.value if leg.side else None, leg.intent.value if leg.intent else None,
-                    leg.type.value, leg.order_class.value, leg.time_in_force.value, leg.qty, leg.ratio_qty,
-                    fill.filled_qty if fill else leg.filled_qty, fill.avg_price if fill else leg.filled_avg_price,
-                    leg.limit_price, s.status.value, leg.reject_reason, leg.submitted_at,
-                    s.filled_at if s.status == OrderStatus.FILLED else leg.filled_at, s.canceled_at,
-                ),
-                strict=True,
-            ):
-                col.append(v)
-    rows = await conn.fetch(q["trade_upsert_orders"], account_id, *top, *legs)
+    top = [_order_row(bid, c) for bid, c in changes.items()]
+    legs = [_leg_row(bid, leg, c.after) for bid, c in changes.items() for leg in c.order.legs]
+    rows = await conn.fetch(q["trade_upsert_orders"], account_id, top, legs)
     order_ids = {r["broker_order_id"]: r["id"] for r in rows}
-    ev: list[list[Any]] = [[] for _ in range(9)]
-    for bid, c in changes.items():
-        for e in c.events:
-            for col, v in zip(
-                ev,
-                (order_ids[bid], e.name, e.qty, e.price, e.state.filled_qty, e.state.status.value, e.execution_id,
-                 e.at, e.source),
-                strict=True,
-            ):
-                col.append(v)
-    if ev[0]:
-        await conn.execute(q["trade_insert_order_events"], *ev)
-    return Applied(orders=list(changes), events=len(ev[0]))
+    events = [_event_row(order_ids[bid], e) for bid, c in changes.items() for e in c.events]
+    if events:
+        await conn.execute(q["trade_insert_order_events"], events)
+    return Applied(orders=list(changes), events=len(events))
 
 
 # -- trades ---------------------------------------------------------------------------------
@@ -463,20 +499,24 @@ async def _derive_trades(
     return [tid for tid, _ in updates]
 
 
+def _trade_row(trade_id: int, t: TradeState) -> dict[str, Any]:
+    """One ``trade_row`` (0012) by attribute name."""
+    return {
+        "id": trade_id,
+        "status": t.status.value,
+        "quantity": t.quantity,
+        "entry_price": t.entry_price,
+        "broker_fill_price": t.broker_fill_price,
+        "exit_price": t.exit_price,
+        "realized_pnl": t.realized_pnl,
+        "close_reason": t.close_reason,
+        "opened_at": t.opened_at,
+        "closed_at": t.closed_at,
+    }
+
+
 async def write_trades(conn: Conn, q: Queries, updates: Sequence[tuple[int, TradeState]]) -> None:
-    await conn.execute(
-        q["trade_update_trades"],
-        [tid for tid, _ in updates],
-        [t.status.value for _, t in updates],
-        [t.quantity for _, t in updates],
-        [t.entry_price for _, t in updates],
-        [t.broker_fill_price for _, t in updates],
-        [t.exit_price for _, t in updates],
-        [t.realized_pnl for _, t in updates],
-        [t.close_reason for _, t in updates],
-        [t.opened_at for _, t in updates],
-        [t.closed_at for _, t in updates],
-    )
+    await conn.execute(q["trade_update_trades"], [_trade_row(tid, t) for tid, t in updates])
 
 
 async def reconcile_quantities(conn: Conn, q: Queries, account_id: int) -> list[int]:

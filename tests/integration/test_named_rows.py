@@ -1,0 +1,149 @@
+"""Rows between Python and SQL go by name (issue 12), not by position.
+
+The bulk writes pass each write's rows as one array of a composite type of 0012, built from
+mappings by attribute name; the stored positions are read by column name. These tests guard
+that a reordered column cannot shift a value: every builder names every attribute of its type
+(asyncpg sends a missing one as NULL), a misspelt name is refused, values arrive exact, and a
+SELECT's column order does not matter to ``_stored_row``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from syncd.brokers.types import AssetClass, Balances, Order, OrderClass, OrderStatus, OrderType, Side
+from syncd.cycles import account_sync, importer
+from syncd.cycles.account_sync import PositionEvent, PositionRow
+from syncd.cycles.importer import PlannedLeg, PlannedTrade
+from syncd.trading import order_store
+from syncd.trading.order_store import _Change, _Event
+from syncd.trading.reconcile import OrderSnapshot, Role, TradeState, TradeStatus
+
+T0 = dt.datetime(2025, 12, 3, 15, 0, 0, 123456, tzinfo=dt.UTC)
+BIG = Decimal("12345678901234567890.123456789012345")
+
+
+async def _attributes(pool: asyncpg.Pool[Any], type_name: str) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT a.attname FROM pg_attribute a JOIN pg_type t ON t.typrelid = a.attrelid"
+        " WHERE t.oid = to_regtype($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        type_name,
+    )
+    assert rows, f"no composite type {type_name}"
+    return [r["attname"] for r in rows]
+
+
+def _leg() -> Order:
+    return Order(
+        broker_order_id="leg-1",
+        client_order_id=None,
+        symbol="AAPL251219C00150000",
+        side=Side.BUY,
+        type=OrderType.LIMIT,
+        order_class=OrderClass.MLEG,
+        qty=Decimal("1"),
+        filled_qty=Decimal("0"),
+        status=OrderStatus.NEW,
+        asset_class=AssetClass.US_OPTION,
+        ratio_qty=1,
+    )
+
+
+def _order() -> Order:
+    return Order(
+        broker_order_id="o-1",
+        client_order_id="c-1",
+        symbol="AAPL",
+        side=None,
+        type=OrderType.LIMIT,
+        order_class=OrderClass.MLEG,
+        qty=Decimal("1"),
+        filled_qty=Decimal("0"),
+        status=OrderStatus.NEW,
+        limit_price=Decimal("1.25"),
+        submitted_at=T0,
+        legs=(_leg(),),
+    )
+
+
+def _position() -> PositionRow:
+    return PositionRow(
+        symbol="AAPL",
+        asset_class="us_equity",
+        underlying="AAPL",
+        option_type=None,
+        strike=None,
+        expiration=dt.date(2025, 12, 19),
+        multiplier=Decimal("1"),
+        quantity=BIG,
+        qty_available=Decimal("-0.5"),
+        avg_entry_price=Decimal("150.000001"),
+        cost_basis=None,
+        current_price=None,
+        market_value=Decimal("0"),
+        unrealized_pl=None,
+    )
+
+
+def _built_rows() -> dict[str, dict[str, Any]]:
+    """One row of each builder, by the composite type it is sent as."""
+    order = _order()
+    snap = OrderSnapshot.of(order)
+    change = _Change(order=order, before=None, after=snap, trade_id=7, role=Role.ENTRY, client_order_id="c-1")
+    event = _Event("new", None, None, snap, None, T0, "poll")
+    plan = PlannedTrade("AAPL", "LONG_STOCK", Decimal("3"), None, (PlannedLeg("AAPL", "buy"),), T0)
+    trades, legs = importer._insert_args([plan])
+    balances = Balances("b-1", Decimal("1"), Decimal("2"), Decimal("3"), Decimal("4"), Decimal("5"))
+    return {
+        "order_row": order_store._order_row("o-1", change),
+        "order_leg_row": order_store._leg_row("o-1", order.legs[0], snap),
+        "order_event_row": order_store._event_row(1, event),
+        "trade_row": order_store._trade_row(7, TradeState(status=TradeStatus.OPEN, quantity=Decimal("3"))),
+        "position_row": account_sync._upsert_row(_position()),
+        "position_event_row": account_sync._event_row(PositionEvent("AAPL", "opened", Decimal("0"), BIG)),
+        "balances_row": account_sync._balances_rows(balances, True)[0],
+        "import_trade_row": trades[0],
+        "import_leg_row": legs[0],
+    }
+
+
+async def test_every_builder_names_every_attribute_of_its_type(db_pool: asyncpg.Pool[Any]) -> None:
+    """A builder that left out an attribute would send NULL for it silently: each names them all."""
+    for type_name, row in _built_rows().items():
+        assert sorted(row) == sorted(await _attributes(db_pool, type_name)), type_name
+
+
+async def test_a_misspelt_attribute_is_refused(db_pool: asyncpg.Pool[Any]) -> None:
+    """A name the type does not have fails the write instead of landing anywhere."""
+    row = account_sync._upsert_row(_position())
+    row["qty"] = row.pop("quantity")
+    with pytest.raises(asyncpg.DataError, match="qty"):
+        await db_pool.fetch("SELECT * FROM unnest($1::position_row[])", [row])
+
+
+async def test_rows_arrive_exact_and_by_name(db_pool: asyncpg.Pool[Any]) -> None:
+    """Decimals stay exact (no float), timestamps timestamptz to the microsecond, NULLs NULL."""
+    for type_name, row in _built_rows().items():
+        got = await db_pool.fetchrow(f"SELECT (u).* FROM unnest($1::{type_name}[]) AS u", [row])
+        assert got is not None
+        assert dict(got.items()) == row, type_name
+
+
+async def test_stored_rows_are_read_by_column_name(db_pool: asyncpg.Pool[Any]) -> None:
+    """``_stored_row`` reads a record by column name: a SELECT in another column order gives the same row."""
+    expected = _position()._replace(marks_ours=False)
+    types = {"strike": "numeric", "expiration": "date", "marks_ours": "boolean"}
+    names = list(reversed(PositionRow._fields))
+    select = ", ".join(
+        f"${i}::{types.get(n, 'text' if n in ('symbol', 'asset_class', 'underlying', 'option_type') else 'numeric')}"
+        f" AS {n}"
+        for i, n in enumerate(names, start=1)
+    )
+    record = await db_pool.fetchrow(f"SELECT {select}", *[getattr(expected, n) for n in names])
+    assert record is not None
+    assert account_sync._stored_row(record) == expected
