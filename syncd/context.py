@@ -38,7 +38,6 @@ class Context:
     settings: Settings
     pool: asyncpg.Pool[Any]
     queries: Queries
-    http: aiohttp.ClientSession
     accounts: dict[str, Account]
     instance: str
     metrics: Metrics = field(default_factory=Metrics)
@@ -98,7 +97,6 @@ async def open_context(
                     settings=settings,
                     pool=pool,
                     queries=queries,
-                    http=http,
                     accounts=accounts,
                     instance=instance or settings.health.instance or default_instance(),
                     metrics=metrics,
