@@ -315,10 +315,6 @@ class Market:
 
     # -- instruments ---------------------------------------------------------------
 
-    @property
-    def stock_symbols(self) -> list[str]:
-        return list(self._stocks)
-
     def instrument(self, symbol: str) -> Instrument | None:
         """The instrument for a stock of the universe or an OCC option on one; else None."""
         try:
