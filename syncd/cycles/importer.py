@@ -42,7 +42,7 @@ import asyncpg
 import structlog
 
 from syncd.context import Account, Context
-from syncd.db import events as notify
+from syncd.db import events
 from syncd.trading.order_store import RECONCILE_MARGIN
 
 log = structlog.get_logger(__name__)
@@ -252,7 +252,7 @@ async def import_positions(ctx: Context, account: Account) -> list[ImportedTrade
             return []
         rows = await conn.fetch(q["import_insert_trades"], account.id, *_insert_args(plans))
         imported = [ImportedTrade(r["id"], plans[r["ord"] - 1]) for r in rows]
-        payloads = notify.payloads("trade", account.name, [t.trade_id for t in imported])
+        payloads = events.payloads("trade", account.name, [t.trade_id for t in imported])
         await conn.execute(q["account_sync_notify"], payloads)
     for t in imported:
         log.info(

@@ -104,7 +104,7 @@ async def lock_orders(conn: Conn, q: Queries, account_id: int) -> None:
     await conn.execute(q["trade_orders_lock"], ORDERS_LOCK_CLASS, account_id)
 
 
-async def notify(conn: Conn | asyncpg.Pool[Any], q: Queries, payloads: Sequence[str]) -> None:
+async def send_notifications(conn: Conn | asyncpg.Pool[Any], q: Queries, payloads: Sequence[str]) -> None:
     if payloads:
         await conn.execute(q["trade_notify"], list(payloads))
 
