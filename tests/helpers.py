@@ -42,4 +42,3 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s{': ' + what if what else ''}")
         await asyncio.sleep(interval)
-

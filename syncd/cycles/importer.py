@@ -43,7 +43,6 @@ import structlog
 
 from syncd.context import Account, Context
 from syncd.db import events
-from syncd.trading.order_store import RECONCILE_MARGIN
 
 log = structlog.get_logger(__name__)
 
@@ -242,11 +241,11 @@ def _insert_args(plans: Sequence[PlannedTrade]) -> list[list[object]]:
 async def import_positions(ctx: Context, account: Account) -> list[ImportedTrade]:
     """Make trades of ``account``'s uncovered positions (from ``portfolio_positions``); return what was made."""
     q = ctx.queries
-    if not await ctx.pool.fetch(q["import_untracked_positions"], account.id, RECONCILE_MARGIN):
+    if not await ctx.pool.fetch(q["import_untracked_positions"], account.id, ctx.reconcile_margin):
         return []  # the usual case, without a transaction or a lock
     async with ctx.pool.acquire() as conn, conn.transaction():
         await conn.execute(q["import_lock"], IMPORT_LOCK_CLASS, account.id)
-        rows = await conn.fetch(q["import_untracked_positions"], account.id, RECONCILE_MARGIN)
+        rows = await conn.fetch(q["import_untracked_positions"], account.id, ctx.reconcile_margin)
         plans = plan_imports(_holding(r) for r in rows)
         if not plans:
             return []

@@ -98,7 +98,7 @@ async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
         async with conn.transaction():
             await lock_orders(conn, q, account.id)
             applied = await apply_observations(conn, q, account.id, [Observation(o, "poll") for o in orders])
-            reconciled = await reconcile_quantities(conn, q, account.id)
+            reconciled = await reconcile_quantities(conn, q, account.id, margin=ctx.reconcile_margin)
             await conn.execute(q["trade_set_watermark"], account.id, started, WATERMARK_STEP)
         applied.trades += [t for t in reconciled if t not in applied.trades]
         await send_notifications(conn, q, applied.notifications(account.name))
