@@ -400,10 +400,6 @@ class Market:
         self._cache[symbol] = q
         return q
 
-    def mark(self, symbol: str) -> Decimal | None:
-        q = self.quote(symbol)
-        return None if q is None else q.mid
-
     def reference_price(self, symbol: str) -> Decimal:
         """The price at start (an option's model value at that day's open): books are built
         from it, so a seed gives the same book all day, whenever it is built."""
