@@ -7,6 +7,7 @@ receive the ``Context`` and an ``Account``; there are no module-level globals.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 from collections.abc import AsyncIterator, Iterable
@@ -21,6 +22,8 @@ from syncd.brokers.base import Broker
 from syncd.db import Queries, create_pool, load_queries
 from syncd.metrics import Metrics
 from syncd.settings import AccountSettings, Settings
+
+RECONCILE_MARGIN = dt.timedelta(seconds=30)  # positions must be this much newer than a trade's last fill
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +41,10 @@ class Context:
     settings: Settings
     pool: asyncpg.Pool[Any]
     queries: Queries
-    http: aiohttp.ClientSession
     accounts: dict[str, Account]
     instance: str
     metrics: Metrics = field(default_factory=Metrics)
+    reconcile_margin: dt.timedelta = RECONCILE_MARGIN  # not a setting; a test may replace() it
 
     async def active_accounts(self, names: Iterable[str] | None = None) -> list[Account]:
         """Configured accounts (optionally only ``names``) that a user has not paused in SQL."""
@@ -98,7 +101,6 @@ async def open_context(
                     settings=settings,
                     pool=pool,
                     queries=queries,
-                    http=http,
                     accounts=accounts,
                     instance=instance or settings.health.instance or default_instance(),
                     metrics=metrics,

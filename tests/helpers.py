@@ -42,15 +42,3 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s{': ' + what if what else ''}")
         await asyncio.sleep(interval)
-
-
-def wait_for_sync(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
-    """``wait_for`` for synchronous code (subprocess tests)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s{': ' + what if what else ''}")
-        time.sleep(interval)

@@ -106,7 +106,3 @@ SELECT symbol, quantity FROM portfolio_positions WHERE account_id = $1 ORDER BY 
 -- name: verify_expected_positions
 -- $1 account id. What the account's open trades say it holds, per instrument (signed).
 SELECT symbol, trade_quantity, trades FROM v_trade_expected_positions WHERE account_id = $1 ORDER BY symbol;
-
--- name: verify_account_ids
--- $1 account names. Ids of accounts already known to the database.
-SELECT id, name FROM accounts WHERE name = ANY($1::text[]);

@@ -168,13 +168,6 @@ SELECT (SELECT 1 + count(*) FROM replicas r
   LEFT JOIN account_leases l ON l.account_id = a.id
  WHERE a.active AND a.id = ANY($2::bigint[]);
 
--- name: leases_of
--- Who holds what (ops, tests): every lease with its account name; valid = unexpired and its
--- holder's session not known to be gone.
-SELECT name, holder, holder_session, acquired_at, renewed_at, expires_at, holder_alive, valid
-  FROM v_account_leases
- ORDER BY name;
-
 -- name: replicas_purge
 -- Replicas whose heartbeat lapsed more than $1 seconds ago, and their leases.
 WITH dead AS (

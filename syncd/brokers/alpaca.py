@@ -256,20 +256,6 @@ class AlpacaBroker:
             on_404="not_found",
         )
 
-    async def close_position(self, symbol: str, qty: Decimal | None = None) -> Order:
-        """``DELETE /v2/positions/{symbol}``: Alpaca places the closing market order. Sent once."""
-        params = {"qty": plain(qty)} if qty is not None else None
-        body = await self._http.request(
-            "DELETE",
-            f"{self.base_url}/v2/positions/{quote(symbol, safe='')}",
-            endpoint="/v2/positions/{symbol}",
-            params=params,
-            once=True,
-            on_404="reject",
-            reject_403=_is_business_403,
-        )
-        return self._order(_obj(body, "order", self.account.name), "order")
-
     # -- quotes --------------------------------------------------------------------------
 
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
@@ -500,7 +486,7 @@ class AlpacaBroker:
         *,
         endpoint: str | None = None,
         params: dict[str, str] | None = None,
-        on_404: Literal["error", "not_found", "none", "reject"] = "error",
+        on_404: Literal["error", "not_found", "none"] = "error",
     ) -> Any:
         return await self._http.request(
             "GET", f"{self.base_url}{path}", endpoint=endpoint or path, params=params, on_404=on_404

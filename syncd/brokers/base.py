@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
-from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
 from syncd.brokers.types import Balances, Clock, Order, OrderRequest, Position, Quote, TradeUpdate
@@ -102,8 +101,6 @@ class Broker(Protocol):
     async def submit_order(self, request: OrderRequest) -> Order: ...
 
     async def cancel_order(self, broker_order_id: str) -> None: ...
-
-    async def close_position(self, symbol: str, qty: Decimal | None = None) -> Order: ...
 
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]: ...
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from decimal import Decimal
 from typing import TypeVar
 
 from syncd.brokers.base import Broker, BrokerUnavailable, OrderStatusFilter
@@ -78,9 +77,6 @@ class PassBroker:
 
     async def cancel_order(self, broker_order_id: str) -> None:
         await self._call(lambda: self.inner.cancel_order(broker_order_id))
-
-    async def close_position(self, symbol: str, qty: Decimal | None = None) -> Order:
-        return await self._call(lambda: self.inner.close_position(symbol, qty))
 
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
         return await self._call(lambda: self.inner.get_quotes(symbols))

@@ -60,7 +60,7 @@ it can label ``syncd_broker_requests_total{broker,endpoint,status}``.
 """
 
 ReasonExtractor = Callable[[Any], str | None]
-On404 = Literal["error", "not_found", "none", "reject"]
+On404 = Literal["error", "not_found", "none"]
 
 _MAX_REASON = 300
 
@@ -145,7 +145,7 @@ class HttpCore:
         ``once=True`` sends it exactly once (order placement): a timeout, connection
         error, 5xx or 429 raises ``BrokerUnavailable``/``BrokerRateLimited`` at once.
         ``on_404``: ``error`` raises ``BrokerError``, ``not_found`` raises
-        ``OrderNotFound``, ``none`` returns ``None``, ``reject`` raises ``BrokerRejected``.
+        ``OrderNotFound``, ``none`` returns ``None``.
         ``reject_403(body)`` says whether a 403 is a business refusal (``BrokerRejected``)
         rather than an authorisation failure.
         """
@@ -333,8 +333,6 @@ class HttpCore:
                 return None
             if on_404 == "not_found":
                 raise OrderNotFound(f"{what}: not found (404): {reason}", **kw)
-            if on_404 == "reject":
-                raise BrokerRejected(f"{what}: refused (404): {reason}", reason=reason, status=404, **kw)
             raise BrokerError(f"{what}: not found (404); is the base URL right? {reason}", **kw)
         if 400 <= status < 500:
             raise BrokerRejected(f"{what}: refused ({status}): {reason}", reason=reason, status=status, **kw)

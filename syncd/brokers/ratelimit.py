@@ -81,8 +81,3 @@ class TokenBucket:
                 waited += delay
             self.waited_s += waited
             return waited
-
-
-def default_budget(broker: str) -> int:
-    """A broker's documented per-account budget in requests per minute."""
-    return ALPACA_PER_MIN if broker == "alpaca" else TRADIER_PER_MIN

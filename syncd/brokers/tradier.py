@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from decimal import Decimal, localcontext
 from typing import Any, Literal
@@ -342,24 +341,6 @@ class TradierBroker:
                 account=self.account.name,
             )
 
-    async def close_position(self, symbol: str, qty: Decimal | None = None) -> Order:
-        """Tradier has no close-position call: place a market order for the opposite side."""
-        positions = {p.symbol: p for p in await self.list_positions()}
-        pos = positions.get(symbol)
-        if pos is None or pos.quantity == 0:
-            reason = f"no position in {symbol}"
-            raise BrokerRejected(f"tradier: {reason}", reason=reason, broker="tradier", account=self.account.name)
-        size = abs(pos.quantity) if qty is None else abs(qty)
-        request = OrderRequest(
-            client_order_id=f"close-{uuid.uuid4().hex}",
-            qty=size,
-            type=OrderType.MARKET,
-            symbol=symbol,
-            side=Side.SELL if pos.quantity > 0 else Side.BUY,
-            intent=Intent.CLOSE,
-        )
-        return await self.submit_order(request)
-
     # -- market data ------------------------------------------------------------------------
 
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
@@ -623,7 +604,7 @@ class TradierBroker:
         endpoint: str,
         *,
         params: dict[str, str] | None = None,
-        on_404: Literal["error", "not_found", "none", "reject"] = "error",
+        on_404: Literal["error", "not_found", "none"] = "error",
     ) -> Any:
         return await self._http.request(
             "GET", f"{self.base_url}{path}", endpoint=endpoint, params=params, on_404=on_404

@@ -65,7 +65,7 @@ from syncd.brokers.base import BadBrokerData, Broker, BrokerUnavailable
 from syncd.brokers.occ import parse_occ
 from syncd.brokers.types import AssetClass, Balances, Position
 from syncd.context import Account, Context
-from syncd.db import events as notify
+from syncd.db import events
 
 log = structlog.get_logger(__name__)
 
@@ -408,9 +408,9 @@ async def _write(
     conn: PoolConnectionProxy[Any], q: Mapping[str, str], account: Account, plan: _Plan, b: Balances
 ) -> None:
     diff = plan.diff
-    payloads = notify.payloads("position", account.name, diff.changed_symbols)
+    payloads = events.payloads("position", account.name, diff.changed_symbols)
     if plan.snapshot or plan.broker_id is not None:
-        payloads.append(notify.payload("account", account.name, account.name))
+        payloads.append(events.payload("account", account.name, account.name))
     await conn.fetchrow(
         q["account_sync_write"],
         account.id,

@@ -42,8 +42,7 @@ import asyncpg
 import structlog
 
 from syncd.context import Account, Context
-from syncd.db import events as notify
-from syncd.trading.order_store import RECONCILE_MARGIN
+from syncd.db import events
 
 log = structlog.get_logger(__name__)
 
@@ -247,17 +246,17 @@ def _insert_args(plans: Sequence[PlannedTrade]) -> tuple[list[dict[str, object]]
 async def import_positions(ctx: Context, account: Account) -> list[ImportedTrade]:
     """Make trades of ``account``'s uncovered positions (from ``portfolio_positions``); return what was made."""
     q = ctx.queries
-    if not await ctx.pool.fetch(q["import_untracked_positions"], account.id, RECONCILE_MARGIN):
+    if not await ctx.pool.fetch(q["import_untracked_positions"], account.id, ctx.reconcile_margin):
         return []  # the usual case, without a transaction or a lock
     async with ctx.pool.acquire() as conn, conn.transaction():
         await conn.execute(q["import_lock"], IMPORT_LOCK_CLASS, account.id)
-        rows = await conn.fetch(q["import_untracked_positions"], account.id, RECONCILE_MARGIN)
+        rows = await conn.fetch(q["import_untracked_positions"], account.id, ctx.reconcile_margin)
         plans = plan_imports(_holding(r) for r in rows)
         if not plans:
             return []
         rows = await conn.fetch(q["import_insert_trades"], account.id, *_insert_args(plans))
         imported = [ImportedTrade(r["id"], plans[r["ord"] - 1]) for r in rows]
-        payloads = notify.payloads("trade", account.name, [t.trade_id for t in imported])
+        payloads = events.payloads("trade", account.name, [t.trade_id for t in imported])
         await conn.execute(q["account_sync_notify"], payloads)
     for t in imported:
         log.info(

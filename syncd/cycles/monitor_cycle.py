@@ -44,7 +44,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from syncd.brokers.types import Quote
 from syncd.context import Account, Context
-from syncd.db import events as notify
+from syncd.db import events
 from syncd.trading import pnl
 
 log = structlog.get_logger(__name__)
@@ -277,9 +277,9 @@ async def _queue_exits(
 def _notifications(
     account: str, symbols: Sequence[str], trade_ids: Sequence[int], exits: Sequence[pnl.ExitDecision]
 ) -> list[str]:
-    notes = notify.payloads("position", account, symbols)
+    notes = events.payloads("position", account, symbols)
     exited = {e.trade_id: e.rule for e in exits}
     for trade_id in dict.fromkeys([*trade_ids, *exited]):
         extra = {"exit": exited[trade_id]} if trade_id in exited else {}
-        notes.append(notify.payload("trade", account, trade_id, **extra))
+        notes.append(events.payload("trade", account, trade_id, **extra))
     return notes

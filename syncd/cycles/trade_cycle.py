@@ -28,7 +28,13 @@ import structlog
 from syncd.brokers.base import OrderNotFound
 from syncd.brokers.types import Order
 from syncd.context import Account, Context
-from syncd.trading.order_store import Observation, apply_observations, lock_orders, notify, reconcile_quantities
+from syncd.trading.order_store import (
+    Observation,
+    apply_observations,
+    lock_orders,
+    reconcile_quantities,
+    send_notifications,
+)
 from syncd.trading.outbox import drain_outbox
 
 log = structlog.get_logger(__name__)
@@ -92,10 +98,10 @@ async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
         async with conn.transaction():
             await lock_orders(conn, q, account.id)
             applied = await apply_observations(conn, q, account.id, [Observation(o, "poll") for o in orders])
-            reconciled = await reconcile_quantities(conn, q, account.id)
+            reconciled = await reconcile_quantities(conn, q, account.id, margin=ctx.reconcile_margin)
             await conn.execute(q["trade_set_watermark"], account.id, started, WATERMARK_STEP)
         applied.trades += [t for t in reconciled if t not in applied.trades]
-        await notify(conn, q, applied.notifications(account.name))
+        await send_notifications(conn, q, applied.notifications(account.name))
     stats.update(
         orders_seen=len(orders),
         orders_written=len(applied.orders),

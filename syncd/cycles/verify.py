@@ -75,7 +75,6 @@ class AccountReport:
     account: str
     error: str | None = None  # the account could not be checked
     positions: int = 0  # positions the broker reported
-    trades_expected: int = 0  # instruments the open trades claim
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -146,7 +145,6 @@ async def verify_account(ctx: Context, account: Account) -> AccountReport:
     for p in positions:
         live[p.symbol] = live.get(p.symbol, ZERO) + p.quantity
     report.positions = len(live)
-    report.trades_expected = len(expected)
     report.findings = compare(
         account.name,
         live,

@@ -32,7 +32,7 @@ import random
 import string
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
@@ -376,9 +376,6 @@ class Exchange:
         if o is None or o.account != acct.index:
             raise SimReject("not_found", "order not found")
         return o
-
-    def working_orders(self) -> Iterator[SimOrder]:
-        return iter(list(self._working.values()))
 
     # -- events --------------------------------------------------------------------
 

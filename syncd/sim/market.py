@@ -315,10 +315,6 @@ class Market:
 
     # -- instruments ---------------------------------------------------------------
 
-    @property
-    def stock_symbols(self) -> list[str]:
-        return list(self._stocks)
-
     def instrument(self, symbol: str) -> Instrument | None:
         """The instrument for a stock of the universe or an OCC option on one; else None."""
         try:
@@ -403,10 +399,6 @@ class Market:
         q = None if inst is None else self._compute_quote(inst, self.clock.now())
         self._cache[symbol] = q
         return q
-
-    def mark(self, symbol: str) -> Decimal | None:
-        q = self.quote(symbol)
-        return None if q is None else q.mid
 
     def reference_price(self, symbol: str) -> Decimal:
         """The price at start (an option's model value at that day's open): books are built

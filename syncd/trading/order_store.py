@@ -28,6 +28,7 @@ import structlog
 
 from syncd.brokers.parse import exact
 from syncd.brokers.types import Order, OrderStatus, Side
+from syncd.context import RECONCILE_MARGIN
 from syncd.db import Queries
 from syncd.db.events import payloads as event_payloads
 from syncd.trading.reconcile import (
@@ -51,7 +52,6 @@ from syncd.trading.reconcile import (
 log = structlog.get_logger(__name__)
 
 ORDERS_LOCK_CLASS = 0x74726164  # "trad": advisory lock class of an account's orders and trades
-RECONCILE_MARGIN = dt.timedelta(seconds=30)  # positions must be this much newer than a trade's last fill
 
 Source = Literal["poll", "stream"]
 # A runtime alias (asyncpg's classes are not subscriptable at run time): a connection or a pooled one.
@@ -104,7 +104,7 @@ async def lock_orders(conn: Conn, q: Queries, account_id: int) -> None:
     await conn.execute(q["trade_orders_lock"], ORDERS_LOCK_CLASS, account_id)
 
 
-async def notify(conn: Conn | asyncpg.Pool[Any], q: Queries, payloads: Sequence[str]) -> None:
+async def send_notifications(conn: Conn | asyncpg.Pool[Any], q: Queries, payloads: Sequence[str]) -> None:
     if payloads:
         await conn.execute(q["trade_notify"], list(payloads))
 
@@ -519,14 +519,17 @@ async def write_trades(conn: Conn, q: Queries, updates: Sequence[tuple[int, Trad
     await conn.execute(q["trade_update_trades"], [_trade_row(tid, t) for tid, t in updates])
 
 
-async def reconcile_quantities(conn: Conn, q: Queries, account_id: int) -> list[int]:
+async def reconcile_quantities(
+    conn: Conn, q: Queries, account_id: int, *, margin: dt.timedelta = RECONCILE_MARGIN
+) -> list[int]:
     """Open trades follow what the broker holds: capped by it, or, with no fill record and alone
     on their symbols, set to it (an app's trade without trade_legs rows too, as its one leg on its
     symbol); flat ones with legs close (:func:`syncd.trading.reconcile.reconcile_quantity`).
 
+    Only trades whose positions were synced at least ``margin`` after their last fill take part.
     Returns the ids of the trades changed.
     """
-    rows = await conn.fetch(q["trade_reconcile_candidates"], account_id, RECONCILE_MARGIN)
+    rows = await conn.fetch(q["trade_reconcile_candidates"], account_id, margin)
     by_trade: dict[int, list[Mapping[str, Any]]] = {}
     for r in rows:
         by_trade.setdefault(r["trade_id"], []).append(r)

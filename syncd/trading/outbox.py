@@ -49,7 +49,15 @@ from syncd.brokers.occ import option_spec_or_none
 from syncd.brokers.types import Intent, LegRequest, Order, OrderRequest, OrderType, Side, TimeInForce
 from syncd.context import Account, Context
 from syncd.errors import describe
-from syncd.trading.order_store import Applied, Conn, Link, Observation, apply_observations, lock_orders, notify
+from syncd.trading.order_store import (
+    Applied,
+    Conn,
+    Link,
+    Observation,
+    apply_observations,
+    lock_orders,
+    send_notifications,
+)
 from syncd.trading.reconcile import Role
 
 log = structlog.get_logger(__name__)
@@ -663,7 +671,7 @@ async def _record(ctx: Context, account: Account, conn: Conn, req: Any, payload:
         await conn.execute(q["outbox_mark_submitted"], req["id"], order.broker_order_id)
     if req["trade_id"] is not None and req["trade_id"] not in applied.trades:
         applied.trades.append(req["trade_id"])  # created, or given its close reason, by this request
-    await notify(conn, q, applied.notifications(account.name))
+    await send_notifications(conn, q, applied.notifications(account.name))
     log.info(
         "order_request_submitted", request_id=req["id"], client_order_id=order.client_order_id,
         broker_order_id=order.broker_order_id, status=order.status.value,
@@ -687,7 +695,7 @@ async def _end(conn: Conn, q: Any, account: Account, req: Any, state: str, error
         elif req["kind"] == "close" and req["trade_id"] is not None:
             changed = await conn.fetchval(q["outbox_reopen_trade"], req["trade_id"], account.id)  # open again
     if changed is not None:
-        await notify(conn, q, Applied(trades=[changed]).notifications(account.name))
+        await send_notifications(conn, q, Applied(trades=[changed]).notifications(account.name))
 
 
 

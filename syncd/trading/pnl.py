@@ -145,7 +145,7 @@ class Trade:
 
 
 @dataclass(frozen=True, slots=True)
-class TradeState:
+class Evaluation:
     """What monitoring concludes about one trade."""
 
     quantity: Decimal  # units held, from the positions
@@ -239,7 +239,7 @@ def multiplier(legs: tuple[Leg, ...]) -> Decimal:
 
 
 @exact
-def evaluate(trade: Trade) -> TradeState:
+def evaluate(trade: Trade) -> Evaluation:
     """Held and available units, monitorability, price and floating P&L of one trade."""
     legs = trade.legs
     per_leg = [leg_held(leg, trade.quantity, trade.own_fills) for leg in legs]
@@ -256,7 +256,7 @@ def evaluate(trade: Trade) -> TradeState:
     if price is not None and trade.entry_price is not None:
         per_unit = sign * (price - abs(trade.entry_price))
         pnl = per_unit * held * multiplier(legs)
-    return TradeState(
+    return Evaluation(
         quantity=held,
         available_quantity=available,
         can_monitor=can_monitor,
@@ -272,7 +272,7 @@ def evaluate(trade: Trade) -> TradeState:
 
 
 @exact
-def pnl_pct(state: TradeState, entry_price: Decimal | None) -> Decimal | None:
+def pnl_pct(state: Evaluation, entry_price: Decimal | None) -> Decimal | None:
     """P&L per unit as a percentage of the entry debit/credit (None when either is unknown or 0)."""
     if state.pnl_per_unit is None or entry_price is None or entry_price == ZERO:
         return None
@@ -297,7 +297,7 @@ def hits_expiration(days_left: int | None, exit_days_before_expiration: int) -> 
     return exit_days_before_expiration > 0 and days_left is not None and days_left <= exit_days_before_expiration
 
 
-def fired_rule(trade: Trade, state: TradeState, *, today: dt.date, exit_days_before_expiration: int) -> ExitRule | None:
+def fired_rule(trade: Trade, state: Evaluation, *, today: dt.date, exit_days_before_expiration: int) -> ExitRule | None:
     """The exit rule that fires for this trade now, if any (rules only; not whether it may exit)."""
     pct = pnl_pct(state, trade.entry_price)
     if hits_stop_loss(pct, trade.stop_loss_pct):
@@ -319,7 +319,7 @@ class ExitDecision:
 BlockReason = Literal["not_open", "exit_pending", "no_two_sided_quote", "nothing_available"]
 
 
-def exit_blocker(trade: Trade, state: TradeState) -> BlockReason | None:
+def exit_blocker(trade: Trade, state: Evaluation) -> BlockReason | None:
     """Why this trade may not queue an exit now (None: it may)."""
     if trade.status != "open":
         return "not_open"
@@ -334,7 +334,7 @@ def exit_blocker(trade: Trade, state: TradeState) -> BlockReason | None:
 
 @exact
 def decide_exit(
-    trade: Trade, state: TradeState, *, today: dt.date, exit_days_before_expiration: int
+    trade: Trade, state: Evaluation, *, today: dt.date, exit_days_before_expiration: int
 ) -> ExitDecision | BlockReason | None:
     """An exit to queue, the reason a fired rule is held back, or None when no rule fires."""
     rule = fired_rule(trade, state, today=today, exit_days_before_expiration=exit_days_before_expiration)

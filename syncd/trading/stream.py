@@ -26,7 +26,7 @@ from syncd.brokers.sanity import Bad, check_update
 from syncd.brokers.types import TradeUpdate
 from syncd.context import Account, Context
 from syncd.errors import describe
-from syncd.trading.order_store import Applied, Observation, apply_observations, lock_orders, notify
+from syncd.trading.order_store import Applied, Observation, apply_observations, lock_orders, send_notifications
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +63,7 @@ async def apply_update(
             await lock_orders(conn, q, account.id)
             applied = await apply_observations(conn, q, account.id, [obs])
         committed = time.time()
-        await notify(conn, q, applied.notifications(account.name))
+        await send_notifications(conn, q, applied.notifications(account.name))
     for at in applied.fill_times:
         latency = max(0.0, committed - at.timestamp())
         ctx.metrics.observe("syncd_fill_latency_seconds", latency, LATENCY_BUCKETS, account=account.name)

@@ -85,9 +85,6 @@ class ScriptedBroker:
     async def cancel_order(self, broker_order_id: str) -> None:
         raise NotImplementedError
 
-    async def close_position(self, symbol: str, qty: Decimal | None = None) -> Order:
-        raise NotImplementedError
-
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
         raise NotImplementedError
 

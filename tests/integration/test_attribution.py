@@ -9,6 +9,7 @@ own orders filled. Shares sold by hand shrink a trade; shares bought by hand nev
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -19,7 +20,6 @@ from syncd.cycles import account_sync, monitor_cycle, trade_cycle
 from syncd.cycles.importer import import_positions
 from syncd.cycles.verify import verify_account
 from syncd.sim import Simulator, occ_symbol
-from syncd.trading import order_store
 from tests.simfixtures import sim_fixture
 
 D = Decimal
@@ -375,15 +375,15 @@ async def test_an_import_next_to_a_syncd_trade_is_shrunk_by_a_hand_sale(sim: Sim
 
 @pytest.mark.parametrize(("index", "broker"), BROKERS)
 async def test_a_spread_sold_by_hand_shrinks_the_trade_and_one_bought_back_does_not_grow_it(
-    sim: Simulator, make_context: Any, index: int, broker: BrokerName, monkeypatch: pytest.MonkeyPatch
+    sim: Simulator, make_context: Any, index: int, broker: BrokerName
 ) -> None:
     """A spread trade of 2 next to 5 bought by hand: 6 spreads sold by hand leave 1, the trade shrinks to 1;
     buying 8 back by hand does not grow it; a close for 5 sells 1."""
-    monkeypatch.setattr(order_store, "RECONCILE_MARGIN", dt.timedelta(hours=-1))  # every pass sees settled fills
     long_c, short_c = _spread(sim)
     sim.add_position(index, long_c, 5, "3.00")
     sim.add_position(index, short_c, -5, "1.00")
-    async with make_context(accounts=[sim.account_settings(index, broker=broker)], trading={"enabled": True}) as ctx:
+    async with make_context(accounts=[sim.account_settings(index, broker=broker)], trading={"enabled": True}) as made:
+        ctx = replace(made, reconcile_margin=dt.timedelta(hours=-1))  # every pass sees settled fills
         await account_sync.account_pass(ctx, next(iter(ctx.accounts.values())))
         legs = [{"symbol": long_c, "side": "buy"}, {"symbol": short_c, "side": "sell"}]
         tid, _ = await open_trade(ctx, sim, {"legs": legs, "qty": 2, "type": "market", "strategy": "BULL_CALL_DEBIT"})

@@ -242,22 +242,6 @@ async def test_submit_mleg_debit_spread(env: Env) -> None:
     assert by_client is not None and len(by_client.legs) == 2
 
 
-async def test_close_position(env: Env) -> None:
-    stock = next(p for p in await env.broker.list_positions() if p.option is None and p.quantity >= 2)
-    order = await env.broker.close_position(stock.symbol, Decimal(1))
-    assert order.symbol == stock.symbol and order.side == Side.SELL
-    await settled(env.broker, order.broker_order_id, OrderStatus.FILLED)
-    after = {p.symbol: p.quantity for p in await env.broker.list_positions()}
-    assert after[stock.symbol] == stock.quantity - 1
-
-
-async def test_close_position_not_held_is_rejected(env: Env) -> None:
-    held = {p.symbol for p in await env.broker.list_positions()}
-    absent = next(s for s in ("INTC", "CSCO", "ORCL", "NFLX") if s not in held)
-    with pytest.raises(BrokerRejected):
-        await env.broker.close_position(absent)
-
-
 async def test_list_orders_since(env: Env) -> None:
     start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     ids = [cid("list") for _ in range(3)]

@@ -21,7 +21,7 @@ from syncd.cycles.account_sync import (
     event_kind,
     position_row,
 )
-from syncd.db import events as notify
+from syncd.db import events
 
 D = Decimal
 
@@ -239,15 +239,15 @@ def test_balances_unchanged_and_changed() -> None:
 
 def test_notify_payloads_one_per_key_or_one_star() -> None:
     """One shape for listeners: {"kind", "account", "key"}; past PER_KEY_MAX a single "*" payload with a count."""
-    few = notify.payloads("position", "acct-1", ["AAPL", "MSFT", "AAPL"])
+    few = events.payloads("position", "acct-1", ["AAPL", "MSFT", "AAPL"])
     assert [json.loads(p) for p in few] == [
         {"kind": "position", "account": "acct-1", "key": "AAPL"},
         {"kind": "position", "account": "acct-1", "key": "MSFT"},
     ]
-    many = notify.payloads("position", "acct-1", [f"SYM{i:05d}C00150000" for i in range(2000)])
+    many = events.payloads("position", "acct-1", [f"SYM{i:05d}C00150000" for i in range(2000)])
     assert [json.loads(p) for p in many] == [{"kind": "position", "account": "acct-1", "key": "*", "count": 2000}]
     assert all(len(p.encode()) < 8000 for p in few + many)
-    assert notify.payloads("trade", "acct-1", []) == []
+    assert events.payloads("trade", "acct-1", []) == []
 
 
 # -- properties ------------------------------------------------------------------------------------------

@@ -522,24 +522,6 @@ async def test_submit_is_never_retried(
     no_secret(ei.value)
 
 
-async def test_close_position_is_sent_once_with_qty(broker: AlpacaBroker, mock: aioresponses) -> None:
-    mock.delete(url("/v2/positions/AAPL260116C00150000"), payload=order_json(side="sell", qty="1"))
-    order = await broker.close_position("AAPL260116C00150000", Decimal("1"))
-    assert order.side == Side.SELL
-    ((meth, sent, _),) = calls(mock)
-    assert meth == "DELETE" and sent.endswith("/v2/positions/AAPL260116C00150000?qty=1")
-    mock.delete(url("/v2/positions/AAPL"), status=500, repeat=True)
-    with pytest.raises(BrokerUnavailable, match="sent once"):
-        await broker.close_position("AAPL")
-
-
-async def test_close_position_without_position_is_rejected(broker: AlpacaBroker, mock: aioresponses) -> None:
-    gone = {"code": 40410000, "message": "position not found: MSFT"}
-    mock.delete(url("/v2/positions/MSFT"), status=404, payload=gone)
-    with pytest.raises(BrokerRejected, match="position not found"):
-        await broker.close_position("MSFT")
-
-
 async def test_cancel(broker: AlpacaBroker, mock: aioresponses) -> None:
     mock.delete(url("/v2/orders/abc"), status=204)
     await broker.cancel_order("abc")  # 204: no error (it returns None, which mypy checks)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from syncd.brokers.ratelimit import TokenBucket, default_budget
+from syncd.brokers.ratelimit import ALPACA_PER_MIN, TRADIER_PER_MIN, TokenBucket
 
 
 class FakeTime:
@@ -89,5 +89,4 @@ def test_rejects_nonsense() -> None:
 
 
 def test_default_budgets() -> None:
-    assert default_budget("alpaca") == 200
-    assert default_budget("tradier") == 120
+    assert (ALPACA_PER_MIN, TRADIER_PER_MIN) == (200, 120)

@@ -561,21 +561,6 @@ async def test_cancel(broker: TradierBroker, mock: aioresponses) -> None:
         await broker.cancel_order("6")
 
 
-async def test_close_position_places_the_opposite_order(broker: TradierBroker, mock: aioresponses) -> None:
-    mock.get(acct("/positions"), payload={"positions": {"position": {"cost_basis": -300, "id": 1, "quantity": -3,
-                                                                     "symbol": "TSLA"}}}, repeat=True)
-    mock.get(acct("/orders"), payload={"orders": "null"}, repeat=True)
-    mock.post(acct("/orders"), payload={"order": {"id": 88, "status": "ok"}})
-    mock.get(acct("/orders/88"), payload={"order": order_json(id=88, symbol="TSLA", side="buy_to_cover",
-                                                              quantity=3.0)})
-    order = await broker.close_position("TSLA")
-    assert order.side == Side.BUY and order.intent == Intent.CLOSE
-    f = sent_form(mock)
-    assert (f["side"], f["quantity"], f["type"]) == ("buy_to_cover", "3", "market")
-    with pytest.raises(BrokerRejected, match="no position"):
-        await broker.close_position("MSFT")
-
-
 # -- errors and retries ---------------------------------------------------------------------
 
 
