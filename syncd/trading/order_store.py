@@ -30,6 +30,7 @@ from syncd.brokers.parse import exact
 from syncd.brokers.types import Order, OrderStatus, Side
 from syncd.db import Queries
 from syncd.db.events import payloads as event_payloads
+from syncd.db.locks import ORDERS_LOCK_CLASS as ORDERS_LOCK_CLASS
 from syncd.trading.reconcile import (
     CLOSED_OUTSIDE,
     ZERO,
@@ -50,7 +51,6 @@ from syncd.trading.reconcile import (
 
 log = structlog.get_logger(__name__)
 
-ORDERS_LOCK_CLASS = 0x74726164  # "trad": advisory lock class of an account's orders and trades
 RECONCILE_MARGIN = dt.timedelta(seconds=30)  # positions must be this much newer than a trade's last fill
 
 Source = Literal["poll", "stream"]
