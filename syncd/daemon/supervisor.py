@@ -39,7 +39,8 @@ from syncd.daemon.health import DB_DOWN_ERRORS, DaemonMetrics, HealthServer, Tas
 from syncd.daemon.leases import InstanceInUse, LeaseLost, LeaseManager
 from syncd.daemon.passes import run_pass
 from syncd.daemon.sdnotify import Notifier
-from syncd.errors import describe
+from syncd.errors import DB_UNAVAILABLE, describe
+from syncd.errors import backoff as exponential_backoff
 from syncd.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -56,17 +57,7 @@ STREAM_STOP_TIMEOUT_S = 5.0
 ABORT_GRACE_S = 5.0  # after aborting passes at shutdown, how long their bookkeeping may take
 
 # Errors that mean "the database is not there right now": wait and try again.
-RETRYABLE_DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.ConnectionFailureError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-)
+RETRYABLE_DB_ERRORS = DB_UNAVAILABLE
 
 # A lease heartbeat that fails with these is retried by the lease loop; the daemon carries on.
 HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DB_DOWN_ERRORS, asyncpg.PostgresError, InstanceInUse)
@@ -118,9 +109,9 @@ def jittered(interval: float, jitter_pct: float, rng: random.Random) -> float:
     return max(0.0, interval * (1 + rng.uniform(-jitter_pct, jitter_pct) / 100))
 
 
-def backoff(failures: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_MAX_S) -> float:
-    """Delay before restarting a task after its ``failures``-th consecutive failure (1, 2, 4 ... cap)."""
-    return float(min(cap, base * 2 ** max(0, failures - 1)))
+def backoff(failures: int) -> float:
+    """Delay before restarting a task after its ``failures``-th consecutive failure (1, 2, 4 ... 60 s)."""
+    return exponential_backoff(failures, BACKOFF_BASE_S, BACKOFF_MAX_S)
 
 
 def market_interval_fn() -> IntervalFn:
@@ -600,15 +591,16 @@ async def retry_database(
     stop: asyncio.Event, what: str, fn: Callable[[], Awaitable[Any]], *, cap_s: float = 30.0
 ) -> Any:
     """``await fn()`` until it stops failing with a database-unavailable error; ``Stopped`` if asked to stop."""
-    delay = 1.0
+    failures = 0
     while True:
         try:
             return await fn()
         except RETRYABLE_DB_ERRORS as exc:
+            failures += 1
+            delay = exponential_backoff(failures, 1.0, cap_s)
             log.warning("database_unavailable", during=what, error=describe(exc), retry_in_s=delay)
         if await _stoppable_sleep(stop, delay):
             raise Stopped(what)
-        delay = min(cap_s, delay * 2)
 
 
 @contextlib.asynccontextmanager
