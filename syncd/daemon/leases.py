@@ -87,6 +87,7 @@ class InstanceInUse(Exception):
 
 _BEAT_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, InstanceInUse)  # the lease loop retries these
 
+
 @dataclass(frozen=True, slots=True)
 class HeartbeatResult:
     live_replicas: int
