@@ -85,7 +85,8 @@ class InstanceInUse(Exception):
     """Another live session (another process) is registered under this replica's instance name."""
 
 
-_BEAT_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, InstanceInUse)  # the lease loop retries these
+# A heartbeat that fails with these is retried by the lease loop; the daemon carries on.
+HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, InstanceInUse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +270,7 @@ class LeaseManager:
                     next_beat = self._clock() + self.heartbeat_s
                     await self.heartbeat()
                 quiet_until = 0.0
-            except _BEAT_ERRORS as exc:
+            except HEARTBEAT_ERRORS as exc:
                 if self._clock() >= quiet_until:
                     event = "lease_instance_in_use" if isinstance(exc, InstanceInUse) else "lease_heartbeat_failed"
                     log.warning(event, error=describe(exc), valid_for_s=self._remaining())

@@ -44,7 +44,7 @@ from syncd.daemon.aio import log_unretrieved as _log_unretrieved
 from syncd.daemon.aio import stoppable_sleep as _stoppable_sleep
 from syncd.daemon.health import DB_DOWN_ERRORS, DaemonMetrics, HealthServer, TaskView
 from syncd.daemon.housekeeping import Housekeeping
-from syncd.daemon.leases import InstanceInUse, LeaseLost, LeaseManager
+from syncd.daemon.leases import HEARTBEAT_ERRORS, LeaseLost, LeaseManager
 from syncd.daemon.passes import run_pass
 from syncd.daemon.sdnotify import Notifier
 from syncd.daemon.streams import StreamFn, Streams
@@ -63,8 +63,6 @@ ABORT_GRACE_S = 5.0  # after aborting passes at shutdown, how long their bookkee
 # Errors that mean "the database is not there right now": wait and try again.
 RETRYABLE_DB_ERRORS = DB_UNAVAILABLE
 
-# A lease heartbeat that fails with these is retried by the lease loop; the daemon carries on.
-HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DB_DOWN_ERRORS, asyncpg.PostgresError, InstanceInUse)
 
 IntervalFn = Callable[[Context, TaskName, float], Awaitable[float]]
 
