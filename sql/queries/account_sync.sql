@@ -1,6 +1,6 @@
 -- name: account_sync_lock
 -- Serialises accountSync passes over one account (two replicas, or sync-once beside the daemon).
--- $1 lock class (syncd.cycles.account_sync.SYNC_LOCK_CLASS), $2 account id.
+-- $1 lock class (syncd.db.locks.LockClass.ACCOUNT), $2 account id.
 SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int);
 
 -- name: account_sync_stored_positions
@@ -109,7 +109,7 @@ UPDATE accounts
 SELECT pg_notify('syncd_events', payload) FROM unnest($1::text[]) AS payload;
 
 -- name: import_lock
--- Serialises importers of one account. $1 lock class (syncd.cycles.importer.IMPORT_LOCK_CLASS), $2 account id.
+-- Serialises importers of one account. $1 lock class (syncd.db.locks.LockClass.IMPORT), $2 account id.
 SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int);
 
 -- name: import_untracked_positions

@@ -1,7 +1,7 @@
 -- name: trade_orders_lock
 -- Serialises every writer of one account's orders and trades (the poll pass, the stream
 -- consumer, the outbox), whichever replica runs it. Held until the transaction ends.
--- $1 lock class (syncd.trading.order_store.ORDERS_LOCK_CLASS), $2 account id.
+-- $1 lock class (syncd.db.locks.LockClass.ORDERS), $2 account id.
 SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int);
 
 -- name: trade_outbox_try_lock

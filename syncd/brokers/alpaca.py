@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, TypeVar, cast
@@ -66,6 +65,7 @@ from syncd.brokers.types import (
     TimeInForce,
     TradeUpdate,
 )
+from syncd.errors import backoff
 from syncd.settings import AccountSettings
 
 log = structlog.get_logger(__name__)
@@ -444,8 +444,7 @@ class AlpacaBroker:
 
     def _reconnect_delay(self, failures: int) -> float:
         low, high = self._stream_backoff
-        cap = min(high, low * float(2 ** min(failures - 1, 30)))
-        return cap / 2 + random.uniform(0, cap / 2)  # noqa: S311 -- jitter, not crypto
+        return backoff(failures, low, high, jitter="half")
 
     def _trade_update(self, msg: Any) -> TradeUpdate | None:
         data = msg.get("data") if isinstance(msg, dict) else None

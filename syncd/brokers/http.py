@@ -36,7 +36,6 @@ from typing import Any, Literal
 import aiohttp
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_random_exponential
 
 from syncd.brokers.base import (
     BadBrokerData,
@@ -49,6 +48,7 @@ from syncd.brokers.base import (
 )
 from syncd.brokers.parse import MAX_SIGNIFICANT_DIGITS, significant_digits
 from syncd.brokers.ratelimit import TokenBucket
+from syncd.errors import backoff
 
 log = structlog.get_logger(__name__)
 
@@ -269,8 +269,7 @@ class HttpCore:
                 raise exc
             wait = exc.retry_after
         else:
-            backoff = wait_random_exponential(multiplier=self.retry.initial_s, max=self.retry.max_s)
-            wait = float(backoff(state))
+            wait = backoff(state.attempt_number, self.retry.initial_s, self.retry.max_s, jitter="full")
         if isinstance(exc, _Transient) and wait >= deadline - self.retry.monotonic():
             # The wait would use up what is left of broker_timeout_s: no time for another attempt.
             exc.out_of_time = True

@@ -21,19 +21,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
 import structlog
 
 from syncd.cli.common import EXIT_FAILED, EXIT_OK, chosen_accounts, load_config
 from syncd.context import Account, Context, open_context
 from syncd.cycles import TASKS, AccountPass, TaskSpec, task_by_short
 from syncd.daemon.passes import PassResult, run_pass
-from syncd.errors import describe
+from syncd.errors import DB_ERRORS, describe
 from syncd.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_DB_ERRORS = DB_ERRORS
 _STAT_KEYS_FIRST = ("positions", "upserted", "deleted", "events", "imported")
 
 

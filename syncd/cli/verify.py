@@ -21,6 +21,7 @@ import asyncpg
 from syncd.cli.common import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, CommandError, chosen_accounts, load_config
 from syncd.context import open_context
 from syncd.cycles.verify import AccountReport, as_json, render_text, verify_accounts
+from syncd.errors import DB_ERRORS
 from syncd.settings import Settings
 
 
@@ -72,7 +73,7 @@ async def _run(settings: Settings, names: list[str] | None) -> tuple[list[Accoun
             return await verify_accounts(ctx, active), paused
     except asyncpg.UndefinedTableError as exc:
         raise CommandError(f"the database schema is not current ({exc}); run `syncd migrate`", EXIT_FAILED) from None
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DB_ERRORS as exc:
         from syncd.errors import describe
 
         raise CommandError(describe(exc), EXIT_FAILED) from None

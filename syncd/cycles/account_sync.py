@@ -66,10 +66,10 @@ from syncd.brokers.occ import parse_occ
 from syncd.brokers.types import AssetClass, Balances, Position
 from syncd.context import Account, Context
 from syncd.db import events
+from syncd.db.locks import SYNC_LOCK_CLASS as SYNC_LOCK_CLASS
 
 log = structlog.get_logger(__name__)
 
-SYNC_LOCK_CLASS = 0x73796E63  # "sync": advisory lock class of accountSync (per account id)
 # The whole fetch (two requests at once, each bounded by broker_timeout_s retries included)
 # gives up after broker_timeout_s x this, whatever happens inside the adapters.
 FETCH_DEADLINE_FACTOR = 2

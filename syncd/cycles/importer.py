@@ -43,10 +43,10 @@ import structlog
 
 from syncd.context import Account, Context
 from syncd.db import events
+from syncd.db.locks import IMPORT_LOCK_CLASS as IMPORT_LOCK_CLASS
 
 log = structlog.get_logger(__name__)
 
-IMPORT_LOCK_CLASS = 0x696D7074  # "impt": advisory lock class of the importer (per account id)
 
 
 @dataclass(frozen=True, slots=True)

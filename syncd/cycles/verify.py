@@ -22,19 +22,18 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
-import asyncpg
 import structlog
 
 from syncd.brokers.base import BrokerError
 from syncd.context import Account, Context
-from syncd.errors import describe
+from syncd.errors import DB_ERRORS, describe
 
 log = structlog.get_logger(__name__)
 
 Against = Literal["mirror", "trades"]
 ZERO = Decimal(0)
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_DB_ERRORS = DB_ERRORS
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ import structlog
 from aiohttp import web
 
 from syncd.db import Queries, discover_migrations
-from syncd.errors import describe
+from syncd.errors import DB_ERRORS, describe
 from syncd.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -44,17 +44,7 @@ TASK_NAMES = ("accountSync", "tradeCycle", "monitorCycle")
 DB_TIMEOUT_S = 3.0
 
 # What asyncpg and the OS raise while the server is down, restarting or refusing us.
-DB_DOWN_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # ConnectionRefusedError, ConnectionResetError, socket errors
-    TimeoutError,  # our deadline, or asyncpg's connect timeout
-    asyncpg.InterfaceError,  # ConnectionDoesNotExistError, "pool is closing", connection lost mid-query
-    asyncpg.PostgresConnectionError,  # CannotConnectNowError ("the database system is starting up")
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,  # terminating connection due to administrator command
-    asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.PostgresError,  # anything else the server says while it is going away
-)
+DB_DOWN_ERRORS = DB_ERRORS  # (OSError, InterfaceError, PostgresError): see syncd.errors
 
 
 class DaemonMetrics(Metrics):

@@ -66,7 +66,7 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from syncd.db import Queries
-from syncd.errors import describe
+from syncd.errors import DB_ERRORS, describe
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +83,10 @@ class LeaseLost(Exception):
 
 class InstanceInUse(Exception):
     """Another live session (another process) is registered under this replica's instance name."""
+
+
+# A heartbeat that fails with these is retried by the lease loop; the daemon carries on.
+HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, InstanceInUse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +270,7 @@ class LeaseManager:
                     next_beat = self._clock() + self.heartbeat_s
                     await self.heartbeat()
                 quiet_until = 0.0
-            except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError, InstanceInUse) as exc:
+            except HEARTBEAT_ERRORS as exc:
                 if self._clock() >= quiet_until:
                     event = "lease_instance_in_use" if isinstance(exc, InstanceInUse) else "lease_heartbeat_failed"
                     log.warning(event, error=describe(exc), valid_for_s=self._remaining())
@@ -351,7 +355,7 @@ class LeaseManager:
         conn, self._conn, self._session = self._conn, None, None
         if conn is None:
             return
-        with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError, TimeoutError):
+        with contextlib.suppress(*DB_ERRORS):
             if isinstance(conn, PoolConnectionProxy):
                 conn.terminate()  # the session lock goes with it; the pool opens a fresh one
                 await asyncio.wait_for(self._pool.release(conn), 2.0)
@@ -365,7 +369,7 @@ class LeaseManager:
         try:
             async with asyncio.timeout(5.0):
                 await self._pool.execute(self._queries["replica_remove"], self.instance)
-        except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+        except DB_ERRORS as exc:
             log.warning("lease_release_failed", error=describe(exc))
         else:
             if previous:

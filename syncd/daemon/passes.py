@@ -18,18 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import asyncpg
 import structlog
 
 from syncd.brokers.base import BrokerError
 from syncd.brokers.guard import PassBroker
 from syncd.context import Account, Context
 from syncd.cycles import AccountPass, TaskName
-from syncd.errors import describe
+from syncd.errors import DB_ERRORS, describe
 
 log = structlog.get_logger(__name__)
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+_DB_ERRORS = DB_ERRORS
 
 
 @dataclass(slots=True)

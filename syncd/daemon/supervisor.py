@@ -1,4 +1,4 @@
-"""The composition root of ``syncd run``: tasks, cadence, restarts, leases, streams, health, shutdown.
+"""The composition root of ``syncd run``: tasks, cadence, restarts, leases, health, shutdown.
 
 ``serve(settings, stop=...)`` migrates, builds the ``Context``, takes account leases,
 starts the health listener and three named task loops (accountSync, tradeCycle,
@@ -15,6 +15,11 @@ itself (one loop per task). A loop that raises is logged, recorded in
 ``task_health`` and restarted with exponential backoff; the other loops never
 notice. The database may go away at any time: every write of the supervisor's own
 is best-effort with a deadline, and the loops retry until it is back.
+
+The supervisor keeps the task loops and composes three small parts:
+``syncd.daemon.streams.Streams`` (trade-update consumers that follow the leases),
+``syncd.daemon.housekeeping.Housekeeping`` (gauges, retention) and
+``syncd.daemon.watchdog.Watchdog`` (systemd pings while every loop is on schedule).
 """
 
 from __future__ import annotations
@@ -35,44 +40,31 @@ import structlog
 from syncd.context import Account, Context, open_context
 from syncd.cycles import TASKS, AccountPass, TaskName
 from syncd.cycles import task as task_spec
+from syncd.daemon.aio import log_unretrieved as _log_unretrieved
+from syncd.daemon.aio import stoppable_sleep as _stoppable_sleep
 from syncd.daemon.health import DB_DOWN_ERRORS, DaemonMetrics, HealthServer, TaskView
-from syncd.daemon.leases import InstanceInUse, LeaseLost, LeaseManager
+from syncd.daemon.housekeeping import Housekeeping
+from syncd.daemon.leases import HEARTBEAT_ERRORS, LeaseLost, LeaseManager
 from syncd.daemon.passes import run_pass
 from syncd.daemon.sdnotify import Notifier
-from syncd.errors import describe
+from syncd.daemon.streams import StreamFn, Streams
+from syncd.daemon.watchdog import WATCHDOG_GRACE_S, Watchdog, status_line
+from syncd.errors import DB_UNAVAILABLE, describe
+from syncd.errors import backoff as exponential_backoff
 from syncd.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
-WATCHDOG_GRACE_S = 30.0
-HOUSEKEEPING_S = 60.0
-RETENTION_EVERY = 60  # housekeeping rounds between retention runs (an hour)
-RETENTION_BATCH = 5_000
-RETENTION_MAX_BATCHES = 200
 DB_WRITE_TIMEOUT_S = 5.0
-STREAM_STOP_TIMEOUT_S = 5.0
 ABORT_GRACE_S = 5.0  # after aborting passes at shutdown, how long their bookkeeping may take
 
 # Errors that mean "the database is not there right now": wait and try again.
-RETRYABLE_DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.ConnectionFailureError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-)
+RETRYABLE_DB_ERRORS = DB_UNAVAILABLE
 
-# A lease heartbeat that fails with these is retried by the lease loop; the daemon carries on.
-HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DB_DOWN_ERRORS, asyncpg.PostgresError, InstanceInUse)
 
 IntervalFn = Callable[[Context, TaskName, float], Awaitable[float]]
-StreamFn = Callable[[Context, Account, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 class Stopped(Exception):
@@ -118,9 +110,9 @@ def jittered(interval: float, jitter_pct: float, rng: random.Random) -> float:
     return max(0.0, interval * (1 + rng.uniform(-jitter_pct, jitter_pct) / 100))
 
 
-def backoff(failures: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_MAX_S) -> float:
-    """Delay before restarting a task after its ``failures``-th consecutive failure (1, 2, 4 ... cap)."""
-    return float(min(cap, base * 2 ** max(0, failures - 1)))
+def backoff(failures: int) -> float:
+    """Delay before restarting a task after its ``failures``-th consecutive failure (1, 2, 4 ... 60 s)."""
+    return exponential_backoff(failures, BACKOFF_BASE_S, BACKOFF_MAX_S)
 
 
 def market_interval_fn() -> IntervalFn:
@@ -137,32 +129,12 @@ def stream_fn() -> StreamFn:
     return consume_trade_updates
 
 
-async def _stoppable_sleep(stop: asyncio.Event, seconds: float) -> bool:
-    """Wait ``seconds`` or until ``stop``; True when stopped."""
-    if stop.is_set():
-        return True
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
-    except TimeoutError:
-        return False
-    return True
-
-
-def _log_unretrieved(task: asyncio.Task[Any]) -> None:
-    """Done-callback: no exception of a background task goes unseen."""
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        log.error("background_task_crashed", name=task.get_name(), error=describe(exc), exc_info=exc)
-
-
 class Supervisor:
-    """Runs the task loops, the lease heartbeat, the streams, housekeeping and the watchdog.
+    """Runs the task loops and the lease heartbeat; composes ``streams``, ``housekeeping`` and ``watchdog``.
 
     ``restart_backoff(n)`` is the delay before restarting a loop or stream after its n-th
     consecutive failure; ``watchdog_grace_s`` is how far past its deadline a loop may be
-    before the watchdog calls it stalled (a public attribute: tests move it while running).
+    before the watchdog calls it stalled (``watchdog.grace_s``: tests move it while running).
     """
 
     def __init__(
@@ -185,24 +157,25 @@ class Supervisor:
         self._notifier = notifier or Notifier({})
         self._tasks = list(tasks) if tasks is not None else default_tasks()
         self._interval_for = interval_for
-        self._stream = stream if ctx.settings.cycles.stream else None
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
         self._restart_backoff = restart_backoff
-        self.watchdog_grace_s = watchdog_grace_s
         self.views: dict[str, TaskView] = {t.name: TaskView(instance=ctx.instance) for t in self._tasks}
-        self._deadlines: dict[str, float] = {}
         self._in_flight: Counter[int] = Counter()
         self._in_flight_names: dict[str, set[str]] = {t.name: set() for t in self._tasks}
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._leases_stop = asyncio.Event()
         self._abort = asyncio.Event()
-        self._streams: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
-        self._by_id = {a.id: a for a in ctx.accounts.values()}
+        self.streams: Streams | None = None
+        if stream is not None and ctx.settings.cycles.stream:
+            self.streams = Streams(ctx, stream, restart_backoff=restart_backoff, spawn=self._spawn)
+        self.housekeeping = Housekeeping(ctx, stop=stop)
+        self.watchdog = Watchdog(
+            self._notifier, stop=stop, loops=self._loops, status=self.status_line, grace_s=watchdog_grace_s
+        )
         # Per task: accounts acquired since that task last passed over them, and the event that wakes it.
         self._fresh: dict[str, set[int]] = {t.name: set() for t in self._tasks}
         self._wake: dict[str, asyncio.Event] = {t.name: asyncio.Event() for t in self._tasks}
-        self._watchdog_withheld = False
         self.leases.add_listener(self._on_leases)
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -220,8 +193,8 @@ class Supervisor:
         self._spawn(self.leases.run(self._leases_stop, on_error=self._lease_error), "leases")
         for td in self._tasks:
             self._loops[td.name] = self._spawn(self._supervise(td), td.name)
-        self._spawn(self._housekeeping(), "housekeeping")
-        self._spawn(self._watchdog(), "watchdog")
+        self._spawn(self.housekeeping.run(), "housekeeping")
+        self._spawn(self.watchdog.run(), "watchdog")
         self.ctx.metrics.set("syncd_up", 1.0)
         for td in self._tasks:  # counters start at 0, so rate() and alerts work before the first failure
             for name in self.ctx.accounts:
@@ -250,7 +223,8 @@ class Supervisor:
                 log.warning("shutdown_cancelling_task", task=task.get_name())
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        await self._stop_all_streams()
+        if self.streams is not None:
+            await self.streams.stop_all()
         self._leases_stop.set()
         others = [t for t in self._background if not t.done()]
         lease_tasks = [t for t in others if t.get_name() == "leases"]
@@ -288,7 +262,7 @@ class Supervisor:
                 return
             await self._write("task_failed", self.ctx.instance, td.name, view.last_error)
             delay = self._restart_backoff(view.consecutive_failures)
-            self._deadlines[td.name] = time.monotonic() + delay + self.watchdog_grace_s
+            self.watchdog.expect(td.name, time.monotonic() + delay)
             log.info("task_restarting", task=td.name, in_s=delay, consecutive_failures=view.consecutive_failures)
             self.ctx.metrics.inc("syncd_task_restarts_total", task=td.name)
             if await _stoppable_sleep(self._stop, delay):
@@ -321,7 +295,7 @@ class Supervisor:
             await self._pass(td, guarded, interval)
             due = time.monotonic() + jittered(interval, self.ctx.settings.cycles.jitter_pct, self._rng)
             while True:
-                self._deadlines[td.name] = due + self.watchdog_grace_s
+                self.watchdog.expect(td.name, due)
                 woke = await self._wait_until(td.name, due)
                 if woke == "stop":
                     return
@@ -337,7 +311,7 @@ class Supervisor:
         budget = max(self.ctx.settings.health.stale_after_s, 2 * interval)
         view.interval_s = interval
         view.last_started_at = dt.datetime.now(dt.UTC)
-        self._deadlines[td.name] = time.monotonic() + budget + self.watchdog_grace_s
+        self.watchdog.expect(td.name, time.monotonic() + budget)
         await self._write("task_pass_started", self.ctx.instance, td.name, interval)
         try:
             async with asyncio.timeout(budget) as deadline:
@@ -440,7 +414,7 @@ class Supervisor:
     def _lease_error(self, exc: BaseException) -> None:
         self.ctx.metrics.set("syncd_database_up", 0.0)
 
-    # --- streams follow the leases -------------------------------------------------------------
+    # --- leases: wake the tasks, move the streams ---------------------------------------------
 
     def _on_leases(self, acquired: frozenset[int], lost: frozenset[int]) -> None:
         self.ctx.metrics.set("syncd_leases_held", float(len(self.leases.held())))
@@ -450,147 +424,11 @@ class Supervisor:
             fresh.update(acquired)
             if acquired:
                 self._wake[name].set()
-        if self._stream is None or self._stop.is_set():
-            return
-        for account_id in lost:
-            self._stop_stream(account_id)
-        for account_id in acquired:
-            account = self._by_id.get(account_id)
-            if account is not None and account.broker.supports_stream and account_id not in self._streams:
-                stop = asyncio.Event()
-                task = asyncio.create_task(self._stream_loop(account, stop), name=f"stream:{account.name}")
-                task.add_done_callback(_log_unretrieved)
-                self._streams[account_id] = (task, stop)
-
-    async def _stream_loop(self, account: Account, stop: asyncio.Event) -> None:
-        """Consume the account's trade updates until told to stop.
-
-        The consumer reconnects by itself and returns when the account cannot stream
-        (no stream, credentials refused): then the tradeCycle's polling is all there is.
-        If it raises (a bug), it is restarted with backoff.
-        """
-        assert self._stream is not None
-        failures = 0
-        with structlog.contextvars.bound_contextvars(task="stream", account=account.name):
-            while not stop.is_set():
-                try:
-                    await self._stream(self.ctx, account, stop)
-                except Exception as exc:  # a stream's failure must not touch the tasks
-                    failures += 1
-                    log.error("stream_crashed", error=describe(exc), consecutive_failures=failures, exc_info=exc)
-                else:
-                    return
-                if await _stoppable_sleep(stop, self._restart_backoff(failures)):
-                    return
-
-    def _stop_stream(self, account_id: int) -> None:
-        entry = self._streams.pop(account_id, None)
-        if entry is None:
-            return
-        task, stop = entry
-        stop.set()
-        self._spawn(self._reap_stream(task), f"reap:{task.get_name()}")
-
-    async def _reap_stream(self, task: asyncio.Task[None]) -> None:
-        _done, pending = await asyncio.wait({task}, timeout=STREAM_STOP_TIMEOUT_S)
-        for t in pending:
-            t.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    async def _stop_all_streams(self) -> None:
-        entries = list(self._streams.values())
-        self._streams.clear()
-        for _task, stop in entries:
-            stop.set()
-        tasks = [t for t, _ in entries]
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=STREAM_STOP_TIMEOUT_S)
-            for t in pending:
-                log.warning("stream_cancelled", name=t.get_name())
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            log.info("streams_stopped", count=len(tasks))
-
-    # --- housekeeping: gauges and retention --------------------------------------------------
-
-    async def _housekeeping(self) -> None:
-        rounds = 0
-        while not await _stoppable_sleep(self._stop, HOUSEKEEPING_S if rounds else 5.0):
-            try:
-                await self._refresh_gauges()
-                if rounds % RETENTION_EVERY == 1:
-                    await self.purge_old_rows()
-            except DB_DOWN_ERRORS as exc:
-                log.warning("housekeeping_failed", error=describe(exc))
-            rounds += 1
-
-    async def _refresh_gauges(self) -> None:
-        async with asyncio.timeout(DB_WRITE_TIMEOUT_S):
-            rows = await self.ctx.pool.fetch(self.ctx.queries["positions_per_account"], list(self.ctx.accounts))
-        for row in rows:
-            self.ctx.metrics.set("syncd_positions", float(row["n"]), account=row["name"])
-
-    async def purge_old_rows(self, *, batch: int = RETENTION_BATCH) -> int:
-        """Retention: ``sync_runs`` older than ``database.retention_days``, ``batch`` at a time; stale health rows."""
-        days = self.ctx.settings.database.retention_days
-        total = 0
-        for _ in range(RETENTION_MAX_BATCHES):
-            async with asyncio.timeout(30):
-                n = int(await self.ctx.pool.fetchval(self.ctx.queries["sync_runs_purge_batch"], days, batch))
-            total += n
-            if n < batch or self._stop.is_set():
-                break
-            await asyncio.sleep(0)  # let the passes have the loop between batches
-        async with asyncio.timeout(30):
-            await self.ctx.pool.execute(self.ctx.queries["task_health_purge"], days)
-            await self.ctx.pool.execute(self.ctx.queries["replicas_purge"], float(days * 86_400))
-        if total:
-            self.ctx.metrics.inc("syncd_sync_runs_purged_total", float(total))
-            log.info("retention_purged", table="sync_runs", rows=total, older_than_days=days)
-        return total
-
-    # --- systemd watchdog --------------------------------------------------------------------
-
-    def alive(self) -> tuple[bool, list[str]]:
-        """Every task loop running and within its deadline (pass budget or wait, plus grace)?
-
-        While shutting down the answer is yes: the loops are meant to end, and systemd's
-        ``TimeoutStopSec`` bounds the shutdown.
-        """
-        stalled: list[str] = []
-        if self._stop.is_set():
-            return True, stalled
-        now = time.monotonic()
-        for name, task in self._loops.items():
-            if task.done():
-                stalled.append(f"{name} exited")
-            elif now > self._deadlines.get(name, now + 1):
-                stalled.append(f"{name} stalled")
-        return not stalled, stalled
-
-    async def _watchdog(self) -> None:
-        interval = self._notifier.watchdog_interval_s
-        status_every = max(1, int(30 / interval)) if interval else 0
-        ticks = 0
-        while interval is not None:  # cancelled at the very end of the shutdown
-            ok, stalled = self.alive()
-            if ok:
-                self._notifier.watchdog()
-                self._watchdog_withheld = False
-            elif not self._watchdog_withheld:
-                log.error("watchdog_withheld", stalled=stalled)
-                self._watchdog_withheld = True
-            if ticks % status_every == 0:
-                self._notifier.status(self.status_line())
-            ticks += 1
-            await asyncio.sleep(interval)
+        if self.streams is not None and not self._stop.is_set():
+            self.streams.follow(acquired, lost)
 
     def status_line(self) -> str:
-        parts = [f"leases {len(self.leases.held())}/{len(self.ctx.accounts)}"]
-        for name, view in self.views.items():
-            state = "ok" if view.consecutive_failures == 0 else f"failing x{view.consecutive_failures}"
-            parts.append(f"{name} {state}")
-        return "; ".join(parts)
+        return status_line(len(self.leases.held()), len(self.ctx.accounts), self.views)
 
 
 # --- the composition root ---------------------------------------------------------------------
@@ -600,15 +438,16 @@ async def retry_database(
     stop: asyncio.Event, what: str, fn: Callable[[], Awaitable[Any]], *, cap_s: float = 30.0
 ) -> Any:
     """``await fn()`` until it stops failing with a database-unavailable error; ``Stopped`` if asked to stop."""
-    delay = 1.0
+    failures = 0
     while True:
         try:
             return await fn()
         except RETRYABLE_DB_ERRORS as exc:
+            failures += 1
+            delay = exponential_backoff(failures, 1.0, cap_s)
             log.warning("database_unavailable", during=what, error=describe(exc), retry_in_s=delay)
         if await _stoppable_sleep(stop, delay):
             raise Stopped(what)
-        delay = min(cap_s, delay * 2)
 
 
 @contextlib.asynccontextmanager

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from syncd.db.locks import MIGRATE_LOCK_CLASS
 from syncd.db.pool import connect
 from syncd.db.queries import sql_dir
 from syncd.settings import DatabaseSettings
@@ -23,8 +24,6 @@ from syncd.settings import DatabaseSettings
 log = structlog.get_logger(__name__)
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-# First key of the two-int advisory lock: "syncd" in ASCII; the second is hashtext(schema).
-_LOCK_CLASS = 0x73796E63
 
 
 class MigrationError(Exception):
@@ -93,11 +92,11 @@ async def apply_migrations(db: DatabaseSettings) -> list[Migration]:
     """Bring ``db.schema_`` up to date; return what was applied (empty when current)."""
     conn = await connect(db)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1, hashtext($2))", _LOCK_CLASS, db.schema_)
+        await conn.execute("SELECT pg_advisory_lock($1, hashtext($2))", MIGRATE_LOCK_CLASS, db.schema_)
         try:
             return await _apply_locked(conn, db.schema_)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", _LOCK_CLASS, db.schema_)
+            await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", MIGRATE_LOCK_CLASS, db.schema_)
     finally:
         await conn.close()
 

@@ -31,6 +31,7 @@ from syncd.brokers.types import Order, OrderStatus, Side
 from syncd.context import RECONCILE_MARGIN
 from syncd.db import Queries
 from syncd.db.events import payloads as event_payloads
+from syncd.db.locks import ORDERS_LOCK_CLASS as ORDERS_LOCK_CLASS
 from syncd.trading.reconcile import (
     CLOSED_OUTSIDE,
     ZERO,
@@ -51,7 +52,6 @@ from syncd.trading.reconcile import (
 
 log = structlog.get_logger(__name__)
 
-ORDERS_LOCK_CLASS = 0x74726164  # "trad": advisory lock class of an account's orders and trades
 
 Source = Literal["poll", "stream"]
 # A runtime alias (asyncpg's classes are not subscriptable at run time): a connection or a pooled one.

@@ -48,6 +48,7 @@ from syncd.brokers.base import BrokerError, BrokerRejected, BrokerUnavailable, O
 from syncd.brokers.occ import option_spec_or_none
 from syncd.brokers.types import Intent, LegRequest, Order, OrderRequest, OrderType, Side, TimeInForce
 from syncd.context import Account, Context
+from syncd.db.locks import OUTBOX_LOCK_CLASS as OUTBOX_LOCK_CLASS
 from syncd.errors import describe
 from syncd.trading.order_store import (
     Applied,
@@ -62,7 +63,6 @@ from syncd.trading.reconcile import Role
 
 log = structlog.get_logger(__name__)
 
-OUTBOX_LOCK_CLASS = 0x6F757462  # "outb": one drainer of an account's outbox at a time
 MAX_ATTEMPTS = 3
 # Every pattern is matched with fullmatch (a regex `$` also matches before a trailing "\n").
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9-]{1,48}")

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Callable
 
-import asyncpg
 import structlog
 
 from syncd.brokers.base import BadBrokerData, BrokerAuthFailed, BrokerError, StreamNotSupported
 from syncd.brokers.sanity import Bad, check_update
 from syncd.brokers.types import TradeUpdate
 from syncd.context import Account, Context
-from syncd.errors import describe
+from syncd.errors import DB_ERRORS, backoff, describe
 from syncd.trading.order_store import Applied, Observation, apply_observations, lock_orders, send_notifications
 
 log = structlog.get_logger(__name__)
@@ -39,9 +37,8 @@ FillLatency = Callable[[float], None]
 
 
 def backoff_delay(failures: int, low: float = BACKOFF_MIN_S, high: float = BACKOFF_MAX_S) -> float:
-    """Full-jitter exponential backoff: somewhere in [cap/2, cap], cap doubling per failure."""
-    cap = min(high, low * float(2 ** min(max(failures - 1, 0), 30)))
-    return cap / 2 + random.uniform(0, cap / 2)  # noqa: S311 -- jitter, not crypto
+    """Jittered exponential backoff: somewhere in [cap/2, cap], cap doubling per failure."""
+    return backoff(failures, low, high, jitter="half")
 
 
 async def apply_update(
@@ -97,12 +94,12 @@ async def _consume(ctx: Context, account: Account, on_fill: FillLatency | None) 
         except BadBrokerData as exc:
             try:
                 await refuse_update(ctx, account, exc)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as db_exc:
+            except DB_ERRORS as db_exc:
                 log.error("stream_event_failed", error=describe(db_exc))
             continue
         try:
             await apply_update(ctx, account, update, on_fill)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except DB_ERRORS as exc:
             # the database hiccuped: this event is lost to the stream, not to syncd (the poll has it)
             log.error("stream_event_failed", broker_order_id=update.order.broker_order_id, error=describe(exc))
 

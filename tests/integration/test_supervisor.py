@@ -366,7 +366,7 @@ async def test_retention_deletes_old_sync_runs_in_batches(ctx: Context) -> None:
         "INSERT INTO sync_runs (task, account_id, started_at, ok) VALUES ('accountSync', $1, now(), true)", a1
     )
     sup, _stop = build(ctx, [])
-    assert await sup.purge_old_rows(batch=10) == 25
+    assert await sup.housekeeping.purge_old_rows(batch=10) == 25
     assert await ctx.pool.fetchval("SELECT count(*) FROM sync_runs") == 1
     assert ctx.metrics.value("syncd_sync_runs_purged_total") == 25
 
@@ -401,15 +401,15 @@ async def test_watchdog_pings_only_while_every_task_is_on_schedule(ctx: Context)
         with capture_logs() as logs:
             await sup.start()
             await wait_for(lambda: drain() >= 3, timeout=5, what="pings while healthy")
-            assert sup.alive() == (True, [])
+            assert sup.watchdog.alive() == (True, [])
             # From now on a pass that starts is already past its deadline. The one that hangs is two calls on:
             # a pass in flight now took its deadline before the change, the one after it surely after.
-            sup.watchdog_grace_s = -3600.0
+            sup.watchdog.grace_s = -3600.0
             hang_from[0] = calls[0] + 2
             await wait_for(lambda: any(e["event"] == "watchdog_withheld" for e in logs), timeout=5)
         withheld = next(e for e in logs if e["event"] == "watchdog_withheld")
         assert withheld["stalled"] == ["accountSync stalled"]
-        assert sup.alive()[0] is False
+        assert sup.watchdog.alive()[0] is False
     finally:
         await sup.shutdown(0.5)
         sock.close()
