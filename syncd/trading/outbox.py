@@ -39,7 +39,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
@@ -53,7 +53,8 @@ from syncd.brokers.parse import NotFinite, finite
 from syncd.brokers.types import Intent, LegRequest, Order, OrderRequest, OrderType, Side, TimeInForce
 from syncd.context import Account, Context
 from syncd.errors import describe
-from syncd.trading.order_store import Applied, Conn, Link, Observation, apply_observations, lock_orders, notify
+from syncd.trading.order_store import Applied, Link, Observation
+from syncd.trading.outbox_store import OutboxStore, Request, Trade, has_work
 from syncd.trading.reconcile import Role
 
 log = structlog.get_logger(__name__)
@@ -573,162 +574,152 @@ class OutboxStats:
         ) if v}
 
 
-
-
 async def drain_outbox(ctx: Context, account: Account) -> OutboxStats:
     """Work through the account's queued and submitting requests, oldest first."""
     stats = OutboxStats()
     if not ctx.settings.trading.enabled:
         return stats  # read-only mirror: nothing reaches a broker, queued stays queued
-    q = ctx.queries
-    if not await ctx.pool.fetchval(q["outbox_has_work"], account.id):
+    if not await has_work(ctx.pool, ctx.queries, account.id):
         return stats  # the usual case: one cheap query, no lock
     async with ctx.pool.acquire() as conn:
-        if not await conn.fetchval(q["trade_outbox_try_lock"], OUTBOX_LOCK_CLASS, account.id):
+        store = OutboxStore(conn, ctx.queries)
+        if not await store.try_lock(OUTBOX_LOCK_CLASS, account.id):
             stats.skipped += 1
             return stats
         try:
-            for row in await conn.fetch(q["outbox_pending"], account.id):
-                outcome = await _work(ctx, account, conn, row["id"])
+            for request_id in await store.pending(account.id):
+                outcome = await _work(account, store, request_id)
                 setattr(stats, outcome, getattr(stats, outcome) + 1)
         finally:
-            await conn.execute(q["trade_outbox_unlock"], OUTBOX_LOCK_CLASS, account.id)
+            await store.unlock(OUTBOX_LOCK_CLASS, account.id)
     return stats
 
 
-async def _work(ctx: Context, account: Account, conn: Conn, request_id: int) -> str:
+async def _work(account: Account, store: OutboxStore, request_id: int) -> str:
     """One request, start to end. Returns the OutboxStats field it counts under."""
-    q = ctx.queries
     with_log = log.bind(request_id=request_id)
-    async with conn.transaction():
-        req = await conn.fetchrow(q["outbox_claim"], request_id)
+    async with store.transaction():
+        req = await store.claim(request_id)
         if req is None:
             return "skipped"
-        trade = None if req["trade_id"] is None else await conn.fetchrow(q["outbox_trade"], req["trade_id"])
-        refusal = trade_refusal(req["kind"], req["state"], req["attempts"], req["trade_id"], trade, account.id)
+        trade = None if req.trade_id is None else await store.trade(req.trade_id)
+        refusal = trade_refusal(req.kind, req.state, req.attempts, req.trade_id, trade, account.id)
         if refusal is not None:
-            req = {**dict(req), "trade_id": None}  # a trade it may not name: its end never touches it
+            req = replace(req, trade_id=None)  # a trade it may not name: its end never touches it
         try:
             if refusal is not None:
                 raise PayloadError(refusal)
-            payload = parse_payload(req["kind"], read_payload(req["payload"]))
-            cid = req["client_order_id"]
+            payload = parse_payload(req.kind, read_payload(req.payload))
+            cid = req.client_order_id
             if cid is None:
                 cid = make_client_order_id(request_id)
-                await conn.execute(q["outbox_set_client_id"], request_id, cid)
+                await store.set_client_id(request_id, cid)
             check_client_order_id(cid)
         except PayloadError as exc:
-            await _end(conn, q, account, req, "failed", f"bad request: {exc}")
+            await _end(store, account, req, "failed", f"bad request: {exc}")
             with_log.warning("order_request_failed", error=str(exc))
             return "failed"
-    with_log = with_log.bind(client_order_id=cid, kind=req["kind"])
+    with_log = with_log.bind(client_order_id=cid, kind=req.kind)
     if isinstance(payload, CancelPayload):
-        return await _cancel(ctx, account, conn, req)
-    attempts: int = req["attempts"]
-    if req["state"] == "submitting":
-        found = await _lookup(account, conn, q, req, cid)
+        return await _cancel(store, account, req)
+    if req.state == "submitting":
+        found = await _lookup(account, store, req, cid)
         if found is None:
             return "pending"
-        step = after_lookup(found is not False, attempts)
+        step = after_lookup(found is not False, req.attempts)
         if step == Next.RECORD:
             assert isinstance(found, Order)
-            if isinstance(payload, OpenPayload) and req["trade_id"] is None:
-                async with conn.transaction():
-                    req = {**dict(req), "trade_id": await _open_trade(conn, q, account, req, payload)}
-                    await conn.execute(q["outbox_set_trade"], req["id"], req["trade_id"])
-            await _record(ctx, account, conn, req, payload, found)
+            if isinstance(payload, OpenPayload) and req.trade_id is None:
+                async with store.transaction():
+                    req = replace(req, trade_id=await _open_trade(store, account, req, payload))
+                    assert req.trade_id is not None
+                    await store.set_trade(req.id, req.trade_id)
+            await _record(store, account, req, payload, found)
             return "submitted"
         if step == Next.FAIL:
-            await _end(conn, q, account, req, "failed", EXHAUSTED)
-            with_log.error("order_request_failed", error=EXHAUSTED, attempts=attempts)
+            await _end(store, account, req, "failed", EXHAUSTED)
+            with_log.error("order_request_failed", error=EXHAUSTED, attempts=req.attempts)
             return "failed"
-    return await _send(ctx, account, conn, req, payload, cid)
+    return await _send(store, account, req, payload, cid)
 
 
-async def _lookup(account: Account, conn: Conn, q: Any, req: Any, cid: str) -> Order | bool | None:
+async def _lookup(account: Account, store: OutboxStore, req: Request, cid: str) -> Order | bool | None:
     """Ask the broker for the client id: the order, ``False`` (not found), or ``None`` (no answer)."""
     try:
         found = await account.broker.get_order_by_client_id(cid)
     except BrokerError as exc:
-        await conn.execute(q["outbox_note_error"], req["id"], f"outcome unknown; lookup failed: {describe(exc)}")
-        log.warning("order_request_lookup_failed", request_id=req["id"], error=describe(exc))
+        await store.note_error(req.id, f"outcome unknown; lookup failed: {describe(exc)}")
+        log.warning("order_request_lookup_failed", request_id=req.id, error=describe(exc))
         return None
     return found if found is not None else False
 
 
-async def _send(ctx: Context, account: Account, conn: Conn, req: Any, payload: Payload, cid: str) -> str:
-    q = ctx.queries
-    async with conn.transaction():
+async def _send(store: OutboxStore, account: Account, req: Request, payload: Payload, cid: str) -> str:
+    async with store.transaction():
         try:
-            order_request, trade_id = await _prepare(ctx, account, conn, req, payload, cid)
+            order_request, trade_id = await _prepare(store, account, req, payload, cid)
         except PayloadError as exc:
-            await _end(conn, q, account, req, "failed", str(exc))
-            log.warning("order_request_failed", request_id=req["id"], error=str(exc))
+            await _end(store, account, req, "failed", str(exc))
+            log.warning("order_request_failed", request_id=req.id, error=str(exc))
             return "failed"
-        attempts = await conn.fetchval(q["outbox_mark_submitting"], req["id"], trade_id)
+        attempts = await store.mark_submitting(req.id, trade_id)
     # committed: from here on the outcome may be unknown, and the client id tells
-    req = {**dict(req), "trade_id": trade_id, "state": "submitting", "attempts": attempts}
+    req = replace(req, trade_id=trade_id, state="submitting", attempts=attempts)
     try:
         order = await account.broker.submit_order(order_request)
     except BrokerRejected as exc:
-        await _end(conn, q, account, req, "rejected", exc.reason or describe(exc))
-        log.warning("order_rejected", request_id=req["id"], client_order_id=cid, reason=exc.reason)
+        await _end(store, account, req, "rejected", exc.reason or describe(exc))
+        log.warning("order_rejected", request_id=req.id, client_order_id=cid, reason=exc.reason)
         return "rejected"
     except BrokerError as exc:  # a timeout, a dropped answer, an answer we cannot read: the outcome is unknown
-        log.warning("order_outcome_unknown", request_id=req["id"], client_order_id=cid, error=describe(exc))
-        found = await _lookup(account, conn, q, req, cid)
+        log.warning("order_outcome_unknown", request_id=req.id, client_order_id=cid, error=describe(exc))
+        found = await _lookup(account, store, req, cid)
         if isinstance(found, Order):
-            await _record(ctx, account, conn, req, payload, found)
+            await _record(store, account, req, payload, found)
             return "submitted"
-        await conn.execute(q["outbox_note_error"], req["id"], f"outcome unknown: {describe(exc)}")
+        await store.note_error(req.id, f"outcome unknown: {describe(exc)}")
         return "pending"  # the next pass asks again before anything is sent
-    await _record(ctx, account, conn, req, payload, order)
+    await _record(store, account, req, payload, order)
     return "submitted"
 
 
 async def _prepare(
-    ctx: Context, account: Account, conn: Conn, req: Any, payload: Payload, cid: str
+    store: OutboxStore, account: Account, req: Request, payload: Payload, cid: str
 ) -> tuple[OrderRequest, int | None]:
     """The order to send, and the request's trade (created here for ``open``)."""
-    q = ctx.queries
     if isinstance(payload, OpenPayload):
-        return payload.order_request(cid), await _open_trade(conn, q, account, req, payload)
+        return payload.order_request(cid), await _open_trade(store, account, req, payload)
     assert isinstance(payload, ClosePayload)
-    trade = await _own_trade(conn, q, req, account)
-    if trade["status"] not in ("open", "closing"):
-        raise PayloadError(f"trade {trade['id']} is {trade['status']}: nothing to close")
+    trade = await _own_trade(store, req, account)
+    if trade.status not in ("open", "closing"):
+        raise PayloadError(f"trade {trade.id} is {trade.status}: nothing to close")
     legs = [
-        CloseLeg(r["symbol"], Side(r["side"]), r["ratio"], r["position_quantity"], r["committed"], r["available"])
-        for r in await conn.fetch(q["outbox_close_inputs"], trade["id"], account.id)
+        CloseLeg(r.symbol, r.side, r.ratio, r.position_quantity, r.committed, r.available)
+        for r in await store.close_inputs(trade.id, account.id)
     ]
     whole = any(option_spec_or_none(leg.symbol) is not None for leg in legs)
     check_price(payload.limit_price, whole or len(legs) > 1)
     qty = closable_quantity(legs, payload.qty, whole)
     if qty <= 0:
-        raise PayloadError(f"nothing to close: trade {trade['id']} holds no quantity not already being closed")
-    await conn.execute(q["outbox_set_close_reason"], trade["id"], payload.reason or "close requested")
-    return close_request(cid, legs, qty, payload), trade["id"]
+        raise PayloadError(f"nothing to close: trade {trade.id} holds no quantity not already being closed")
+    await store.set_close_reason(trade.id, payload.reason or "close requested")
+    return close_request(cid, legs, qty, payload), trade.id
 
 
-async def _open_trade(conn: Conn, q: Any, account: Account, req: Any, payload: OpenPayload) -> int:
+async def _open_trade(store: OutboxStore, account: Account, req: Request, payload: OpenPayload) -> int:
     """The trade of an ``open`` request, created (pending, with legs and exit rules) on first need."""
-    if req["trade_id"] is not None:
-        return int(req["trade_id"])
-    trade_id = int(await conn.fetchval(
-        q["outbox_create_trade"], account.id, payload.underlying, payload.strategy, payload.qty,
-        payload.take_profit_pct, payload.stop_loss_pct,
-    ))
-    await conn.execute(
-        q["outbox_insert_legs"], trade_id, list(range(len(payload.legs))),
-        [leg.symbol for leg in payload.legs], [leg.side.value for leg in payload.legs],
-        [leg.ratio for leg in payload.legs],
+    if req.trade_id is not None:
+        return req.trade_id
+    trade_id = await store.create_trade(
+        account.id, payload.underlying, payload.strategy, payload.qty, payload.take_profit_pct, payload.stop_loss_pct
     )
+    await store.insert_legs(trade_id, payload.legs)
     log.info("trade_created", trade_id=trade_id, strategy=payload.strategy, qty=str(payload.qty))
     return trade_id
 
 
 def trade_refusal(
-    kind: str, state: str, attempts: int, trade_id: int | None, trade: Any, account_id: int
+    kind: str, state: str, attempts: int, trade_id: int | None, trade: Trade | None, account_id: int
 ) -> str | None:
     """Why a request may not name its trade (``None``: it may).
 
@@ -738,75 +729,69 @@ def trade_refusal(
     """
     if trade_id is None:
         return None
-    if trade is None or trade["account_id"] != account_id:
+    if trade is None or trade.account_id != account_id:
         return f"trade_id {trade_id} is not a trade of this account: a request names only its own account's trades"
     if kind == "open" and (state != "submitting" or attempts < 1):
         return f"an open request creates its own trade: trade_id must be NULL, got {trade_id}"
     return None
 
 
-async def _own_trade(conn: Conn, q: Any, req: Any, account: Account) -> Any:
-    if req["trade_id"] is None:
-        raise PayloadError(f"a {req['kind']} request needs trade_id")
-    trade = await conn.fetchrow(q["outbox_trade"], req["trade_id"])
-    if trade is None or trade["account_id"] != account.id:
-        raise PayloadError(f"trade {req['trade_id']} does not exist in this account")
+async def _own_trade(store: OutboxStore, req: Request, account: Account) -> Trade:
+    if req.trade_id is None:
+        raise PayloadError(f"a {req.kind} request needs trade_id")
+    trade = await store.trade(req.trade_id)
+    if trade is None or trade.account_id != account.id:
+        raise PayloadError(f"trade {req.trade_id} does not exist in this account")
     return trade
 
 
-async def _record(ctx: Context, account: Account, conn: Conn, req: Any, payload: Payload, order: Order) -> None:
+async def _record(store: OutboxStore, account: Account, req: Request, payload: Payload, order: Order) -> None:
     """The broker has the order: link it to its trade, apply it like a poll, mark the request submitted."""
-    q = ctx.queries
     role = Role.ENTRY if isinstance(payload, OpenPayload) else Role.EXIT
-    applied = Applied()
-    async with conn.transaction():
-        await lock_orders(conn, q, account.id)
-        links = {order.broker_order_id: Link(req["trade_id"], role)} if req["trade_id"] is not None else {}
-        applied = await apply_observations(conn, q, account.id, [Observation(order, "poll")], links=links)
-        await conn.execute(q["outbox_mark_submitted"], req["id"], order.broker_order_id)
-    if req["trade_id"] is not None and req["trade_id"] not in applied.trades:
-        applied.trades.append(req["trade_id"])  # created, or given its close reason, by this request
-    await notify(conn, q, applied.notifications(account.name))
+    async with store.transaction():
+        links = {order.broker_order_id: Link(req.trade_id, role)} if req.trade_id is not None else {}
+        applied = await store.record(account.id, [Observation(order, "poll")], links)
+        await store.mark_submitted(req.id, order.broker_order_id)
+    if req.trade_id is not None and req.trade_id not in applied.trades:
+        applied.trades.append(req.trade_id)  # created, or given its close reason, by this request
+    await store.notify(applied.notifications(account.name))
     log.info(
-        "order_request_submitted", request_id=req["id"], client_order_id=order.client_order_id,
+        "order_request_submitted", request_id=req.id, client_order_id=order.client_order_id,
         broker_order_id=order.broker_order_id, status=order.status.value,
     )
 
 
-async def _end(conn: Conn, q: Any, account: Account, req: Any, state: str, error: str) -> None:
+async def _end(store: OutboxStore, account: Account, req: Request, state: str, error: str) -> None:
     """The request ends without an order; its pending trade ends with it.
 
     Only a trade of the request's own account is ever changed (the queries say so too), and
     only one the request may name (:func:`trade_refusal` clears any other before we get here).
     """
     changed = None
-    async with conn.transaction():
-        await conn.execute(q["outbox_mark_final"], req["id"], state, error[:500])
-        if req["kind"] == "open" and req["trade_id"] is not None:
-            changed = await conn.fetchval(
-                q["outbox_end_trade"], req["trade_id"], "rejected" if state == "rejected" else "cancelled",
-                error[:500], account.id,
+    async with store.transaction():
+        await store.mark_final(req.id, state, error[:500])
+        if req.kind == "open" and req.trade_id is not None:
+            changed = await store.end_trade(
+                req.trade_id, "rejected" if state == "rejected" else "cancelled", error[:500], account.id
             )
-        elif req["kind"] == "close" and req["trade_id"] is not None:
-            changed = await conn.fetchval(q["outbox_reopen_trade"], req["trade_id"], account.id)  # open again
+        elif req.kind == "close" and req.trade_id is not None:
+            changed = await store.reopen_trade(req.trade_id, account.id)  # open again
     if changed is not None:
-        await notify(conn, q, Applied(trades=[changed]).notifications(account.name))
+        await store.notify(Applied(trades=[changed]).notifications(account.name))
 
 
-
-async def _cancel(ctx: Context, account: Account, conn: Conn, req: Any) -> str:
+async def _cancel(store: OutboxStore, account: Account, req: Request) -> str:
     """Cancel the trade's working orders (an order already gone counts as cancelled)."""
-    q = ctx.queries
     try:
-        trade = await _own_trade(conn, q, req, account)
+        trade = await _own_trade(store, req, account)
     except PayloadError as exc:
-        await _end(conn, q, account, req, "failed", f"bad request: {exc}")
+        await _end(store, account, req, "failed", f"bad request: {exc}")
         return "failed"
-    if req["attempts"] >= MAX_ATTEMPTS:
-        await _end(conn, q, account, req, "failed", "retries exhausted: the broker never confirmed the cancel")
+    if req.attempts >= MAX_ATTEMPTS:
+        await _end(store, account, req, "failed", "retries exhausted: the broker never confirmed the cancel")
         return "failed"
-    await conn.fetchval(q["outbox_mark_submitting"], req["id"], trade["id"])
-    ids = [r["broker_order_id"] for r in await conn.fetch(q["outbox_working_orders"], trade["id"])]
+    await store.mark_submitting(req.id, trade.id)
+    ids = await store.working_orders(trade.id)
     for broker_order_id in ids:
         try:
             await account.broker.cancel_order(broker_order_id)
@@ -815,9 +800,8 @@ async def _cancel(ctx: Context, account: Account, conn: Conn, req: Any) -> str:
         except BrokerRejected as exc:  # e.g. already filled: nothing left to cancel
             log.info("order_cancel_refused", broker_order_id=broker_order_id, reason=exc.reason)
         except BrokerUnavailable as exc:
-            await conn.execute(q["outbox_note_error"], req["id"], f"cancel outcome unknown: {describe(exc)}")
+            await store.note_error(req.id, f"cancel outcome unknown: {describe(exc)}")
             return "pending"  # cancelling twice is harmless: the next pass tries again
-    await conn.execute(q["outbox_mark_submitted"], req["id"], ids[0] if len(ids) == 1 else None)
-    log.info("order_request_cancelled", request_id=req["id"], trade_id=trade["id"], orders=len(ids))
+    await store.mark_submitted(req.id, ids[0] if len(ids) == 1 else None)
+    log.info("order_request_cancelled", request_id=req.id, trade_id=trade.id, orders=len(ids))
     return "submitted"
-

@@ -33,6 +33,7 @@ from syncd.trading.outbox import (
     read_payload,
     trade_refusal,
 )
+from syncd.trading.outbox_store import Trade
 
 D = Decimal
 LONG_C, SHORT_C = "AAPL260116C00150000", "AAPL260116C00160000"
@@ -291,7 +292,7 @@ def test_read_payload_bounds() -> None:
 
 
 def test_trade_refusal() -> None:
-    mine, theirs = {"account_id": 1}, {"account_id": 2}
+    mine, theirs = Trade(7, 1, "open", D(1)), Trade(7, 2, "open", D(1))
     assert trade_refusal("close", "queued", 0, None, None, 1) is None
     assert trade_refusal("close", "queued", 0, 7, mine, 1) is None
     assert trade_refusal("cancel", "queued", 0, 7, mine, 1) is None
