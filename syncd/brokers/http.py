@@ -46,7 +46,7 @@ from syncd.brokers.base import (
     BrokerUnavailable,
     OrderNotFound,
 )
-from syncd.brokers.parse import MAX_SIGNIFICANT_DIGITS, significant_digits
+from syncd.brokers.parse import MAX_SIGNIFICANT_DIGITS, is_finite, significant_digits
 from syncd.brokers.ratelimit import TokenBucket
 from syncd.errors import backoff
 
@@ -393,7 +393,7 @@ def _too_fine(decoded: Any) -> str | None:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-        elif isinstance(item, Decimal) and item.is_finite() and significant_digits(item) > MAX_SIGNIFICANT_DIGITS:
+        elif is_finite(item) and significant_digits(item) > MAX_SIGNIFICANT_DIGITS:
             return str(item)
     return None
 

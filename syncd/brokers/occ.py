@@ -15,6 +15,7 @@ import datetime as dt
 import re
 from decimal import Decimal, InvalidOperation
 
+from syncd.brokers.parse import is_finite
 from syncd.brokers.types import OptionSpec, OptionType
 
 _OCC_RE = re.compile(r"^(?P<root>[A-Z0-9]{1,6})(?P<date>\d{6})(?P<cp>[CP])(?P<strike>\d{8})$")
@@ -70,7 +71,7 @@ def format_occ(spec: OptionSpec) -> str:
         milli = strike * _THOUSAND
     except (InvalidOperation, TypeError):
         raise ValueError(f"strike is not a number: {spec.strike!r}") from None
-    if not strike.is_finite() or strike <= 0 or strike > _MAX_STRIKE:
+    if not is_finite(strike) or strike <= 0 or strike > _MAX_STRIKE:
         raise ValueError(f"strike must be in (0, {_MAX_STRIKE}], got {spec.strike}")
     if milli != milli.to_integral_value():
         raise ValueError(f"strike {spec.strike} has more than 3 decimal places")

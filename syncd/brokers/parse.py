@@ -18,7 +18,7 @@ import datetime as dt
 from collections.abc import Callable, Iterator
 from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeGuard, TypeVar
 
 MAX_INTEGER_DIGITS = 15  # < 10**15: more than any real quantity, price or balance
 MAX_SIGNIFICANT_DIGITS = 20  # a float's 17 digits fit; a 30-digit "quantity" does not
@@ -81,6 +81,22 @@ def check_digits(value: Decimal) -> Decimal:
     return value
 
 
+def is_finite(value: object) -> TypeGuard[Decimal]:
+    """Whether ``value`` is a finite Decimal (not NaN, not an infinity): syncd's one finite-number check.
+
+    Broker numbers (:func:`decimal_or_none`), outbox payloads, account rows, OCC strikes and the
+    simulator's wire all refuse a non-finite number through this (or :func:`finite`).
+    """
+    return isinstance(value, Decimal) and value.is_finite()
+
+
+def finite(value: Decimal) -> Decimal:
+    """``value`` itself, or ``NotFinite`` for NaN, the infinities and what is not a Decimal at all."""
+    if not is_finite(value):
+        raise NotFinite(f"{str(value)[:40]!r} is not finite")
+    return value
+
+
 def decimal_or_none(value: Any) -> Decimal | None:
     """A broker number (str, int, float or Decimal) as an exact Decimal; ``None`` and ``""`` -> ``None``.
 
@@ -97,9 +113,7 @@ def decimal_or_none(value: Any) -> Decimal | None:
         out = Decimal(str(value).strip())
     except InvalidOperation:
         raise NotANumber(f"{str(value)[:40]!r} is not a number") from None
-    if not out.is_finite():
-        raise NotFinite(f"{value!r} is not finite")
-    return check_digits(out)
+    return check_digits(finite(out))
 
 
 def as_utc(t: dt.datetime) -> dt.datetime:

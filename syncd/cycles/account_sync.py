@@ -63,6 +63,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from syncd.brokers.base import BadBrokerData, Broker, BrokerUnavailable
 from syncd.brokers.occ import parse_occ
+from syncd.brokers.parse import NotFinite, finite
 from syncd.brokers.types import AssetClass, Balances, Position
 from syncd.context import Account, Context
 from syncd.db import events
@@ -219,8 +220,10 @@ def _finite(value: Decimal | None, what: str, *, required: bool) -> None:
         if required:
             raise BadBrokerData(f"{what} is missing", field=what)
         return
-    if not isinstance(value, Decimal) or not value.is_finite():
-        raise BadBrokerData(f"{what} is not a finite number: {str(value)[:40]!r}", field=what)
+    try:
+        finite(value)
+    except NotFinite:
+        raise BadBrokerData(f"{what} is not a finite number: {str(value)[:40]!r}", field=what) from None
 
 
 def _check_numbers(p: Position, index: int) -> None:
@@ -236,9 +239,9 @@ def _check_numbers(p: Position, index: int) -> None:
     try:
         fine = values[0] is not None and values[1] is not None
         for v in values:
-            if v is not None and not v.is_finite():
-                fine = False
-    except AttributeError:  # not a Decimal at all
+            if v is not None:
+                finite(v)
+    except NotFinite:  # NaN, an infinity, or not a Decimal at all
         fine = False
     if fine:
         return  # the usual case, without building a message per field

@@ -9,6 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+from syncd.brokers.parse import NotFinite, finite
+
 CENT = Decimal("0.01")
 
 
@@ -68,9 +70,10 @@ def parse_decimal(value: object, field: str) -> Decimal:
             d = Decimal(str(value).strip())
         except ArithmeticError:
             raise ValueError(f"{field} must be a number, got {str(value)[:40]!r}") from None
-        if not d.is_finite():
-            raise ValueError(f"{field} must be a finite number")
-        return d
+        try:
+            return finite(d)
+        except NotFinite:
+            raise ValueError(f"{field} must be a finite number") from None
     raise ValueError(f"{field} must be a number")
 
 

@@ -5,8 +5,9 @@ queued, untouched. One drainer per account at a time (a session advisory lock),
 each request claimed with ``FOR UPDATE SKIP LOCKED``. For each request:
 
 1. The payload is read as text and decoded here, within bounds (``MAX_PAYLOAD_BYTES``,
-   ``MAX_PAYLOAD_DEPTH``, ``MAX_LEGS``), numbers as exact Decimals, then validated
-   (docs/outbox.md): an unreadable or oversized payload, an unknown
+   ``MAX_PAYLOAD_DEPTH``, ``MAX_LEGS``), numbers as exact Decimals, then validated by
+   strict pydantic models (``OpenModel``, ``CloseModel``, ``CancelModel``; docs/outbox.md),
+   every problem named by its key: an unreadable or oversized payload, an unknown
    key, a missing field, a bad number (``"5_0"``, more decimals than the broker takes),
    a non-ASCII symbol, a bad client id, or a ``trade_id`` the request may not name (of
    another account; any on an ``open``) ends it ``failed`` with a readable
@@ -37,28 +38,24 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 import structlog
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationError, model_validator
 
 from syncd.brokers.base import BrokerError, BrokerRejected, BrokerUnavailable, OrderNotFound
 from syncd.brokers.occ import option_spec_or_none
+from syncd.brokers.parse import NotFinite, finite
 from syncd.brokers.types import Intent, LegRequest, Order, OrderRequest, OrderType, Side, TimeInForce
 from syncd.context import Account, Context
 from syncd.db.locks import OUTBOX_LOCK_CLASS as OUTBOX_LOCK_CLASS
 from syncd.errors import describe
-from syncd.trading.order_store import (
-    Applied,
-    Conn,
-    Link,
-    Observation,
-    apply_observations,
-    lock_orders,
-    send_notifications,
-)
+from syncd.trading.order_store import Applied, Link, Observation
+from syncd.trading.outbox_store import OutboxStore, Request, Trade, has_work
 from syncd.trading.reconcile import Role
 
 log = structlog.get_logger(__name__)
@@ -82,14 +79,7 @@ class PayloadError(ValueError):
     """A request syncd cannot place; the message says what is wrong, for ``last_error``."""
 
 
-# -- payloads (pure) -------------------------------------------------------------------------
-
-_OPEN_KEYS = frozenset(
-    {"symbol", "side", "legs", "qty", "type", "limit_price", "time_in_force", "strategy", "take_profit_pct",
-     "stop_loss_pct"}
-)
-_CLOSE_KEYS = frozenset({"type", "limit_price", "qty", "time_in_force", "reason"})
-_LEG_KEYS = frozenset({"symbol", "side", "ratio"})
+# -- payload results (pure) -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,34 +127,6 @@ class CancelPayload:
 
 Payload = OpenPayload | ClosePayload | CancelPayload
 
-
-def _number(value: Any, key: str, *, positive: bool = True, whole: bool = False, limit: Decimal = MAX_QTY,
-            places: int | None = None) -> Decimal:
-    """An exact Decimal from a JSON number (read as Decimal, see :func:`read_payload`) or a plain decimal string.
-
-    Never through a float: a float given in code goes through ``str`` (its shortest exact repr).
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
-        raise PayloadError(f"{key} must be a number, got {type(value).__name__}")
-    if isinstance(value, str) and not DECIMAL_TEXT_RE.fullmatch(value):
-        raise PayloadError(f"{key} must be a number (plain decimal digits), got {value[:40]!r}")
-    try:
-        number = value if isinstance(value, Decimal) else Decimal(str(value))
-    except InvalidOperation:
-        raise PayloadError(f"{key} must be a number, got {str(value)[:40]!r}") from None
-    if not number.is_finite():
-        raise PayloadError(f"{key} must be a finite number, got {str(value)[:40]!r}")
-    if positive and number <= 0:
-        raise PayloadError(f"{key} must be greater than 0, got {number}")
-    if number.copy_abs() > limit:
-        raise PayloadError(f"{key} is out of range: {str(number)[:40]}")
-    if whole and number != number.to_integral_value():
-        raise PayloadError(f"{key} must be a whole number for options, got {number}")
-    if places is not None and decimal_places(number) > places:
-        raise PayloadError(f"{key} has more than {places} decimal places: {number}")
-    return number
-
-
 def decimal_places(number: Decimal) -> int:
     """Digits after the point, trailing zeros not counted (``1.50`` -> 1), with no rounding context."""
     _, digits, exponent = number.as_tuple()
@@ -201,93 +163,6 @@ def check_price(price: Decimal | None, option: bool, key: str = "limit_price") -
         raise PayloadError(f"{key} {price} has more than {allowed} decimal places ({what} takes at most {allowed})")
 
 
-def _ascii(value: Any) -> bool:
-    return isinstance(value, str) and value.isascii()
-
-
-def _choice(value: Any, key: str, enum: type[StrEnum], allowed: tuple[str, ...]) -> Any:
-    if not _ascii(value) or value.lower() not in allowed:
-        raise PayloadError(f"{key} must be one of {', '.join(allowed)}, got {str(value)[:40]!r}")
-    return enum(value.lower())
-
-
-def _side(value: Any, key: str) -> Side:
-    result: Side = _choice(value, key, Side, ("buy", "sell"))
-    return result
-
-
-def _symbol(value: Any, key: str) -> str:
-    """ASCII only, upper-cased (``"\\u017fpy".upper()`` is ``"SPY"``: a non-ASCII symbol is refused, never folded)."""
-    if not _ascii(value) or not SYMBOL_RE.fullmatch(value.upper()):
-        raise PayloadError(f"{key} must be a ticker or an OCC option symbol, got {str(value)[:40]!r}")
-    return str(value.upper())
-
-
-def _object(payload: Any, allowed: frozenset[str], kind: str) -> dict[str, Any]:
-    if not isinstance(payload, dict):
-        raise PayloadError(f"payload of a {kind} request must be a JSON object, got {type(payload).__name__}")
-    unknown = sorted(set(payload) - allowed)
-    if unknown:
-        raise PayloadError(
-            f"unknown key {unknown[0]!r} in {kind} payload (allowed: {', '.join(sorted(allowed)) or 'none'})"
-        )
-    return payload
-
-
-def _legs(payload: dict[str, Any]) -> tuple[LegRequest, ...]:
-    has_legs, has_symbol = "legs" in payload, "symbol" in payload or "side" in payload
-    if has_legs and has_symbol:
-        raise PayloadError("give either legs or symbol and side, not both")
-    if not has_legs:
-        if "symbol" not in payload:
-            raise PayloadError("missing field 'symbol' (or 'legs')")
-        if "side" not in payload:
-            raise PayloadError("missing field 'side'")
-        return (LegRequest(_symbol(payload["symbol"], "symbol"), _side(payload["side"], "side")),)
-    raw = payload["legs"]
-    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_LEGS:
-        raise PayloadError(f"legs must be a list of 1 to {MAX_LEGS} legs")
-    legs: list[LegRequest] = []
-    for i, leg in enumerate(raw):
-        where = f"legs[{i}]"
-        leg = _object(leg, _LEG_KEYS, "leg")
-        for key in ("symbol", "side"):
-            if key not in leg:
-                raise PayloadError(f"missing field '{key}' in {where}")
-        ratio = _number(leg.get("ratio", 1), f"{where}.ratio", whole=True, limit=Decimal(100))
-        legs.append(LegRequest(_symbol(leg["symbol"], f"{where}.symbol"), _side(leg["side"], f"{where}.side"),
-                               int(ratio)))
-    if len({leg.symbol for leg in legs}) != len(legs):
-        raise PayloadError("legs name the same symbol twice")
-    if len(legs) > 1 and any(option_spec_or_none(leg.symbol) is None for leg in legs):
-        raise PayloadError("every leg of a multi-leg order must be an OCC option symbol")
-    return tuple(legs)
-
-
-def _order_terms(payload: dict[str, Any], multileg: bool, default_type: str | None) -> tuple[
-    OrderType, TimeInForce, Decimal | None
-]:
-    if "type" not in payload and default_type is None:
-        raise PayloadError("missing field 'type' (market or limit)")
-    order_type: OrderType = _choice(payload.get("type", default_type), "type", OrderType, ("market", "limit"))
-    tif: TimeInForce = _choice(payload.get("time_in_force", "day"), "time_in_force", TimeInForce,
-                               tuple(t.value for t in TimeInForce))
-    limit = payload.get("limit_price")
-    if order_type == OrderType.LIMIT:
-        if limit is None:
-            raise PayloadError("missing field 'limit_price' (required for a limit order)")
-        price = _number(limit, "limit_price", positive=not multileg, limit=MAX_PRICE, places=4)
-        return order_type, tif, price
-    if limit is not None:
-        raise PayloadError("limit_price given for a market order")
-    return order_type, tif, None
-
-
-def _pct(payload: dict[str, Any], key: str) -> Decimal | None:
-    value = payload.get(key)
-    return None if value is None else _number(value, key, limit=Decimal(100_000))
-
-
 def default_strategy(legs: tuple[LegRequest, ...]) -> str:
     if len(legs) > 1:
         return "CUSTOM_SPREAD"
@@ -297,31 +172,252 @@ def default_strategy(legs: tuple[LegRequest, ...]) -> str:
     return f"{direction}_{spec.option_type.value.upper()}" if spec else f"{direction}_STOCK"
 
 
+# -- payloads (pure): pydantic models hold every rule; the errors name the key --------------------
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _number(
+    *, positive: bool = True, whole: bool = False, limit: Decimal = MAX_QTY, places: int | None = None
+) -> Callable[[object], Decimal]:
+    """An exact Decimal from a JSON number (read as Decimal, see :func:`read_payload`) or a plain decimal string.
+
+    Never through a float: a float given in code goes through ``str`` (its shortest exact repr).
+    A bool is not a number; a string must be plain digits (no ``"5_0"``, ``"1e3"``, ``" 5"``).
+    """
+
+    def check(value: object) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+            raise ValueError(f"must be a number, got {type(value).__name__}")
+        if isinstance(value, str) and not DECIMAL_TEXT_RE.fullmatch(value):
+            raise ValueError(f"must be a number (plain decimal digits), got {value[:40]!r}")
+        try:
+            number = finite(value if isinstance(value, Decimal) else Decimal(str(value)))
+        except NotFinite:
+            raise ValueError(f"must be a finite number, got {str(value)[:40]!r}") from None
+        except InvalidOperation:
+            raise ValueError(f"must be a number, got {str(value)[:40]!r}") from None
+        if positive and number <= 0:
+            raise ValueError(f"must be greater than 0, got {number}")
+        if number.copy_abs() > limit:
+            raise ValueError(f"is out of range: {str(number)[:40]}")
+        if whole and number != number.to_integral_value():
+            raise ValueError(f"must be a whole number for options, got {number}")
+        if places is not None and decimal_places(number) > places:
+            raise ValueError(f"has more than {places} decimal places: {number}")
+        return number
+
+    return check
+
+
+def _choice(enum: type[_E], allowed: tuple[str, ...]) -> PlainValidator:
+    """One of ``allowed``, any case, ASCII only (``"mar\\u212aet".lower()`` is ``"market"``: refused, never folded)."""
+
+    def check(value: object) -> _E:
+        if not isinstance(value, str) or not value.isascii() or value.lower() not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {str(value)[:40]!r}")
+        return enum(value.lower())
+
+    return PlainValidator(check)
+
+
+def _symbol(value: object) -> str:
+    """ASCII only, upper-cased (``"\\u017fpy".upper()`` is ``"SPY"``: a non-ASCII symbol is refused, never folded)."""
+    if not isinstance(value, str) or not value.isascii() or not SYMBOL_RE.fullmatch(value.upper()):
+        raise ValueError(f"must be a ticker or an OCC option symbol, got {str(value)[:40]!r}")
+    return value.upper()
+
+
+def _strategy(value: object) -> str | None:
+    """Letters, digits and ``_``; empty (or absent) means the default for the legs."""
+    if not value:
+        return None
+    if not isinstance(value, str) or not STRATEGY_RE.fullmatch(value):
+        raise ValueError(f"must be letters, digits and _ (at most 64), got {str(value)[:40]!r}")
+    return value
+
+
+def _reason(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 200 or not value.isprintable():
+        raise ValueError("must be a non-empty string of at most 200 printable characters (no newline)")
+    return value.strip()
+
+
+def _optional(check: Callable[[object], Decimal]) -> PlainValidator:
+    """``check``, with an explicit JSON ``null`` meaning absent."""
+    return PlainValidator(lambda value: None if value is None else check(value))
+
+
+def _legs_list(value: object) -> object:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_LEGS:
+        raise ValueError(f"must be a list of 1 to {MAX_LEGS} legs")
+    return value
+
+
+Qty = Annotated[Decimal, PlainValidator(_number(places=MAX_QTY_PLACES))]
+Price = Annotated[Decimal | None, _optional(_number(positive=False, limit=MAX_PRICE, places=4))]
+Pct = Annotated[Decimal | None, _optional(_number(limit=Decimal(100_000)))]
+SideField = Annotated[Side, _choice(Side, ("buy", "sell"))]
+_SIDE = _choice(Side, ("buy", "sell"))
+TypeField = Annotated[OrderType, _choice(OrderType, ("market", "limit"))]
+TifField = Annotated[TimeInForce, _choice(TimeInForce, tuple(t.value for t in TimeInForce))]
+Symbol = Annotated[str, PlainValidator(_symbol)]
+
+
+class _Model(BaseModel):
+    """Strict: an unknown key is refused, nothing is coerced (every field has its own exact validator)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class LegModel(_Model):
+    symbol: Symbol
+    side: SideField
+    ratio: Annotated[Decimal, PlainValidator(_number(whole=True, limit=Decimal(100)))] = Decimal(1)
+
+    def leg(self) -> LegRequest:
+        return LegRequest(self.symbol, self.side, int(self.ratio))
+
+
+class OpenModel(_Model):
+    # explicit nulls reach the validators (and are refused): only an absent key is None
+    symbol: Annotated[str | None, PlainValidator(_symbol)] = None
+    side: Annotated[Side | None, _SIDE] = None
+    legs: Annotated[list[LegModel] | None, BeforeValidator(_legs_list)] = None
+    qty: Qty
+    type: TypeField
+    limit_price: Price = None
+    time_in_force: TifField = TimeInForce.DAY
+    strategy: Annotated[str | None, PlainValidator(_strategy)] = None
+    take_profit_pct: Pct = None
+    stop_loss_pct: Pct = None
+
+    def order_legs(self) -> tuple[LegRequest, ...]:
+        if self.legs is not None:
+            return tuple(leg.leg() for leg in self.legs)
+        assert self.symbol is not None and self.side is not None  # checked by _rules
+        return (LegRequest(self.symbol, self.side),)
+
+    @model_validator(mode="after")
+    def _rules(self) -> OpenModel:
+        given = self.model_fields_set
+        if "legs" in given and ("symbol" in given or "side" in given):
+            raise ValueError("give either legs or symbol and side, not both")
+        if "legs" not in given:
+            if "symbol" not in given:
+                raise ValueError("missing field 'symbol' (or 'legs')")
+            if "side" not in given:
+                raise ValueError("missing field 'side'")
+        legs = self.order_legs()
+        if len({leg.symbol for leg in legs}) != len(legs):
+            raise ValueError("legs name the same symbol twice")
+        options = [option_spec_or_none(leg.symbol) is not None for leg in legs]
+        if len(legs) > 1 and not all(options):
+            raise ValueError("every leg of a multi-leg order must be an OCC option symbol")
+        if any(options) and self.qty != self.qty.to_integral_value():
+            raise ValueError(f"qty must be a whole number for options, got {self.qty}")
+        _limit_rules(self.type, self.limit_price, multileg=len(legs) > 1)
+        check_price(self.limit_price, any(options) or len(legs) > 1)
+        return self
+
+    def payload(self) -> OpenPayload:
+        legs = self.order_legs()
+        strategy = (self.strategy or default_strategy(legs)).upper()
+        return OpenPayload(
+            self.qty, self.type, self.time_in_force, self.limit_price, legs, strategy, self.take_profit_pct,
+            self.stop_loss_pct,
+        )
+
+
+class CloseModel(_Model):
+    type: TypeField = OrderType.MARKET
+    limit_price: Price = None
+    qty: Annotated[Decimal | None, _optional(_number(places=MAX_QTY_PLACES))] = None
+    time_in_force: TifField = TimeInForce.DAY
+    reason: Annotated[str | None, PlainValidator(_reason)] = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> CloseModel:
+        _limit_rules(self.type, self.limit_price, multileg=True)  # a close's price may be a spread's net
+        return self
+
+    def payload(self) -> ClosePayload:
+        return ClosePayload(self.type, self.time_in_force, self.limit_price, self.qty, self.reason)
+
+
+class CancelModel(_Model):
+    pass
+
+
+def _limit_rules(order_type: OrderType, limit: Decimal | None, multileg: bool) -> None:
+    if order_type == OrderType.LIMIT:
+        if limit is None:
+            raise ValueError("missing field 'limit_price' (required for a limit order)")
+        if not multileg and limit <= 0:
+            raise ValueError(f"limit_price must be greater than 0, got {limit}")
+    elif limit is not None:
+        raise ValueError("limit_price given for a market order")
+
+
+_MODELS: dict[str, type[_Model]] = {"open": OpenModel, "close": CloseModel, "cancel": CancelModel}
+_MISSING_HINTS = {"type": " (market or limit)"}
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``("legs", 0, "ratio")`` -> ``"legs[0].ratio"``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def describe_payload_error(exc: ValidationError, kind: str) -> str:
+    """Every problem pydantic found, readably, each naming its key (unknown keys first)."""
+    lines: list[str] = []
+    for err in sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden"):
+        loc = tuple(err["loc"])
+        where, key = _where(loc), str(loc[-1]) if loc else ""
+        in_leg = loc[:1] == ("legs",) and len(loc) >= 2
+        what = "leg" if in_leg else kind
+        owner = _where(loc[:2]) if in_leg else ""
+        if err["type"] == "extra_forbidden":
+            model: type[_Model] = LegModel if in_leg else _MODELS[kind]
+            allowed = ", ".join(sorted(model.model_fields)) or "none"
+            lines.append(f"unknown key {key!r} in {what} payload{' ' + owner if owner else ''} (allowed: {allowed})")
+        elif err["type"] == "missing":
+            lines.append(f"missing field {key!r}{_MISSING_HINTS.get(key, '')}{' in ' + owner if owner else ''}")
+        elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            got = type(err["input"]).__name__
+            lines.append(
+                f"{where} must be a JSON object, got {got}"
+                if where
+                else f"payload of a {kind} request must be a JSON object, got {got}"
+            )
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where} {msg}" if where else msg)
+    return "; ".join(lines)
+
+
+def _validate(kind: str, payload: Any) -> _Model:
+    try:
+        return _MODELS[kind].model_validate(payload)
+    except ValidationError as exc:
+        raise PayloadError(describe_payload_error(exc, kind)) from None
+
+
 def parse_open(payload: Any) -> OpenPayload:
-    data = _object(payload, _OPEN_KEYS, "open")
-    legs = _legs(data)
-    options = any(option_spec_or_none(leg.symbol) is not None for leg in legs)
-    if "qty" not in data:
-        raise PayloadError("missing field 'qty'")
-    qty = _number(data["qty"], "qty", whole=options, places=MAX_QTY_PLACES)
-    order_type, tif, limit = _order_terms(data, len(legs) > 1, None)
-    check_price(limit, options or len(legs) > 1)
-    strategy = data.get("strategy") or default_strategy(legs)
-    if not isinstance(strategy, str) or not STRATEGY_RE.fullmatch(strategy):
-        raise PayloadError(f"strategy must be letters, digits and _ (at most 64), got {str(strategy)[:40]!r}")
-    return OpenPayload(qty, order_type, tif, limit, legs, strategy.upper(), _pct(data, "take_profit_pct"),
-                       _pct(data, "stop_loss_pct"))
+    model = _validate("open", payload)
+    assert isinstance(model, OpenModel)
+    return model.payload()
 
 
 def parse_close(payload: Any) -> ClosePayload:
-    data = _object(payload, _CLOSE_KEYS, "close")
-    order_type, tif, limit = _order_terms(data, True, "market")
-    qty = None if data.get("qty") is None else _number(data["qty"], "qty", places=MAX_QTY_PLACES)
-    reason = data.get("reason")
-    if reason is not None and (not isinstance(reason, str) or not reason.strip() or len(reason) > 200
-                               or not reason.isprintable()):
-        raise PayloadError("reason must be a non-empty string of at most 200 printable characters (no newline)")
-    return ClosePayload(order_type, tif, limit, qty, reason.strip() if reason else None)
+    model = _validate("close", payload)
+    assert isinstance(model, CloseModel)
+    return model.payload()
 
 
 def _too_deep(text: str, limit: int) -> bool:
@@ -370,7 +466,7 @@ def parse_payload(kind: str, payload: Any) -> Payload:
     if kind == "close":
         return parse_close(payload)
     if kind == "cancel":
-        _object(payload, frozenset(), "cancel")
+        _validate("cancel", payload)
         return CancelPayload()
     raise PayloadError(f"unknown request kind {kind!r}")
 
@@ -478,162 +574,152 @@ class OutboxStats:
         ) if v}
 
 
-
-
 async def drain_outbox(ctx: Context, account: Account) -> OutboxStats:
     """Work through the account's queued and submitting requests, oldest first."""
     stats = OutboxStats()
     if not ctx.settings.trading.enabled:
         return stats  # read-only mirror: nothing reaches a broker, queued stays queued
-    q = ctx.queries
-    if not await ctx.pool.fetchval(q["outbox_has_work"], account.id):
+    if not await has_work(ctx.pool, ctx.queries, account.id):
         return stats  # the usual case: one cheap query, no lock
     async with ctx.pool.acquire() as conn:
-        if not await conn.fetchval(q["trade_outbox_try_lock"], OUTBOX_LOCK_CLASS, account.id):
+        store = OutboxStore(conn, ctx.queries)
+        if not await store.try_lock(OUTBOX_LOCK_CLASS, account.id):
             stats.skipped += 1
             return stats
         try:
-            for row in await conn.fetch(q["outbox_pending"], account.id):
-                outcome = await _work(ctx, account, conn, row["id"])
+            for request_id in await store.pending(account.id):
+                outcome = await _work(account, store, request_id)
                 setattr(stats, outcome, getattr(stats, outcome) + 1)
         finally:
-            await conn.execute(q["trade_outbox_unlock"], OUTBOX_LOCK_CLASS, account.id)
+            await store.unlock(OUTBOX_LOCK_CLASS, account.id)
     return stats
 
 
-async def _work(ctx: Context, account: Account, conn: Conn, request_id: int) -> str:
+async def _work(account: Account, store: OutboxStore, request_id: int) -> str:
     """One request, start to end. Returns the OutboxStats field it counts under."""
-    q = ctx.queries
     with_log = log.bind(request_id=request_id)
-    async with conn.transaction():
-        req = await conn.fetchrow(q["outbox_claim"], request_id)
+    async with store.transaction():
+        req = await store.claim(request_id)
         if req is None:
             return "skipped"
-        trade = None if req["trade_id"] is None else await conn.fetchrow(q["outbox_trade"], req["trade_id"])
-        refusal = trade_refusal(req["kind"], req["state"], req["attempts"], req["trade_id"], trade, account.id)
+        trade = None if req.trade_id is None else await store.trade(req.trade_id)
+        refusal = trade_refusal(req.kind, req.state, req.attempts, req.trade_id, trade, account.id)
         if refusal is not None:
-            req = {**dict(req), "trade_id": None}  # a trade it may not name: its end never touches it
+            req = replace(req, trade_id=None)  # a trade it may not name: its end never touches it
         try:
             if refusal is not None:
                 raise PayloadError(refusal)
-            payload = parse_payload(req["kind"], read_payload(req["payload"]))
-            cid = req["client_order_id"]
+            payload = parse_payload(req.kind, read_payload(req.payload))
+            cid = req.client_order_id
             if cid is None:
                 cid = make_client_order_id(request_id)
-                await conn.execute(q["outbox_set_client_id"], request_id, cid)
+                await store.set_client_id(request_id, cid)
             check_client_order_id(cid)
         except PayloadError as exc:
-            await _end(conn, q, account, req, "failed", f"bad request: {exc}")
+            await _end(store, account, req, "failed", f"bad request: {exc}")
             with_log.warning("order_request_failed", error=str(exc))
             return "failed"
-    with_log = with_log.bind(client_order_id=cid, kind=req["kind"])
+    with_log = with_log.bind(client_order_id=cid, kind=req.kind)
     if isinstance(payload, CancelPayload):
-        return await _cancel(ctx, account, conn, req)
-    attempts: int = req["attempts"]
-    if req["state"] == "submitting":
-        found = await _lookup(account, conn, q, req, cid)
+        return await _cancel(store, account, req)
+    if req.state == "submitting":
+        found = await _lookup(account, store, req, cid)
         if found is None:
             return "pending"
-        step = after_lookup(found is not False, attempts)
+        step = after_lookup(found is not False, req.attempts)
         if step == Next.RECORD:
             assert isinstance(found, Order)
-            if isinstance(payload, OpenPayload) and req["trade_id"] is None:
-                async with conn.transaction():
-                    req = {**dict(req), "trade_id": await _open_trade(conn, q, account, req, payload)}
-                    await conn.execute(q["outbox_set_trade"], req["id"], req["trade_id"])
-            await _record(ctx, account, conn, req, payload, found)
+            if isinstance(payload, OpenPayload) and req.trade_id is None:
+                async with store.transaction():
+                    req = replace(req, trade_id=await _open_trade(store, account, req, payload))
+                    assert req.trade_id is not None
+                    await store.set_trade(req.id, req.trade_id)
+            await _record(store, account, req, payload, found)
             return "submitted"
         if step == Next.FAIL:
-            await _end(conn, q, account, req, "failed", EXHAUSTED)
-            with_log.error("order_request_failed", error=EXHAUSTED, attempts=attempts)
+            await _end(store, account, req, "failed", EXHAUSTED)
+            with_log.error("order_request_failed", error=EXHAUSTED, attempts=req.attempts)
             return "failed"
-    return await _send(ctx, account, conn, req, payload, cid)
+    return await _send(store, account, req, payload, cid)
 
 
-async def _lookup(account: Account, conn: Conn, q: Any, req: Any, cid: str) -> Order | bool | None:
+async def _lookup(account: Account, store: OutboxStore, req: Request, cid: str) -> Order | bool | None:
     """Ask the broker for the client id: the order, ``False`` (not found), or ``None`` (no answer)."""
     try:
         found = await account.broker.get_order_by_client_id(cid)
     except BrokerError as exc:
-        await conn.execute(q["outbox_note_error"], req["id"], f"outcome unknown; lookup failed: {describe(exc)}")
-        log.warning("order_request_lookup_failed", request_id=req["id"], error=describe(exc))
+        await store.note_error(req.id, f"outcome unknown; lookup failed: {describe(exc)}")
+        log.warning("order_request_lookup_failed", request_id=req.id, error=describe(exc))
         return None
     return found if found is not None else False
 
 
-async def _send(ctx: Context, account: Account, conn: Conn, req: Any, payload: Payload, cid: str) -> str:
-    q = ctx.queries
-    async with conn.transaction():
+async def _send(store: OutboxStore, account: Account, req: Request, payload: Payload, cid: str) -> str:
+    async with store.transaction():
         try:
-            order_request, trade_id = await _prepare(ctx, account, conn, req, payload, cid)
+            order_request, trade_id = await _prepare(store, account, req, payload, cid)
         except PayloadError as exc:
-            await _end(conn, q, account, req, "failed", str(exc))
-            log.warning("order_request_failed", request_id=req["id"], error=str(exc))
+            await _end(store, account, req, "failed", str(exc))
+            log.warning("order_request_failed", request_id=req.id, error=str(exc))
             return "failed"
-        attempts = await conn.fetchval(q["outbox_mark_submitting"], req["id"], trade_id)
+        attempts = await store.mark_submitting(req.id, trade_id)
     # committed: from here on the outcome may be unknown, and the client id tells
-    req = {**dict(req), "trade_id": trade_id, "state": "submitting", "attempts": attempts}
+    req = replace(req, trade_id=trade_id, state="submitting", attempts=attempts)
     try:
         order = await account.broker.submit_order(order_request)
     except BrokerRejected as exc:
-        await _end(conn, q, account, req, "rejected", exc.reason or describe(exc))
-        log.warning("order_rejected", request_id=req["id"], client_order_id=cid, reason=exc.reason)
+        await _end(store, account, req, "rejected", exc.reason or describe(exc))
+        log.warning("order_rejected", request_id=req.id, client_order_id=cid, reason=exc.reason)
         return "rejected"
     except BrokerError as exc:  # a timeout, a dropped answer, an answer we cannot read: the outcome is unknown
-        log.warning("order_outcome_unknown", request_id=req["id"], client_order_id=cid, error=describe(exc))
-        found = await _lookup(account, conn, q, req, cid)
+        log.warning("order_outcome_unknown", request_id=req.id, client_order_id=cid, error=describe(exc))
+        found = await _lookup(account, store, req, cid)
         if isinstance(found, Order):
-            await _record(ctx, account, conn, req, payload, found)
+            await _record(store, account, req, payload, found)
             return "submitted"
-        await conn.execute(q["outbox_note_error"], req["id"], f"outcome unknown: {describe(exc)}")
+        await store.note_error(req.id, f"outcome unknown: {describe(exc)}")
         return "pending"  # the next pass asks again before anything is sent
-    await _record(ctx, account, conn, req, payload, order)
+    await _record(store, account, req, payload, order)
     return "submitted"
 
 
 async def _prepare(
-    ctx: Context, account: Account, conn: Conn, req: Any, payload: Payload, cid: str
+    store: OutboxStore, account: Account, req: Request, payload: Payload, cid: str
 ) -> tuple[OrderRequest, int | None]:
     """The order to send, and the request's trade (created here for ``open``)."""
-    q = ctx.queries
     if isinstance(payload, OpenPayload):
-        return payload.order_request(cid), await _open_trade(conn, q, account, req, payload)
+        return payload.order_request(cid), await _open_trade(store, account, req, payload)
     assert isinstance(payload, ClosePayload)
-    trade = await _own_trade(conn, q, req, account)
-    if trade["status"] not in ("open", "closing"):
-        raise PayloadError(f"trade {trade['id']} is {trade['status']}: nothing to close")
+    trade = await _own_trade(store, req, account)
+    if trade.status not in ("open", "closing"):
+        raise PayloadError(f"trade {trade.id} is {trade.status}: nothing to close")
     legs = [
-        CloseLeg(r["symbol"], Side(r["side"]), r["ratio"], r["position_quantity"], r["committed"], r["available"])
-        for r in await conn.fetch(q["outbox_close_inputs"], trade["id"], account.id)
+        CloseLeg(r.symbol, r.side, r.ratio, r.position_quantity, r.committed, r.available)
+        for r in await store.close_inputs(trade.id, account.id)
     ]
     whole = any(option_spec_or_none(leg.symbol) is not None for leg in legs)
     check_price(payload.limit_price, whole or len(legs) > 1)
     qty = closable_quantity(legs, payload.qty, whole)
     if qty <= 0:
-        raise PayloadError(f"nothing to close: trade {trade['id']} holds no quantity not already being closed")
-    await conn.execute(q["outbox_set_close_reason"], trade["id"], payload.reason or "close requested")
-    return close_request(cid, legs, qty, payload), trade["id"]
+        raise PayloadError(f"nothing to close: trade {trade.id} holds no quantity not already being closed")
+    await store.set_close_reason(trade.id, payload.reason or "close requested")
+    return close_request(cid, legs, qty, payload), trade.id
 
 
-async def _open_trade(conn: Conn, q: Any, account: Account, req: Any, payload: OpenPayload) -> int:
+async def _open_trade(store: OutboxStore, account: Account, req: Request, payload: OpenPayload) -> int:
     """The trade of an ``open`` request, created (pending, with legs and exit rules) on first need."""
-    if req["trade_id"] is not None:
-        return int(req["trade_id"])
-    trade_id = int(await conn.fetchval(
-        q["outbox_create_trade"], account.id, payload.underlying, payload.strategy, payload.qty,
-        payload.take_profit_pct, payload.stop_loss_pct,
-    ))
-    await conn.execute(
-        q["outbox_insert_legs"], trade_id, list(range(len(payload.legs))),
-        [leg.symbol for leg in payload.legs], [leg.side.value for leg in payload.legs],
-        [leg.ratio for leg in payload.legs],
+    if req.trade_id is not None:
+        return req.trade_id
+    trade_id = await store.create_trade(
+        account.id, payload.underlying, payload.strategy, payload.qty, payload.take_profit_pct, payload.stop_loss_pct
     )
+    await store.insert_legs(trade_id, payload.legs)
     log.info("trade_created", trade_id=trade_id, strategy=payload.strategy, qty=str(payload.qty))
     return trade_id
 
 
 def trade_refusal(
-    kind: str, state: str, attempts: int, trade_id: int | None, trade: Any, account_id: int
+    kind: str, state: str, attempts: int, trade_id: int | None, trade: Trade | None, account_id: int
 ) -> str | None:
     """Why a request may not name its trade (``None``: it may).
 
@@ -643,75 +729,69 @@ def trade_refusal(
     """
     if trade_id is None:
         return None
-    if trade is None or trade["account_id"] != account_id:
+    if trade is None or trade.account_id != account_id:
         return f"trade_id {trade_id} is not a trade of this account: a request names only its own account's trades"
     if kind == "open" and (state != "submitting" or attempts < 1):
         return f"an open request creates its own trade: trade_id must be NULL, got {trade_id}"
     return None
 
 
-async def _own_trade(conn: Conn, q: Any, req: Any, account: Account) -> Any:
-    if req["trade_id"] is None:
-        raise PayloadError(f"a {req['kind']} request needs trade_id")
-    trade = await conn.fetchrow(q["outbox_trade"], req["trade_id"])
-    if trade is None or trade["account_id"] != account.id:
-        raise PayloadError(f"trade {req['trade_id']} does not exist in this account")
+async def _own_trade(store: OutboxStore, req: Request, account: Account) -> Trade:
+    if req.trade_id is None:
+        raise PayloadError(f"a {req.kind} request needs trade_id")
+    trade = await store.trade(req.trade_id)
+    if trade is None or trade.account_id != account.id:
+        raise PayloadError(f"trade {req.trade_id} does not exist in this account")
     return trade
 
 
-async def _record(ctx: Context, account: Account, conn: Conn, req: Any, payload: Payload, order: Order) -> None:
+async def _record(store: OutboxStore, account: Account, req: Request, payload: Payload, order: Order) -> None:
     """The broker has the order: link it to its trade, apply it like a poll, mark the request submitted."""
-    q = ctx.queries
     role = Role.ENTRY if isinstance(payload, OpenPayload) else Role.EXIT
-    applied = Applied()
-    async with conn.transaction():
-        await lock_orders(conn, q, account.id)
-        links = {order.broker_order_id: Link(req["trade_id"], role)} if req["trade_id"] is not None else {}
-        applied = await apply_observations(conn, q, account.id, [Observation(order, "poll")], links=links)
-        await conn.execute(q["outbox_mark_submitted"], req["id"], order.broker_order_id)
-    if req["trade_id"] is not None and req["trade_id"] not in applied.trades:
-        applied.trades.append(req["trade_id"])  # created, or given its close reason, by this request
-    await send_notifications(conn, q, applied.notifications(account.name))
+    async with store.transaction():
+        links = {order.broker_order_id: Link(req.trade_id, role)} if req.trade_id is not None else {}
+        applied = await store.record(account.id, [Observation(order, "poll")], links)
+        await store.mark_submitted(req.id, order.broker_order_id)
+    if req.trade_id is not None and req.trade_id not in applied.trades:
+        applied.trades.append(req.trade_id)  # created, or given its close reason, by this request
+    await store.notify(applied.notifications(account.name))
     log.info(
-        "order_request_submitted", request_id=req["id"], client_order_id=order.client_order_id,
+        "order_request_submitted", request_id=req.id, client_order_id=order.client_order_id,
         broker_order_id=order.broker_order_id, status=order.status.value,
     )
 
 
-async def _end(conn: Conn, q: Any, account: Account, req: Any, state: str, error: str) -> None:
+async def _end(store: OutboxStore, account: Account, req: Request, state: str, error: str) -> None:
     """The request ends without an order; its pending trade ends with it.
 
     Only a trade of the request's own account is ever changed (the queries say so too), and
     only one the request may name (:func:`trade_refusal` clears any other before we get here).
     """
     changed = None
-    async with conn.transaction():
-        await conn.execute(q["outbox_mark_final"], req["id"], state, error[:500])
-        if req["kind"] == "open" and req["trade_id"] is not None:
-            changed = await conn.fetchval(
-                q["outbox_end_trade"], req["trade_id"], "rejected" if state == "rejected" else "cancelled",
-                error[:500], account.id,
+    async with store.transaction():
+        await store.mark_final(req.id, state, error[:500])
+        if req.kind == "open" and req.trade_id is not None:
+            changed = await store.end_trade(
+                req.trade_id, "rejected" if state == "rejected" else "cancelled", error[:500], account.id
             )
-        elif req["kind"] == "close" and req["trade_id"] is not None:
-            changed = await conn.fetchval(q["outbox_reopen_trade"], req["trade_id"], account.id)  # open again
+        elif req.kind == "close" and req.trade_id is not None:
+            changed = await store.reopen_trade(req.trade_id, account.id)  # open again
     if changed is not None:
-        await send_notifications(conn, q, Applied(trades=[changed]).notifications(account.name))
+        await store.notify(Applied(trades=[changed]).notifications(account.name))
 
 
-
-async def _cancel(ctx: Context, account: Account, conn: Conn, req: Any) -> str:
+async def _cancel(store: OutboxStore, account: Account, req: Request) -> str:
     """Cancel the trade's working orders (an order already gone counts as cancelled)."""
-    q = ctx.queries
     try:
-        trade = await _own_trade(conn, q, req, account)
+        trade = await _own_trade(store, req, account)
     except PayloadError as exc:
-        await _end(conn, q, account, req, "failed", f"bad request: {exc}")
+        await _end(store, account, req, "failed", f"bad request: {exc}")
         return "failed"
-    if req["attempts"] >= MAX_ATTEMPTS:
-        await _end(conn, q, account, req, "failed", "retries exhausted: the broker never confirmed the cancel")
+    if req.attempts >= MAX_ATTEMPTS:
+        await _end(store, account, req, "failed", "retries exhausted: the broker never confirmed the cancel")
         return "failed"
-    await conn.fetchval(q["outbox_mark_submitting"], req["id"], trade["id"])
-    ids = [r["broker_order_id"] for r in await conn.fetch(q["outbox_working_orders"], trade["id"])]
+    await store.mark_submitting(req.id, trade.id)
+    ids = await store.working_orders(trade.id)
     for broker_order_id in ids:
         try:
             await account.broker.cancel_order(broker_order_id)
@@ -720,9 +800,8 @@ async def _cancel(ctx: Context, account: Account, conn: Conn, req: Any) -> str:
         except BrokerRejected as exc:  # e.g. already filled: nothing left to cancel
             log.info("order_cancel_refused", broker_order_id=broker_order_id, reason=exc.reason)
         except BrokerUnavailable as exc:
-            await conn.execute(q["outbox_note_error"], req["id"], f"cancel outcome unknown: {describe(exc)}")
+            await store.note_error(req.id, f"cancel outcome unknown: {describe(exc)}")
             return "pending"  # cancelling twice is harmless: the next pass tries again
-    await conn.execute(q["outbox_mark_submitted"], req["id"], ids[0] if len(ids) == 1 else None)
-    log.info("order_request_cancelled", request_id=req["id"], trade_id=trade["id"], orders=len(ids))
+    await store.mark_submitted(req.id, ids[0] if len(ids) == 1 else None)
+    log.info("order_request_cancelled", request_id=req.id, trade_id=trade.id, orders=len(ids))
     return "submitted"
-

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from syncd.brokers.parse import NotANumber, NotFinite, as_utc, batches, decimal_or_none, iso_z, plain
+from syncd.brokers.parse import (
+    NotANumber,
+    NotFinite,
+    as_utc,
+    batches,
+    decimal_or_none,
+    finite,
+    is_finite,
+    iso_z,
+    plain,
+)
 
 
 @pytest.mark.parametrize(
@@ -39,6 +50,30 @@ def test_what_is_not_a_number_is_refused(value: Any) -> None:
 def test_non_finite_numbers_are_refused(value: Any) -> None:
     with pytest.raises(NotFinite):
         decimal_or_none(value)
+
+
+@pytest.mark.parametrize(
+    "value", [Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"), Decimal("-Infinity"), 1.5, "1", None]
+)
+def test_finite_refuses_what_is_not_a_finite_decimal(value: Any) -> None:
+    assert not is_finite(value)
+    with pytest.raises(NotFinite):
+        finite(value)
+
+
+def test_finite_keeps_a_finite_decimal() -> None:
+    assert is_finite(Decimal("-0.5")) and finite(Decimal("1E+400")) == Decimal("1E+400")
+
+
+def test_the_finite_check_is_written_once() -> None:
+    """Guards issue 12: the NaN/infinity check lives in parse.is_finite alone; every other module calls it."""
+    package = Path(__file__).resolve().parents[2] / "syncd"
+    copies = [
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p != package / "brokers" / "parse.py" and ".is_finite()" in p.read_text()
+    ]
+    assert copies == []
 
 
 def test_times_are_aware_utc() -> None:

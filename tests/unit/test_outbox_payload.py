@@ -33,6 +33,7 @@ from syncd.trading.outbox import (
     read_payload,
     trade_refusal,
 )
+from syncd.trading.outbox_store import Trade
 
 D = Decimal
 LONG_C, SHORT_C = "AAPL260116C00150000", "AAPL260116C00160000"
@@ -291,7 +292,7 @@ def test_read_payload_bounds() -> None:
 
 
 def test_trade_refusal() -> None:
-    mine, theirs = {"account_id": 1}, {"account_id": 2}
+    mine, theirs = Trade(7, 1, "open", D(1)), Trade(7, 2, "open", D(1))
     assert trade_refusal("close", "queued", 0, None, None, 1) is None
     assert trade_refusal("close", "queued", 0, 7, mine, 1) is None
     assert trade_refusal("cancel", "queued", 0, 7, mine, 1) is None
@@ -303,3 +304,51 @@ def test_trade_refusal() -> None:
     assert "an open request creates its own trade" in str(trade_refusal("open", "queued", 0, 7, mine, 1))
     # an app inserting a "submitting" open with a trade_id and no attempt: not syncd's link either
     assert "an open request creates its own trade" in str(trade_refusal("open", "submitting", 0, 7, mine, 1))
+
+
+# -- issue 12: the rules live in pydantic models (OpenModel, CloseModel, LegModel, CancelModel) ----
+
+
+def test_every_problem_is_named_at_once() -> None:
+    """Guards the pydantic models' error report: each bad key named, unknown keys first, joined."""
+    with pytest.raises(PayloadError) as err:
+        parse_payload("open", {**STOCK, "colour": "red", "qty": "ten", "time_in_force": "forever"})
+    message = str(err.value)
+    assert message.startswith("unknown key 'colour' in open payload (allowed: legs, limit_price, qty, ")
+    assert "; qty must be a number (plain decimal digits), got 'ten'" in message
+    assert "; time_in_force must be one of day, gtc" in message
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({**STOCK, "symbol": None}, "symbol must be a ticker"),
+        ({**STOCK, "side": None}, "side must be one of buy, sell"),
+        ({**STOCK, "qty": None}, "qty must be a number, got NoneType"),
+        ({**STOCK, "type": None}, "type must be one of market, limit"),
+        ({**STOCK, "time_in_force": None}, "time_in_force must be one of"),
+        ({**SPREAD, "legs": None}, "legs must be a list of 1 to 4 legs"),
+        ({**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "ratio": None}, {"symbol": SHORT_C, "side": "sell"}]},
+         "legs[0].ratio must be a number, got NoneType"),
+        ({**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "ratio": True}, {"symbol": SHORT_C, "side": "sell"}]},
+         "legs[0].ratio must be a number, got bool"),
+        ({**SPREAD, "legs": ["AAPL", {"symbol": SHORT_C, "side": "sell"}]}, "legs[0] must be a JSON object, got str"),
+        ({**STOCK, "stop_loss_pct": False}, "stop_loss_pct must be a number, got bool"),
+    ],
+)
+def test_an_explicit_null_or_a_wrong_type_is_refused_not_defaulted(payload: Any, message: str) -> None:
+    """Guards the models' optional fields: only an absent key takes the default; JSON null is a bad value."""
+    with pytest.raises(PayloadError) as err:
+        parse_payload("open", payload)
+    assert message in str(err.value), str(err.value)
+
+
+def test_nulls_where_the_contract_allows_them() -> None:
+    """limit_price, take_profit_pct, stop_loss_pct (open) and qty, reason (close) may be JSON null: absent."""
+    p = parse_payload("open", {**STOCK, "type": "market", "limit_price": None, "take_profit_pct": None,
+                               "stop_loss_pct": None, "strategy": None})
+    assert isinstance(p, OpenPayload) and (p.limit_price, p.take_profit_pct, p.strategy) == (None, None, "LONG_STOCK")
+    c = parse_payload("close", {"qty": None, "reason": None, "limit_price": None})
+    assert c == ClosePayload(OrderType.MARKET, TimeInForce.DAY, None, None, None)
+    assert parse_payload("open", {**STOCK, "qty": 0.1, "type": "market", "limit_price": None}) == parse_payload(
+        "open", {**STOCK, "qty": "0.1", "type": "market", "limit_price": None})  # a float goes through str
