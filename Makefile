@@ -25,6 +25,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check syncd tests
+	$(PY) -m ruff format --check syncd tests
 	$(PY) -m mypy syncd tests
 
 bench: $(STAMP)

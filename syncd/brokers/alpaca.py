@@ -627,8 +627,9 @@ def _exact_numbers(body: dict[str, Any], request: OrderRequest) -> dict[str, Any
     if request.limit_price is not None and "limit_price" in body:
         body["limit_price"] = plain(request.limit_price)
     if request.is_multileg:
-        body["legs"] = [{**sent, "ratio_qty": str(leg.ratio)} for sent, leg in zip(body["legs"], request.legs,
-                                                                                    strict=True)]
+        body["legs"] = [
+            {**sent, "ratio_qty": str(leg.ratio)} for sent, leg in zip(body["legs"], request.legs, strict=True)
+        ]
     return body
 
 

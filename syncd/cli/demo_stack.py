@@ -183,9 +183,7 @@ async def run_demo(state_dir: Path, out: TextIO, *, seed: int = 7) -> None:
         try:
             await ensure_database(pg.admin_dsn, DEMO_DATABASE)
             dsn = pg.dsn(DEMO_DATABASE)
-            sim = await start_simulator(
-                SimConfig(seed=seed, accounts=3, positions_per_account=6, tick_s=1.0, port=0)
-            )
+            sim = await start_simulator(SimConfig(seed=seed, accounts=3, positions_per_account=6, tick_s=1.0, port=0))
             try:
                 listen = f"127.0.0.1:{HEALTH_PORT if _free(HEALTH_PORT) else 0}"
                 settings = demo_settings(dsn, sim, listen=listen)

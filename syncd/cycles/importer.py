@@ -48,7 +48,6 @@ from syncd.db.locks import IMPORT_LOCK_CLASS as IMPORT_LOCK_CLASS
 log = structlog.get_logger(__name__)
 
 
-
 @dataclass(frozen=True, slots=True)
 class Holding:
     """An uncovered position, as the importer sees it."""

@@ -146,9 +146,7 @@ def evaluate(
         for acct, view in task.accounts.items():
             if view.consecutive_failures > 0 or view.last_error:
                 degraded.append(f"{name}/{acct} failing")
-            elif task_old_enough and (
-                view.last_ok_at is None or (now - view.last_ok_at).total_seconds() > limit
-            ):
+            elif task_old_enough and (view.last_ok_at is None or (now - view.last_ok_at).total_seconds() > limit):
                 degraded.append(f"{name}/{acct} not synced within {limit:g}s")
     if unhealthy:
         return "unhealthy", unhealthy + degraded

@@ -154,8 +154,6 @@ class MarketClock:
         entry.clock = clock
 
 
-
-
 def interval_for(task: str, settings: Settings | CyclesSettings, is_open: bool) -> float:
     """Seconds between two passes of ``task`` (short or full name: ``monitor``/``monitorCycle``).
 

@@ -102,12 +102,22 @@ class OpenPayload:
         if len(self.legs) == 1:
             leg = self.legs[0]
             return OrderRequest(
-                client_order_id=client_order_id, qty=self.qty, type=self.type, time_in_force=self.time_in_force,
-                symbol=leg.symbol, side=leg.side, intent=Intent.OPEN, limit_price=self.limit_price,
+                client_order_id=client_order_id,
+                qty=self.qty,
+                type=self.type,
+                time_in_force=self.time_in_force,
+                symbol=leg.symbol,
+                side=leg.side,
+                intent=Intent.OPEN,
+                limit_price=self.limit_price,
             )
         return OrderRequest(
-            client_order_id=client_order_id, qty=self.qty, type=self.type, time_in_force=self.time_in_force,
-            limit_price=self.limit_price, legs=self.legs,
+            client_order_id=client_order_id,
+            qty=self.qty,
+            type=self.type,
+            time_in_force=self.time_in_force,
+            limit_price=self.limit_price,
+            legs=self.legs,
         )
 
 
@@ -126,6 +136,7 @@ class CancelPayload:
 
 
 Payload = OpenPayload | ClosePayload | CancelPayload
+
 
 def decimal_places(number: Decimal) -> int:
     """Digits after the point, trailing zeros not counted (``1.50`` -> 1), with no rounding context."""
@@ -158,8 +169,11 @@ def check_price(price: Decimal | None, option: bool, key: str = "limit_price") -
         return
     allowed = price_places(price, option)
     if decimal_places(price) > allowed:
-        what = "an option or multi-leg price" if option else (
-            "a stock price at or above $1" if allowed == 2 else "a stock price below $1")
+        what = (
+            "an option or multi-leg price"
+            if option
+            else ("a stock price at or above $1" if allowed == 2 else "a stock price below $1")
+        )
         raise PayloadError(f"{key} {price} has more than {allowed} decimal places ({what} takes at most {allowed})")
 
 
@@ -326,7 +340,13 @@ class OpenModel(_Model):
         legs = self.order_legs()
         strategy = (self.strategy or default_strategy(legs)).upper()
         return OpenPayload(
-            self.qty, self.type, self.time_in_force, self.limit_price, legs, strategy, self.take_profit_pct,
+            self.qty,
+            self.type,
+            self.time_in_force,
+            self.limit_price,
+            legs,
+            strategy,
+            self.take_profit_pct,
             self.stop_loss_pct,
         )
 
@@ -479,9 +499,7 @@ def make_client_order_id(request_id: int) -> str:
 
 def check_client_order_id(cid: str) -> None:
     if not CLIENT_ID_RE.fullmatch(cid):
-        raise PayloadError(
-            f"client_order_id {cid[:60]!r} is not usable: it must be 1 to 48 letters, digits or '-'"
-        )
+        raise PayloadError(f"client_order_id {cid[:60]!r} is not usable: it must be 1 to 48 letters, digits or '-'")
 
 
 # -- close quantities (pure) -----------------------------------------------------------------
@@ -521,19 +539,26 @@ def closable_quantity(legs: list[CloseLeg], cap: Decimal | None, whole: bool) ->
     return qty
 
 
-def close_request(
-    client_order_id: str, legs: list[CloseLeg], qty: Decimal, payload: ClosePayload
-) -> OrderRequest:
+def close_request(client_order_id: str, legs: list[CloseLeg], qty: Decimal, payload: ClosePayload) -> OrderRequest:
     """The order that closes ``qty`` units of a trade: every leg the other way, intent close."""
     flip = {Side.BUY: Side.SELL, Side.SELL: Side.BUY}
     if len(legs) == 1:
         return OrderRequest(
-            client_order_id=client_order_id, qty=qty, type=payload.type, time_in_force=payload.time_in_force,
-            symbol=legs[0].symbol, side=flip[legs[0].side], intent=Intent.CLOSE, limit_price=payload.limit_price,
+            client_order_id=client_order_id,
+            qty=qty,
+            type=payload.type,
+            time_in_force=payload.time_in_force,
+            symbol=legs[0].symbol,
+            side=flip[legs[0].side],
+            intent=Intent.CLOSE,
+            limit_price=payload.limit_price,
         )
     limit = -payload.limit_price if payload.limit_price is not None else None  # trade terms -> broker net
     return OrderRequest(
-        client_order_id=client_order_id, qty=qty, type=payload.type, time_in_force=payload.time_in_force,
+        client_order_id=client_order_id,
+        qty=qty,
+        type=payload.type,
+        time_in_force=payload.time_in_force,
         limit_price=limit,
         legs=tuple(LegRequest(leg.symbol, flip[leg.side], leg.ratio, Intent.CLOSE) for leg in legs),
     )
@@ -568,10 +593,17 @@ class OutboxStats:
     skipped: int = 0  # held by another worker
 
     def as_dict(self) -> dict[str, int]:
-        return {f"outbox_{k}": v for k, v in (
-            ("submitted", self.submitted), ("rejected", self.rejected), ("failed", self.failed),
-            ("pending", self.pending), ("skipped", self.skipped),
-        ) if v}
+        return {
+            f"outbox_{k}": v
+            for k, v in (
+                ("submitted", self.submitted),
+                ("rejected", self.rejected),
+                ("failed", self.failed),
+                ("pending", self.pending),
+                ("skipped", self.skipped),
+            )
+            if v
+        }
 
 
 async def drain_outbox(ctx: Context, account: Account) -> OutboxStats:
@@ -756,8 +788,11 @@ async def _record(store: OutboxStore, account: Account, req: Request, payload: P
         applied.trades.append(req.trade_id)  # created, or given its close reason, by this request
     await store.notify(applied.notifications(account.name))
     log.info(
-        "order_request_submitted", request_id=req.id, client_order_id=order.client_order_id,
-        broker_order_id=order.broker_order_id, status=order.status.value,
+        "order_request_submitted",
+        request_id=req.id,
+        client_order_id=order.client_order_id,
+        broker_order_id=order.broker_order_id,
+        status=order.status.value,
     )
 
 

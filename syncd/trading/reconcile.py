@@ -208,7 +208,8 @@ def _final(prev: OrderSnapshot, obs: OrderSnapshot) -> OrderSnapshot:
         qty=obs.qty if obs.qty > 0 else prev.qty,
         filled_qty=obs.filled_qty,
         # Tradier may say "filled" before it knows the price: a price not given yet is not a correction.
-        filled_avg_price=obs.filled_avg_price if obs.filled_avg_price is not None or not same_fill
+        filled_avg_price=obs.filled_avg_price
+        if obs.filled_avg_price is not None or not same_fill
         else prev.filled_avg_price,
         side=obs.side or prev.side,
         legs=_final_legs(prev.legs, obs.legs),
@@ -473,8 +474,9 @@ def _with_status(
 CLOSED_OUTSIDE = "position closed outside syncd"
 
 
-def closed_outside(spec: TradeSpec, trade: TradeState, held: Mapping[str, Decimal],
-                   claimed_elsewhere: Iterable[str] = ()) -> bool:
+def closed_outside(
+    spec: TradeSpec, trade: TradeState, held: Mapping[str, Decimal], claimed_elsewhere: Iterable[str] = ()
+) -> bool:
     """True when an open trade's every leg is flat at the broker and no other live trade claims them.
 
     The account's position was closed by hand (or by the broker: an assignment, a

@@ -109,8 +109,17 @@ class Daemon:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCD_", "NOTIFY_", "WATCHDOG_"))}
         with out.open("wb") as stdout, err.open("wb") as stderr:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "syncd", "--config", str(self.config), "run", *extra,
-                stdout=stdout, stderr=stderr, cwd=REPO, env={**base, **(env or {})},
+                sys.executable,
+                "-m",
+                "syncd",
+                "--config",
+                str(self.config),
+                "run",
+                *extra,
+                stdout=stdout,
+                stderr=stderr,
+                cwd=REPO,
+                env={**base, **(env or {})},
             )
         return self
 
@@ -136,9 +145,7 @@ class Daemon:
         async with client as http, http.get(self.health_url + path) as resp:
             return resp.status, await resp.text()
 
-    async def wait_status(
-        self, *statuses: str, timeout: float = 30.0, synced: bool = True
-    ) -> dict[str, Any]:
+    async def wait_status(self, *statuses: str, timeout: float = 30.0, synced: bool = True) -> dict[str, Any]:
         """Poll /healthz until its status is one of ``statuses`` (and, with ``synced``, every task has
         visited every account at least once, so the verdict is about real passes)."""
 
@@ -246,8 +253,14 @@ async def run_cli(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
     """``python -m syncd ARGS``: (exit status, stdout, stderr)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "syncd", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=REPO, env=env,
+        sys.executable,
+        "-m",
+        "syncd",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+        env=env,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None

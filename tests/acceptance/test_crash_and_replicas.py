@@ -18,8 +18,16 @@ TERMINAL = ("submitted", "rejected", "failed")
 
 async def _queue_orders(dsn: str, account: str, n: int) -> None:
     payloads = [
-        json.dumps({"symbol": sym, "side": "buy", "qty": 1 + i % 3, "type": "market", "time_in_force": "day",
-                    "strategy": "LONG_STOCK"})
+        json.dumps(
+            {
+                "symbol": sym,
+                "side": "buy",
+                "qty": 1 + i % 3,
+                "type": "market",
+                "time_in_force": "day",
+                "strategy": "LONG_STOCK",
+            }
+        )
         for i, sym in enumerate(["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL"] * (n // 5 + 1))
     ][:n]
     await fetch(
@@ -56,8 +64,10 @@ async def test_sigkill_mid_work_then_restart_places_every_request_exactly_once(
     await daemon.start()
 
     async def all_done() -> bool:
-        return bool(await fetchval(dsn, "SELECT count(*) FROM order_requests WHERE state <> ALL($1::text[])",
-                                   list(TERMINAL)) == 0)
+        return bool(
+            await fetchval(dsn, "SELECT count(*) FROM order_requests WHERE state <> ALL($1::text[])", list(TERMINAL))
+            == 0
+        )
 
     await wait_for(all_done, timeout=60, what="every request placed after the restart")
     requests = await fetch(dsn, "SELECT client_order_id, state, trade_id FROM order_requests")
@@ -69,14 +79,18 @@ async def test_sigkill_mid_work_then_restart_places_every_request_exactly_once(
     )
     assert set(at_broker) == ours, "a request never reached the broker"
     assert max(at_broker.values()) == 1, "a request was placed twice"
-    in_db = await fetch(dsn, "SELECT client_order_id, count(*) AS n FROM orders WHERE client_order_id = ANY($1) "
-                             "GROUP BY client_order_id", list(ours))
+    in_db = await fetch(
+        dsn,
+        "SELECT client_order_id, count(*) AS n FROM orders WHERE client_order_id = ANY($1) GROUP BY client_order_id",
+        list(ours),
+    )
     assert {r["client_order_id"] for r in in_db} == ours and all(r["n"] == 1 for r in in_db)
     assert await fetchval(dsn, "SELECT count(DISTINCT trade_id) FROM order_requests") == 20
 
     async def mirror_matches() -> bool:
-        rows = await fetch(dsn, "SELECT a.name, p.symbol, p.quantity FROM portfolio_positions p "
-                                "JOIN accounts a ON a.id = p.account_id")
+        rows = await fetch(
+            dsn, "SELECT a.name, p.symbol, p.quantity FROM portfolio_positions p JOIN accounts a ON a.id = p.account_id"
+        )
         db = {(r["name"], r["symbol"]): r["quantity"] for r in rows}
         broker = {
             (acct.name, sym): Decimal(pos.qty)
@@ -101,8 +115,11 @@ async def test_three_replicas_share_accounts_and_survive_one_killed(
         await r.wait_status("ok", "degraded", timeout=40, synced=False)
 
     async def balanced() -> dict[str, str] | None:
-        rows = await fetch(dsn, "SELECT a.name, l.holder FROM account_leases l JOIN accounts a ON a.id = l.account_id "
-                                "WHERE l.expires_at > now()")
+        rows = await fetch(
+            dsn,
+            "SELECT a.name, l.holder FROM account_leases l JOIN accounts a ON a.id = l.account_id "
+            "WHERE l.expires_at > now()",
+        )
         holders = {r["name"]: r["holder"] for r in rows}
         per = Counter(holders.values())
         ok = len(holders) == 4 and max(per.values()) <= 2  # ceil(4 / 3)

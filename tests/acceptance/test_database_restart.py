@@ -69,8 +69,11 @@ async def test_database_restart_under_load(
         got = await daemon.healthz()
         if got is None or got[0] != 200:
             return False
-        n = await fetchval(dsn, "SELECT count(DISTINCT account_id) FROM sync_runs WHERE ok AND started_at > $1 "
-                                "AND task = 'accountSync'", back_at)
+        n = await fetchval(
+            dsn,
+            "SELECT count(DISTINCT account_id) FROM sync_runs WHERE ok AND started_at > $1 AND task = 'accountSync'",
+            back_at,
+        )
         return bool(n == len(accounts))
 
     await wait_for(synced_since_restart, timeout=60, interval=0.3, what="recovered by itself")

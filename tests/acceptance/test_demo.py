@@ -22,10 +22,18 @@ async def test_demo_runs_prints_psql_and_stops_on_ctrl_c(tmp_path: Path) -> None
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "syncd", "demo", "--state-dir", str(tmp_path / "state"),
-            stdout=stdout, stderr=stderr, cwd=REPO,
+            sys.executable,
+            "-m",
+            "syncd",
+            "demo",
+            "--state-dir",
+            str(tmp_path / "state"),
+            stdout=stdout,
+            stderr=stderr,
+            cwd=REPO,
         )
     try:
+
         def printed() -> re.Match[str] | None:
             assert proc.returncode is None, err.read_text()[-3000:]
             return re.search(r'psql "([^"]+)"', out.read_text())

@@ -148,9 +148,7 @@ async def test_unreachable_database_at_start_waits_then_stops_cleanly(daemon_fac
     assert await daemon.stop(timeout=10) == 0
 
 
-async def test_a_database_that_does_not_exist_is_fatal_exit_1(
-    pg_admin_dsn: str, daemon_factory: DaemonFactory
-) -> None:
+async def test_a_database_that_does_not_exist_is_fatal_exit_1(pg_admin_dsn: str, daemon_factory: DaemonFactory) -> None:
     """Not an outage to wait out: the DSN names no database. Exit 1 at once, saying why."""
     from tests.pg import with_database
 

@@ -79,7 +79,8 @@ async def test_sigkill_between_placing_and_recording_never_places_twice(
         return len(rows) == 3 and all(r["status"] == "open" and r["quantity"] == 3 for r in rows)
 
     await wait_for(trades_open, timeout=30, what="three trades, open with their fills")
-    linked = await fetchval(dsn, "SELECT count(*) FROM orders WHERE client_order_id = $1 AND trade_id = $2",
-                            cid, first_row["trade_id"])
+    linked = await fetchval(
+        dsn, "SELECT count(*) FROM orders WHERE client_order_id = $1 AND trade_id = $2", cid, first_row["trade_id"]
+    )
     assert linked == 1
     assert await daemon.stop() == 0

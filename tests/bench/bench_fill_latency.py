@@ -58,9 +58,7 @@ async def _sim_serve(conn: mpc.Connection, accounts: int, seed: int) -> None:
     from syncd.sim import SimConfig, start_simulator
 
     configure_logging(LogSettings(level="warning", format="console"))
-    sim = await start_simulator(
-        SimConfig(seed=seed, accounts=accounts, positions_per_account=0, fill_on_submit=False)
-    )
+    sim = await start_simulator(SimConfig(seed=seed, accounts=accounts, positions_per_account=0, fill_on_submit=False))
     conn.send((sim.url, sim.stream_url, [(a.api_key, a.api_secret) for a in sim.accounts]))
     try:
         await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "stop"
@@ -122,7 +120,8 @@ async def warm_up(ctx: Context, http: aiohttp.ClientSession, url: str) -> None:
                 r.raise_for_status()
         await asyncio.sleep(0.5)  # a stream that was not yet listening missed it: post again
         rows = await ctx.pool.fetch(
-            "SELECT DISTINCT a.name FROM orders o JOIN accounts a ON a.id = o.account_id WHERE o.symbol = 'MSFT'")
+            "SELECT DISTINCT a.name FROM orders o JOIN accounts a ON a.id = o.account_id WHERE o.symbol = 'MSFT'"
+        )
         seen = {r["name"] for r in rows}
         waiting = {i for i in waiting if names[i] not in seen}
 
@@ -150,8 +149,13 @@ async def run(args: argparse.Namespace, dsn: str, url: str, stream_url: str, cre
         log=LogSettings(level="warning", format="console"),
         accounts=[
             AccountSettings(
-                name=f"bench-{i:03d}", broker="alpaca", api_key=SecretStr(k), api_secret=SecretStr(s),
-                base_url=url, data_url=url, stream_url=stream_url,
+                name=f"bench-{i:03d}",
+                broker="alpaca",
+                api_key=SecretStr(k),
+                api_secret=SecretStr(s),
+                base_url=url,
+                data_url=url,
+                stream_url=stream_url,
             )
             for i, (k, s) in enumerate(creds)
         ],
@@ -180,12 +184,17 @@ async def run(args: argparse.Namespace, dsn: str, url: str, stream_url: str, cre
             stop.set()
             await asyncio.gather(*consumers)
         bad = await ctx.pool.fetchval(
-            "SELECT count(*) FROM trades WHERE status <> 'open' OR quantity <> 10 OR requested_quantity <> 10")
+            "SELECT count(*) FROM trades WHERE status <> 'open' OR quantity <> 10 OR requested_quantity <> 10"
+        )
     ms = [x * 1000 for x in latencies]
-    print(f"fill latency through the stream: {len(ms)} fills over {len(ctx.accounts)} accounts "
-          f"in {wall:.1f} s ({len(ms) / wall:.0f} fills/s)")
-    print(f"  p50 {percentile(ms, 50):.1f} ms   p90 {percentile(ms, 90):.1f} ms   "
-          f"p99 {percentile(ms, 99):.1f} ms   max {max(ms):.1f} ms   mean {statistics.fmean(ms):.1f} ms")
+    print(
+        f"fill latency through the stream: {len(ms)} fills over {len(ctx.accounts)} accounts "
+        f"in {wall:.1f} s ({len(ms) / wall:.0f} fills/s)"
+    )
+    print(
+        f"  p50 {percentile(ms, 50):.1f} ms   p90 {percentile(ms, 90):.1f} ms   "
+        f"p99 {percentile(ms, 99):.1f} ms   max {max(ms):.1f} ms   mean {statistics.fmean(ms):.1f} ms"
+    )
     print(f"  target p99 < 250 ms: {'met' if percentile(ms, 99) < 250 else 'NOT met'}")
     print(f"  trades not open with their whole quantity: {bad} (each fill counted once)")
 

@@ -121,9 +121,7 @@ async def external_sim(n: int, positions: int, broker: str) -> AsyncIterator[Sim
             async with aiohttp.ClientSession() as http:
                 await wait_serving(http, url, check=check)
                 creds = await sim_accounts(http, url, n)
-                accounts = [
-                    account_from_sim(url, c, kind_of(i, broker), f"bench-{i:05d}") for i, c in enumerate(creds)
-                ]
+                accounts = [account_from_sim(url, c, kind_of(i, broker), f"bench-{i:05d}") for i, c in enumerate(creds)]
 
                 async def count() -> int:
                     async with http.get(f"{url}/_sim/state") as r:

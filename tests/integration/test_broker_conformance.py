@@ -141,8 +141,15 @@ async def test_qty_available_excludes_working_closing_orders(env: Env) -> None:
     stock = next(p for p in await env.broker.list_positions() if p.option is None and p.quantity >= 2)
     far = (stock.current_price or stock.avg_entry_price) * 10
     await env.broker.submit_order(
-        OrderRequest(cid(), qty=Decimal(1), type=OrderType.LIMIT, limit_price=far.quantize(CENT),
-                     symbol=stock.symbol, side=Side.SELL, intent=Intent.CLOSE)
+        OrderRequest(
+            cid(),
+            qty=Decimal(1),
+            type=OrderType.LIMIT,
+            limit_price=far.quantize(CENT),
+            symbol=stock.symbol,
+            side=Side.SELL,
+            intent=Intent.CLOSE,
+        )
     )
     after = {p.symbol: p for p in await env.broker.list_positions()}[stock.symbol]
     assert after.qty_available == stock.qty_available - 1
@@ -154,9 +161,7 @@ async def test_qty_available_excludes_working_closing_orders(env: Env) -> None:
 async def test_submit_market_then_get_order_and_position(env: Env) -> None:
     before = {p.symbol: p.quantity for p in await env.broker.list_positions()}
     client_id = cid("mkt")
-    order = await env.broker.submit_order(
-        OrderRequest(client_id, qty=Decimal(3), symbol="MSFT", side=Side.BUY)
-    )
+    order = await env.broker.submit_order(OrderRequest(client_id, qty=Decimal(3), symbol="MSFT", side=Side.BUY))
     assert order.client_order_id == client_id
     assert order.symbol == "MSFT" and order.side == Side.BUY and order.type == OrderType.MARKET
     filled = await settled(env.broker, order.broker_order_id, OrderStatus.FILLED)
@@ -169,8 +174,9 @@ async def test_submit_market_then_get_order_and_position(env: Env) -> None:
 async def test_submit_limit_find_by_client_id_and_cancel(env: Env) -> None:
     client_id = cid("lmt")
     order = await env.broker.submit_order(
-        OrderRequest(client_id, qty=Decimal(1), type=OrderType.LIMIT, limit_price=Decimal("1.00"),
-                     symbol="AAPL", side=Side.BUY)
+        OrderRequest(
+            client_id, qty=Decimal(1), type=OrderType.LIMIT, limit_price=Decimal("1.00"), symbol="AAPL", side=Side.BUY
+        )
     )
     assert order.limit_price == Decimal("1.00")
     assert not order.status.is_terminal
@@ -187,9 +193,7 @@ async def test_fill_price_arriving_after_filled_status(env: Env) -> None:
     order = await env.broker.submit_order(OrderRequest(cid("late"), qty=Decimal(1), symbol="AAPL", side=Side.BUY))
     first = await settled(env.broker, order.broker_order_id, OrderStatus.FILLED)
     assert first.filled_avg_price is None or first.filled_avg_price > 0
-    later = await wait_for(
-        lambda: _priced(env.broker, order.broker_order_id), timeout=10, what="the fill price"
-    )
+    later = await wait_for(lambda: _priced(env.broker, order.broker_order_id), timeout=10, what="the fill price")
     assert later.filled_avg_price is not None and later.filled_avg_price > 0
 
 
@@ -335,9 +339,7 @@ async def test_trade_updates(env: Env) -> None:
 async def test_trade_updates_reconnects_and_keeps_one_connection(sim: Simulator) -> None:
     """Alpaca allows one trade_updates connection per account: we reconnect (jittered backoff), never double up."""
     async with aiohttp.ClientSession() as session:
-        broker = AlpacaBroker(
-            sim.account_settings(0), session=session, timeout_s=5, stream_backoff=(0.01, 0.05)
-        )
+        broker = AlpacaBroker(sim.account_settings(0), session=session, timeout_s=5, stream_backoff=(0.01, 0.05))
         updates: list[TradeUpdate] = []
         task = asyncio.create_task(_collect(broker.trade_updates(), updates))
         try:
@@ -368,13 +370,12 @@ async def test_trade_updates_mleg_fill_carries_legs(sim: Simulator) -> None:
             long_leg, short_leg = spread_legs(sim)
             client_id = cid("smleg")
             await broker.submit_order(
-                OrderRequest(client_id, qty=Decimal(1),
-                             legs=(LegRequest(long_leg, Side.BUY), LegRequest(short_leg, Side.SELL)))
+                OrderRequest(
+                    client_id, qty=Decimal(1), legs=(LegRequest(long_leg, Side.BUY), LegRequest(short_leg, Side.SELL))
+                )
             )
             fill = await wait_for(
-                lambda: next(
-                    (u for u in updates if u.order.client_order_id == client_id and u.event == "fill"), None
-                ),
+                lambda: next((u for u in updates if u.order.client_order_id == client_id and u.event == "fill"), None),
                 timeout=10,
                 what="mleg fill event",
             )

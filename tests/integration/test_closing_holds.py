@@ -27,9 +27,7 @@ SHORT_CALL = "AAPL260116C00160000"
 
 
 async def _account(pool: asyncpg.Pool[Any]) -> int:
-    account_id: int = await pool.fetchval(
-        "INSERT INTO accounts (name, broker) VALUES ('holds', 'alpaca') RETURNING id"
-    )
+    account_id: int = await pool.fetchval("INSERT INTO accounts (name, broker) VALUES ('holds', 'alpaca') RETURNING id")
     return account_id
 
 
@@ -39,37 +37,77 @@ async def _position(pool: asyncpg.Pool[Any], account_id: int, symbol: str, qty: 
         """INSERT INTO portfolio_positions (account_id, symbol, asset_class, underlying, option_type, strike,
                                             expiration, multiplier, quantity)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-        account_id, symbol, "us_option" if option else "us_equity", symbol[:-15] if option else symbol,
-        "call" if option else None, D(symbol[-8:]) / 1000 if option else None,
-        dt.date(2026, 1, 16) if option else None, D(100) if option else D(1), D(qty),
+        account_id,
+        symbol,
+        "us_option" if option else "us_equity",
+        symbol[:-15] if option else symbol,
+        "call" if option else None,
+        D(symbol[-8:]) / 1000 if option else None,
+        dt.date(2026, 1, 16) if option else None,
+        D(100) if option else D(1),
+        D(qty),
     )
 
 
-async def _trade(pool: asyncpg.Pool[Any], account_id: int, legs: list[tuple[str, str]] | None,
-                 symbol: str = "AAPL", strategy: str = "LONG_STOCK") -> int:
+async def _trade(
+    pool: asyncpg.Pool[Any],
+    account_id: int,
+    legs: list[tuple[str, str]] | None,
+    symbol: str = "AAPL",
+    strategy: str = "LONG_STOCK",
+) -> int:
     trade_id: int = await pool.fetchval(
         """INSERT INTO trades (account_id, symbol, strategy, status, quantity)
            VALUES ($1, $2, $3, 'open', 1) RETURNING id""",
-        account_id, symbol, strategy,
+        account_id,
+        symbol,
+        strategy,
     )
     for i, (sym, side) in enumerate(legs or []):
         await pool.execute(
             "INSERT INTO trade_legs (trade_id, leg_index, symbol, side, ratio) VALUES ($1, $2, $3, $4, 1)",
-            trade_id, i, sym, side,
+            trade_id,
+            i,
+            sym,
+            side,
         )
     return trade_id
 
 
-async def _order(pool: asyncpg.Pool[Any], account_id: int, bid: str, symbol: str, *, side: str | None,
-                 qty: int, status: str = "new", filled: int = 0, intent: str | None = None,
-                 role: str | None = None, trade_id: int | None = None, parent_id: int | None = None,
-                 order_class: str = "simple", ratio: int | None = None) -> int:
+async def _order(
+    pool: asyncpg.Pool[Any],
+    account_id: int,
+    bid: str,
+    symbol: str,
+    *,
+    side: str | None,
+    qty: int,
+    status: str = "new",
+    filled: int = 0,
+    intent: str | None = None,
+    role: str | None = None,
+    trade_id: int | None = None,
+    parent_id: int | None = None,
+    order_class: str = "simple",
+    ratio: int | None = None,
+) -> int:
     order_id: int = await pool.fetchval(
         """INSERT INTO orders (account_id, broker_order_id, symbol, side, qty, filled_qty, status, intent,
                                role, trade_id, parent_id, order_class, ratio_qty)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id""",
-        account_id, bid, symbol, side, D(qty), D(filled), status, intent, role, trade_id, parent_id,
-        order_class, ratio,
+        account_id,
+        bid,
+        symbol,
+        side,
+        D(qty),
+        D(filled),
+        status,
+        intent,
+        role,
+        trade_id,
+        parent_id,
+        order_class,
+        ratio,
     )
     return order_id
 
@@ -117,11 +155,11 @@ async def test_mleg_legs_with_qty_zero_hold_parent_times_ratio(db_pool: asyncpg.
     await _position(db_pool, acct, CALL, 67)
     await _position(db_pool, acct, SHORT_CALL, -67)
     tid = await _trade(db_pool, acct, [(CALL, "buy"), (SHORT_CALL, "sell")], strategy="BULL_CALL_DEBIT")
-    parent = await _order(db_pool, acct, "mleg", "AAPL", side=None, qty=20, order_class="mleg", role="exit",
-                          trade_id=tid)
+    parent = await _order(
+        db_pool, acct, "mleg", "AAPL", side=None, qty=20, order_class="mleg", role="exit", trade_id=tid
+    )
     await _order(db_pool, acct, "leg-1", CALL, side="sell", qty=0, parent_id=parent, order_class="mleg", ratio=1)
-    await _order(db_pool, acct, "leg-2", SHORT_CALL, side="buy", qty=0, parent_id=parent, order_class="mleg",
-                 ratio=1)
+    await _order(db_pool, acct, "leg-2", SHORT_CALL, side="buy", qty=0, parent_id=parent, order_class="mleg", ratio=1)
     assert await _committed(db_pool, acct, tid) == {CALL: 20, SHORT_CALL: 20}
     # The parent ended: its legs (still marked working) hold nothing.
     await db_pool.execute("UPDATE orders SET status = 'canceled' WHERE id = $1", parent)
@@ -134,8 +172,9 @@ async def test_an_order_with_legs_holds_through_its_legs_only(db_pool: asyncpg.P
     await _position(db_pool, acct, "AAPL", 100)
     tid = await _trade(db_pool, acct, [("AAPL", "buy")])
     parent = await _order(db_pool, acct, "oco-tp", "AAPL", side="sell", qty=40, order_class="oco")
-    await _order(db_pool, acct, "oco-sl", "AAPL", side="sell", qty=40, status="held", parent_id=parent,
-                 order_class="oco")
+    await _order(
+        db_pool, acct, "oco-sl", "AAPL", side="sell", qty=40, status="held", parent_id=parent, order_class="oco"
+    )
     assert await _committed(db_pool, acct, tid) == {"AAPL": 40}
 
 
@@ -169,10 +208,10 @@ async def test_a_close_takes_only_its_trades_share_of_a_shared_symbol(db_pool: a
     q = load_queries()
     for trade_id, expected in ((first, 10), (second, 5)):
         rows = await db_pool.fetch(q["outbox_close_inputs"], trade_id, acct)
-        legs = [CloseLeg(r["symbol"], Side(r["side"]), r["ratio"], r["position_quantity"], r["committed"],
-                         r["available"]) for r in rows]
+        legs = [
+            CloseLeg(r["symbol"], Side(r["side"]), r["ratio"], r["position_quantity"], r["committed"], r["available"])
+            for r in rows
+        ]
         assert closable_quantity(legs, None, whole=False) == expected
-        monitor = await db_pool.fetchval(
-            "SELECT available_quantity FROM v_trade_monitor WHERE trade_id = $1", trade_id
-        )
+        monitor = await db_pool.fetchval("SELECT available_quantity FROM v_trade_monitor WHERE trade_id = $1", trade_id)
         assert monitor == expected  # the outbox and the monitor agree

@@ -281,7 +281,10 @@ def test_import_positions_migrates_an_empty_database_first(empty_dsn: str, tmp_p
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
     result = subprocess.run(
         [sys.executable, "-m", "syncd", "--config", str(cfg), "import-positions", "--no-sync"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "migration_applied" in result.stderr

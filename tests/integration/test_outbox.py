@@ -25,14 +25,31 @@ POST_ORDERS = ("/v2/orders", "POST")
 sim = sim_fixture(seed=11, accounts=2, positions_per_account=0, fill_on_submit=False)
 
 
-async def queue(ctx: Context, kind: str, payload: Any, *, trade_id: int | None = None, cid: str | None = None,
-                account: str | None = None, state: str = "queued", attempts: int = 0) -> int:
+async def queue(
+    ctx: Context,
+    kind: str,
+    payload: Any,
+    *,
+    trade_id: int | None = None,
+    cid: str | None = None,
+    account: str | None = None,
+    state: str = "queued",
+    attempts: int = 0,
+) -> int:
     acct = ctx.accounts[account or next(iter(ctx.accounts))]
-    return int(await ctx.pool.fetchval(
-        "INSERT INTO order_requests (account_id, kind, trade_id, payload, client_order_id, state, attempts) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        acct.id, kind, trade_id, payload, cid, state, attempts,
-    ))
+    return int(
+        await ctx.pool.fetchval(
+            "INSERT INTO order_requests (account_id, kind, trade_id, payload, client_order_id, state, attempts) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            acct.id,
+            kind,
+            trade_id,
+            payload,
+            cid,
+            state,
+            attempts,
+        )
+    )
 
 
 async def request(ctx: Context, rid: int) -> Any:
@@ -51,8 +68,15 @@ def posts(sim: Simulator) -> int:
     return sim.requests("/v2/orders", method="POST")
 
 
-BUY_AAPL = {"symbol": "AAPL", "side": "buy", "qty": 10, "type": "market", "strategy": "LONG_STOCK",
-            "take_profit_pct": 50, "stop_loss_pct": 25}
+BUY_AAPL = {
+    "symbol": "AAPL",
+    "side": "buy",
+    "qty": 10,
+    "type": "market",
+    "strategy": "LONG_STOCK",
+    "take_profit_pct": 50,
+    "stop_loss_pct": 25,
+}
 
 
 async def test_open_creates_trade_pending_partial_filled(sim: Simulator, make_context: Any) -> None:
@@ -147,8 +171,9 @@ async def test_response_dropped_after_placing_is_found_by_client_id(sim: Simulat
 
 async def test_dropped_response_and_failed_lookup_resolved_next_pass(sim: Simulator, make_context: Any) -> None:
     """The answer is lost and the lookup fails too: the request waits in submitting, never re-sent blind."""
-    async with make_context(accounts=[sim.account_settings(0)], trading={"enabled": True},
-                            cycles={"broker_timeout_s": 2}) as ctx:
+    async with make_context(
+        accounts=[sim.account_settings(0)], trading={"enabled": True}, cycles={"broker_timeout_s": 2}
+    ) as ctx:
         sim.faults.drop_next_response("/v2/orders", method="POST")
         sim.faults.fail_next("/v2/orders:by_client_order_id", 503)
         sim.faults.fail_next("/v2/orders:by_client_order_id", 503)

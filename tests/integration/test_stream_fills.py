@@ -40,15 +40,19 @@ async def streaming(ctx: Context, account: Account, sim: Simulator) -> AsyncIter
 
 
 async def queue_open(ctx: Context, account: Account, payload: dict[str, Any]) -> int:
-    return int(await ctx.pool.fetchval(
-        "INSERT INTO order_requests (account_id, kind, payload) VALUES ($1, 'open', $2) RETURNING id",
-        account.id, payload,
-    ))
+    return int(
+        await ctx.pool.fetchval(
+            "INSERT INTO order_requests (account_id, kind, payload) VALUES ($1, 'open', $2) RETURNING id",
+            account.id,
+            payload,
+        )
+    )
 
 
 async def trade_of(ctx: Context, rid: int) -> Any:
     return await ctx.pool.fetchrow(
-        "SELECT t.* FROM trades t JOIN order_requests r ON r.trade_id = t.id WHERE r.id = $1", rid)
+        "SELECT t.* FROM trades t JOIN order_requests r ON r.trade_id = t.id WHERE r.id = $1", rid
+    )
 
 
 async def test_stream_and_poll_both_deliver_a_fill_counted_once(sim: Simulator, make_context: Any) -> None:
@@ -76,8 +80,14 @@ async def test_stream_and_poll_both_deliver_a_fill_counted_once(sim: Simulator, 
         await trade_cycle.account_pass(ctx, acct)
         order = await acct.broker.get_order_by_client_id(cid)
         assert order is not None
-        late = TradeUpdate("fill", order, at=order.updated_at or dt.datetime.now(dt.UTC), price=D(103), qty=D(6),
-                           execution_id="exec-late-1")
+        late = TradeUpdate(
+            "fill",
+            order,
+            at=order.updated_at or dt.datetime.now(dt.UTC),
+            price=D(103),
+            qty=D(6),
+            execution_id="exec-late-1",
+        )
         applied = await apply_update(ctx, acct, late)  # ... and the stream delivers it afterwards
         assert applied.orders == [] and applied.trades == []
         t = await trade_of(ctx, rid)

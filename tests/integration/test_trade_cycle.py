@@ -72,22 +72,38 @@ async def make_account(conn: Any, name: str = "acct") -> int:
     return int(await conn.fetchval("INSERT INTO accounts (name, broker) VALUES ($1, 'alpaca') RETURNING id", name))
 
 
-async def make_trade(conn: Any, account_id: int, legs: list[tuple[str, str, int]], quantity: str = "0",
-                     status: str = "pending", symbol: str = "AAPL") -> int:
-    tid = int(await conn.fetchval(
-        "INSERT INTO trades (account_id, symbol, status, quantity) VALUES ($1, $2, $3, $4) RETURNING id",
-        account_id, symbol, status, Decimal(quantity),
-    ))
+async def make_trade(
+    conn: Any,
+    account_id: int,
+    legs: list[tuple[str, str, int]],
+    quantity: str = "0",
+    status: str = "pending",
+    symbol: str = "AAPL",
+) -> int:
+    tid = int(
+        await conn.fetchval(
+            "INSERT INTO trades (account_id, symbol, status, quantity) VALUES ($1, $2, $3, $4) RETURNING id",
+            account_id,
+            symbol,
+            status,
+            Decimal(quantity),
+        )
+    )
     for i, (sym, side, ratio) in enumerate(legs):
         await conn.execute(
             "INSERT INTO trade_legs (trade_id, leg_index, symbol, side, ratio) VALUES ($1, $2, $3, $4, $5)",
-            tid, i, sym, side, ratio,
+            tid,
+            i,
+            sym,
+            side,
+            ratio,
         )
     return tid
 
 
-async def apply(pool: asyncpg.Pool[Any], account_id: int, *obs: Observation, links: dict[str, Link] | None = None
-                ) -> Any:
+async def apply(
+    pool: asyncpg.Pool[Any], account_id: int, *obs: Observation, links: dict[str, Link] | None = None
+) -> Any:
     async with pool.acquire() as conn, conn.transaction():
         await lock_orders(conn, Q, account_id)
         return await apply_observations(conn, Q, account_id, list(obs), links=links)
@@ -121,8 +137,13 @@ async def test_stale_and_repeated_observations_change_nothing(db_pool: asyncpg.P
     filled = Observation(order("o1", OrderStatus.FILLED, "10", "100"))
     await apply(db_pool, acct, filled, links={"o1": Link(tid, Role.ENTRY)})
     before = await trade_row(db_pool, tid)
-    again = await apply(db_pool, acct, filled, Observation(order("o1", OrderStatus.PARTIALLY_FILLED, "3", "99")),
-                        Observation(order("o1", OrderStatus.NEW)))
+    again = await apply(
+        db_pool,
+        acct,
+        filled,
+        Observation(order("o1", OrderStatus.PARTIALLY_FILLED, "3", "99")),
+        Observation(order("o1", OrderStatus.NEW)),
+    )
     assert again.orders == [] and again.events == 0
     assert await trade_row(db_pool, tid) == before
     assert await db_pool.fetchval("SELECT count(*) FROM order_events") == 1
@@ -131,8 +152,12 @@ async def test_stale_and_repeated_observations_change_nothing(db_pool: asyncpg.P
 async def test_cancel_after_partial_fill_keeps_open_trade(db_pool: asyncpg.Pool[Any]) -> None:
     acct = await make_account(db_pool)
     tid = await make_trade(db_pool, acct, [("AAPL", "buy", 1)])
-    await apply(db_pool, acct, Observation(order("o1", OrderStatus.PARTIALLY_FILLED, "3", "100")),
-                links={"o1": Link(tid, Role.ENTRY)})
+    await apply(
+        db_pool,
+        acct,
+        Observation(order("o1", OrderStatus.PARTIALLY_FILLED, "3", "100")),
+        links={"o1": Link(tid, Role.ENTRY)},
+    )
     await apply(db_pool, acct, Observation(order("o1", OrderStatus.CANCELED, "3", "100")))
     t = await trade_row(db_pool, tid)
     assert (t["status"], t["quantity"], t["close_reason"]) == ("open", 3, None)
@@ -141,8 +166,12 @@ async def test_cancel_after_partial_fill_keeps_open_trade(db_pool: asyncpg.Pool[
 async def test_rejected_with_nothing_filled(db_pool: asyncpg.Pool[Any]) -> None:
     acct = await make_account(db_pool)
     tid = await make_trade(db_pool, acct, [("AAPL", "buy", 1)])
-    await apply(db_pool, acct, Observation(order("o1", OrderStatus.REJECTED, reason="insufficient buying power")),
-                links={"o1": Link(tid, Role.ENTRY)})
+    await apply(
+        db_pool,
+        acct,
+        Observation(order("o1", OrderStatus.REJECTED, reason="insufficient buying power")),
+        links={"o1": Link(tid, Role.ENTRY)},
+    )
     t = await trade_row(db_pool, tid)
     assert (t["status"], t["close_reason"]) == ("rejected", "insufficient buying power")
 
@@ -152,10 +181,16 @@ async def test_linked_by_client_order_id_and_outside_orders_unlinked(db_pool: as
     tid = await make_trade(db_pool, acct, [("AAPL", "buy", 1)])
     await db_pool.execute(
         "INSERT INTO order_requests (account_id, kind, trade_id, client_order_id, state) "
-        "VALUES ($1, 'open', $2, 'syncd-1-abc', 'submitting')", acct, tid,
+        "VALUES ($1, 'open', $2, 'syncd-1-abc', 'submitting')",
+        acct,
+        tid,
     )
-    await apply(db_pool, acct, Observation(order("o1", OrderStatus.FILLED, "10", "100", cid="syncd-1-abc")),
-                Observation(order("x9", OrderStatus.FILLED, "5", "99", cid="by-hand", symbol="MSFT")))
+    await apply(
+        db_pool,
+        acct,
+        Observation(order("o1", OrderStatus.FILLED, "10", "100", cid="syncd-1-abc")),
+        Observation(order("x9", OrderStatus.FILLED, "5", "99", cid="by-hand", symbol="MSFT")),
+    )
     rows = {r["broker_order_id"]: r for r in await db_pool.fetch("SELECT * FROM orders")}
     assert rows["o1"]["trade_id"] == tid and rows["o1"]["role"] == "entry"
     assert rows["x9"]["trade_id"] is None
@@ -170,8 +205,12 @@ async def test_spread_legs_are_child_rows_and_net_debit_price(db_pool: asyncpg.P
         order("l1", OrderStatus.FILLED, "67", "5.00", qty="67", symbol=long_c, side=Side.BUY),
         order("l2", OrderStatus.FILLED, "67", "2.90", qty="67", symbol=short_c, side=Side.SELL),
     )
-    await apply(db_pool, acct, Observation(order("m1", OrderStatus.FILLED, "67", "2.10", qty="67", legs=legs)),
-                links={"m1": Link(tid, Role.ENTRY)})
+    await apply(
+        db_pool,
+        acct,
+        Observation(order("m1", OrderStatus.FILLED, "67", "2.10", qty="67", legs=legs)),
+        links={"m1": Link(tid, Role.ENTRY)},
+    )
     children = await db_pool.fetch("SELECT symbol, parent_id FROM orders WHERE parent_id IS NOT NULL")
     assert {c["symbol"] for c in children} == {long_c, short_c}
     t = await trade_row(db_pool, tid)
@@ -181,11 +220,19 @@ async def test_spread_legs_are_child_rows_and_net_debit_price(db_pool: asyncpg.P
         order("l3", OrderStatus.FILLED, "67", "6.00", qty="67", symbol=long_c, side=Side.SELL),
         order("l4", OrderStatus.FILLED, "67", "3.50", qty="67", symbol=short_c, side=Side.BUY),
     )
-    await apply(db_pool, acct, Observation(order("m2", OrderStatus.FILLED, "67", "-2.50", qty="67", legs=exit_legs)),
-                links={"m2": Link(tid, Role.EXIT)})
+    await apply(
+        db_pool,
+        acct,
+        Observation(order("m2", OrderStatus.FILLED, "67", "-2.50", qty="67", legs=exit_legs)),
+        links={"m2": Link(tid, Role.EXIT)},
+    )
     t = await trade_row(db_pool, tid)
     assert (t["status"], t["quantity"], t["exit_price"], t["realized_pnl"]) == (
-        "closed", 0, Decimal("2.5"), Decimal("2680.00"))
+        "closed",
+        0,
+        Decimal("2.5"),
+        Decimal("2680.00"),
+    )
 
 
 async def test_seed_trade_quantity_follows_held_positions(db_pool: asyncpg.Pool[Any]) -> None:
@@ -196,7 +243,10 @@ async def test_seed_trade_quantity_follows_held_positions(db_pool: asyncpg.Pool[
     for sym, qty in ((long_c, 67), (short_c, -67)):
         await db_pool.execute(
             "INSERT INTO portfolio_positions (account_id, symbol, asset_class, underlying, option_type, quantity) "
-            "VALUES ($1, $2, 'us_option', 'AAPL', 'call', $3)", acct, sym, qty,
+            "VALUES ($1, $2, 'us_option', 'AAPL', 'call', $3)",
+            acct,
+            sym,
+            qty,
         )
     await db_pool.execute("UPDATE accounts SET last_synced_at = now() WHERE id = $1", acct)
     async with db_pool.acquire() as conn, conn.transaction():
@@ -222,7 +272,9 @@ async def test_trade_whose_position_was_closed_outside_syncd_is_closed(db_pool: 
     half = await make_trade(db_pool, acct, [(long_c, "buy", 1), (short_c, "sell", 1)], quantity="2", status="open")
     await db_pool.execute(
         "INSERT INTO portfolio_positions (account_id, symbol, asset_class, underlying, option_type, quantity) "
-        "VALUES ($1, $2, 'us_option', 'AAPL', 'call', 2)", acct, long_c,
+        "VALUES ($1, $2, 'us_option', 'AAPL', 'call', 2)",
+        acct,
+        long_c,
     )
     await db_pool.execute("UPDATE accounts SET last_synced_at = now() WHERE id = $1", acct)
     async with db_pool.acquire() as conn, conn.transaction():
@@ -271,11 +323,13 @@ async def test_outside_orders_mirrored_unlinked_with_legs_and_idle_pass_writes_n
         assert await ctx.pool.fetchval("SELECT count(*) FROM order_events WHERE source = 'poll'") >= 2
 
         async def snapshot() -> tuple[Any, ...]:
-            return tuple([
-                await ctx.pool.fetchval("SELECT max(updated_at) FROM orders"),
-                await ctx.pool.fetchval("SELECT count(*) FROM order_events"),
-                await ctx.pool.fetchval("SELECT updated_at FROM trade_cycle_state"),
-            ])
+            return tuple(
+                [
+                    await ctx.pool.fetchval("SELECT max(updated_at) FROM orders"),
+                    await ctx.pool.fetchval("SELECT count(*) FROM order_events"),
+                    await ctx.pool.fetchval("SELECT updated_at FROM trade_cycle_state"),
+                ]
+            )
 
         before = await snapshot()
         stats = await trade_cycle.account_pass(ctx, acct)

@@ -57,6 +57,7 @@ def test_compare_every_kind() -> None:
 
 def test_untracked_surplus_of_a_position() -> None:
     """What the broker holds beyond what the trades claim (on the position's side) is untracked (issue 10)."""
+
     def untracked(held: str, claimed: str, against: str = "trades") -> Decimal:
         return Finding("a", "WMT", against, "quantity_mismatch", D(held), D(claimed)).untracked  # type: ignore[arg-type]
 
@@ -65,8 +66,9 @@ def test_untracked_surplus_of_a_position() -> None:
     assert untracked("3", "6") == 0  # the trades claim more: no surplus
     assert untracked("5", "-2") == 5  # the trades are short, the account long: all of it untracked
     assert untracked("254", "4", against="mirror") == 0
-    text = render_text([AccountReport("a", positions=1, findings=[
-        Finding("a", "WMT", "trades", "quantity_mismatch", D(254), D(4))])])
+    text = render_text(
+        [AccountReport("a", positions=1, findings=[Finding("a", "WMT", "trades", "quantity_mismatch", D(254), D(4))])]
+    )
     assert "untracked=250" in text and "import-positions" in text
 
 

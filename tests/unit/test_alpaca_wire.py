@@ -115,19 +115,48 @@ def order_json(**over: Any) -> dict[str, Any]:
 def mleg_json(**over: Any) -> dict[str, Any]:
     legs = [
         order_json(
-            symbol="AAPL260116C00150000", asset_class="us_option", side="buy", position_intent="buy_to_open",
-            ratio_qty="1", type="", order_type="", qty="67", status="filled", filled_qty="67",
-            filled_avg_price="3.10", order_class="mleg",
+            symbol="AAPL260116C00150000",
+            asset_class="us_option",
+            side="buy",
+            position_intent="buy_to_open",
+            ratio_qty="1",
+            type="",
+            order_type="",
+            qty="67",
+            status="filled",
+            filled_qty="67",
+            filled_avg_price="3.10",
+            order_class="mleg",
         ),
         order_json(
-            symbol="AAPL260116C00160000", asset_class="us_option", side="sell", position_intent="sell_to_open",
-            ratio_qty="1", type="", order_type="", qty="67", status="filled", filled_qty="67",
-            filled_avg_price="1.00", order_class="mleg",
+            symbol="AAPL260116C00160000",
+            asset_class="us_option",
+            side="sell",
+            position_intent="sell_to_open",
+            ratio_qty="1",
+            type="",
+            order_type="",
+            qty="67",
+            status="filled",
+            filled_qty="67",
+            filled_avg_price="1.00",
+            order_class="mleg",
         ),
     ]
     base = order_json(
-        symbol="", asset_class="", asset_id="", side="", order_class="mleg", type="limit", order_type="limit",
-        qty="67", filled_qty="67", filled_avg_price="2.10", limit_price="2.1", status="filled", legs=legs,
+        symbol="",
+        asset_class="",
+        asset_id="",
+        side="",
+        order_class="mleg",
+        type="limit",
+        order_type="limit",
+        qty="67",
+        filled_qty="67",
+        filled_avg_price="2.10",
+        limit_price="2.1",
+        status="filled",
+        legs=legs,
         client_order_id="syncd-mleg-1",
     )
     base.update(over)
@@ -211,8 +240,13 @@ async def test_list_positions_stock_short_and_option(broker: AlpacaBroker, mock:
             position_json(),
             position_json(symbol="TSLA", qty="-3", qty_available="-3", side="short", cost_basis="-600"),
             position_json(
-                symbol="AAPL260116C00150000", asset_class="us_option", exchange="", qty="2", qty_available="1",
-                avg_entry_price="3.2", cost_basis="640",
+                symbol="AAPL260116C00150000",
+                asset_class="us_option",
+                exchange="",
+                qty="2",
+                qty_available="1",
+                avg_entry_price="3.2",
+                cost_basis="640",
             ),
         ],
     )
@@ -299,7 +333,7 @@ async def test_get_order_simple(broker: AlpacaBroker, mock: aioresponses) -> Non
     assert order.order_class == OrderClass.SIMPLE
     assert order.side == Side.BUY and order.type == OrderType.MARKET
     assert order.filled_at == dt.datetime(2026, 1, 5, 15, 0, 2, tzinfo=dt.UTC)
-    (_, sent_url, _), = calls(mock)
+    ((_, sent_url, _),) = calls(mock)
     assert "nested=true" in sent_url
 
 
@@ -350,8 +384,7 @@ async def test_list_orders_paginates_with_after(
     broker = AlpacaBroker(account, session=session, orders_page=5, **rec.wiring())
     start = dt.datetime(2026, 1, 5, 14, 0, tzinfo=dt.UTC)
     page1 = [
-        order_json(id=str(uuid.uuid4()), submitted_at=(start + dt.timedelta(seconds=i)).isoformat())
-        for i in range(5)
+        order_json(id=str(uuid.uuid4()), submitted_at=(start + dt.timedelta(seconds=i)).isoformat()) for i in range(5)
     ]
     page2 = [page1[-1]] + [
         order_json(id=str(uuid.uuid4()), submitted_at=(start + dt.timedelta(seconds=600 + i)).isoformat())
@@ -400,8 +433,13 @@ async def test_submit_market_stock_body(broker: AlpacaBroker, mock: aioresponses
 async def test_submit_limit_option_carries_position_intent(broker: AlpacaBroker, mock: aioresponses) -> None:
     mock.post(url("/v2/orders"), payload=order_json(symbol="AAPL260116P00100000", asset_class="us_option"))
     req = OrderRequest(
-        client_order_id="syncd-8", qty=Decimal(2), type=OrderType.LIMIT, limit_price=Decimal("1.25"),
-        symbol="AAPL260116P00100000", side=Side.SELL, intent=Intent.CLOSE,
+        client_order_id="syncd-8",
+        qty=Decimal(2),
+        type=OrderType.LIMIT,
+        limit_price=Decimal("1.25"),
+        symbol="AAPL260116P00100000",
+        side=Side.SELL,
+        intent=Intent.CLOSE,
     )
     await broker.submit_order(req)
     body = calls(mock)[0][2]["json"]
@@ -433,15 +471,14 @@ async def test_submit_mleg_limit_body(broker: AlpacaBroker, mock: aioresponses) 
     ]
 
 
-async def test_prices_and_quantities_go_on_the_wire_as_exact_decimals(
-    broker: AlpacaBroker, mock: aioresponses
-) -> None:
+async def test_prices_and_quantities_go_on_the_wire_as_exact_decimals(broker: AlpacaBroker, mock: aioresponses) -> None:
     """Issue 10: a 20-decimal limit went out as 1.1234567890123457 through alpaca-py's float fields; the body
     now carries the request's exact Decimals as strings, in the JSON text that is sent."""
     mock.post(url("/v2/orders"), payload=order_json(client_order_id="syncd-9"))
     price, qty = Decimal("1.12345678901234567890"), Decimal("1234567.123456789")
-    req = OrderRequest(client_order_id="syncd-9", qty=qty, type=OrderType.LIMIT, limit_price=price,
-                       symbol="AAPL", side=Side.BUY)
+    req = OrderRequest(
+        client_order_id="syncd-9", qty=qty, type=OrderType.LIMIT, limit_price=price, symbol="AAPL", side=Side.BUY
+    )
     await broker.submit_order(req)
     body = calls(mock)[0][2]["json"]
     assert (body["limit_price"], body["qty"]) == ("1.1234567890123456789", "1234567.123456789")
@@ -452,14 +489,17 @@ async def test_prices_and_quantities_go_on_the_wire_as_exact_decimals(
 
 
 def test_mleg_body_has_no_float_anywhere() -> None:
-    req = OrderRequest(client_order_id="x", qty=Decimal(3), type=OrderType.LIMIT, limit_price=Decimal("-0.07"),
-                       legs=(LegRequest("AAPL260116C00150000", Side.BUY),
-                             LegRequest("AAPL260116C00160000", Side.SELL, 2)))
+    req = OrderRequest(
+        client_order_id="x",
+        qty=Decimal(3),
+        type=OrderType.LIMIT,
+        limit_price=Decimal("-0.07"),
+        legs=(LegRequest("AAPL260116C00150000", Side.BUY), LegRequest("AAPL260116C00160000", Side.SELL, 2)),
+    )
     body = build_order_payload(req)
     assert (body["qty"], body["limit_price"]) == ("3", "-0.07")
     assert [leg["ratio_qty"] for leg in body["legs"]] == ["1", "2"]
-    floats = [v for v in [*body.values(), *(x for leg in body["legs"] for x in leg.values())]
-              if isinstance(v, float)]
+    floats = [v for v in [*body.values(), *(x for leg in body["legs"] for x in leg.values())] if isinstance(v, float)]
     assert floats == []
 
 
@@ -660,8 +700,10 @@ async def test_connection_error_then_success(broker: AlpacaBroker, mock: aioresp
     mock.get(
         url("/v2/clock"),
         payload={
-            "timestamp": "2026-01-05T10:00:00Z", "is_open": False,
-            "next_open": "2026-01-06T14:30:00Z", "next_close": "2026-01-05T21:00:00Z",
+            "timestamp": "2026-01-05T10:00:00Z",
+            "is_open": False,
+            "next_open": "2026-01-06T14:30:00Z",
+            "next_close": "2026-01-05T21:00:00Z",
         },
     )
     assert not (await broker.get_clock()).is_open
@@ -741,7 +783,9 @@ async def test_overrides_and_live_urls(session: aiohttp.ClientSession, mock: aio
     )
     b = AlpacaBroker(live, session=session, timeout_s=1, limiter=False)
     assert (b.base_url, b.data_url, b.stream_url) == (
-        "https://api.alpaca.markets", "https://data.alpaca.markets", "wss://api.alpaca.markets/stream"
+        "https://api.alpaca.markets",
+        "https://data.alpaca.markets",
+        "wss://api.alpaca.markets/stream",
     )
     sim = live.model_copy(
         update={"base_url": "http://127.0.0.1:9", "data_url": "http://127.0.0.1:9", "stream_url": "ws://127.0.0.1:9/s"}

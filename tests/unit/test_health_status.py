@@ -119,8 +119,14 @@ def test_render_text_names_failing_accounts() -> None:
     body = {
         "status": "degraded",
         "reasons": ["accountSync/b failing"],
-        "tasks": {"accountSync": {"last_ok_at": "t", "last_error": None, "consecutive_failures": 0,
-                                  "accounts": {"b": {"last_ok_at": None, "last_error": "401"}}}},
+        "tasks": {
+            "accountSync": {
+                "last_ok_at": "t",
+                "last_error": None,
+                "consecutive_failures": 0,
+                "accounts": {"b": {"last_ok_at": None, "last_error": "401"}},
+            }
+        },
     }
     text = render_text(body)
     assert "status: degraded" in text

@@ -37,11 +37,26 @@ from syncd.trading.outbox_store import Trade
 
 D = Decimal
 LONG_C, SHORT_C = "AAPL260116C00150000", "AAPL260116C00160000"
-STOCK = {"symbol": "AAPL", "side": "buy", "qty": 10, "type": "limit", "limit_price": 150.25,
-         "time_in_force": "day", "strategy": "LONG_STOCK", "take_profit_pct": 50, "stop_loss_pct": 25}
-SPREAD = {"legs": [{"symbol": LONG_C, "side": "buy", "ratio": 1}, {"symbol": SHORT_C, "side": "sell", "ratio": 1}],
-          "qty": 67, "type": "limit", "limit_price": 2.10, "time_in_force": "day",
-          "strategy": "BULL_CALL_DEBIT", "take_profit_pct": 50}
+STOCK = {
+    "symbol": "AAPL",
+    "side": "buy",
+    "qty": 10,
+    "type": "limit",
+    "limit_price": 150.25,
+    "time_in_force": "day",
+    "strategy": "LONG_STOCK",
+    "take_profit_pct": 50,
+    "stop_loss_pct": 25,
+}
+SPREAD = {
+    "legs": [{"symbol": LONG_C, "side": "buy", "ratio": 1}, {"symbol": SHORT_C, "side": "sell", "ratio": 1}],
+    "qty": 67,
+    "type": "limit",
+    "limit_price": 2.10,
+    "time_in_force": "day",
+    "strategy": "BULL_CALL_DEBIT",
+    "take_profit_pct": 50,
+}
 
 
 def test_contract_stock_example() -> None:
@@ -65,13 +80,18 @@ def test_contract_spread_example() -> None:
 def test_defaults_market_day_and_a_derived_strategy() -> None:
     p = parse_payload("open", {"symbol": "msft", "side": "sell", "qty": "5", "type": "market"})
     assert isinstance(p, OpenPayload)
-    assert (p.legs[0].symbol, p.time_in_force, p.strategy, p.limit_price) == ("MSFT", TimeInForce.DAY,
-                                                                              "SHORT_STOCK", None)
+    assert (p.legs[0].symbol, p.time_in_force, p.strategy, p.limit_price) == (
+        "MSFT",
+        TimeInForce.DAY,
+        "SHORT_STOCK",
+        None,
+    )
 
 
 def test_close_and_cancel_payloads() -> None:
-    assert parse_payload("close", {"type": "market"}) == ClosePayload(OrderType.MARKET, TimeInForce.DAY, None,
-                                                                      None, None)
+    assert parse_payload("close", {"type": "market"}) == ClosePayload(
+        OrderType.MARKET, TimeInForce.DAY, None, None, None
+    )
     c = parse_payload("close", {"type": "limit", "limit_price": 2.5, "qty": 10, "reason": "take_profit"})
     assert c == ClosePayload(OrderType.LIMIT, TimeInForce.DAY, D("2.5"), D(10), "take_profit")
     assert parse_payload("close", {}) == ClosePayload(OrderType.MARKET, TimeInForce.DAY, None, None, None)
@@ -103,18 +123,31 @@ def test_close_and_cancel_payloads() -> None:
         ("open", {**SPREAD, "symbol": "AAPL"}, "either legs or symbol"),
         ("open", {**SPREAD, "qty": 1.5}, "whole number"),
         ("open", {**SPREAD, "legs": []}, "legs must be a list of 1 to 4"),
-        ("open", {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy"}, {"symbol": LONG_C, "side": "sell"}]},
-         "same symbol twice"),
-        ("open", {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy"}, {"symbol": "AAPL", "side": "sell"}]},
-         "OCC option symbol"),
-        ("open", {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "ratio": 0}, {"symbol": SHORT_C,
-                                                                                   "side": "sell"}]},
-         "ratio must be greater than 0"),
-        ("open", {**SPREAD, "legs": [{"symbol": LONG_C}, {"symbol": SHORT_C, "side": "sell"}]},
-         "missing field 'side' in legs[0]"),
-        ("open", {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "qty": 3}, {"symbol": SHORT_C,
-                                                                                  "side": "sell"}]},
-         "unknown key 'qty' in leg"),
+        (
+            "open",
+            {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy"}, {"symbol": LONG_C, "side": "sell"}]},
+            "same symbol twice",
+        ),
+        (
+            "open",
+            {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy"}, {"symbol": "AAPL", "side": "sell"}]},
+            "OCC option symbol",
+        ),
+        (
+            "open",
+            {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "ratio": 0}, {"symbol": SHORT_C, "side": "sell"}]},
+            "ratio must be greater than 0",
+        ),
+        (
+            "open",
+            {**SPREAD, "legs": [{"symbol": LONG_C}, {"symbol": SHORT_C, "side": "sell"}]},
+            "missing field 'side' in legs[0]",
+        ),
+        (
+            "open",
+            {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "qty": 3}, {"symbol": SHORT_C, "side": "sell"}]},
+            "unknown key 'qty' in leg",
+        ),
         ("open", "AAPL", "must be a JSON object"),
         ("close", {"type": "market", "qty": -1}, "qty must be greater than 0"),
         ("close", {"type": "limit"}, "missing field 'limit_price'"),
@@ -165,13 +198,18 @@ def test_close_closes_what_is_held_minus_working_closing_orders() -> None:
 
 def test_close_request_flips_every_leg_and_the_net_sign() -> None:
     legs = [CloseLeg(LONG_C, Side.BUY, 1, D(67), D(0)), CloseLeg(SHORT_C, Side.SELL, 1, D(-67), D(0))]
-    req = close_request("syncd-2-y", legs, D(67), ClosePayload(OrderType.LIMIT, TimeInForce.DAY, D("2.5"), None,
-                                                               None))
+    req = close_request("syncd-2-y", legs, D(67), ClosePayload(OrderType.LIMIT, TimeInForce.DAY, D("2.5"), None, None))
     assert [(leg.symbol, leg.side, leg.intent) for leg in req.legs] == [
-        (LONG_C, Side.SELL, Intent.CLOSE), (SHORT_C, Side.BUY, Intent.CLOSE)]
+        (LONG_C, Side.SELL, Intent.CLOSE),
+        (SHORT_C, Side.BUY, Intent.CLOSE),
+    ]
     assert req.limit_price == D("-2.5")  # selling the spread for 2.50 is a 2.50 credit at the broker
-    single = close_request("syncd-3-z", [CloseLeg("AAPL", Side.SELL, 1, D(-5), D(0))], D(5),
-                           ClosePayload(OrderType.MARKET, TimeInForce.DAY, None, None, None))
+    single = close_request(
+        "syncd-3-z",
+        [CloseLeg("AAPL", Side.SELL, 1, D(-5), D(0))],
+        D(5),
+        ClosePayload(OrderType.MARKET, TimeInForce.DAY, None, None, None),
+    )
     assert (single.symbol, single.side, single.intent, single.qty) == ("AAPL", Side.BUY, Intent.CLOSE, D(5))
 
 
@@ -195,16 +233,28 @@ def test_after_lookup() -> None:
         ("open", {**STOCK, "limit_price": "1_50.25"}, "limit_price must be a number"),
         ("open", {**STOCK, "take_profit_pct": "5_0"}, "take_profit_pct must be a number"),
         ("close", {"type": "market", "qty": "1_0"}, "qty must be a number"),
-        ("open", {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "ratio": "1_0"},
-                                     {"symbol": SHORT_C, "side": "sell"}]}, "legs[0].ratio must be a number"),
+        (
+            "open",
+            {
+                **SPREAD,
+                "legs": [{"symbol": LONG_C, "side": "buy", "ratio": "1_0"}, {"symbol": SHORT_C, "side": "sell"}],
+            },
+            "legs[0].ratio must be a number",
+        ),
         # "\u017fpy".upper() == "SPY": symbols that only match after Unicode case folding are refused
         ("open", {**STOCK, "symbol": "\u017fpy"}, "symbol must be a ticker"),
         ("open", {**STOCK, "symbol": "\uff33\uff30\uff39"}, "symbol must be a ticker"),  # fullwidth SPY
         ("open", {**STOCK, "symbol": "AAPL\n"}, "symbol must be a ticker"),
         ("open", {**STOCK, "symbol": " AAPL"}, "symbol must be a ticker"),
         # LONG_C with CYRILLIC CAPITAL LETTER ES for the C
-        ("open", {**SPREAD, "legs": [{"symbol": LONG_C.replace("C", "\u0421"), "side": "buy"},
-                                     {"symbol": SHORT_C, "side": "sell"}]}, "legs[0].symbol must be a ticker"),
+        (
+            "open",
+            {
+                **SPREAD,
+                "legs": [{"symbol": LONG_C.replace("C", "\u0421"), "side": "buy"}, {"symbol": SHORT_C, "side": "sell"}],
+            },
+            "legs[0].symbol must be a ticker",
+        ),
         ("open", {**STOCK, "type": "mar\u212aet"}, "type must be one of"),  # KELVIN SIGN lower()s to "k"
         ("open", {**STOCK, "side": "buy\n"}, "side must be one of"),
         # a regex `$` matches before a trailing newline: the newline reached the broker
@@ -328,10 +378,14 @@ def test_every_problem_is_named_at_once() -> None:
         ({**STOCK, "type": None}, "type must be one of market, limit"),
         ({**STOCK, "time_in_force": None}, "time_in_force must be one of"),
         ({**SPREAD, "legs": None}, "legs must be a list of 1 to 4 legs"),
-        ({**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "ratio": None}, {"symbol": SHORT_C, "side": "sell"}]},
-         "legs[0].ratio must be a number, got NoneType"),
-        ({**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "ratio": True}, {"symbol": SHORT_C, "side": "sell"}]},
-         "legs[0].ratio must be a number, got bool"),
+        (
+            {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "ratio": None}, {"symbol": SHORT_C, "side": "sell"}]},
+            "legs[0].ratio must be a number, got NoneType",
+        ),
+        (
+            {**SPREAD, "legs": [{"symbol": LONG_C, "side": "buy", "ratio": True}, {"symbol": SHORT_C, "side": "sell"}]},
+            "legs[0].ratio must be a number, got bool",
+        ),
         ({**SPREAD, "legs": ["AAPL", {"symbol": SHORT_C, "side": "sell"}]}, "legs[0] must be a JSON object, got str"),
         ({**STOCK, "stop_loss_pct": False}, "stop_loss_pct must be a number, got bool"),
     ],
@@ -345,10 +399,20 @@ def test_an_explicit_null_or_a_wrong_type_is_refused_not_defaulted(payload: Any,
 
 def test_nulls_where_the_contract_allows_them() -> None:
     """limit_price, take_profit_pct, stop_loss_pct (open) and qty, reason (close) may be JSON null: absent."""
-    p = parse_payload("open", {**STOCK, "type": "market", "limit_price": None, "take_profit_pct": None,
-                               "stop_loss_pct": None, "strategy": None})
+    p = parse_payload(
+        "open",
+        {
+            **STOCK,
+            "type": "market",
+            "limit_price": None,
+            "take_profit_pct": None,
+            "stop_loss_pct": None,
+            "strategy": None,
+        },
+    )
     assert isinstance(p, OpenPayload) and (p.limit_price, p.take_profit_pct, p.strategy) == (None, None, "LONG_STOCK")
     c = parse_payload("close", {"qty": None, "reason": None, "limit_price": None})
     assert c == ClosePayload(OrderType.MARKET, TimeInForce.DAY, None, None, None)
     assert parse_payload("open", {**STOCK, "qty": 0.1, "type": "market", "limit_price": None}) == parse_payload(
-        "open", {**STOCK, "qty": "0.1", "type": "market", "limit_price": None})  # a float goes through str
+        "open", {**STOCK, "qty": "0.1", "type": "market", "limit_price": None}
+    )  # a float goes through str

@@ -106,15 +106,19 @@ class ReconcileMachine(RuleBasedStateMachine):
     def working(self, role: Role) -> list[str]:
         return [k for k, o in self.broker.items() if o.role == role and o.working]
 
-    @precondition(lambda self: not self.working(Role.ENTRY) and len(self.order_ids) < 6
-                  and not any(o.role == Role.EXIT for o in self.broker.values()))
+    @precondition(
+        lambda self: (
+            not self.working(Role.ENTRY)
+            and len(self.order_ids) < 6
+            and not any(o.role == Role.EXIT for o in self.broker.values())
+        )
+    )
     @rule(qty=st.integers(1, 10))
     def place_entry(self, qty: int) -> None:
         """Scaling in: another entry for the trade, before any exit was placed."""
         self.new_order("entry", Role.ENTRY, D(qty))
 
-    @precondition(lambda self: not self.working(Role.EXIT) and not self.working(Role.ENTRY)
-                  and len(self.order_ids) < 6)
+    @precondition(lambda self: not self.working(Role.EXIT) and not self.working(Role.ENTRY) and len(self.order_ids) < 6)
     @rule(data=st.data())
     def place_exit(self, data: st.DataObject) -> None:
         held = self.held_at_broker()
@@ -274,9 +278,12 @@ class OutboxMachine(RuleBasedStateMachine):
     def reachable(self) -> list[int]:
         return [i for i, s in self.state.items() if s in ("queued", "submitting")]
 
-    @rule(data=st.data(), outcome=st.sampled_from(
-        ["ok", "answer_lost", "never_arrived", "crash_before_send", "crash_after_send", "rejected", "lookup_fails"]
-    ))
+    @rule(
+        data=st.data(),
+        outcome=st.sampled_from(
+            ["ok", "answer_lost", "never_arrived", "crash_before_send", "crash_after_send", "rejected", "lookup_fails"]
+        ),
+    )
     def work(self, data: st.DataObject, outcome: str) -> None:
         live = self.reachable()
         if not live:

@@ -131,22 +131,49 @@ INVALID = [
     ('[[accounts]]\nname = "a"\nbroker = "ib"\n', {}, "accounts.0.broker"),
     ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\n', {}, "alpaca account needs api_secret"),
     ('[[accounts]]\nname = "t"\nbroker = "tradier"\ntoken = "tok"\n', {}, "tradier account needs account_id"),
-    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\napi_secret_file = "/f"\n', {},
-     "api_secret and api_secret_file are both set"),
-    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret_file = "/nonexistent/s"\n', {},
-     "api_secret_file: cannot read"),
-    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\nbase_url = "ftp://x"\n', {},
-     "accounts.0.base_url"),
-    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\nstream_url = "http://x"\n', {},
-     "accounts.0.stream_url"),
-    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n'
-     'base_url = "https://paper-api.alpaca.markets/v2"\n', {}, "accounts.0.base_url: must be scheme and host only"),
-    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n'
-     'data_url = "https://data.alpaca.markets/v2/stocks"\n', {}, "accounts.0.data_url: must be scheme and host only"),
-    ('[[accounts]]\nname = "t"\nbroker = "tradier"\ntoken = "tok"\naccount_id = "VA1"\n'
-     'base_url = "https://sandbox.tradier.com/v1/"\n', {}, "accounts.0.base_url: must be scheme and host only"),
-    ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\ncolour = "red"\n', {},
-     "accounts.0.colour: unknown key"),
+    (
+        '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\napi_secret_file = "/f"\n',
+        {},
+        "api_secret and api_secret_file are both set",
+    ),
+    (
+        '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret_file = "/nonexistent/s"\n',
+        {},
+        "api_secret_file: cannot read",
+    ),
+    (
+        '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\nbase_url = "ftp://x"\n',
+        {},
+        "accounts.0.base_url",
+    ),
+    (
+        '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\nstream_url = "http://x"\n',
+        {},
+        "accounts.0.stream_url",
+    ),
+    (
+        '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n'
+        'base_url = "https://paper-api.alpaca.markets/v2"\n',
+        {},
+        "accounts.0.base_url: must be scheme and host only",
+    ),
+    (
+        '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n'
+        'data_url = "https://data.alpaca.markets/v2/stocks"\n',
+        {},
+        "accounts.0.data_url: must be scheme and host only",
+    ),
+    (
+        '[[accounts]]\nname = "t"\nbroker = "tradier"\ntoken = "tok"\naccount_id = "VA1"\n'
+        'base_url = "https://sandbox.tradier.com/v1/"\n',
+        {},
+        "accounts.0.base_url: must be scheme and host only",
+    ),
+    (
+        '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\ncolour = "red"\n',
+        {},
+        "accounts.0.colour: unknown key",
+    ),
     ('[[accounts]]\nname = "a b"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n', {}, "accounts.0.name"),
     ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n' * 2, {}, "appears twice"),
     ("", {"SYNCD_CYCLES__CONCURRENCY": "many"}, "cycles.concurrency"),

@@ -91,8 +91,17 @@ def order_json(**over: Any) -> dict[str, Any]:
 
 def multileg_json(**over: Any) -> dict[str, Any]:
     base = order_json(
-        id=229063, type="debit", symbol="AAPL", side="buy", quantity=67.0, price=2.1, status="filled",
-        avg_fill_price=2.1, exec_quantity=67.0, remaining_quantity=0.0, tag="syncd-mleg-1",
+        id=229063,
+        type="debit",
+        symbol="AAPL",
+        side="buy",
+        quantity=67.0,
+        price=2.1,
+        status="filled",
+        avg_fill_price=2.1,
+        exec_quantity=67.0,
+        remaining_quantity=0.0,
+        tag="syncd-mleg-1",
     )
     base.update(
         {
@@ -101,13 +110,27 @@ def multileg_json(**over: Any) -> dict[str, Any]:
             "strategy": "spread",
             "leg": [
                 order_json(
-                    id=229064, type="debit", symbol="AAPL", option_symbol="AAPL260116C00150000",
-                    side="buy_to_open", quantity=67.0, status="filled", exec_quantity=67.0, avg_fill_price=3.1,
+                    id=229064,
+                    type="debit",
+                    symbol="AAPL",
+                    option_symbol="AAPL260116C00150000",
+                    side="buy_to_open",
+                    quantity=67.0,
+                    status="filled",
+                    exec_quantity=67.0,
+                    avg_fill_price=3.1,
                     **{"class": "option"},
                 ),
                 order_json(
-                    id=229065, type="debit", symbol="AAPL", option_symbol="AAPL260116C00160000",
-                    side="sell_to_open", quantity=67.0, status="filled", exec_quantity=67.0, avg_fill_price=1.0,
+                    id=229065,
+                    type="debit",
+                    symbol="AAPL",
+                    option_symbol="AAPL260116C00160000",
+                    side="sell_to_open",
+                    quantity=67.0,
+                    status="filled",
+                    exec_quantity=67.0,
+                    avg_fill_price=1.0,
                     **{"class": "option"},
                 ),
             ],
@@ -139,8 +162,17 @@ async def test_positions_single_object(broker: TradierBroker, mock: aioresponses
     """Tradier quirk: one position arrives as an object, not a one-element list."""
     mock.get(
         acct("/positions"),
-        payload={"positions": {"position": {"cost_basis": 1005.0, "date_acquired": "2026-01-02T14:41:11.405Z",
-                                            "id": 130089, "quantity": 10.0, "symbol": "AAPL"}}},
+        payload={
+            "positions": {
+                "position": {
+                    "cost_basis": 1005.0,
+                    "date_acquired": "2026-01-02T14:41:11.405Z",
+                    "id": 130089,
+                    "quantity": 10.0,
+                    "symbol": "AAPL",
+                }
+            }
+        },
     )
     mock.get(acct("/orders"), payload={"orders": "null"})
     (pos,) = await broker.list_positions()
@@ -173,8 +205,12 @@ async def test_positions_list_with_strings_options_and_held_quantities(
                     order_json(id=1, side="sell", quantity=4.0, exec_quantity=1.0, remaining_quantity=3.0),
                     order_json(id=2, side="sell", quantity=5.0, status="filled", exec_quantity=5.0),
                     order_json(
-                        id=3, symbol="AAPL", option_symbol="AAPL260116C00160000", side="buy_to_close",
-                        quantity=1.0, **{"class": "option"},
+                        id=3,
+                        symbol="AAPL",
+                        option_symbol="AAPL260116C00160000",
+                        side="buy_to_close",
+                        quantity=1.0,
+                        **{"class": "option"},
                     ),
                 ]
             }
@@ -296,14 +332,32 @@ async def test_balances_margin_account(broker: TradierBroker, mock: aioresponses
         acct("/balances"),
         payload={
             "balances": {
-                "option_short_value": 0, "total_equity": 17798.36, "account_number": ACCT,
-                "account_type": "margin", "close_pl": -4813, "current_requirement": 2557, "equity": 0,
-                "long_market_value": 11434.5, "market_value": 11434.5, "open_pl": 546.9,
-                "option_long_value": 5700, "option_requirement": 1705, "pending_orders_count": 0,
-                "short_market_value": 0, "stock_long_value": 5734.5, "total_cash": "6363.86",
-                "uncleared_funds": 0, "pending_cash": 0,
-                "margin": {"fed_call": 0, "maintenance_call": 0, "option_buying_power": 6363.86,
-                           "stock_buying_power": 12727.72, "stock_short_value": 0, "sweep": 0},
+                "option_short_value": 0,
+                "total_equity": 17798.36,
+                "account_number": ACCT,
+                "account_type": "margin",
+                "close_pl": -4813,
+                "current_requirement": 2557,
+                "equity": 0,
+                "long_market_value": 11434.5,
+                "market_value": 11434.5,
+                "open_pl": 546.9,
+                "option_long_value": 5700,
+                "option_requirement": 1705,
+                "pending_orders_count": 0,
+                "short_market_value": 0,
+                "stock_long_value": 5734.5,
+                "total_cash": "6363.86",
+                "uncleared_funds": 0,
+                "pending_cash": 0,
+                "margin": {
+                    "fed_call": 0,
+                    "maintenance_call": 0,
+                    "option_buying_power": 6363.86,
+                    "stock_buying_power": 12727.72,
+                    "stock_short_value": 0,
+                    "sweep": 0,
+                },
             }
         },
     )
@@ -317,8 +371,14 @@ async def test_balances_margin_account(broker: TradierBroker, mock: aioresponses
 async def test_balances_cash_account(broker: TradierBroker, mock: aioresponses) -> None:
     mock.get(
         acct("/balances"),
-        payload={"balances": {"total_equity": 1000, "total_cash": 1000, "account_type": "cash",
-                              "cash": {"cash_available": 900.5, "sweep": 0, "unsettled_funds": 99.5}}},
+        payload={
+            "balances": {
+                "total_equity": 1000,
+                "total_cash": 1000,
+                "account_type": "cash",
+                "cash": {"cash_available": 900.5, "sweep": 0, "unsettled_funds": 99.5},
+            }
+        },
     )
     assert (await broker.get_account()).buying_power == Decimal("900.5")
 
@@ -331,9 +391,21 @@ async def test_balances_null_is_bad_data(broker: TradierBroker, mock: aiorespons
 
 def quote_json(symbol: str, **over: Any) -> dict[str, Any]:
     q: dict[str, Any] = {
-        "symbol": symbol, "description": symbol, "exch": "Q", "type": "stock", "last": 190.5, "change": 1.0,
-        "volume": 1000, "bid": 190.4, "ask": 190.6, "bidsize": 3, "asksize": 1,
-        "bid_date": 1767625200000, "ask_date": 1767625201000, "trade_date": 1767625199000, "greeks": None,
+        "symbol": symbol,
+        "description": symbol,
+        "exch": "Q",
+        "type": "stock",
+        "last": 190.5,
+        "change": 1.0,
+        "volume": 1000,
+        "bid": 190.4,
+        "ask": 190.6,
+        "bidsize": 3,
+        "asksize": 1,
+        "bid_date": 1767625200000,
+        "ask_date": 1767625201000,
+        "trade_date": 1767625199000,
+        "greeks": None,
     }
     q.update(over)
     return q
@@ -341,13 +413,28 @@ def quote_json(symbol: str, **over: Any) -> dict[str, Any]:
 
 async def test_quotes_single_object_null_and_greeks(broker: TradierBroker, mock: aioresponses) -> None:
     """Tradier quirks on quotes: a single quote is an object; nothing matched is "null"/unmatched_symbols."""
-    greeks = {"delta": "0.52", "gamma": 0.03, "theta": -0.05, "vega": 0.2, "rho": 0.1, "phi": -0.1,
-              "bid_iv": 0.3, "mid_iv": 0.31, "ask_iv": 0.32, "smv_vol": 0.3, "updated_at": "2026-01-05 14:59:08"}
+    greeks = {
+        "delta": "0.52",
+        "gamma": 0.03,
+        "theta": -0.05,
+        "vega": 0.2,
+        "rho": 0.1,
+        "phi": -0.1,
+        "bid_iv": 0.3,
+        "mid_iv": 0.31,
+        "ask_iv": 0.32,
+        "smv_vol": 0.3,
+        "updated_at": "2026-01-05 14:59:08",
+    }
     mock.get(url("/v1/markets/quotes"), payload={"quotes": {"quote": quote_json("AAPL")}})
     mock.get(
         url("/v1/markets/quotes"),
-        payload={"quotes": {"quote": [quote_json("AAPL260116C00150000", type="option", greeks=greeks)],
-                            "unmatched_symbols": {"symbol": "NOPE"}}},
+        payload={
+            "quotes": {
+                "quote": [quote_json("AAPL260116C00150000", type="option", greeks=greeks)],
+                "unmatched_symbols": {"symbol": "NOPE"},
+            }
+        },
     )
     mock.get(url("/v1/markets/quotes"), payload={"quotes": {"unmatched_symbols": {"symbol": ["X", "Y"]}}})
     mock.get(url("/v1/markets/quotes"), payload={"quotes": "null"})
@@ -385,9 +472,16 @@ async def test_clock_with_calendar(broker: TradierBroker, mock: aioresponses) ->
     # Monday 2026-01-05 10:00 New York = 15:00 UTC
     mock.get(
         url("/v1/markets/clock"),
-        payload={"clock": {"date": "2026-01-05", "description": "Market is open from 09:30 to 16:00",
-                           "state": "open", "timestamp": 1767625200, "next_change": "16:00",
-                           "next_state": "postmarket"}},
+        payload={
+            "clock": {
+                "date": "2026-01-05",
+                "description": "Market is open from 09:30 to 16:00",
+                "state": "open",
+                "timestamp": 1767625200,
+                "next_change": "16:00",
+                "next_state": "postmarket",
+            }
+        },
     )
     days = [
         {"date": "2026-01-05", "status": "open", "open": {"start": "09:30", "end": "16:00"}},
@@ -407,8 +501,15 @@ async def test_clock_without_calendar_falls_back_to_weekdays(broker: TradierBrok
     # Saturday 2026-01-10 12:00 New York
     mock.get(
         url("/v1/markets/clock"),
-        payload={"clock": {"date": "2026-01-10", "state": "closed", "timestamp": 1768064400,
-                           "next_change": "07:00", "next_state": "premarket"}},
+        payload={
+            "clock": {
+                "date": "2026-01-10",
+                "state": "closed",
+                "timestamp": 1768064400,
+                "next_change": "07:00",
+                "next_state": "premarket",
+            }
+        },
         repeat=True,
     )
     mock.get(url("/v1/markets/calendar"), status=404, body="404: Not Found", content_type="text/plain", repeat=True)
@@ -427,11 +528,19 @@ async def test_clock_without_calendar_falls_back_to_weekdays(broker: TradierBrok
 async def test_submit_equity_market(broker: TradierBroker, mock: aioresponses) -> None:
     mock.post(acct("/orders"), payload={"order": {"id": 257459, "status": "ok", "partner_id": "x"}})
     mock.get(acct("/orders/257459"), payload={"order": order_json(id=257459, tag="syncd-7")})
-    order = await broker.submit_order(OrderRequest(client_order_id="syncd-7", qty=Decimal(10), symbol="AAPL",
-                                                   side=Side.BUY))
+    order = await broker.submit_order(
+        OrderRequest(client_order_id="syncd-7", qty=Decimal(10), symbol="AAPL", side=Side.BUY)
+    )
     assert order.broker_order_id == "257459" and order.client_order_id == "syncd-7"
-    assert sent_form(mock) == {"class": "equity", "symbol": "AAPL", "side": "buy", "quantity": "10",
-                               "type": "market", "duration": "day", "tag": "syncd-7"}
+    assert sent_form(mock) == {
+        "class": "equity",
+        "symbol": "AAPL",
+        "side": "buy",
+        "quantity": "10",
+        "type": "market",
+        "duration": "day",
+        "tag": "syncd-7",
+    }
 
 
 def form(request: OrderRequest) -> dict[str, str]:
@@ -440,13 +549,26 @@ def form(request: OrderRequest) -> dict[str, str]:
 
 def test_prices_and_quantities_go_on_the_wire_as_exact_decimals() -> None:
     """Issue 10: never a price through a float; the form carries the exact decimal digits."""
-    f = form(OrderRequest(client_order_id="t", qty=Decimal("1234567.123456789"), type=OrderType.LIMIT,
-                          limit_price=Decimal("1.12345678901234567890"), symbol="AAPL", side=Side.BUY))
+    f = form(
+        OrderRequest(
+            client_order_id="t",
+            qty=Decimal("1234567.123456789"),
+            type=OrderType.LIMIT,
+            limit_price=Decimal("1.12345678901234567890"),
+            symbol="AAPL",
+            side=Side.BUY,
+        )
+    )
     assert (f["price"], f["quantity"]) == ("1.1234567890123456789", "1234567.123456789")
-    spread = form(OrderRequest(client_order_id="t", qty=Decimal(3), type=OrderType.LIMIT,
-                               limit_price=Decimal("-0.07"),
-                               legs=(LegRequest("AAPL260116C00150000", Side.BUY),
-                                     LegRequest("AAPL260116C00160000", Side.SELL, 2))))
+    spread = form(
+        OrderRequest(
+            client_order_id="t",
+            qty=Decimal(3),
+            type=OrderType.LIMIT,
+            limit_price=Decimal("-0.07"),
+            legs=(LegRequest("AAPL260116C00150000", Side.BUY), LegRequest("AAPL260116C00160000", Side.SELL, 2)),
+        )
+    )
     assert (spread["price"], spread["type"], spread["quantity[1]"]) == ("0.07", "credit", "6")
 
 
@@ -461,34 +583,68 @@ def test_equity_sides_from_intent() -> None:
 
 
 def test_option_limit_form() -> None:
-    f = form(OrderRequest(client_order_id="t-1", qty=Decimal(2), type=OrderType.LIMIT, limit_price=Decimal("1.250"),
-                          symbol="AAPL260116P00100000", side=Side.SELL, intent=Intent.CLOSE,
-                          time_in_force=TimeInForce.GTC))
-    assert f == {"class": "option", "symbol": "AAPL", "option_symbol": "AAPL260116P00100000",
-                 "side": "sell_to_close", "quantity": "2", "type": "limit", "price": "1.25",
-                 "duration": "gtc", "tag": "t-1"}
+    f = form(
+        OrderRequest(
+            client_order_id="t-1",
+            qty=Decimal(2),
+            type=OrderType.LIMIT,
+            limit_price=Decimal("1.250"),
+            symbol="AAPL260116P00100000",
+            side=Side.SELL,
+            intent=Intent.CLOSE,
+            time_in_force=TimeInForce.GTC,
+        )
+    )
+    assert f == {
+        "class": "option",
+        "symbol": "AAPL",
+        "option_symbol": "AAPL260116P00100000",
+        "side": "sell_to_close",
+        "quantity": "2",
+        "type": "limit",
+        "price": "1.25",
+        "duration": "gtc",
+        "tag": "t-1",
+    }
 
 
-@pytest.mark.parametrize(("price", "kind"), [(Decimal("2.10"), "debit"), (Decimal("-0.85"), "credit"),
-                                             (Decimal(0), "even")])
+@pytest.mark.parametrize(
+    ("price", "kind"), [(Decimal("2.10"), "debit"), (Decimal("-0.85"), "credit"), (Decimal(0), "even")]
+)
 def test_multileg_limit_form(price: Decimal, kind: str) -> None:
-    f = build_order_form(OrderRequest(
-        client_order_id="syncd-mleg-1", qty=Decimal(67), type=OrderType.LIMIT, limit_price=price,
-        legs=(LegRequest("AAPL260116C00150000", Side.BUY), LegRequest("AAPL260116C00160000", Side.SELL, ratio=2)),
-    ))
+    f = build_order_form(
+        OrderRequest(
+            client_order_id="syncd-mleg-1",
+            qty=Decimal(67),
+            type=OrderType.LIMIT,
+            limit_price=price,
+            legs=(LegRequest("AAPL260116C00150000", Side.BUY), LegRequest("AAPL260116C00160000", Side.SELL, ratio=2)),
+        )
+    )
     d = dict(f)
     assert d["class"] == "multileg" and d["symbol"] == "AAPL" and d["type"] == kind
     assert d.get("price") == (None if kind == "even" else str(abs(price)).rstrip("0").rstrip("."))
     assert [(k, v) for k, v in f if "[" in k] == [
-        ("option_symbol[0]", "AAPL260116C00150000"), ("side[0]", "buy_to_open"), ("quantity[0]", "67"),
-        ("option_symbol[1]", "AAPL260116C00160000"), ("side[1]", "sell_to_open"), ("quantity[1]", "134"),
+        ("option_symbol[0]", "AAPL260116C00150000"),
+        ("side[0]", "buy_to_open"),
+        ("quantity[0]", "67"),
+        ("option_symbol[1]", "AAPL260116C00160000"),
+        ("side[1]", "sell_to_open"),
+        ("quantity[1]", "134"),
     ]
 
 
 def test_multileg_market_form() -> None:
-    d = form(OrderRequest(client_order_id="m", qty=Decimal(1),
-                          legs=(LegRequest("SPY260116C00600000", Side.SELL, intent=Intent.CLOSE),
-                                LegRequest("SPY260116C00610000", Side.BUY, intent=Intent.CLOSE))))
+    d = form(
+        OrderRequest(
+            client_order_id="m",
+            qty=Decimal(1),
+            legs=(
+                LegRequest("SPY260116C00600000", Side.SELL, intent=Intent.CLOSE),
+                LegRequest("SPY260116C00610000", Side.BUY, intent=Intent.CLOSE),
+            ),
+        )
+    )
     assert d["type"] == "market" and "price" not in d
     assert d["side[0]"] == "sell_to_close" and d["side[1]"] == "buy_to_close"
 
@@ -499,12 +655,22 @@ def test_multileg_market_form() -> None:
         (OrderRequest(client_order_id="has space", qty=Decimal(1), symbol="AAPL", side=Side.BUY), "tag"),
         (OrderRequest(client_order_id="x" * 256, qty=Decimal(1), symbol="AAPL", side=Side.BUY), "tag"),
         (OrderRequest(client_order_id="ok", qty=Decimal(0), symbol="AAPL", side=Side.BUY), "positive"),
-        (OrderRequest(client_order_id="ok", qty=Decimal(1), legs=(LegRequest("AAPL", Side.BUY),
-                                                                   LegRequest("MSFT", Side.SELL))), "OCC"),
-        (OrderRequest(client_order_id="ok", qty=Decimal(1), type=OrderType.LIMIT, symbol="AAPL", side=Side.BUY),
-         "limit_price"),
-        (OrderRequest(client_order_id="ok", qty=Decimal(1), symbol="AAPL", side=Side.BUY,
-                      time_in_force=TimeInForce.IOC), "time_in_force"),
+        (
+            OrderRequest(
+                client_order_id="ok", qty=Decimal(1), legs=(LegRequest("AAPL", Side.BUY), LegRequest("MSFT", Side.SELL))
+            ),
+            "OCC",
+        ),
+        (
+            OrderRequest(client_order_id="ok", qty=Decimal(1), type=OrderType.LIMIT, symbol="AAPL", side=Side.BUY),
+            "limit_price",
+        ),
+        (
+            OrderRequest(
+                client_order_id="ok", qty=Decimal(1), symbol="AAPL", side=Side.BUY, time_in_force=TimeInForce.IOC
+            ),
+            "time_in_force",
+        ),
     ],
 )
 def test_unplaceable_requests_are_rejected_before_sending(request_: OrderRequest, why: str) -> None:
@@ -546,8 +712,13 @@ async def test_submit_is_never_retried(broker: TradierBroker, mock: aioresponses
 async def test_submit_details_unavailable_returns_what_is_known(broker: TradierBroker, mock: aioresponses) -> None:
     mock.post(acct("/orders"), payload={"order": {"id": 77, "status": "ok"}})
     mock.get(acct("/orders/77"), status=503, repeat=True)
-    req = OrderRequest(client_order_id="mleg-2", qty=Decimal(3), type=OrderType.LIMIT, limit_price=Decimal("1.1"),
-                       legs=(LegRequest("AAPL260116C00150000", Side.BUY), LegRequest("AAPL260116C00160000", Side.SELL)))
+    req = OrderRequest(
+        client_order_id="mleg-2",
+        qty=Decimal(3),
+        type=OrderType.LIMIT,
+        limit_price=Decimal("1.1"),
+        legs=(LegRequest("AAPL260116C00150000", Side.BUY), LegRequest("AAPL260116C00160000", Side.SELL)),
+    )
     order = await broker.submit_order(req)
     assert order.broker_order_id == "77" and order.status == OrderStatus.PENDING_NEW
     assert order.order_class == OrderClass.MLEG and len(order.legs) == 2 and order.client_order_id == "mleg-2"
@@ -623,10 +794,28 @@ async def test_unexpected_shape_is_bad_data_never_empty(broker: TradierBroker, m
 def test_available_quantities_counts_legs_of_open_multileg_orders() -> None:
     from syncd.brokers.types import Order
 
-    leg = Order(broker_order_id="l", client_order_id=None, symbol="AAPL260116C00150000", side=Side.SELL,
-                type=OrderType.LIMIT, order_class=OrderClass.SIMPLE, qty=Decimal(5), filled_qty=Decimal(2),
-                status=OrderStatus.PARTIALLY_FILLED, intent=Intent.CLOSE)
-    parent = Order(broker_order_id="p", client_order_id=None, symbol="AAPL", side=None, type=OrderType.LIMIT,
-                   order_class=OrderClass.MLEG, qty=Decimal(5), filled_qty=Decimal(2),
-                   status=OrderStatus.PARTIALLY_FILLED, legs=(leg,))
+    leg = Order(
+        broker_order_id="l",
+        client_order_id=None,
+        symbol="AAPL260116C00150000",
+        side=Side.SELL,
+        type=OrderType.LIMIT,
+        order_class=OrderClass.SIMPLE,
+        qty=Decimal(5),
+        filled_qty=Decimal(2),
+        status=OrderStatus.PARTIALLY_FILLED,
+        intent=Intent.CLOSE,
+    )
+    parent = Order(
+        broker_order_id="p",
+        client_order_id=None,
+        symbol="AAPL",
+        side=None,
+        type=OrderType.LIMIT,
+        order_class=OrderClass.MLEG,
+        qty=Decimal(5),
+        filled_qty=Decimal(2),
+        status=OrderStatus.PARTIALLY_FILLED,
+        legs=(leg,),
+    )
     assert available_quantities([parent]) == {("AAPL260116C00150000", False): Decimal(3)}
