@@ -47,7 +47,7 @@ from syncd.brokers.http import HttpCore, RequestHook, RetryPolicy
 from syncd.brokers.occ import option_spec_or_none, parse_occ
 from syncd.brokers.parse import TooManyDigits, as_utc, batches, decimal_or_none, iso_z, plain
 from syncd.brokers.ratelimit import ALPACA_PER_MIN, TokenBucket
-from syncd.brokers.sanity import check_order, check_position, check_quote
+from syncd.brokers.sanity import check_order, check_position, check_positions, check_quote
 from syncd.brokers.types import (
     AssetClass,
     Balances,
@@ -172,7 +172,8 @@ class AlpacaBroker:
     async def list_positions(self) -> list[Position]:
         body = await self._get("/v2/positions")
         rows = _list(body, "positions", self.account.name)
-        return [self._position(_obj(p, f"positions[{i}]", self.account.name), i) for i, p in enumerate(rows)]
+        positions = [self._position(_obj(p, f"positions[{i}]", self.account.name), i) for i, p in enumerate(rows)]
+        return check_positions(positions, self._bad)
 
     async def get_clock(self) -> Clock:
         clock = self._model(AlpacaClock, _obj(await self._get("/v2/clock"), "clock", self.account.name), "clock")

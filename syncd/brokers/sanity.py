@@ -12,7 +12,14 @@ nothing of that answer and ``accounts.last_error`` says why. Refused:
 - a negative price: ``avg_entry_price``, ``current_price``, bid, ask, last, fill prices
   (an order's average and a stream fill's price; a multi-leg order's net may be negative,
   a credit, but each leg's price may not). A short's sign is in its quantity and cost
-  basis, so ``cost_basis``, ``market_value`` and P&L may be negative, prices never.
+  basis, so ``cost_basis``, ``market_value`` and P&L may be negative, prices never;
+- a position without a symbol, a symbol reported twice in one answer, an option position
+  whose symbol is not OCC (:func:`check_position`, :func:`check_positions`).
+
+Numbers are finite wherever they are read: :func:`syncd.brokers.parse.decimal_or_none`
+refuses NaN and infinities, and required numbers (a position's quantity and cost basis,
+the account's equity) are refused when missing. Consumers (accountSync) rely on this and
+check nothing again.
 
 Digits beyond what syncd keeps exactly are refused where numbers are read
 (:func:`syncd.brokers.parse.decimal_or_none`).
@@ -21,11 +28,11 @@ Digits beyond what syncd keeps exactly are refused where numbers are read
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 from syncd.brokers.base import BadBrokerData
-from syncd.brokers.types import Order, OrderClass, Position, Quote, TradeUpdate
+from syncd.brokers.types import AssetClass, Order, OrderClass, Position, Quote, TradeUpdate
 
 MAX_FUTURE = dt.timedelta(days=1)
 ZERO = Decimal(0)
@@ -64,9 +71,24 @@ def check_order(order: Order, what: str, bad: Bad, now: dt.datetime | None = Non
 
 
 def check_position(p: Position, what: str, bad: Bad) -> Position:
+    """``p`` itself, or ``bad(...)``: no symbol, an option without its OCC fields, a negative price."""
+    if not isinstance(p.symbol, str) or not p.symbol:
+        raise bad(f"{what}.symbol is missing", f"{what}.symbol")
+    if p.asset_class == AssetClass.US_OPTION and p.option is None:
+        raise bad(f"{what}.symbol: {p.symbol[:40]!r} is not an OCC option symbol", f"{what}.symbol")
     _price(p.avg_entry_price, f"{what}.avg_entry_price", bad)
     _price(p.current_price, f"{what}.current_price", bad)
     return p
+
+
+def check_positions(positions: Sequence[Position], bad: Bad) -> list[Position]:
+    """``positions`` (each already through :func:`check_position`), or ``bad(...)`` for a symbol reported twice."""
+    seen: set[str] = set()
+    for i, p in enumerate(positions):
+        if p.symbol in seen:
+            raise bad(f"positions: symbol {p.symbol[:40]!r} reported twice", f"positions[{i}].symbol")
+        seen.add(p.symbol)
+    return list(positions)
 
 
 def check_quote(q: Quote, what: str, bad: Bad, now: dt.datetime | None = None) -> Quote:

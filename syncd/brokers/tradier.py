@@ -46,7 +46,7 @@ from syncd.brokers.http import HttpCore, RequestHook, RetryPolicy
 from syncd.brokers.occ import option_spec_or_none
 from syncd.brokers.parse import WIDE, NotANumber, NotFinite, TooManyDigits, as_utc, batches, decimal_or_none, plain
 from syncd.brokers.ratelimit import TRADIER_PER_MIN, TokenBucket
-from syncd.brokers.sanity import check_order, check_position, check_quote
+from syncd.brokers.sanity import check_order, check_position, check_positions, check_quote
 from syncd.brokers.types import (
     AssetClass,
     Balances,
@@ -244,7 +244,7 @@ class TradierBroker:
                 option=option,
             )
             out.append(check_position(position, what, self._bad))
-        return out
+        return check_positions(out, self._bad)
 
     # -- orders -------------------------------------------------------------------------
 

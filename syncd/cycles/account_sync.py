@@ -4,9 +4,10 @@ A pass reads as a story:
 
 1. **fetch** balances and positions from the broker, both requests at once (two
    requests per account per pass with Alpaca), under a deadline;
-2. **check** the answer (:func:`checked_positions`): a symbol reported twice, a
-   quantity that is not a finite number, an option whose symbol is not OCC -- the
-   answer is malformed and the pass raises ``BadBrokerData`` before touching anything;
+2. **turn** the answer into rows (:func:`position_rows`, pure). The adapters guarantee
+   the answer (:mod:`syncd.brokers.sanity`): a malformed one -- a symbol reported twice,
+   a number that is not finite, an option whose symbol is not OCC -- raised
+   ``BadBrokerData`` in the fetch, before anything is touched;
 3. **compare** it with the stored rows (:func:`diff_positions`, a pure function);
 4. **write the difference** in ONE transaction and one bulk statement
    (``account_sync_write``: arrays of named rows through ``unnest``): changed rows upserted,
@@ -61,9 +62,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from syncd.brokers.base import BadBrokerData, Broker, BrokerUnavailable
-from syncd.brokers.occ import parse_occ
-from syncd.brokers.parse import NotFinite, finite
+from syncd.brokers.base import Broker, BrokerUnavailable
 from syncd.brokers.types import AssetClass, Balances, Position
 from syncd.context import Account, Context
 from syncd.db import events
@@ -201,75 +200,21 @@ def balances_changed(stored: Mapping[str, Any] | None, fetched: Balances) -> boo
 _BALANCE_FIELDS = ("equity", "cash", "buying_power", "long_market_value", "short_market_value")
 
 
-# -- checking the broker's answer ---------------------------------------------------------------------
+# -- the broker's answer as rows ----------------------------------------------------------------------
 
 
-_POSITION_NUMBERS = (
-    ("quantity", True),
-    ("qty_available", True),
-    ("avg_entry_price", False),
-    ("cost_basis", False),
-    ("current_price", False),
-    ("market_value", False),
-    ("unrealized_pl", False),
-)
+def position_row(p: Position) -> PositionRow:
+    """The row a broker position becomes; option fields from the adapter's OCC spec.
 
-
-def _finite(value: Decimal | None, what: str, *, required: bool) -> None:
-    if value is None:
-        if required:
-            raise BadBrokerData(f"{what} is missing", field=what)
-        return
-    try:
-        finite(value)
-    except NotFinite:
-        raise BadBrokerData(f"{what} is not a finite number: {str(value)[:40]!r}", field=what) from None
-
-
-def _check_numbers(p: Position, index: int) -> None:
-    values = (
-        p.quantity,
-        p.qty_available,
-        p.avg_entry_price,
-        p.cost_basis,
-        p.current_price,
-        p.market_value,
-        p.unrealized_pl,
-    )
-    try:
-        fine = values[0] is not None and values[1] is not None
-        for v in values:
-            if v is not None:
-                finite(v)
-    except NotFinite:  # NaN, an infinity, or not a Decimal at all
-        fine = False
-    if fine:
-        return  # the usual case, without building a message per field
-    for (name, required), value in zip(_POSITION_NUMBERS, values, strict=True):
-        _finite(value, f"positions[{index}].{name}", required=required)
-
-
-def position_row(p: Position, index: int = 0) -> PositionRow:
-    """The row a broker position becomes; option fields from its OCC symbol. ``BadBrokerData`` if malformed."""
-    _check_numbers(p, index)
+    Pure: the adapters guarantee the answer (:mod:`syncd.brokers.sanity`): a symbol, each
+    symbol once, finite numbers, required ones present, an option's OCC fields parsed.
+    """
+    spec = p.option
     # asset_class, underlying, option_type, strike, expiration, multiplier: the columns stocks and options differ in
     instrument: tuple[str, str, str | None, Decimal | None, dt.date | None, Decimal] = (
-        AssetClass(p.asset_class).value,
-        p.symbol,
-        None,
-        None,
-        None,
-        _ONE,
-    )
-    if p.asset_class == AssetClass.US_OPTION:
-        spec = p.option
-        if spec is None:
-            try:
-                spec = parse_occ(p.symbol)
-            except ValueError as exc:
-                what = f"positions[{index}].symbol"
-                raise BadBrokerData(f"{what}: {exc}", field=what) from None
-        instrument = (
+        (AssetClass(p.asset_class).value, p.symbol, None, None, None, _ONE)
+        if spec is None
+        else (
             AssetClass.US_OPTION.value,
             spec.underlying,
             spec.option_type.value,
@@ -277,6 +222,7 @@ def position_row(p: Position, index: int = 0) -> PositionRow:
             spec.expiration,
             Decimal(spec.multiplier),
         )
+    )
     return PositionRow(
         p.symbol,
         *instrument,
@@ -293,25 +239,9 @@ def position_row(p: Position, index: int = 0) -> PositionRow:
 _ONE = Decimal(1)
 
 
-def checked_positions(positions: Sequence[Position]) -> list[PositionRow]:
-    """The broker's positions as rows; flat ones (quantity 0) dropped; malformed answers raise ``BadBrokerData``."""
-    rows: list[PositionRow] = []
-    seen: set[str] = set()
-    for i, p in enumerate(positions):
-        if not isinstance(p.symbol, str) or not p.symbol:
-            raise BadBrokerData(f"positions[{i}].symbol is missing", field=f"positions[{i}].symbol")
-        if p.symbol in seen:
-            raise BadBrokerData(f"positions: symbol {p.symbol[:40]!r} reported twice", field=f"positions[{i}].symbol")
-        seen.add(p.symbol)
-        row = position_row(p, i)
-        if row.quantity != 0:
-            rows.append(row)
-    return rows
-
-
-def check_balances(b: Balances) -> None:
-    for name in _BALANCE_FIELDS:
-        _finite(getattr(b, name), f"account.{name}", required=True)
+def position_rows(positions: Sequence[Position]) -> list[PositionRow]:
+    """The broker's positions as rows; flat ones (quantity 0) dropped."""
+    return [row for row in map(position_row, positions) if row.quantity != 0]
 
 
 # -- fetching ------------------------------------------------------------------------------------------
@@ -436,8 +366,7 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
     """
     deadline = ctx.settings.cycles.broker_timeout_s * FETCH_DEADLINE_FACTOR
     balances, positions = await fetch_account(account.broker, deadline)
-    check_balances(balances)
-    fetched = checked_positions(positions)
+    fetched = position_rows(positions)
     q = ctx.queries
     async with ctx.pool.acquire() as conn:
         plan = await _plan(conn, q, account, fetched, balances)

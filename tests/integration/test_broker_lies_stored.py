@@ -89,6 +89,63 @@ async def test_account_sync_stores_nothing_of_a_lie(make_context: Any, wire: aio
         assert await counts(ctx) == (0, 0, 0)
 
 
+MALFORMED_POSITIONS = {
+    "reported-twice": (
+        [aw.position_json(symbol="AAPL"), aw.position_json(symbol="AAPL")],
+        [{"cost_basis": 10, "id": 1, "symbol": "AAPL", "quantity": 1}] * 2,
+        "reported twice",
+    ),
+    "nan-quantity": (
+        [aw.position_json(qty="NaN", qty_available="NaN")],
+        [{"cost_basis": 10, "id": 1, "symbol": "AAPL", "quantity": "NaN"}],
+        "positions[0].q",
+    ),
+    "empty-symbol": (
+        [aw.position_json(symbol="")],
+        [{"cost_basis": 10, "id": 1, "symbol": "", "quantity": 1}],
+        "positions[0].symbol is missing",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", ["alpaca", "tradier"])
+@pytest.mark.parametrize("lie", sorted(MALFORMED_POSITIONS))
+async def test_account_sync_stores_nothing_of_malformed_positions(
+    make_context: Any, wire: aioresponses, kind: str, lie: str
+) -> None:
+    """Guards issue 12: the adapters' refusal (accountSync checks nothing again) still stores nothing."""
+    alpaca_rows, tradier_rows, needle = MALFORMED_POSITIONS[lie]
+    if kind == "alpaca":
+        cfg = ALPACA
+        wire.get(u("http://alpaca.invalid", "/v2/account"), payload=aw.ACCOUNT_JSON)
+        wire.get(u("http://alpaca.invalid", "/v2/positions"), payload=alpaca_rows)
+    else:
+        cfg = TRADIER
+        base = "http://tradier.invalid/v1/accounts/VA1"
+        wire.get(u(base, "/balances"), payload={"balances": {"total_equity": 100, "total_cash": 100}})
+        wire.get(u(base, "/positions"), payload={"positions": {"position": tradier_rows}})
+        wire.get(u(base, "/orders"), payload={"orders": "null"})
+    async with make_context(accounts=[cfg]) as ctx:
+        summary = await run_pass(ctx, "accountSync", account_sync.account_pass, list(ctx.accounts.values()))
+        assert not summary.ok
+        error = await last_error(ctx, cfg.name)
+        assert error.startswith("accountSync: BadBrokerData") and needle in error
+        assert await counts(ctx) == (0, 0, 0)
+
+
+async def test_account_sync_stores_nothing_of_a_non_occ_option(make_context: Any, wire: aioresponses) -> None:
+    """Guards issue 12: Alpaca's option position with a non-OCC symbol is refused by the adapter, nothing stored."""
+    wire.get(u("http://alpaca.invalid", "/v2/account"), payload=aw.ACCOUNT_JSON)
+    option = aw.position_json(symbol="AAPL 150C", asset_class="us_option")
+    wire.get(u("http://alpaca.invalid", "/v2/positions"), payload=[aw.position_json(symbol="MSFT"), option])
+    async with make_context(accounts=[ALPACA]) as ctx:
+        summary = await run_pass(ctx, "accountSync", account_sync.account_pass, list(ctx.accounts.values()))
+        assert not summary.ok
+        error = await last_error(ctx, ALPACA.name)
+        assert error.startswith("accountSync: BadBrokerData") and "not an OCC option symbol" in error
+        assert await counts(ctx) == (0, 0, 0)
+
+
 @pytest.mark.parametrize("kind", ["alpaca", "tradier"])
 async def test_trade_cycle_stores_nothing_of_a_lying_order_listing(
     make_context: Any, wire: aioresponses, kind: str

@@ -10,16 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.brokers.base import BadBrokerData
 from syncd.brokers.occ import parse_occ
 from syncd.brokers.types import AssetClass, Balances, Position
 from syncd.cycles.account_sync import (
     PositionRow,
     balances_changed,
-    checked_positions,
     diff_positions,
     event_kind,
     position_row,
+    position_rows,
 )
 from syncd.db import events
 
@@ -150,8 +149,9 @@ def position(symbol: str, qty: str, asset_class: AssetClass = AssetClass.US_EQUI
     )
 
 
-def test_option_row_fields_come_from_the_occ_symbol() -> None:
-    row = position_row(position("AAPL260116C00150000", "-2", AssetClass.US_OPTION))
+def test_option_row_fields_come_from_the_occ_spec() -> None:
+    spec = parse_occ("AAPL260116C00150000")
+    row = position_row(position("AAPL260116C00150000", "-2", AssetClass.US_OPTION, option=spec))
     assert (row.underlying, row.option_type, row.strike, row.expiration, row.multiplier) == (
         "AAPL",
         "call",
@@ -179,35 +179,8 @@ def test_stock_row_has_multiplier_one_and_no_option_fields() -> None:
     )
 
 
-def test_option_with_a_non_occ_symbol_is_bad_broker_data() -> None:
-    with pytest.raises(BadBrokerData, match="not an OCC option symbol") as info:
-        checked_positions([position("AAPL_JAN_150_C", "1", AssetClass.US_OPTION)])
-    assert info.value.field == "positions[0].symbol"
-
-
-def test_symbol_reported_twice_is_bad_broker_data() -> None:
-    with pytest.raises(BadBrokerData, match="reported twice"):
-        checked_positions([position("AAPL", "1"), position("MSFT", "2"), position("AAPL", "3")])
-
-
-@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity", "sNaN"])
-def test_non_finite_quantity_is_bad_broker_data(bad: str) -> None:
-    with pytest.raises(BadBrokerData, match="not a finite number"):
-        checked_positions([position("AAPL", bad)])
-
-
-def test_non_finite_mark_is_bad_broker_data() -> None:
-    with pytest.raises(BadBrokerData, match=r"positions\[0\]\.current_price"):
-        checked_positions([position("AAPL", "1", current_price=D("NaN"))])
-
-
 def test_flat_positions_are_dropped() -> None:
-    assert [r.symbol for r in checked_positions([position("AAPL", "0"), position("MSFT", "1")])] == ["MSFT"]
-
-
-def test_empty_symbol_is_bad_broker_data() -> None:
-    with pytest.raises(BadBrokerData, match="symbol is missing"):
-        checked_positions([position("", "1")])
+    assert [r.symbol for r in position_rows([position("AAPL", "0"), position("MSFT", "1")])] == ["MSFT"]
 
 
 # -- balances ------------------------------------------------------------------------------------------

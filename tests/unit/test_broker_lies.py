@@ -263,6 +263,81 @@ async def test_tradier_balances_with_too_many_digits_are_refused(tradier: Tradie
     await refused(tradier.get_account(), "total_equity")
 
 
+# -- malformed answers accountSync relies on the adapters to refuse (issue 12) ---------------------------------
+
+# Each: the positions list on the wire, the field the refusal must name. Both brokers.
+POSITION_ANSWER_LIES: dict[str, tuple[Callable[[], list[dict[str, Any]]], Callable[[], list[dict[str, Any]]], str]] = {
+    "reported-twice": (
+        lambda: [aw.position_json(symbol="AAPL"), aw.position_json(symbol="MSFT"), aw.position_json(symbol="AAPL")],
+        lambda: [_tradier_position(symbol="AAPL"), _tradier_position(symbol="MSFT"), _tradier_position(symbol="AAPL")],
+        "reported twice",
+    ),
+    "empty-symbol": (
+        lambda: [aw.position_json(symbol="")],
+        lambda: [_tradier_position(symbol="")],
+        "positions[0].symbol",
+    ),
+    "nan-quantity": (
+        lambda: [aw.position_json(qty="NaN", qty_available="NaN")],
+        lambda: [_tradier_position(quantity="NaN")],
+        "positions[0].q",
+    ),
+    "infinite-quantity": (
+        lambda: [aw.position_json(qty="Infinity", qty_available="Infinity")],
+        lambda: [_tradier_position(quantity="-Infinity")],
+        "positions[0].q",
+    ),
+    "nan-cost": (
+        lambda: [aw.position_json(cost_basis="NaN")],
+        lambda: [_tradier_position(cost_basis="NaN")],
+        "positions[0].cost_basis",
+    ),
+    "missing-quantity": (
+        lambda: [{k: v for k, v in aw.position_json().items() if k != "qty"}],
+        lambda: [{k: v for k, v in _tradier_position().items() if k != "quantity"}],
+        "positions[0].q",
+    ),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(POSITION_ANSWER_LIES))
+async def test_malformed_positions_are_refused_by_both_adapters(
+    alpaca: AlpacaBroker, tradier: TradierBroker, mock: aioresponses, lie: str
+) -> None:
+    """Guards issue 12: the adapters alone refuse these (accountSync no longer checks them again)."""
+    alpaca_rows, tradier_rows, field = POSITION_ANSWER_LIES[lie]
+    mock.get(aw.url("/v2/positions"), payload=alpaca_rows())
+    await refused(alpaca.list_positions(), field)
+    mock.get(tw.acct("/positions"), payload={"positions": {"position": tradier_rows()}})
+    mock.get(tw.acct("/orders"), payload={"orders": "null"})
+    await refused(tradier.list_positions(), field)
+
+
+@pytest.mark.parametrize("mark", ["current_price", "market_value", "unrealized_pl"])
+async def test_alpaca_non_finite_mark_is_refused(alpaca: AlpacaBroker, mock: aioresponses, mark: str) -> None:
+    """Guards issue 12: a NaN mark is refused by the adapter (Tradier sends no marks)."""
+    mock.get(aw.url("/v2/positions"), payload=[aw.position_json(**{mark: "NaN"})])
+    await refused(alpaca.list_positions(), f"positions[0].{mark}")
+
+
+async def test_alpaca_option_with_a_non_occ_symbol_is_refused(alpaca: AlpacaBroker, mock: aioresponses) -> None:
+    """Guards issue 12: an option position must carry an OCC symbol (Tradier infers options from the OCC form)."""
+    mock.get(aw.url("/v2/positions"), payload=[aw.position_json(symbol="AAPL_JAN_150_C", asset_class="us_option")])
+    error = await refused(alpaca.list_positions(), "positions[0].symbol")
+    assert "not an OCC option symbol" in str(error)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", None])
+async def test_non_finite_or_missing_equity_is_refused_by_both_adapters(
+    alpaca: AlpacaBroker, tradier: TradierBroker, mock: aioresponses, value: str | None
+) -> None:
+    """Guards issue 12: the balances accountSync snapshots are finite and present (adapters guarantee it)."""
+    mock.get(aw.url("/v2/account"), payload={**aw.ACCOUNT_JSON, "equity": value})
+    await refused(alpaca.get_account(), "equity")
+    mock.get(tw.acct("/balances"), payload={"balances": {"total_equity": value, "total_cash": 1}})
+    await refused(tradier.get_account(), "total_equity")
+
+
 TRADIER_QUOTE_LIES: dict[str, tuple[dict[str, Any], str]] = {
     "negative-bid": ({"bid": -190.4}, "bid"),
     "negative-ask": ({"ask": -190.6}, "ask"),
