@@ -58,15 +58,22 @@ def default_instance() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def account_row(a: AccountSettings) -> dict[str, Any]:
+    """One ``account_row`` (0013) by attribute name."""
+    return {
+        "name": a.name,
+        "broker": a.broker,
+        "broker_account_id": a.account_id,
+        "paper": a.paper if a.broker == "alpaca" else a.sandbox,
+    }
+
+
 async def upsert_accounts(pool: asyncpg.Pool[Any], queries: Queries, accounts: list[AccountSettings]) -> dict[str, int]:
     """Make sure every configured account has its row; return ids by name."""
     names = [a.name for a in accounts]
     await pool.execute(
         queries["upsert_accounts"],
-        names,
-        [a.broker for a in accounts],
-        [a.account_id for a in accounts],
-        [a.paper if a.broker == "alpaca" else a.sandbox for a in accounts],
+        [account_row(a) for a in accounts],
     )
     rows = await pool.fetch(queries["account_ids"], names)
     return {r["name"]: r["id"] for r in rows}

@@ -1,7 +1,7 @@
 -- name: upsert_accounts
--- Configured accounts by name; returns id and name. `active` is the user's and never touched.
+-- Configured accounts by name: $1 account_row[] (0013). `active` is the user's and never touched.
 INSERT INTO accounts (name, broker, broker_account_id, paper)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[])
+SELECT u.name, u.broker, u.broker_account_id, u.paper FROM unnest($1::account_row[]) AS u
 ON CONFLICT (name) DO UPDATE
    SET broker = EXCLUDED.broker,
        broker_account_id = COALESCE(EXCLUDED.broker_account_id, accounts.broker_account_id),
@@ -20,10 +20,10 @@ SELECT name FROM accounts WHERE active AND name = ANY($1::text[]);
 
 -- name: record_passes
 -- One pass of one task over many accounts: sync_runs rows, account_health, accounts.last_error.
--- $1 task, $2 instance, $3 account ids, $4 started_at, $5 finished_at, $6 ok, $7 error, $8 stats
+-- $1 task, $2 instance, $3 pass_row[] (0013): account_id, started_at, finished_at, ok, error, stats (JSON text)
 WITH input AS (
-    SELECT * FROM unnest($3::bigint[], $4::timestamptz[], $5::timestamptz[], $6::boolean[], $7::text[], $8::jsonb[])
-        AS t(account_id, started_at, finished_at, ok, error, stats)
+    SELECT u.account_id, u.started_at, u.finished_at, u.ok, u.error, u.stats::jsonb AS stats
+      FROM unnest($3::pass_row[]) AS u
 ), runs AS (
     INSERT INTO sync_runs (task, account_id, instance, started_at, finished_at, ok, error, stats)
     SELECT $1, account_id, $2, started_at, finished_at, ok, error, stats FROM input

@@ -3,9 +3,9 @@
 SELECT symbol FROM portfolio_positions WHERE account_id = $1 AND quantity <> 0 ORDER BY symbol;
 
 -- name: monitor_write_quotes
--- $1 account id; one element per held symbol: $2 symbol, $3 bid, $4 ask, $5 last (NULL: keep),
--- $6 price = mid or last (NULL: keep), $7 quote_at (NULL: now, or kept when nothing was quoted), $8..$12 delta, gamma, theta,
--- vega, implied volatility (NULL: keep). A symbol the broker did not quote comes with NULL
+-- $1 account id; $2 quote_row[] (0013), one per held symbol: symbol, bid, ask, last (NULL: keep),
+-- price = mid or last (NULL: keep), quote_at (NULL: now, or kept when nothing was quoted), delta, gamma, theta,
+-- vega, iv = implied volatility (NULL: keep). A symbol the broker did not quote comes with NULL
 -- bid and ask: nothing two-sided is known for it, so it can be neither monitored nor exited.
 -- market_value and unrealized_pl come from the row's own quantity, multiplier and cost basis
 -- (accountSync's, never rewritten here), so a concurrent quantity change is never undone.
@@ -25,9 +25,7 @@ UPDATE portfolio_positions p
        vega = COALESCE(u.vega, p.vega),
        implied_volatility = COALESCE(u.iv, p.implied_volatility),
        updated_at = now()
-  FROM unnest($2::text[], $3::numeric[], $4::numeric[], $5::numeric[], $6::numeric[], $7::timestamptz[],
-              $8::numeric[], $9::numeric[], $10::numeric[], $11::numeric[], $12::numeric[])
-       AS u(symbol, bid, ask, last, price, quote_at, delta, gamma, theta, vega, iv)
+  FROM unnest($2::quote_row[]) AS u
  WHERE p.account_id = $1
    AND p.symbol = u.symbol
    AND (p.bid, p.ask, p.last, p.current_price, p.market_value, p.unrealized_pl,
@@ -57,19 +55,19 @@ SELECT v.trade_id, v.leg_index, v.symbol, v.side, v.ratio, v.position_quantity, 
  ORDER BY v.trade_id, v.leg_index;
 
 -- name: monitor_write_trades
--- $1 account id; $2 trade ids, $3 current_price per unit, $4 floating_pnl. Only changed rows.
+-- $1 account id; $2 trade_mark_row[] (0013): id, current_price per unit, floating_pnl. Only changed rows.
 -- Returns the ids written.
 UPDATE trades t
-   SET current_price = u.price, floating_pnl = u.pnl, updated_at = now()
-  FROM unnest($2::bigint[], $3::numeric[], $4::numeric[]) AS u(id, price, pnl)
+   SET current_price = u.current_price, floating_pnl = u.floating_pnl, updated_at = now()
+  FROM unnest($2::trade_mark_row[]) AS u
  WHERE t.id = u.id
    AND t.account_id = $1
    AND t.status IN ('open', 'closing')
-   AND (t.current_price, t.floating_pnl) IS DISTINCT FROM (u.price, u.pnl)
+   AND (t.current_price, t.floating_pnl) IS DISTINCT FROM (u.current_price, u.floating_pnl)
 RETURNING t.id;
 
 -- name: monitor_queue_exits
--- $1 account id; $2 trade ids, $3 close_reason (the rule), $4 quantity to close.
+-- $1 account id; $2 trade_exit_row[] (0013): trade_id, reason = close_reason (the rule), qty to close.
 -- For each trade still open with no close request pending, in one statement: the trade goes
 -- `closing` with its close_reason, and one `close` request is queued for the quantity
 -- (payload {"type": "market", "qty": N, "reason": rule}: the outbox keeps the rule as close_reason)
@@ -77,7 +75,7 @@ RETURNING t.id;
 -- changed meanwhile (another instance queued its exit) is skipped by the WHERE, re-checked on
 -- the locked row. Returns (request id, trade id, reason, qty) of what was queued.
 WITH fired AS (
-    SELECT * FROM unnest($2::bigint[], $3::text[], $4::numeric[]) AS f(trade_id, reason, qty)
+    SELECT * FROM unnest($2::trade_exit_row[])
 ), closing AS (
     UPDATE trades t
        SET status = 'closing', close_reason = f.reason, updated_at = now()

@@ -229,10 +229,10 @@ SELECT c.id AS trade_id, c.quantity, l.leg_index, l.symbol, l.side, l.ratio, l.h
  ORDER BY c.id, l.leg_index;
 
 -- name: trade_set_quantities
--- Quantities reconciled with the broker's positions. $1 trade ids, $2 quantities.
+-- Quantities reconciled with the broker's positions. $1 trade_quantity_row[] (0013): id, quantity.
 UPDATE trades t
    SET quantity = u.quantity, updated_at = now()
-  FROM unnest($1::bigint[], $2::numeric[]) AS u(id, quantity)
+  FROM unnest($1::trade_quantity_row[]) AS u
  WHERE t.id = u.id AND t.quantity IS DISTINCT FROM u.quantity;
 
 -- name: trade_close_outside
@@ -301,8 +301,9 @@ VALUES ($1, $2, $3, 'pending', $4, 0, $5, $6, 'order')
 RETURNING id;
 
 -- name: outbox_insert_legs
+-- $1 trade id, $2 trade_leg_row[] (0013): leg_index, symbol, side, ratio.
 INSERT INTO trade_legs (trade_id, leg_index, symbol, side, ratio)
-SELECT $1, u.* FROM unnest($2::int[], $3::text[], $4::text[], $5::int[]) AS u;
+SELECT $1, u.leg_index, u.symbol, u.side, u.ratio FROM unnest($2::trade_leg_row[]) AS u;
 
 -- name: outbox_trade
 -- The trade a close/cancel request names, with its account (must be the request's).

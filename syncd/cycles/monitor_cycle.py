@@ -67,59 +67,30 @@ async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
 # -- quotes -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class QuoteColumns:
-    """``monitor_write_quotes``'s array arguments, one element per held symbol."""
-
-    symbols: list[str]
-    bid: list[Decimal | None]
-    ask: list[Decimal | None]
-    last: list[Decimal | None]
-    price: list[Decimal | None]
-    quote_at: list[dt.datetime | None]
-    delta: list[Decimal | None]
-    gamma: list[Decimal | None]
-    theta: list[Decimal | None]
-    vega: list[Decimal | None]
-    iv: list[Decimal | None]
-
-    def args(self) -> tuple[list[Any], ...]:
-        return (
-            self.symbols,
-            self.bid,
-            self.ask,
-            self.last,
-            self.price,
-            self.quote_at,
-            self.delta,
-            self.gamma,
-            self.theta,
-            self.vega,
-            self.iv,
-        )
+def quote_row(symbol: str, q: Quote | None) -> dict[str, Any]:
+    """One ``quote_row`` (0013) by attribute name; a symbol the broker did not quote gets no bid/ask."""
+    g = q.greeks if q is not None else None
+    bid = q.bid if q is not None else None
+    ask = q.ask if q is not None else None
+    last = q.last if q is not None else None
+    return {
+        "symbol": symbol,
+        "bid": bid,
+        "ask": ask,
+        "last": last,
+        "price": pnl.mid(bid, ask, last),
+        "quote_at": q.at if q is not None else None,
+        "delta": g.delta if g else None,
+        "gamma": g.gamma if g else None,
+        "theta": g.theta if g else None,
+        "vega": g.vega if g else None,
+        "iv": g.implied_volatility if g else None,
+    }
 
 
-def quote_columns(symbols: Sequence[str], quotes: dict[str, Quote]) -> QuoteColumns:
-    """Arrange the broker's quotes for the bulk write; a symbol it did not quote gets no bid/ask."""
-    cols = QuoteColumns([], [], [], [], [], [], [], [], [], [], [])
-    for symbol in symbols:
-        q = quotes.get(symbol)
-        g = q.greeks if q is not None else None
-        bid = q.bid if q is not None else None
-        ask = q.ask if q is not None else None
-        last = q.last if q is not None else None
-        cols.symbols.append(symbol)
-        cols.bid.append(bid)
-        cols.ask.append(ask)
-        cols.last.append(last)
-        cols.price.append(pnl.mid(bid, ask, last))
-        cols.quote_at.append(q.at if q is not None else None)
-        cols.delta.append(g.delta if g else None)
-        cols.gamma.append(g.gamma if g else None)
-        cols.theta.append(g.theta if g else None)
-        cols.vega.append(g.vega if g else None)
-        cols.iv.append(g.implied_volatility if g else None)
-    return cols
+def quote_rows(symbols: Sequence[str], quotes: dict[str, Quote]) -> list[dict[str, Any]]:
+    """``monitor_write_quotes``'s rows, one per held symbol."""
+    return [quote_row(symbol, quotes.get(symbol)) for symbol in symbols]
 
 
 # -- trades -----------------------------------------------------------------------------------
@@ -179,17 +150,25 @@ def trades_from_rows(rows: Sequence[asyncpg.Record]) -> list[TradeRow]:
 class Plan:
     """What one pass will write for the account's trades."""
 
-    ids: list[int]
-    prices: list[Decimal | None]
-    pnls: list[Decimal | None]
+    marks: list[dict[str, Any]]  # trade_mark_row (0013) of each trade whose price or P&L changed
     exits: list[pnl.ExitDecision]
     blocked: Counter[str]
     monitorable: int
 
 
+def trade_mark_row(trade_id: int, current_price: Decimal | None, floating_pnl: Decimal | None) -> dict[str, Any]:
+    """One ``trade_mark_row`` (0013) by attribute name."""
+    return {"id": trade_id, "current_price": current_price, "floating_pnl": floating_pnl}
+
+
+def trade_exit_row(e: pnl.ExitDecision) -> dict[str, Any]:
+    """One ``trade_exit_row`` (0013) by attribute name."""
+    return {"trade_id": e.trade_id, "reason": e.rule, "qty": e.quantity}
+
+
 def plan_trades(trades: Sequence[TradeRow], *, today: dt.date, exit_days: int, exits_enabled: bool) -> Plan:
     """Evaluate every trade; collect the changed prices/P&L and the exits to queue."""
-    plan = Plan([], [], [], [], Counter(), 0)
+    plan = Plan([], [], Counter(), 0)
     for row in trades:
         state = pnl.evaluate(row.trade)
         plan.monitorable += state.can_monitor
@@ -197,9 +176,7 @@ def plan_trades(trades: Sequence[TradeRow], *, today: dt.date, exit_days: int, e
             row.stored_price,
             row.stored_pnl,
         ):
-            plan.ids.append(row.trade.id)
-            plan.prices.append(state.current_price)
-            plan.pnls.append(state.floating_pnl)
+            plan.marks.append(trade_mark_row(row.trade.id, state.current_price, state.floating_pnl))
         if not exits_enabled:
             continue
         decision = pnl.decide_exit(row.trade, state, today=today, exit_days_before_expiration=exit_days)
@@ -222,20 +199,20 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
     t_quotes = time.perf_counter()
     quotes = await account.broker.get_quotes(symbols) if symbols else {}
     quotes_s = time.perf_counter() - t_quotes
-    cols = quote_columns(symbols, quotes)
+    rows = quote_rows(symbols, quotes)
     trading = ctx.settings.trading
     exits_enabled = trading.enabled and trading.auto_exits
 
     async with ctx.pool.acquire() as conn, conn.transaction():
-        written = [r["symbol"] for r in await conn.fetch(q["monitor_write_quotes"], account.id, *cols.args())]
+        written = [r["symbol"] for r in await conn.fetch(q["monitor_write_quotes"], account.id, rows)]
         trades = trades_from_rows(await conn.fetch(q["monitor_trade_legs"], account.id))
         plan = plan_trades(
             trades, today=today, exit_days=trading.exit_days_before_expiration, exits_enabled=exits_enabled
         )
         trades_written: list[int] = []
-        if plan.ids:
-            rows = await conn.fetch(q["monitor_write_trades"], account.id, plan.ids, plan.prices, plan.pnls)
-            trades_written = [r["id"] for r in rows]
+        if plan.marks:
+            marked = await conn.fetch(q["monitor_write_trades"], account.id, plan.marks)
+            trades_written = [r["id"] for r in marked]
         queued = await _queue_exits(conn, ctx, account, plan.exits)
         notes = _notifications(account.name, written, trades_written, queued)
         if notes:
@@ -262,9 +239,7 @@ async def _queue_exits(
     rows = await conn.fetch(
         ctx.queries["monitor_queue_exits"],
         account.id,
-        [e.trade_id for e in exits],
-        [e.rule for e in exits],
-        [e.quantity for e in exits],
+        [trade_exit_row(e) for e in exits],
     )
     by_trade = {e.trade_id: e for e in exits}
     queued = [by_trade[r["trade_id"]] for r in rows]

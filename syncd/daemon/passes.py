@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -123,6 +124,18 @@ async def _record_quietly(ctx: Context, task: TaskName, results: Sequence[PassRe
     return True
 
 
+def pass_row(r: PassResult) -> dict[str, Any]:
+    """One ``pass_row`` (0013) by attribute name."""
+    return {
+        "account_id": r.account_id,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "ok": r.ok,
+        "error": r.error,
+        "stats": json.dumps(r.stats),  # JSON text: see pass_row in sql/0013
+    }
+
+
 async def record(ctx: Context, task: TaskName, results: Sequence[PassResult]) -> None:
     """One statement for the whole pass: ``sync_runs``, ``account_health``, ``accounts.last_error``."""
     if not results:
@@ -131,10 +144,5 @@ async def record(ctx: Context, task: TaskName, results: Sequence[PassResult]) ->
         ctx.queries["record_passes"],
         task,
         ctx.instance,
-        [r.account_id for r in results],
-        [r.started_at for r in results],
-        [r.finished_at for r in results],
-        [r.ok for r in results],
-        [r.error for r in results],
-        [r.stats for r in results],
+        [pass_row(r) for r in results],
     )

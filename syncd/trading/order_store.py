@@ -499,6 +499,11 @@ async def _derive_trades(
     return [tid for tid, _ in updates]
 
 
+def _quantity_row(trade_id: int, quantity: Decimal) -> dict[str, Any]:
+    """One ``trade_quantity_row`` (0013) by attribute name."""
+    return {"id": trade_id, "quantity": quantity}
+
+
 def _trade_row(trade_id: int, t: TradeState) -> dict[str, Any]:
     """One ``trade_row`` (0012) by attribute name."""
     return {
@@ -534,7 +539,7 @@ async def reconcile_quantities(
     for r in rows:
         by_trade.setdefault(r["trade_id"], []).append(r)
     ids: list[int] = []
-    quantities: list[Decimal] = []
+    quantity_rows: list[dict[str, Any]] = []  # trade_quantity_row (0013)
     closed: list[int] = []
     for tid, legs in by_trade.items():
         spec = TradeSpec.of(TradeLeg(r["symbol"], Side(r["side"]), r["ratio"]) for r in legs)
@@ -549,10 +554,10 @@ async def reconcile_quantities(
         quantity = reconcile_quantity(spec, state, held, shared, own_fills=legs[0]["own_fills"])
         if quantity is not None:
             ids.append(tid)
-            quantities.append(quantity)
+            quantity_rows.append(_quantity_row(tid, quantity))
             log.info("trade_quantity_reconciled", trade_id=tid, old=str(state.quantity), new=str(quantity))
-    if ids:
-        await conn.execute(q["trade_set_quantities"], ids, quantities)
+    if quantity_rows:
+        await conn.execute(q["trade_set_quantities"], quantity_rows)
     if closed:
         await conn.execute(q["trade_close_outside"], closed, CLOSED_OUTSIDE)
     return ids + closed

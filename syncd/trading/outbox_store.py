@@ -30,6 +30,11 @@ from syncd.trading.order_store import (
 )
 
 
+def leg_row(index: int, leg: LegRequest) -> dict[str, Any]:
+    """One ``trade_leg_row`` (0013) by attribute name."""
+    return {"leg_index": index, "symbol": leg.symbol, "side": leg.side.value, "ratio": leg.ratio}
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """One ``order_requests`` row as claimed (its payload as text, read by ``outbox.read_payload``)."""
@@ -160,10 +165,7 @@ class OutboxStore:
         await self.conn.execute(
             self.q["outbox_insert_legs"],
             trade_id,
-            list(range(len(legs))),
-            [leg.symbol for leg in legs],
-            [leg.side.value for leg in legs],
-            [leg.ratio for leg in legs],
+            [leg_row(i, leg) for i, leg in enumerate(legs)],
         )
 
     async def close_inputs(self, trade_id: int, account_id: int) -> list[CloseInput]:

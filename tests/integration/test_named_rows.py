@@ -1,6 +1,6 @@
 """Rows between Python and SQL go by name (issue 12), not by position.
 
-The bulk writes pass each write's rows as one array of a composite type of 0012, built from
+The bulk writes pass each write's rows as one array of a composite type of 0012 or 0013, built from
 mappings by attribute name; the stored positions are read by column name. These tests guard
 that a reordered column cannot shift a value: every builder names every attribute of its type
 (asyncpg sends a missing one as NULL), a misspelt name is refused, values arrive exact, and a
@@ -10,18 +10,35 @@ SELECT's column order does not matter to ``_stored_row``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import pytest
 
-from syncd.brokers.types import AssetClass, Balances, Order, OrderClass, OrderStatus, OrderType, Side
-from syncd.cycles import account_sync, importer
+from syncd.brokers.types import (
+    AssetClass,
+    Balances,
+    Greeks,
+    LegRequest,
+    Order,
+    OrderClass,
+    OrderStatus,
+    OrderType,
+    Quote,
+    Side,
+)
+from syncd.context import account_row
+from syncd.cycles import account_sync, importer, monitor_cycle
 from syncd.cycles.account_sync import PositionEvent, PositionRow
 from syncd.cycles.importer import PlannedLeg, PlannedTrade
+from syncd.daemon.passes import PassResult, pass_row
+from syncd.settings import AccountSettings
 from syncd.trading import order_store
 from syncd.trading.order_store import _Change, _Event
+from syncd.trading.outbox_store import leg_row
+from syncd.trading.pnl import ExitDecision
 from syncd.trading.reconcile import OrderSnapshot, Role, TradeState, TradeStatus
 
 T0 = dt.datetime(2025, 12, 3, 15, 0, 0, 123456, tzinfo=dt.UTC)
@@ -109,7 +126,44 @@ def _built_rows() -> dict[str, dict[str, Any]]:
         "balances_row": account_sync._balances_rows(balances, True)[0],
         "import_trade_row": trades[0],
         "import_leg_row": legs[0],
+        **_built_rows_0013(),
     }
+
+
+def _built_rows_0013() -> dict[str, dict[str, Any]]:
+    """The builders of the writes that passed parallel arrays before issue 12."""
+    greeks = Greeks(
+        delta=Decimal("0.5"), gamma=None, theta=Decimal("-0.01"), vega=BIG, implied_volatility=Decimal("0.2")
+    )
+    quote = Quote("AAPL", Decimal("1.10"), Decimal("1.20"), None, at=T0, greeks=greeks)
+    account = AccountSettings(name="a-1", broker="tradier", token="t", account_id="VA1", sandbox=True)
+    result = PassResult("a-1", 7, False, T0, T0, 0.5, error="BadBrokerData: x", stats={"positions": 3})
+    return {
+        "quote_row": monitor_cycle.quote_row("AAPL", quote),
+        "trade_mark_row": monitor_cycle.trade_mark_row(7, BIG, None),
+        "trade_exit_row": monitor_cycle.trade_exit_row(ExitDecision(7, "take_profit", Decimal("2.5"))),
+        "trade_quantity_row": order_store._quantity_row(7, BIG),
+        "trade_leg_row": leg_row(1, LegRequest("AAPL251219C00150000", Side.SELL, 2)),
+        "account_row": account_row(account),
+        "pass_row": pass_row(result),
+    }
+
+
+def test_the_0013_builders_carry_the_values_they_are_given() -> None:
+    """Guards issue 12: each value lands in the attribute of its name (not the one next to it)."""
+    rows = _built_rows_0013()
+    assert rows["quote_row"]["price"] == Decimal("1.15") and rows["quote_row"]["last"] is None
+    assert (rows["quote_row"]["vega"], rows["quote_row"]["gamma"], rows["quote_row"]["iv"]) == (
+        BIG,
+        None,
+        Decimal("0.2"),
+    )
+    assert rows["trade_mark_row"] == {"id": 7, "current_price": BIG, "floating_pnl": None}
+    assert rows["trade_exit_row"] == {"trade_id": 7, "reason": "take_profit", "qty": Decimal("2.5")}
+    assert rows["trade_leg_row"] == {"leg_index": 1, "symbol": "AAPL251219C00150000", "side": "sell", "ratio": 2}
+    assert rows["account_row"] == {"name": "a-1", "broker": "tradier", "broker_account_id": "VA1", "paper": True}
+    assert rows["pass_row"]["error"] == "BadBrokerData: x" and json.loads(rows["pass_row"]["stats"]) == {"positions": 3}
+    assert monitor_cycle.quote_row("MSFT", None)["bid"] is None
 
 
 async def test_every_builder_names_every_attribute_of_its_type(db_pool: asyncpg.Pool[Any]) -> None:

@@ -11,7 +11,10 @@ async def test_queries_run_in_a_non_default_schema(empty_dsn: str) -> None:
     await apply_migrations(db)
     pool = await create_pool(db)
     try:
-        await pool.execute(load_queries()["upsert_accounts"], ["a"], ["alpaca"], [None], [True])
+        await pool.execute(
+            load_queries()["upsert_accounts"],
+            [{"name": "a", "broker": "alpaca", "broker_account_id": None, "paper": True}],
+        )
         assert await pool.fetchval("SELECT count(*) FROM tenant_x.accounts") == 1
         assert await pool.fetchval("SHOW search_path") == "tenant_x"
         assert await pool.fetchval("SELECT '{\"k\": [1, 2]}'::jsonb") == {"k": [1, 2]}
