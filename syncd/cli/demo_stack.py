@@ -160,16 +160,12 @@ def write_config(state_dir: Path, settings: Settings) -> Path:
     return path
 
 
-def _shell_word(word: str) -> str:
-    return shlex.quote(word)
-
-
 def instructions(dsn: str, psql: str, health_url: str, sim_url: str, config: Path | None = None) -> str:
     """What the demo prints once everything runs."""
     q = f'{psql} "{dsn}"'
     commands = ""
     if config is not None:
-        syncd = f"syncd --config {_shell_word(str(config))}"
+        syncd = f"syncd --config {shlex.quote(str(config))}"
         commands = f"""
 In another terminal (the config the demo wrote: {config}):
 

@@ -67,14 +67,10 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 async def _read(settings: Settings, names: list[str]) -> Status:
-    from syncd.db import load_queries
+    from syncd.db import connect, load_queries
 
     try:
-        conn = await asyncpg.connect(
-            settings.database.url,
-            timeout=settings.database.connect_timeout_s,
-            server_settings={"search_path": settings.database.schema_, "application_name": "syncd status"},
-        )
+        conn = await connect(settings.database)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise CommandError(f"database unreachable: {describe(exc)}", EXIT_FAILED) from None
     try:
