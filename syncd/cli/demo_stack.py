@@ -18,7 +18,8 @@ import shlex
 import shutil
 import signal
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -160,12 +161,26 @@ def write_config(state_dir: Path, settings: Settings) -> Path:
     return path
 
 
-def instructions(dsn: str, psql: str, health_url: str, sim_url: str, config: Path | None = None) -> str:
+def syncd_command(argv0: str | None = None, which: Callable[[str], str | None] = shutil.which) -> str:
+    """How to run this syncd from another terminal: ``syncd`` when that is on PATH and the same program,
+    else the script's absolute path (``make demo`` runs ``.venv/bin/syncd``), else ``python -m syncd``."""
+    script = Path(sys.argv[0] if argv0 is None else argv0)
+    if script.name != "syncd":
+        return f"{shlex.quote(sys.executable)} -m syncd"
+    found = which("syncd")
+    if found and Path(found).resolve() == script.resolve():
+        return "syncd"
+    return shlex.quote(str(script.resolve()))
+
+
+def instructions(
+    dsn: str, psql: str, health_url: str, sim_url: str, config: Path | None = None, syncd: str = "syncd"
+) -> str:
     """What the demo prints once everything runs."""
     q = f'{psql} "{dsn}"'
     commands = ""
     if config is not None:
-        syncd = f"syncd --config {shlex.quote(str(config))}"
+        syncd = f"{syncd} --config {shlex.quote(str(config))}"
         commands = f"""
 In another terminal (the config the demo wrote: {config}):
 
@@ -237,7 +252,7 @@ async def run_demo(state_dir: Path, out: TextIO, *, seed: int = 7) -> None:
                             update={"health": settings.health.model_copy(update={"listen": f"{host}:{port}"})}
                         )
                     config = write_config(state_dir, settings)
-                    text = instructions(dsn, _psql(pg.bindir), health_url, sim.url, config)
+                    text = instructions(dsn, _psql(pg.bindir), health_url, sim.url, config, syncd_command())
                     print(text, file=out, flush=True)
                     await stop.wait()
             finally:

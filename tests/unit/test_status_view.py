@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from syncd.cli import numbers as fmt
-from syncd.cli.demo_stack import config_toml, instructions
+from syncd.cli.demo_stack import config_toml, instructions, syncd_command
 from syncd.cli.status import as_json, clip, render_text, stream_state
 from syncd.settings import AccountSettings, Settings, load_settings
 
@@ -205,3 +205,14 @@ def test_demo_config_loads_back_with_its_secrets(tmp_path: Path) -> None:
     text = instructions("dsn", "psql", "http://h:1", "http://s:2", tmp_path / "a b" / "syncd.toml")
     for command in ("status", "verify", "import-positions"):
         assert f"syncd --config '{tmp_path}/a b/syncd.toml' {command}" in text
+
+
+def test_demo_prints_a_syncd_that_runs_from_another_terminal(tmp_path: Path) -> None:
+    """`make demo` runs .venv/bin/syncd, usually not on PATH: the printed command lines name it in full."""
+    script = tmp_path / "venv bin" / "syncd"
+    script.parent.mkdir()
+    script.write_text("")
+    assert syncd_command(str(script), which=lambda _: None) == f"'{script}'"
+    assert syncd_command(str(script), which=lambda _: str(script)) == "syncd"
+    assert syncd_command(str(script), which=lambda _: "/usr/bin/syncd") == f"'{script}'"
+    assert syncd_command("/x/syncd/__main__.py").endswith(" -m syncd")
