@@ -41,6 +41,7 @@ from syncd.daemon.passes import run_pass
 from syncd.daemon.sdnotify import Notifier
 from syncd.errors import describe
 from syncd.settings import Settings
+from syncd.trading.outbox import METRIC_OUTCOMES as OUTBOX_OUTCOMES
 
 log = structlog.get_logger(__name__)
 
@@ -226,6 +227,11 @@ class Supervisor:
         for td in self._tasks:  # counters start at 0, so rate() and alerts work before the first failure
             for name in self.ctx.accounts:
                 self.ctx.metrics.inc("syncd_cycle_failures_total", 0.0, task=td.name, account=name)
+        for name in self.ctx.accounts:
+            for outcome in OUTBOX_OUTCOMES:
+                self.ctx.metrics.inc("syncd_outbox_requests_total", 0.0, account=name, outcome=outcome)
+        for change in ("acquired", "lost"):
+            self.ctx.metrics.inc("syncd_lease_changes_total", 0.0, change=change)
         log.info("supervisor_started", tasks=[t.name for t in self._tasks], leases=len(self.leases.held()))
 
     async def shutdown(self, timeout_s: float) -> None:
@@ -445,6 +451,8 @@ class Supervisor:
     def _on_leases(self, acquired: frozenset[int], lost: frozenset[int]) -> None:
         self.ctx.metrics.set("syncd_leases_held", float(len(self.leases.held())))
         self.ctx.metrics.set("syncd_replicas_live", float(self.leases.live_replicas))
+        self.ctx.metrics.inc("syncd_lease_changes_total", float(len(acquired)), change="acquired")
+        self.ctx.metrics.inc("syncd_lease_changes_total", float(len(lost)), change="lost")
         for name, fresh in self._fresh.items():  # every task serves newly acquired accounts at once
             fresh.difference_update(lost)
             fresh.update(acquired)
@@ -527,8 +535,12 @@ class Supervisor:
     async def _refresh_gauges(self) -> None:
         async with asyncio.timeout(DB_WRITE_TIMEOUT_S):
             rows = await self.ctx.pool.fetch(self.ctx.queries["positions_per_account"], list(self.ctx.accounts))
+            waiting = await self.ctx.pool.fetch(self.ctx.queries["outbox_waiting_per_account"], list(self.ctx.accounts))
         for row in rows:
             self.ctx.metrics.set("syncd_positions", float(row["n"]), account=row["name"])
+        for row in waiting:
+            self.ctx.metrics.set("syncd_outbox_waiting", float(row["waiting"]), account=row["name"])
+            self.ctx.metrics.set("syncd_outbox_oldest_waiting_seconds", float(row["oldest_s"]), account=row["name"])
 
     async def purge_old_rows(self, *, batch: int = RETENTION_BATCH) -> int:
         """Retention: ``sync_runs`` older than ``database.retention_days``, ``batch`` at a time; stale health rows."""
