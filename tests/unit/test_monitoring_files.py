@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from syncd.cycles import TASKS
 from syncd.daemon.health import DaemonMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,6 +144,13 @@ def test_the_states_that_matter_each_have_an_alert() -> None:
         "syncd_task_restarts_total",
     ):
         assert metric in by_metric, f"no alert watches {metric}"
+
+
+def test_the_never_completed_alert_counts_every_task() -> None:
+    """SyncdTaskNeverCompleted compares with the number of tasks syncd runs (cycles.TASKS)."""
+    rule = next(r for r in rules() if r["alert"] == "SyncdTaskNeverCompleted")
+    assert f">= {len(TASKS)})" in rule["expr"]
+    assert all(spec.name in rule["annotations"]["description"] for spec in TASKS)
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason=NO_PROMTOOL)
