@@ -71,6 +71,7 @@ class Metrics:
         self._declare("syncd_account_passes_total", "counter", "Account passes, by task and outcome")
         self._declare("syncd_fill_latency_seconds", "histogram", "Broker fill time to committed trade row")
         self._declare("syncd_stream_connected", "gauge", "1 while an account's trade stream is connected")
+        self._declare("syncd_outbox_requests_total", "counter", "Outbox request attempts, by account and outcome")
 
     def _declare(self, name: str, kind: str, help_text: str) -> None:
         self._help[name] = (kind, help_text)

@@ -198,3 +198,12 @@ SELECT a.name, count(p.symbol) AS n
   FROM accounts a LEFT JOIN portfolio_positions p ON p.account_id = a.id
  WHERE a.name = ANY($1::text[])
  GROUP BY a.name;
+
+-- name: outbox_waiting_per_account
+-- For the syncd_outbox_waiting and syncd_outbox_oldest_waiting_seconds gauges: requests queued or
+-- submitting per account among $1 names, and the age of the oldest (0 when none waits).
+SELECT a.name, count(r.id) AS waiting,
+       coalesce(extract(epoch FROM now() - min(r.created_at)), 0)::float8 AS oldest_s
+  FROM accounts a LEFT JOIN order_requests r ON r.account_id = a.id AND r.state IN ('queued', 'submitting')
+ WHERE a.name = ANY($1::text[])
+ GROUP BY a.name;

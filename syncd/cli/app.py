@@ -14,12 +14,12 @@ import sys
 from collections.abc import Sequence
 
 from syncd import __version__
-from syncd.cli import demo, health, run, sim, sync, verify
+from syncd.cli import demo, health, run, sim, status, sync, verify
 from syncd.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, CommandError, fail, load_config
 from syncd.settings import redacted_dict, to_toml
 
 # The modules that add commands, in --help order; each defines ``register(subparsers) -> None``.
-COMMAND_MODULES = (run, health, demo, sync, verify, sim)
+COMMAND_MODULES = (run, health, status, demo, sync, verify, sim)
 
 
 def _config_check(args: argparse.Namespace) -> int:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,7 +28,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import structlog
 
-from syncd.settings import AccountSettings, Settings
+from syncd.settings import SECRET_KEYS, AccountSettings, Settings, to_toml
 from syncd.sim import SimConfig, Simulator, start_simulator
 
 log = structlog.get_logger(__name__)
@@ -129,15 +131,70 @@ def demo_settings(dsn: str, sim: Simulator, *, listen: str) -> Settings:
     return Settings(**data)
 
 
-def instructions(dsn: str, psql: str, health_url: str, sim_url: str) -> str:
+CONFIG_NAME = "syncd.toml"
+
+
+def config_toml(settings: Settings) -> str:
+    """``settings`` as a config file the other commands accept, secrets included (they are the simulator's)."""
+    data = settings.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data["database"]["dsn"] = settings.database.dsn
+    for acct, model in zip(data["accounts"], settings.accounts, strict=True):
+        for key in SECRET_KEYS:
+            secret = getattr(model, key)
+            if secret is not None:
+                acct[key] = secret.get_secret_value()
+    header = (
+        "# Written by `syncd demo` at each start: its database, its simulator (a new port each time)\n"
+        "# and the simulator's own credentials. Valid while the demo runs.\n\n"
+    )
+    return header + to_toml(data)
+
+
+def write_config(state_dir: Path, settings: Settings) -> Path:
+    """``state_dir/syncd.toml``, readable by its owner only (it holds the simulator's secrets)."""
+    path = (state_dir / CONFIG_NAME).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(config_toml(settings))
+    os.chmod(path, 0o600)
+    return path
+
+
+def syncd_command(argv0: str | None = None, which: Callable[[str], str | None] = shutil.which) -> str:
+    """How to run this syncd from another terminal: ``syncd`` when that is on PATH and the same program,
+    else the script's absolute path (``make demo`` runs ``.venv/bin/syncd``), else ``python -m syncd``."""
+    script = Path(sys.argv[0] if argv0 is None else argv0)
+    if script.name != "syncd":
+        return f"{shlex.quote(sys.executable)} -m syncd"
+    found = which("syncd")
+    if found and Path(found).resolve() == script.resolve():
+        return "syncd"
+    return shlex.quote(str(script.resolve()))
+
+
+def instructions(
+    dsn: str, psql: str, health_url: str, sim_url: str, config: Path | None = None, syncd: str = "syncd"
+) -> str:
     """What the demo prints once everything runs."""
     q = f'{psql} "{dsn}"'
+    commands = ""
+    if config is not None:
+        syncd = f"{syncd} --config {shlex.quote(str(config))}"
+        commands = f"""
+In another terminal (the config the demo wrote: {config}):
+
+  {syncd} status
+  {syncd} verify
+  {syncd} import-positions
+  {syncd} health
+"""
     return f"""
 syncd demo is running: the daemon, a simulated broker at {sim_url} and PostgreSQL.
 
   Connect:   {q}
   Health:    curl -s {health_url}/healthz      Metrics: curl -s {health_url}/metrics
-
+{commands}
 Try (the schema is syncd; prices move every second, positions sync every 5 s):
 
   -- 1. what each account holds, priced
@@ -189,7 +246,14 @@ async def run_demo(state_dir: Path, out: TextIO, *, seed: int = 7) -> None:
                 settings = demo_settings(dsn, sim, listen=listen)
                 async with running(settings, stop=stop, instance="demo") as (_sup, server):
                     host, port = server.bound if server and server.bound else ("127.0.0.1", HEALTH_PORT)
-                    print(instructions(dsn, _psql(pg.bindir), f"http://{host}:{port}", sim.url), file=out, flush=True)
+                    health_url = f"http://{host}:{port}"
+                    if settings.health.listen.endswith(":0"):  # `syncd health` must find the real port
+                        settings = settings.model_copy(
+                            update={"health": settings.health.model_copy(update={"listen": f"{host}:{port}"})}
+                        )
+                    config = write_config(state_dir, settings)
+                    text = instructions(dsn, _psql(pg.bindir), health_url, sim.url, config, syncd_command())
+                    print(text, file=out, flush=True)
                     await stop.wait()
             finally:
                 await sim.stop()

@@ -4,7 +4,8 @@ Fetches every chosen active account's positions live from its broker and compare
 with ``portfolio_positions`` and the open trades (:mod:`syncd.cycles.verify`). The result goes
 to stdout, as text for a person or ``--json`` for a program; logs go to stderr. Exit 0
 when everything agrees, 3 when something disagrees, 1 when an account could not be
-checked (broker or database error), 2 on a bad configuration or an unknown account.
+checked (broker or database error), 2 on a bad configuration, no accounts configured, or an
+unknown account.
 Nothing is written.
 """
 
@@ -13,12 +14,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
-from syncd.cli.common import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, CommandError, chosen_accounts, load_config
+from syncd.cli.common import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_MISMATCH,
+    EXIT_OK,
+    CommandError,
+    chosen_accounts,
+    load_config,
+)
 from syncd.context import open_context
 from syncd.cycles.verify import AccountReport, as_json, render_text, verify_accounts
 from syncd.errors import DB_ERRORS
@@ -33,7 +43,7 @@ def register(subparsers: Any) -> None:
         description="Fetch each account's positions live from its broker and compare them with "
         "portfolio_positions (missing, extra, quantity mismatches) and with the open trades "
         "(untracked positions, missing positions, quantity mismatches). Writes nothing. "
-        "Exit 0 clean, 3 mismatches, 1 an account could not be checked, 2 bad configuration.",
+        "Exit 0 clean, 3 mismatches, 1 an account could not be checked, 2 bad configuration or no accounts.",
     )
     p.add_argument("--account", action="append", metavar="NAME", dest="accounts", help="only this account (repeatable)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -51,6 +61,12 @@ def exit_code(reports: Sequence[AccountReport]) -> int:
 
 def verify_command(args: argparse.Namespace) -> int:
     settings = load_config(args)
+    if not settings.accounts:
+        raise CommandError(
+            "no accounts configured: nothing to verify (add [[accounts]] to the configuration, "
+            "or pass --config; `syncd demo` writes one)",
+            EXIT_CONFIG,
+        )
     names = chosen_accounts(settings, args.accounts)
     reports, paused = asyncio.run(_run(settings, names))
     if args.json:
@@ -60,7 +76,8 @@ def verify_command(args: argparse.Namespace) -> int:
     else:
         for name in paused:
             print(f"{name}: paused (accounts.active = false): skipped")
-        print(render_text(reports))
+        syncd = f"syncd --config {shlex.quote(args.config)}" if args.config else "syncd"
+        print(render_text(reports, syncd))
     return exit_code(reports)
 
 

@@ -165,8 +165,9 @@ async def verify_accounts(ctx: Context, accounts: Sequence[Account]) -> list[Acc
     return list(await asyncio.gather(*(one(a) for a in accounts)))
 
 
-def render_text(reports: Sequence[AccountReport]) -> str:
-    """For a person: one block per account, a line per finding, a summary line."""
+def render_text(reports: Sequence[AccountReport], syncd: str = "syncd") -> str:
+    """For a person: one block per account, a line per finding, a summary line; ``syncd`` starts the
+    command line the import hint suggests (the CLI passes its ``--config``)."""
     lines: list[str] = []
     for r in reports:
         if r.error is not None:
@@ -185,10 +186,12 @@ def render_text(reports: Sequence[AccountReport]) -> str:
     errors = sum(r.error is not None for r in reports)
     mismatches = sum(len(r.findings) for r in reports)
     lines.append(f"verify: {len(reports)} account(s), {mismatches} mismatch(es), {errors} error(s)")
-    if any(f.untracked for r in reports for f in r.findings):
+    untracked = [r.account for r in reports if any(f.untracked for f in r.findings)]
+    if untracked:
+        accounts = "".join(f" --account {name}" for name in untracked)
         lines.append(
             "hint: positions (or parts of them) no trade owns are untracked holdings; "
-            "`syncd import-positions` makes them trades"
+            f"`{syncd} import-positions{accounts}` makes them trades"
         )
     return "\n".join(lines)
 

@@ -58,6 +58,9 @@ class DaemonMetrics(Metrics):
         self._declare("syncd_database_up", "gauge", "1 when the last database check succeeded")
         self._declare("syncd_sync_runs_purged_total", "counter", "sync_runs rows removed by retention")
         self._declare("syncd_up", "gauge", "1 while the supervisor runs")
+        self._declare("syncd_lease_changes_total", "counter", "Account leases this replica acquired or lost")
+        self._declare("syncd_outbox_waiting", "gauge", "Outbox requests queued or submitting, per account")
+        self._declare("syncd_outbox_oldest_waiting_seconds", "gauge", "Age of the oldest queued or submitting request")
 
 
 @dataclass(slots=True)

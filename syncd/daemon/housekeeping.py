@@ -44,8 +44,12 @@ class Housekeeping:
     async def refresh_gauges(self) -> None:
         async with asyncio.timeout(DB_WRITE_TIMEOUT_S):
             rows = await self.ctx.pool.fetch(self.ctx.queries["positions_per_account"], list(self.ctx.accounts))
+            waiting = await self.ctx.pool.fetch(self.ctx.queries["outbox_waiting_per_account"], list(self.ctx.accounts))
         for row in rows:
             self.ctx.metrics.set("syncd_positions", float(row["n"]), account=row["name"])
+        for row in waiting:
+            self.ctx.metrics.set("syncd_outbox_waiting", float(row["waiting"]), account=row["name"])
+            self.ctx.metrics.set("syncd_outbox_oldest_waiting_seconds", float(row["oldest_s"]), account=row["name"])
 
     async def purge_old_rows(self, *, batch: int = RETENTION_BATCH) -> int:
         """Retention: ``sync_runs`` older than ``database.retention_days``, ``batch`` at a time; stale health rows."""

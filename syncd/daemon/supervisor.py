@@ -52,6 +52,7 @@ from syncd.daemon.watchdog import WATCHDOG_GRACE_S, Watchdog, status_line
 from syncd.errors import DB_UNAVAILABLE, describe
 from syncd.errors import backoff as exponential_backoff
 from syncd.settings import Settings
+from syncd.trading.outbox import METRIC_OUTCOMES as OUTBOX_OUTCOMES
 
 log = structlog.get_logger(__name__)
 
@@ -199,6 +200,11 @@ class Supervisor:
         for td in self._tasks:  # counters start at 0, so rate() and alerts work before the first failure
             for name in self.ctx.accounts:
                 self.ctx.metrics.inc("syncd_cycle_failures_total", 0.0, task=td.name, account=name)
+        for name in self.ctx.accounts:
+            for outcome in OUTBOX_OUTCOMES:
+                self.ctx.metrics.inc("syncd_outbox_requests_total", 0.0, account=name, outcome=outcome)
+        for change in ("acquired", "lost"):
+            self.ctx.metrics.inc("syncd_lease_changes_total", 0.0, change=change)
         log.info("supervisor_started", tasks=[t.name for t in self._tasks], leases=len(self.leases.held()))
 
     async def shutdown(self, timeout_s: float) -> None:
@@ -419,6 +425,8 @@ class Supervisor:
     def _on_leases(self, acquired: frozenset[int], lost: frozenset[int]) -> None:
         self.ctx.metrics.set("syncd_leases_held", float(len(self.leases.held())))
         self.ctx.metrics.set("syncd_replicas_live", float(self.leases.live_replicas))
+        self.ctx.metrics.inc("syncd_lease_changes_total", float(len(acquired)), change="acquired")
+        self.ctx.metrics.inc("syncd_lease_changes_total", float(len(lost)), change="lost")
         for name, fresh in self._fresh.items():  # every task serves newly acquired accounts at once
             fresh.difference_update(lost)
             fresh.update(acquired)

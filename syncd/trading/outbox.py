@@ -584,6 +584,10 @@ def after_lookup(found: bool, attempts: int, max_attempts: int = MAX_ATTEMPTS) -
 # -- draining ----------------------------------------------------------------------------------
 
 
+# The outcomes syncd_outbox_requests_total counts (OutboxStats fields; "skipped" is not an attempt).
+METRIC_OUTCOMES = ("submitted", "rejected", "failed", "pending")
+
+
 @dataclass(slots=True)
 class OutboxStats:
     submitted: int = 0
@@ -622,6 +626,8 @@ async def drain_outbox(ctx: Context, account: Account) -> OutboxStats:
             for request_id in await store.pending(account.id):
                 outcome = await _work(account, store, request_id)
                 setattr(stats, outcome, getattr(stats, outcome) + 1)
+                if outcome != "skipped":
+                    ctx.metrics.inc("syncd_outbox_requests_total", account=account.name, outcome=outcome)
         finally:
             await store.unlock(OUTBOX_LOCK_CLASS, account.id)
     return stats

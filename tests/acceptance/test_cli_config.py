@@ -27,6 +27,15 @@ def syncd(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     )
 
 
+def test_example_config_passes_config_check_as_shipped() -> None:
+    """Regression: the example named secret files that do not exist, so `config check` on it failed (exit 2)."""
+    result = syncd("--config", str(EXAMPLE), "config", "check")
+    assert result.returncode == 0, result.stderr
+    for placeholder in ("PKEXAMPLEKEY000000", "EXAMPLE-SECRET-REPLACE-ME", "EXAMPLE-TOKEN-REPLACE-ME"):
+        assert placeholder in EXAMPLE.read_text()
+        assert placeholder not in result.stdout + result.stderr
+
+
 def test_example_config_is_valid_with_secrets_from_env() -> None:
     result = syncd("--config", str(EXAMPLE), "config", "check", env=SECRETS)
     assert result.returncode == 0, result.stderr

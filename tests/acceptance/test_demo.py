@@ -1,8 +1,10 @@
-"""``syncd demo`` as a subprocess: embedded Postgres, simulator, daemon; prints psql; Ctrl-C exits 0."""
+"""``syncd demo`` as a subprocess: embedded Postgres, simulator, daemon; prints psql and the command lines
+of the other commands against the config it wrote (which `status` and `verify` then use); Ctrl-C exits 0."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import sys
@@ -11,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.acceptance.conftest import REPO
+from tests.acceptance.conftest import REPO, run_cli
 from tests.helpers import wait_for
 
 pgserver = pytest.importorskip("pgserver", reason="the demo needs the embedded extra (pgserver)")
@@ -54,6 +56,19 @@ async def test_demo_runs_prints_psql_and_stops_on_ctrl_c(tmp_path: Path) -> None
             return bool(positions >= 3 * 6 and trades > 0 and accounts == 3)
 
         await wait_for(mirrored, timeout=60, interval=0.5, what="positions and trades mirrored")
+
+        # The config it wrote, and the command lines it printed, work as printed.
+        config = (tmp_path / "state" / "syncd.toml").resolve()
+        assert config.stat().st_mode & 0o777 == 0o600
+        for command in ("status", "verify", "import-positions"):
+            assert f"syncd --config {config} {command}" in text
+        code, status_out, status_err = await run_cli("--config", str(config), "status", "--json")
+        assert code == 0, status_err
+        body = json.loads(status_out)
+        assert [a["name"] for a in body["accounts"]] == ["demo-alpaca-1", "demo-tradier", "demo-alpaca-2"]
+        assert body["daemon"]["live"] == ["demo"] and all(a["positions"] == 6 for a in body["accounts"])
+        code, verify_out, verify_err = await run_cli("--config", str(config), "verify")
+        assert code == 0, verify_out + verify_err
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         assert "demo_stopped" in err.read_text()
