@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -291,9 +292,19 @@ def _balances_rows(b: Balances, snapshot: bool) -> list[dict[str, Any]]:
     return [{k: getattr(b, k) for k in _BALANCE_FIELDS}] if snapshot else []
 
 
-def _stored_row(r: asyncpg.Record) -> PositionRow:
-    """A stored row by column name: account_sync_stored_positions selects PositionRow's fields, in any order."""
-    return PositionRow(**dict(r.items()))
+def stored_rows(records: Sequence[asyncpg.Record]) -> dict[str, PositionRow]:
+    """Stored rows by symbol, each read by column name: the SELECT may list PositionRow's fields in any order.
+
+    The columns are matched by name once per result (every record of one query has the same
+    columns), then each record is picked in C: a missing column raises ``ValueError``.
+    """
+    if not records:
+        return {}
+    columns = list(records[0].keys())
+    pick = operator.itemgetter(*(columns.index(name) for name in PositionRow._fields))
+    make = PositionRow._make
+    rows = (make(pick(r)) for r in records)
+    return {row.symbol: row for row in rows}
 
 
 @dataclass(slots=True)
@@ -329,7 +340,7 @@ class _Plan:
 async def _plan(
     conn: PoolConnectionProxy[Any], q: Mapping[str, str], account: Account, fetched: list[PositionRow], b: Balances
 ) -> _Plan:
-    stored = {r["symbol"]: _stored_row(r) for r in await conn.fetch(q["account_sync_stored_positions"], account.id)}
+    stored = stored_rows(await conn.fetch(q["account_sync_stored_positions"], account.id))
     state = await conn.fetchrow(q["account_sync_stored_account"], account.id)
     broker_id = b.broker_account_id or None
     if broker_id is not None and state is not None and state["broker_account_id"] == broker_id:

@@ -4,7 +4,7 @@ The bulk writes pass each write's rows as one array of a composite type of 0012 
 mappings by attribute name; the stored positions are read by column name. These tests guard
 that a reordered column cannot shift a value: every builder names every attribute of its type
 (asyncpg sends a missing one as NULL), a misspelt name is refused, values arrive exact, and a
-SELECT's column order does not matter to ``_stored_row``.
+SELECT's column order does not matter to ``stored_rows``.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ async def test_rows_arrive_exact_and_by_name(db_pool: asyncpg.Pool[Any]) -> None
 
 
 async def test_stored_rows_are_read_by_column_name(db_pool: asyncpg.Pool[Any]) -> None:
-    """``_stored_row`` reads a record by column name: a SELECT in another column order gives the same row."""
+    """``stored_rows`` reads records by column name: a SELECT in another column order gives the same row."""
     expected = _position()._replace(marks_ours=False)
     types = {"strike": "numeric", "expiration": "date", "marks_ours": "boolean"}
     names = list(reversed(PositionRow._fields))
@@ -200,4 +200,8 @@ async def test_stored_rows_are_read_by_column_name(db_pool: asyncpg.Pool[Any]) -
     )
     record = await db_pool.fetchrow(f"SELECT {select}", *[getattr(expected, n) for n in names])
     assert record is not None
-    assert account_sync._stored_row(record) == expected
+    assert account_sync.stored_rows([record]) == {expected.symbol: expected}
+    partial = await db_pool.fetchrow("SELECT 'X'::text AS symbol")
+    assert partial is not None
+    with pytest.raises(ValueError, match="is not in list"):
+        account_sync.stored_rows([partial])  # a column missing from the SELECT is an error, not a shifted value
