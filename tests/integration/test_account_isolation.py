@@ -19,6 +19,7 @@ from syncd.db import apply_migrations, discover_migrations
 from syncd.db.migrate import MigrationError
 from syncd.settings import DatabaseSettings
 from syncd.sim import Simulator
+from tests.outbox_rows import request
 from tests.simfixtures import sim_fixture
 
 D = Decimal
@@ -44,10 +45,6 @@ async def queue(ctx: Context, account: str, kind: str, payload: Any, trade_id: i
             payload,
         )
     )
-
-
-async def request(ctx: Context, rid: int) -> Any:
-    return await ctx.pool.fetchrow("SELECT * FROM order_requests WHERE id = $1", rid)
 
 
 async def trade_state(ctx: Context, tid: int) -> tuple[Any, ...]:

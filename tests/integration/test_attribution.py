@@ -20,6 +20,7 @@ from syncd.cycles import account_sync, monitor_cycle, trade_cycle
 from syncd.cycles.importer import import_positions
 from syncd.cycles.verify import verify_account
 from syncd.sim import Simulator, occ_symbol
+from tests.outbox_rows import queue, request, trade
 from tests.simfixtures import sim_fixture
 
 D = Decimal
@@ -28,27 +29,6 @@ sim = sim_fixture(seed=23, accounts=2, positions_per_account=0, fill_on_submit=F
 
 BROKERS = [pytest.param(0, "alpaca", id="alpaca"), pytest.param(1, "tradier", id="tradier")]
 BrokerName = Literal["alpaca", "tradier"]
-
-
-async def queue(ctx: Context, kind: str, payload: Any, *, trade_id: int | None = None) -> int:
-    acct = next(iter(ctx.accounts.values()))
-    return int(
-        await ctx.pool.fetchval(
-            "INSERT INTO order_requests (account_id, kind, trade_id, payload) VALUES ($1, $2, $3, $4) RETURNING id",
-            acct.id,
-            kind,
-            trade_id,
-            payload,
-        )
-    )
-
-
-async def request(ctx: Context, rid: int) -> Any:
-    return await ctx.pool.fetchrow("SELECT * FROM order_requests WHERE id = $1", rid)
-
-
-async def trade(ctx: Context, tid: int) -> Any:
-    return await ctx.pool.fetchrow("SELECT * FROM trades WHERE id = $1", tid)
 
 
 async def settle(ctx: Context) -> None:

@@ -16,6 +16,7 @@ from syncd.sim import Simulator
 from syncd.trading.order_store import Observation, apply_observations, lock_orders
 from syncd.trading.outbox import drain_outbox
 from tests.helpers import wait_for
+from tests.outbox_rows import queue, request, trade
 from tests.simfixtures import sim_fixture
 
 D = Decimal
@@ -23,41 +24,6 @@ POST_ORDERS = ("/v2/orders", "POST")
 
 
 sim = sim_fixture(seed=11, accounts=2, positions_per_account=0, fill_on_submit=False)
-
-
-async def queue(
-    ctx: Context,
-    kind: str,
-    payload: Any,
-    *,
-    trade_id: int | None = None,
-    cid: str | None = None,
-    account: str | None = None,
-    state: str = "queued",
-    attempts: int = 0,
-) -> int:
-    acct = ctx.accounts[account or next(iter(ctx.accounts))]
-    return int(
-        await ctx.pool.fetchval(
-            "INSERT INTO order_requests (account_id, kind, trade_id, payload, client_order_id, state, attempts) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            acct.id,
-            kind,
-            trade_id,
-            payload,
-            cid,
-            state,
-            attempts,
-        )
-    )
-
-
-async def request(ctx: Context, rid: int) -> Any:
-    return await ctx.pool.fetchrow("SELECT * FROM order_requests WHERE id = $1", rid)
-
-
-async def trade(ctx: Context, tid: int) -> Any:
-    return await ctx.pool.fetchrow("SELECT * FROM trades WHERE id = $1", tid)
 
 
 async def one_pass(ctx: Context, account: str | None = None) -> dict[str, Any]:
