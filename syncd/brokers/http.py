@@ -46,7 +46,7 @@ from syncd.brokers.base import (
     BrokerUnavailable,
     OrderNotFound,
 )
-from syncd.brokers.parse import MAX_SIGNIFICANT_DIGITS, is_finite, significant_digits
+from syncd.brokers.parse import MAX_SIGNIFICANT_DIGITS, significant_digits
 from syncd.brokers.ratelimit import TokenBucket
 from syncd.errors import backoff
 
@@ -340,10 +340,20 @@ class HttpCore:
     def _decode(self, what: str, reply: Reply) -> Any:
         if reply.status == 204 or not reply.body.strip():
             return None
-        try:
+        too_fine: list[str] = []
+
+        def exact(text: str) -> Decimal:
             # Numbers with a point or exponent as exact Decimals, never through a float: a float
             # would silently drop the digits past its 17th, which syncd must see to refuse them.
-            decoded = json.loads(reply.body, parse_float=Decimal)
+            # A literal of at most MAX_SIGNIFICANT_DIGITS characters cannot hold more digits.
+            number = Decimal(text)
+            long = len(text) > MAX_SIGNIFICANT_DIGITS
+            if long and not too_fine and significant_digits(number) > MAX_SIGNIFICANT_DIGITS:
+                too_fine.append(text)
+            return number
+
+        try:
+            decoded = json.loads(reply.body, parse_float=exact)
         except (ValueError, UnicodeDecodeError):
             ctype = reply.headers.get("Content-Type", "no content type")
             looks = "an HTML page" if reply.body.lstrip()[:1] == b"<" else "malformed JSON"
@@ -353,11 +363,10 @@ class HttpCore:
                 broker=self.broker,
                 account=self.account,
             ) from None
-        too_fine = _too_fine(decoded)
-        if too_fine is not None:
+        if too_fine:
             # A model typed float (alpaca-py's) would round it to 17 digits unseen: refuse it here.
             raise BadBrokerData(
-                f"{what}: the number {too_fine[:40]} has more digits than syncd keeps exactly"
+                f"{what}: the number {too_fine[0][:40]} has more digits than syncd keeps exactly"
                 f" (at most {MAX_SIGNIFICANT_DIGITS})",
                 field="body",
                 broker=self.broker,
@@ -382,20 +391,6 @@ class HttpCore:
             text = raw.decode("utf-8", "replace").strip()
             reason = "no details" if not text or text.startswith("<") else " ".join(text.split())
         return self.scrub(reason)[:_MAX_REASON]
-
-
-def _too_fine(decoded: Any) -> str | None:
-    """The first JSON number with a point or exponent that has more significant digits than syncd keeps."""
-    stack = [decoded]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif is_finite(item) and significant_digits(item) > MAX_SIGNIFICANT_DIGITS:
-            return str(item)
-    return None
 
 
 def _default_reason(body: Any) -> str | None:
