@@ -385,3 +385,12 @@ async def test_float_json_numbers_of_real_brokers_pass(alpaca: AlpacaBroker, moc
     mock.get(aw.url("/v2/stocks/snapshots", aw.DATA), payload={"AAPL": snap})
     quote = (await alpaca.get_quotes(["AAPL"]))["AAPL"]
     assert quote.bid == Decimal("0.30000000000000004")
+
+
+async def test_a_bare_json_number_with_too_many_digits_is_refused(alpaca: AlpacaBroker, mock: aioresponses) -> None:
+    """Guards the decoder: json's parse_float hook sees every number with a point; none is rounded."""
+    body = json.dumps({**aw.ACCOUNT_JSON}).replace('"equity": ', '"equity_raw": 1.1234567890123456789012, "equity": ')
+    assert "equity_raw" in body
+    mock.get(aw.url("/v2/account"), body=body, content_type="application/json")
+    error = await refused(alpaca.get_account(), "body")
+    assert "1.1234567890123456789012 has more digits" in str(error)

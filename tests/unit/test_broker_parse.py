@@ -88,3 +88,26 @@ def test_plain_and_batches() -> None:
     assert [plain(Decimal(x)) for x in ("1E+2", "1.500", "-0.25", "0")] == ["100", "1.5", "-0.25", "0"]
     assert list(batches(["a", "b", "c", "d", "e"], 2)) == [["a", "b"], ["c", "d"], ["e"]]
     assert list(batches([], 3)) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("123456789012345", True),  # 15 integer digits, on the short path
+        ("-12345678901234", True),
+        ("1234567890123456", False),  # 16 integer digits
+        ("1e15", False),  # short, but the exponent makes 16 integer digits
+        ("1E+14", True),
+        ("0.12345678901234567890", True),  # 20 significant digits
+        ("0.123456789012345678901", False),  # 21
+        ("5.0000000000000000000000000", True),  # trailing zeros say nothing
+        ("000000000000000000001.5", True),  # leading zeros neither
+    ],
+)
+def test_the_digit_limits_hold_on_the_short_path_and_the_long(text: str, ok: bool) -> None:
+    """Guards the fast path: a literal short enough to skip the digit count can never exceed it."""
+    if ok:
+        assert decimal_or_none(text) == Decimal(text)
+    else:
+        with pytest.raises(NotANumber, match="more digits"):
+            decimal_or_none(text)
