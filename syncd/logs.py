@@ -139,5 +139,6 @@ def configure_logging(
     root.setLevel(level)
     logging.captureWarnings(True)  # a library's warnings.warn becomes a library_log line, not raw text
     # Chatty libraries stay at warning unless we are debugging.
-    for noisy in ("asyncio", "aiohttp.access", "websockets", "urllib3"):
+    # alpaca-py's stream says "connected to: ws://..." at info: syncd logs stream_connected itself.
+    for noisy in ("asyncio", "aiohttp.access", "websockets", "urllib3", "alpaca.trading.stream"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
