@@ -277,7 +277,7 @@ async def schema_state(pool: asyncpg.Pool[Any], queries: Queries, timeout_s: flo
 
 SNAPSHOT_S = 1.0  # how often the daemon refreshes what /healthz and /readyz say
 SNAPSHOT_STALE_S = 10.0  # a snapshot older than this (the refresher is stuck) is itself a 503
-MAX_CONNECTIONS = 1024  # open connections at once; beyond that the listener sheds load
+MAX_CONNECTIONS = 4096  # open connections at once (a few KB each); beyond that the listener sheds load
 HEAD_TIMEOUT_S = 5.0  # a client must send its request line and headers within this
 EVICT_AFTER_S = 0.5  # at the limit, a connection still silent after this is closed for a new one
 MAX_HEAD_BYTES = 8192
@@ -364,7 +364,7 @@ class HealthServer:
         host, _, port = listen.rpartition(":")
         host = host.strip("[]")
         self._server = await asyncio.start_server(
-            self._accept, host or None, int(port), reuse_address=True, backlog=1024, limit=MAX_HEAD_BYTES
+            self._accept, host or None, int(port), reuse_address=True, backlog=4096, limit=MAX_HEAD_BYTES
         )
         sockets = self._server.sockets
         bound_port = sockets[0].getsockname()[1] if sockets else int(port)
