@@ -14,10 +14,11 @@ default ``stale_after_s``; without this a healthy daemon would flap every evenin
 Before its first pass, a task is measured from when its loop started.
 
 The daemon judges its own tasks from memory (``TaskView`` kept by the supervisor)
-and the accounts from ``account_health``; ``syncd health`` without a daemon to ask
-judges from ``task_health``, per task taking the instance that ran it last. Every
-database read has a deadline, so ``/healthz`` answers 503 while Postgres is down
-rather than hang.
+and the accounts from ``account_health``, read once a second into a snapshot that
+every request is served from (``HealthServer``); ``syncd health`` without a daemon
+to ask but with a live instance's fresh heartbeat judges from ``task_health``, per
+task taking the instance that ran it last. Every database read has a deadline, so
+``/healthz`` answers 503 while Postgres is down rather than hang.
 """
 
 from __future__ import annotations
