@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -74,6 +75,15 @@ async def test_refused_credentials_are_not_ok_for_any_task(
     sim.faults.fail_auth(0, on=False)
     await daemon.wait_status("ok", timeout=40)
     assert await daemon.stop() == 0
+
+    # Every stderr line is one JSON object with a constant event (libraries' lines as library_log).
+    lines = daemon.stderr().splitlines()
+    assert lines
+    for line in lines:
+        event = json.loads(line)
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", event["event"]), line
+        if event["event"] == "library_log":
+            assert event["logger"] and isinstance(event["message"], str), line
 
 
 @pytest.mark.slow
