@@ -45,6 +45,10 @@ class Context:
     instance: str
     metrics: Metrics = field(default_factory=Metrics)
     reconcile_margin: dt.timedelta = RECONCILE_MARGIN  # not a setting; a test may replace() it
+    # Per account id: did its broker last accept its credentials? Absent: not known yet (no call
+    # since start); None: a call succeeded; text: what refused them (401/403) and when. Kept by
+    # syncd.daemon.passes so that a pass making no broker call is not "ok" for a refused account.
+    auth: dict[int, str | None] = field(default_factory=dict)
 
     async def active_accounts(self, names: Iterable[str] | None = None) -> list[Account]:
         """Configured accounts (optionally only ``names``) that a user has not paused in SQL."""

@@ -2,7 +2,9 @@
 
 Fields: ``timestamp`` (UTC ISO 8601), ``level``, ``event`` (a constant snake_case
 name), ``task`` and ``account`` from contextvars, and the call's own fields.
-Third-party libraries' stdlib logging goes through the same chain. A redactor
+Third-party libraries' stdlib logging goes through the same chain as one constant
+event, ``library_log``, with their text in ``message`` and their logger's name in
+``logger`` (alpaca-py's "connected to: ws://..." is not an event name). A redactor
 replaces every configured secret, and any value under a secret-looking key,
 with ``***`` before rendering.
 """
@@ -55,13 +57,51 @@ class RedactSecrets:
         return value
 
 
+LIBRARY_EVENT = "library_log"
+
+
+def _library_log(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """A stdlib record from a library: constant ``event``, its text in ``message`` (foreign records only)."""
+    event_dict["message"] = str(event_dict.get("event", ""))
+    event_dict["event"] = LIBRARY_EVENT
+    return event_dict
+
+
+class Demote:
+    """Log these events at debug: dropped below debug unless they report a failure (``ok`` false).
+
+    The demo uses it for the per-pass ``account_pass`` lines, so the banner and the order
+    events stand out; ``syncd run`` logs every pass at info.
+    """
+
+    def __init__(self, events: Iterable[str], level: int) -> None:
+        self._events = frozenset(events)
+        self._level = level
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        if (
+            self._level > logging.DEBUG
+            and event_dict.get("event") in self._events
+            and event_dict.get("ok", True) is not False
+            and method in ("info", "debug")
+        ):
+            raise structlog.DropEvent
+        return event_dict
+
+
 def _drop_color_message(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
     event_dict.pop("color_message", None)
     return event_dict
 
 
-def configure_logging(settings: LogSettings, *, secrets: Iterable[str] = (), stream: TextIO | None = None) -> None:
-    """Configure structlog and the stdlib root logger once per process."""
+def configure_logging(
+    settings: LogSettings,
+    *,
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    demote: Iterable[str] = (),
+) -> None:
+    """Configure structlog and the stdlib root logger once per process (``demote``: see :class:`Demote`)."""
     stream = stream or sys.stderr
     level = getattr(logging, settings.level.upper())
     shared: list[Processor] = [
@@ -81,14 +121,15 @@ def configure_logging(settings: LogSettings, *, secrets: Iterable[str] = (), str
         exc = [structlog.processors.dict_tracebacks]
     redact = RedactSecrets(secrets)
 
+    own: list[Processor] = [Demote(demote, level)] if demote else []
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*own, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[*shared, _library_log],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *exc, redact, renderer],
     )
     handler = logging.StreamHandler(stream)
@@ -96,6 +137,8 @@ def configure_logging(settings: LogSettings, *, secrets: Iterable[str] = (), str
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # a library's warnings.warn becomes a library_log line, not raw text
     # Chatty libraries stay at warning unless we are debugging.
-    for noisy in ("asyncio", "aiohttp.access", "websockets", "urllib3"):
+    # alpaca-py's stream says "connected to: ws://..." at info: syncd logs stream_connected itself.
+    for noisy in ("asyncio", "aiohttp.access", "websockets", "urllib3", "alpaca.trading.stream"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)

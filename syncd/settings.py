@@ -15,6 +15,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -214,10 +215,18 @@ class _SyncdSource(PydanticBaseSettingsSource):
                 raise ConfigError(f"config file {str(self._path)!r}: {exc.strerror}") from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"config file {str(self._path)!r}: not valid TOML: {exc}") from None
+        origins = _ORIGINS.get() or _Origins()  # recorded only within load_settings
         for name, value in sorted(self._env.items()):
             if not name.startswith(ENV_PREFIX) or "__" not in name:
                 continue
-            _apply_env(data, name, name[len(ENV_PREFIX) :].lower().split("__"), value)
+            where = _apply_env(data, name, name[len(ENV_PREFIX) :].lower().split("__"), value)
+            origins.env[where] = name
+        accounts = data.get("accounts")
+        if isinstance(accounts, list):
+            origins.account_names = [
+                str(a["name"]) if isinstance(a, dict) and isinstance(a.get("name"), str) and a["name"] else None
+                for a in accounts
+            ]
         return data
 
 
@@ -225,7 +234,8 @@ def _account_env_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "_", name.lower())
 
 
-def _apply_env(data: dict[str, Any], var: str, parts: list[str], value: str) -> None:
+def _apply_env(data: dict[str, Any], var: str, parts: list[str], value: str) -> tuple[str | int, ...]:
+    """Set the value ``var`` names in ``data``; return where it went (a validation error's ``loc``)."""
     if parts[0] == "accounts":
         if len(parts) != 3:
             raise ConfigError(f"{var}: expected SYNCD_ACCOUNTS__<NAME or INDEX>__<KEY>")
@@ -233,13 +243,13 @@ def _apply_env(data: dict[str, Any], var: str, parts: list[str], value: str) -> 
         if not isinstance(accounts, list):
             raise ConfigError("accounts: must be an array of tables ([[accounts]])")
         which, key = parts[1], parts[2]
-        target = None
+        target, index = None, -1
         if which.isdigit() and int(which) < len(accounts):
-            target = accounts[int(which)]
+            target, index = accounts[int(which)], int(which)
         else:
-            for acct in accounts:
+            for i, acct in enumerate(accounts):
                 if isinstance(acct, dict) and _account_env_key(str(acct.get("name", ""))) == which:
-                    target = acct
+                    target, index = acct, i
         if target is None:
             raise ConfigError(f"{var}: no account named or numbered {which!r} in the config file")
         # The environment overrides the file: a secret given one way replaces the other way.
@@ -248,13 +258,22 @@ def _apply_env(data: dict[str, Any], var: str, parts: list[str], value: str) -> 
         elif key.removesuffix("_file") in SECRET_KEYS:
             target.pop(key.removesuffix("_file"), None)
         target[key] = value
-        return
+        return ("accounts", index, key)
     if len(parts) != 2:
         raise ConfigError(f"{var}: expected SYNCD_<SECTION>__<KEY>")
     section = data.setdefault(parts[0], {})
     if not isinstance(section, dict):
         raise ConfigError(f"{parts[0]}: must be a table")
     section[parts[1]] = value
+    return (parts[0], parts[1])
+
+
+@dataclass(slots=True)
+class _Origins:
+    """What one load learnt for its error messages: which keys came from which variable, the accounts' names."""
+
+    env: dict[tuple[str | int, ...], str] = field(default_factory=dict)
+    account_names: list[str | None] = field(default_factory=list)
 
 
 class Settings(BaseSettings):
@@ -304,6 +323,7 @@ class Settings(BaseSettings):
 # The source needs the file path and environment of this one load; a ContextVar keeps
 # ``load_settings`` re-entrant without a module-level mutable global.
 _SOURCE_ARGS: ContextVar[tuple[Path | None, Mapping[str, str]]] = ContextVar("_SOURCE_ARGS")
+_ORIGINS: ContextVar[_Origins | None] = ContextVar("_ORIGINS", default=None)
 
 
 def resolve_config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:
@@ -322,18 +342,41 @@ def resolve_config_path(explicit: str | None, env: Mapping[str, str] | None = No
 def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
     """Load and validate; raise ``ConfigError`` naming every bad key."""
     token = _SOURCE_ARGS.set((path, dict(os.environ if env is None else env)))
+    origins = _Origins()
+    origins_token = _ORIGINS.set(origins)
     try:
         return Settings()
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, origins)) from None
     finally:
+        _ORIGINS.reset(origins_token)
         _SOURCE_ARGS.reset(token)
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def _where(loc: tuple[str | int, ...], origins: _Origins) -> str:
+    """A key as the operator wrote it: ``accounts["paper"].api_key``, ``SYNCD_CYCLES__CONCURRENCY (...)``."""
+    parts: list[str] = []
+    for i, p in enumerate(loc):
+        if i == 1 and loc[0] == "accounts" and isinstance(p, int):
+            names = origins.account_names
+            name = names[p] if p < len(names) else None
+            parts[-1] += f'["{name}"]' if name else f"[{p}]"
+        else:
+            parts.append(str(p))
+    text = ".".join(parts)
+    for n in range(len(loc), 0, -1):
+        var = origins.env.get(loc[:n])
+        if var is not None:
+            return f"{var} ({text})"
+    return text
+
+
+def format_validation_error(exc: ValidationError, origins: _Origins | None = None) -> str:
+    """One line per problem, naming the key (an account by its name, a variable by its name)."""
+    origins = origins or _Origins()
     lines = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = _where(tuple(err["loc"]), origins)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"

@@ -70,22 +70,24 @@ SELECT s.n AS session_lock
  WHERE pg_try_advisory_lock(1818583411, s.n);
 
 -- name: replica_heartbeat
--- Register or renew this replica: $1 instance, $2 TTL seconds, $3 its session lock key.
+-- Register or renew this replica: $1 instance, $2 TTL seconds, $3 its session lock key,
+-- $4 its health listener's URL (NULL: none).
 -- The row is taken over from an earlier holder of the instance name only when that
 -- holder's session is gone (or its row lapsed): two live processes never share a name.
 -- Returns registered (false: the name is in use by a live session) and how many
 -- replicas are live (unexpired, and their session not known to be gone).
 WITH live AS MATERIALIZED (SELECT s FROM lease_live_sessions() s),
 me AS (
-    INSERT INTO replicas AS r (instance, expires_at, session_lock, backend_pid, backend_start)
+    INSERT INTO replicas AS r (instance, expires_at, session_lock, backend_pid, backend_start, health_url)
     VALUES ($1, now() + make_interval(secs => $2), $3, pg_backend_pid(),
-            (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()))
+            (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()), $4)
     ON CONFLICT (instance) DO UPDATE
        SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at,
            started_at = CASE WHEN r.session_lock IS DISTINCT FROM EXCLUDED.session_lock
                              THEN now() ELSE r.started_at END,
            session_lock = EXCLUDED.session_lock,
-           backend_pid = EXCLUDED.backend_pid, backend_start = EXCLUDED.backend_start
+           backend_pid = EXCLUDED.backend_pid, backend_start = EXCLUDED.backend_start,
+           health_url = EXCLUDED.health_url
      WHERE r.session_lock IS NULL OR r.session_lock = EXCLUDED.session_lock OR r.expires_at <= now()
         OR NOT lease_session_alive(r.session_lock)
     RETURNING 1
@@ -207,3 +209,18 @@ SELECT a.name, count(r.id) AS waiting,
   FROM accounts a LEFT JOIN order_requests r ON r.account_id = a.id AND r.state IN ('queued', 'submitting')
  WHERE a.name = ANY($1::text[])
  GROUP BY a.name;
+
+-- name: health_replicas
+-- `syncd health` without --url: every registered daemon instance, the live ones (unexpired,
+-- their lease session alive) first, newest heartbeat first, with where its listener listens.
+WITH live AS MATERIALIZED (SELECT s FROM lease_live_sessions() s)
+SELECT instance, health_url, heartbeat_at,
+       (expires_at > now() AND (session_lock IS NULL OR session_lock IN (SELECT s FROM live))) AS live
+  FROM replicas
+ ORDER BY 4 DESC, heartbeat_at DESC;
+
+-- name: health_last_seen
+-- When any daemon last showed a sign of life in this database: its newest heartbeat, or the
+-- newest task_health write (a cleanly stopped daemon removes its replicas row).
+SELECT greatest((SELECT max(heartbeat_at) FROM replicas),
+                (SELECT max(updated_at) FROM task_health)) AS last_seen;

@@ -29,6 +29,7 @@ class PassBroker:
     def __init__(self, broker: Broker) -> None:
         self.inner = broker
         self.hung: BrokerUnavailable | None = None
+        self.answered = 0  # calls of this pass the broker answered (the account's own requests, not others')
 
     @property
     def kind(self) -> str:
@@ -51,11 +52,13 @@ class PassBroker:
                 account=self.hung.account,
             )
         try:
-            return await fn()
+            result = await fn()
         except BrokerUnavailable as exc:
             if exc.timed_out:
                 self.hung = exc
             raise
+        self.answered += 1
+        return result
 
     async def get_account(self) -> Balances:
         return await self._call(self.inner.get_account)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from syncd.cli.common import EXIT_CONFIG, EXIT_OK, CommandError
 from syncd.logs import configure_logging
 from syncd.settings import LogSettings
+
+DEMO_DEMOTED = ("account_pass", "migration_applied")  # at debug in the demo (a failed pass still shows)
 
 
 def register(subparsers: Any) -> None:
@@ -34,7 +38,12 @@ def register(subparsers: Any) -> None:
 def demo_command(args: argparse.Namespace) -> int:
     from syncd.cli.demo_stack import DemoError, default_state_dir, run_demo
 
-    configure_logging(LogSettings(format="console", level="info"))
+    # Quiet start (issue 13): the per-pass account_pass lines go to debug (failures still show), so
+    # the banner and the order events stand out; pgserver's initdb/pg_ctl dumps and platformdirs'
+    # RuntimeDirWarning (no XDG_RUNTIME_DIR in a container) are not shown.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR", category=Warning)
+    configure_logging(LogSettings(format="console", level="info"), demote=DEMO_DEMOTED)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     state_dir = args.state_dir or default_state_dir()
     try:
         asyncio.run(run_demo(state_dir, sys.stdout, seed=args.seed))

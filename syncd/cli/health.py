@@ -1,9 +1,13 @@
 """``syncd health [--json] [--url URL] [--strict]`` (docs/commands.md): for people and Docker's HEALTHCHECK.
 
-Asks the running daemon (``--url``, else ``health.listen`` of the config); when no
-``--url`` was given and the daemon does not answer, judges from the ``task_health``
-and ``account_health`` tables instead. Exit 0 for ok or degraded (``--strict``: ok
-only), 1 for unhealthy.
+Asks a running daemon's ``/healthz``: ``--url`` when given; else the address each live
+instance wrote in its ``replicas`` row (its listener's real address, whatever port it
+got), the config's ``health.instance`` first, then ``health.listen``. When none answers it
+never reports a daemon's verdict from stale tables: with no live instance (no fresh
+heartbeat in ``replicas``) it says "daemon not reachable at URL; last seen at T (from the
+database)" and exits 1; with a live instance whose listener does not answer, it judges
+from the ``task_health`` and ``account_health`` tables and says so. Exit 0 for ok or
+degraded (``--strict``: ok only), 1 for unhealthy or unreachable.
 """
 
 from __future__ import annotations
@@ -27,25 +31,15 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "health",
         help="health of the running daemon (exit 0 ok/degraded, 1 unhealthy)",
-        description="Ask the running daemon's /healthz (--url, else health.listen from the config); with no "
-        "--url and no answer, judge from the task_health table. Exit 0 ok or degraded (--strict: ok only), "
-        "1 unhealthy.",
+        description="Ask the running daemon's /healthz: --url, else the address each live instance registered in "
+        "the replicas table, else health.listen. With no daemon answering: exit 1, saying when a daemon was last "
+        "seen (from the database), unless a live instance's heartbeat is fresh (then judged from the tables). "
+        "Exit 0 ok or degraded (--strict: ok only), 1 unhealthy or unreachable.",
     )
     parser.add_argument("--json", action="store_true", help="print the /healthz JSON body")
     parser.add_argument("--url", help="the listener's base URL, e.g. http://127.0.0.1:9108")
     parser.add_argument("--strict", action="store_true", help="exit 1 unless the status is ok")
     parser.set_defaults(handler=health_command)
-
-
-def listen_url(listen: str) -> str | None:
-    """``health.listen`` as a URL to connect to (a wildcard address becomes loopback)."""
-    if not listen:
-        return None
-    host, _, port = listen.rpartition(":")
-    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "[::]": "[::1]", "::": "[::1]"}.get(host, host)  # noqa: S104
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
 
 
 def exit_code(status: str, *, strict: bool) -> int:
@@ -65,42 +59,99 @@ def health_command(args: argparse.Namespace) -> int:
     return exit_code(str(body.get("status")), strict=args.strict)
 
 
-async def _gather(url: str | None, settings: Settings | None) -> dict[str, Any]:
+async def _ask(url: str) -> dict[str, Any] | str:
+    """The daemon's /healthz body at ``url``, or why it could not be had."""
     from syncd.daemon.health import fetch_report
 
-    target = url or (listen_url(settings.health.listen) if settings else None)
-    if target:
-        try:
-            _status, body = await fetch_report(target, HTTP_TIMEOUT_S)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            if url or settings is None:
-                return {"status": "unhealthy", "tasks": {}, "error": f"cannot reach {target}: {describe(exc)}"}
-        else:
-            body.setdefault("source", target)
-            return body
+    try:
+        _status, body = await fetch_report(url, HTTP_TIMEOUT_S)
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        return describe(exc) or type(exc).__name__
+    body.setdefault("source", url)
+    return body
+
+
+def _unreachable(urls: list[str], errors: list[str], last_seen: Any) -> dict[str, Any]:
+    where = ", ".join(urls) if urls else "no address (health.listen is empty and no instance registered one)"
+    seen = f"last seen at {last_seen.isoformat()}" if last_seen else "never seen"
+    message = f"daemon not reachable at {where}; {seen} (from the database)"
+    return {
+        "status": "unhealthy",
+        "tasks": {},
+        "error": message,
+        "reasons": [message, *errors],
+        "last_seen_at": last_seen.isoformat() if last_seen else None,
+        "source": "database",
+    }
+
+
+async def _gather(url: str | None, settings: Settings | None) -> dict[str, Any]:
+    if url:
+        got = await _ask(url)
+        if isinstance(got, dict):
+            return got
+        message = f"daemon not reachable at {url}: {got}"
+        return {"status": "unhealthy", "tasks": {}, "error": message, "reasons": [message]}
     assert settings is not None
-    return await _from_database(settings)
+    from syncd.daemon.health import DB_DOWN_ERRORS, listen_url
+    from syncd.db import create_pool
 
-
-async def _from_database(settings: Settings) -> dict[str, Any]:
-    from syncd.daemon.health import DB_DOWN_ERRORS, report_from_db
-    from syncd.db import create_pool, load_queries
-
+    fallback = listen_url(settings.health.listen)
     try:
         async with asyncio.timeout(settings.database.connect_timeout_s + 1):
             pool = await create_pool(settings.database, max_size=1)
     except DB_DOWN_ERRORS as exc:
-        return {"status": "unhealthy", "tasks": {}, "database": "unreachable", "error": describe(exc)}
+        got = await _ask(fallback) if fallback else "health.listen is empty"
+        if isinstance(got, dict):
+            return got
+        message = f"daemon not reachable at {fallback or 'no address'}; database unreachable: {describe(exc)}"
+        return {"status": "unhealthy", "tasks": {}, "database": "unreachable", "error": message, "reasons": [message]}
     try:
-        report = await report_from_db(
-            pool,
-            load_queries(),
-            account_names=[a.name for a in settings.accounts],
-            stale_after_s=settings.health.stale_after_s,
-        )
+        return await _via_database(pool, settings, fallback)
     finally:
         await pool.close()
+
+
+async def _via_database(pool: Any, settings: Settings, fallback: str | None) -> dict[str, Any]:
+    """Find the live instances' listeners in ``replicas`` and ask them; else judge honestly."""
+    from syncd.daemon.health import report_from_db
+    from syncd.db import load_queries
+
+    queries = load_queries()
+    async with asyncio.timeout(settings.database.connect_timeout_s + 1):
+        replicas = await pool.fetch(queries["health_replicas"])
+        last_seen = await pool.fetchval(queries["health_last_seen"])
+    mine = settings.health.instance
+    live = sorted((r for r in replicas if r["live"]), key=lambda r: r["instance"] != mine)  # stable: newest first
+    # Where to ask: the live instances' listeners, then where the latest others listened (a daemon
+    # whose lease session dropped may still answer), then health.listen unless that says port 0.
+    gone = [r for r in replicas if not r["live"]][:3]
+    urls: list[str] = []
+    for url in [*(r["health_url"] for r in live + gone), fallback]:
+        if url and url not in urls and not url.endswith(":0"):
+            urls.append(url)
+    errors: list[str] = []
+    for target in urls:
+        got = await _ask(target)
+        if isinstance(got, dict):
+            return got
+        errors.append(f"{target}: {got}")
+    if not live:
+        return _unreachable(urls, errors, last_seen)
+    # An instance renews its heartbeat but its listener does not answer (or it has none): the tables
+    # are as fresh as that heartbeat, so they are judged, and the body says where it came from.
+    report = await report_from_db(
+        pool,
+        queries,
+        account_names=[a.name for a in settings.accounts],
+        stale_after_s=settings.health.stale_after_s,
+    )
     body = report.body()
+    note = (
+        f"daemon not reachable at {', '.join(urls) or 'no address'}; instance {live[0]['instance']} "
+        f"heartbeat at {live[0]['heartbeat_at'].isoformat()}: judged from the database"
+    )
+    body["reasons"] = [note, *errors, *body["reasons"]]
     body["source"] = "database"
     return body
 
@@ -111,6 +162,8 @@ def render_text(body: dict[str, Any]) -> str:
     if body.get("error"):
         lines.append(f"error: {body['error']}")
     for reason in body.get("reasons") or []:
+        if reason == body.get("error"):
+            continue
         lines.append(f"  - {reason}")
     for name, task in (body.get("tasks") or {}).items():
         err = f", error: {task['last_error']}" if task.get("last_error") else ""

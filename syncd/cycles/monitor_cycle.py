@@ -198,6 +198,10 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
     symbols = [r["symbol"] for r in await ctx.pool.fetch(q["monitor_held_symbols"], account.id)]
     t_quotes = time.perf_counter()
     quotes = await account.broker.get_quotes(symbols) if symbols else {}
+    if not symbols and account.id not in ctx.auth:
+        # Nothing to quote, and no call since start has shown the credentials work: one cheap
+        # call does, so a refused account is not "ok" here (ctx.auth; syncd.daemon.passes).
+        await account.broker.get_account()
     quotes_s = time.perf_counter() - t_quotes
     rows = quote_rows(symbols, quotes)
     trading = ctx.settings.trading

@@ -14,16 +14,20 @@ default ``stale_after_s``; without this a healthy daemon would flap every evenin
 Before its first pass, a task is measured from when its loop started.
 
 The daemon judges its own tasks from memory (``TaskView`` kept by the supervisor)
-and the accounts from ``account_health``; ``syncd health`` without a daemon to ask
-judges from ``task_health``, per task taking the instance that ran it last. Every
-database read has a deadline, so ``/healthz`` answers 503 while Postgres is down
-rather than hang.
+and the accounts from ``account_health``, read once a second into a snapshot that
+every request is served from (``HealthServer``); ``syncd health`` without a daemon
+to ask but with a live instance's fresh heartbeat judges from ``task_health``, per
+task taking the instance that ran it last. Every database read has a deadline, so
+``/healthz`` answers 503 while Postgres is down rather than hang.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import json
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,7 +35,6 @@ from typing import Any, Literal
 import aiohttp
 import asyncpg
 import structlog
-from aiohttp import web
 
 from syncd.db import Queries, discover_migrations
 from syncd.errors import DB_ERRORS, describe
@@ -273,9 +276,43 @@ async def schema_state(pool: asyncpg.Pool[Any], queries: Queries, timeout_s: flo
 
 # --- the HTTP listener ------------------------------------------------------------------
 
+SNAPSHOT_S = 1.0  # how often the daemon refreshes what /healthz and /readyz say
+SNAPSHOT_STALE_S = 10.0  # a snapshot older than this (the refresher is stuck) is itself a 503
+MAX_CONNECTIONS = 4096  # open connections at once (a few KB each); beyond that the listener sheds load
+HEAD_TIMEOUT_S = 5.0  # a client must send its request line and headers within this
+EVICT_AFTER_S = 0.5  # at the limit, a connection still silent after this is closed for a new one
+MAX_HEAD_BYTES = 8192
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+def listen_url(listen: str) -> str | None:
+    """``host:port`` as a URL to connect to (a wildcard address becomes loopback)."""
+    if not listen:
+        return None
+    host, _, port = listen.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "[::]": "[::1]", "::": "[::1]"}.get(host, host)  # noqa: S104
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
 
 class HealthServer:
-    """``/healthz``, ``/readyz`` and ``/metrics`` on ``health.listen`` (aiohttp, same event loop)."""
+    """``/healthz``, ``/readyz`` and ``/metrics`` on ``health.listen`` (asyncio streams, same event loop).
+
+    A request never touches the database: a refresher reads the accounts' health and the
+    schema state every ``SNAPSHOT_S`` and renders both answers once; each request is served
+    those bytes (and ``/metrics`` a rendering at most ``SNAPSHOT_S`` old). The listener keeps
+    at most ``MAX_CONNECTIONS`` open: a client has ``HEAD_TIMEOUT_S`` to send its request,
+    and at the limit the oldest connection silent for ``EVICT_AFTER_S`` is closed to make room
+    (else the newcomer gets a 503). Every answer closes its connection.
+    """
 
     def __init__(
         self,
@@ -288,6 +325,9 @@ class HealthServer:
         stale_after_s: float,
         instance: str,
         timeout_s: float = DB_TIMEOUT_S,
+        snapshot_s: float = SNAPSHOT_S,
+        max_connections: int = MAX_CONNECTIONS,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
     ) -> None:
         self._pool = pool
         self._queries = queries
@@ -297,75 +337,209 @@ class HealthServer:
         self._stale_after_s = stale_after_s
         self._instance = instance
         self._timeout_s = timeout_s
+        self._snapshot_s = snapshot_s
+        self._max_connections = max_connections
+        self._head_timeout_s = head_timeout_s
         self._last_accounts: dict[str, dict[str, AccountView]] | None = None
-        self._runner: web.AppRunner | None = None
+        self._database = False
+        self._slow_reads = 0  # snapshot reads in a row that ran past their deadline
+        self._health: _Page | None = None
+        self._ready: _Page | None = None
+        self._metrics_page: tuple[float, _Page] | None = None
+        self._snapshot_at = 0.0  # monotonic time of the latest snapshot
+        self._first = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._open: set[asyncio.Task[None]] = set()
+        self._silent: dict[asyncio.StreamWriter, float] = {}  # connections that have not sent their head yet
+        self.shed = 0  # connections refused or evicted at the limit
+        self.timed_out = 0  # connections closed for not sending a request in time
         self.bound: tuple[str, int] | None = None
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics_text)
-        return app
+    @property
+    def url(self) -> str | None:
+        """The bound address as a URL to connect to (what ``replicas.health_url`` holds)."""
+        return listen_url(f"{self.bound[0]}:{self.bound[1]}") if self.bound else None
 
     async def start(self, listen: str) -> tuple[str, int]:
         """Bind ``host:port`` (port 0: any free one); return the address actually bound."""
         host, _, port = listen.rpartition(":")
         host = host.strip("[]")
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, int(port), reuse_address=True)
-        await site.start()
-        server = site._server  # aiohttp exposes the bound socket only here
-        sockets = getattr(server, "sockets", None) or []
+        self._server = await asyncio.start_server(
+            self._accept, host or None, int(port), reuse_address=True, backlog=4096, limit=MAX_HEAD_BYTES
+        )
+        sockets = self._server.sockets
         bound_port = sockets[0].getsockname()[1] if sockets else int(port)
         self.bound = (host, bound_port)
-        log.info("health_listening", host=host, port=bound_port)
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="health-snapshot")
+        log.info("health_listening", host=host, port=bound_port, url=self.url)
         return self.bound
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
+        for task in list(self._open):
+            task.cancel()
+        await asyncio.gather(*self._open, return_exceptions=True)
 
-    async def report(self) -> HealthReport:
-        """This instance's verdict: its tasks from memory, the accounts from the database."""
+    # --- the snapshot -------------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # noqa: BLE001  # keep refreshing; a stale snapshot turns into a 503
+                log.error("health_snapshot_failed", error=describe(exc))
+            await asyncio.sleep(self._snapshot_s)
+
+    async def refresh(self) -> None:
+        """Read the accounts' health and the schema state once; render /healthz and /readyz."""
         database = True
         try:
             async with asyncio.timeout(self._timeout_s):
                 self._last_accounts = await read_accounts(self._pool, self._queries, self._names)
+            self._slow_reads = 0
+        except TimeoutError as exc:
+            # One read past its deadline may be this process's own busy event loop, not the
+            # database: unreachable only when two in a row time out (or it refuses us outright).
+            self._slow_reads += 1
+            database = self._slow_reads < 2 and self._database
+            log.debug("health_database_slow", error=describe(exc), in_a_row=self._slow_reads)
         except DB_DOWN_ERRORS as exc:
             database = False
             log.debug("health_database_unreachable", error=describe(exc))
+        self._database = database
         self._metrics.set("syncd_database_up", 1.0 if database else 0.0)
+        state = (
+            await schema_state(self._pool, self._queries, self._timeout_s)
+            if database
+            else SchemaState(False, None, 0, (), "database unreachable")
+        )
+        ready = {
+            "ready": state.ready,
+            "database": "ok" if state.reachable else "unreachable",
+            "schema_version": state.current,
+            "expected_version": state.expected if state.reachable else None,
+            "missing_migrations": list(state.missing),
+        }
+        self._ready = _Page(200 if state.ready else 503, json.dumps(ready).encode())
+        self._health = self._render_health()
+        self._snapshot_at = time.monotonic()
+        self._first.set()
+
+    def _render_health(self) -> _Page:
+        report = self.report_now()
+        return _Page(report.http_status, json.dumps(report.body()).encode())
+
+    def report_now(self) -> HealthReport:
+        """This instance's verdict: its tasks from memory, the accounts as last read."""
         return build_report(
             self._tasks(),
             self._last_accounts,
             now=dt.datetime.now(dt.UTC),
             stale_after_s=self._stale_after_s,
-            database=database,
+            database=self._database,
             instance=self._instance,
         )
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        report = await self.report()
-        return web.json_response(report.body(), status=report.http_status)
+    async def report(self) -> HealthReport:
+        """A fresh verdict (refreshes the snapshot first)."""
+        await self.refresh()
+        return self.report_now()
 
-    async def _readyz(self, request: web.Request) -> web.Response:
-        state = await schema_state(self._pool, self._queries, self._timeout_s)
-        body = {
-            "ready": state.ready,
-            "database": "ok" if state.reachable else "unreachable",
-            "schema_version": state.current,
-            "expected_version": state.expected,
-            "missing_migrations": list(state.missing),
-        }
-        return web.json_response(body, status=200 if state.ready else 503)
+    async def _page(self, path: str) -> _Page:
+        if path == "/metrics":
+            now = time.monotonic()
+            if self._metrics_page is None or now - self._metrics_page[0] >= self._snapshot_s:
+                text = self._metrics.render().encode()
+                self._metrics_page = (now, _Page(200, text, "text/plain; version=0.0.4; charset=utf-8"))
+            return self._metrics_page[1]
+        if path not in ("/healthz", "/readyz"):
+            return _Page(404, b'{"error": "not found"}')
+        if not self._first.is_set():  # just started: wait for the first snapshot (bounded)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._timeout_s * 2 + 1):
+                    await self._first.wait()
+        page = self._health if path == "/healthz" else self._ready
+        age = time.monotonic() - self._snapshot_at
+        if page is None or age > SNAPSHOT_STALE_S:
+            reason = f"health snapshot is {age:.0f}s old"
+            body = {"status": "unhealthy", "reasons": [reason], "instance": self._instance}
+            return _Page(503, json.dumps(body).encode())
+        return page
 
-    async def _metrics_text(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self._metrics.render().encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
-        )
+    # --- connections ----------------------------------------------------------------------
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._open) >= self._max_connections and not self._evict_one():
+            self.shed += 1
+            _write_page(writer, _Page(503, b'{"error": "too many connections"}'), head_only=False)
+            writer.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._open.add(task)
+        task.add_done_callback(self._open.discard)
+
+    def _evict_one(self) -> bool:
+        """Close the oldest connection silent for ``EVICT_AFTER_S``; True if one was closed."""
+        if not self._silent:
+            return False
+        writer, since = next(iter(self._silent.items()))
+        if time.monotonic() - since < EVICT_AFTER_S:
+            return False
+        self._silent.pop(writer, None)
+        self.shed += 1
+        writer.transport.abort()
+        return True
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._silent[writer] = time.monotonic()
+        try:
+            try:
+                async with asyncio.timeout(self._head_timeout_s):
+                    head = await reader.readuntil(b"\r\n\r\n")
+            except TimeoutError:
+                self.timed_out += 1
+                return
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+                return
+            finally:
+                self._silent.pop(writer, None)
+            method, path = _request_line(head)
+            if method not in ("GET", "HEAD"):
+                page = _Page(405 if method else 400, b'{"error": "only GET"}')
+            else:
+                page = await self._page(path)
+            _write_page(writer, page, head_only=method == "HEAD")
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(self._head_timeout_s):
+                    await writer.drain()
+        finally:
+            writer.close()
+
+
+def _request_line(head: bytes) -> tuple[str, str]:
+    """(method, path without the query) of an HTTP/1.x request head; ("", "") when it is not one."""
+    line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return "", ""
+    return parts[0], parts[1].split("?", 1)[0]
+
+
+def _write_page(writer: asyncio.StreamWriter, page: _Page, *, head_only: bool) -> None:
+    head = (
+        f"HTTP/1.1 {page.status} {_REASONS.get(page.status, 'Unknown')}\r\n"
+        f"Content-Type: {page.content_type}\r\nContent-Length: {len(page.body)}\r\n"
+        "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1")
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        writer.write(head if head_only else head + page.body)
 
 
 async def fetch_report(url: str, timeout_s: float = 5.0) -> tuple[int, dict[str, Any]]:

@@ -165,6 +165,7 @@ class LeaseManager:
         self._expiry: asyncio.TimerHandle | None = None
         self._listeners: list[LeaseListener] = []
         self.live_replicas = 0
+        self.health_url: str | None = None  # the listener's bound address, kept in replicas.health_url
 
     # --- what the supervisor asks --------------------------------------------------------
 
@@ -204,7 +205,7 @@ class LeaseManager:
             self._connection() as (conn, session),
             conn.transaction(),
         ):
-            me = await conn.fetchrow(q["replica_heartbeat"], self.instance, ttl, session)
+            me = await conn.fetchrow(q["replica_heartbeat"], self.instance, ttl, session, self.health_url)
             assert me is not None
             if not me["registered"]:
                 self._drop_all("instance name in use by another live session")

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from syncd.brokers.base import BrokerError
+from syncd.brokers.base import BrokerAuthFailed, BrokerError
 from syncd.brokers.guard import PassBroker
 from syncd.context import Account, Context
 from syncd.cycles import AccountPass, TaskName
@@ -70,12 +70,17 @@ async def _one(ctx: Context, task: TaskName, fn: AccountPass, acct: Account, sem
             started, t0, req0 = _now(), time.perf_counter(), acct.broker.request_count
             error: str | None = None
             stats: dict[str, Any] = {}
+            broker = PassBroker(acct.broker)
             try:
                 # Once the broker hung in this pass, the pass asks it nothing more (syncd.brokers.guard).
-                stats = await fn(ctx, replace(acct, broker=PassBroker(acct.broker)))
+                stats = await fn(ctx, replace(acct, broker=broker))
+                if broker.answered == 0:
+                    _credentials_accepted(ctx, acct)
             except BrokerError as exc:
                 error = describe(exc)
                 log.warning("account_pass_failed", error=error)
+                if isinstance(exc, BrokerAuthFailed) and not isinstance(exc, CredentialsRefused):
+                    ctx.auth[acct.id] = f"{task} at {_now().isoformat(timespec='seconds')}: {error}"
             except _DB_ERRORS as exc:
                 error = describe(exc)
                 log.error("account_pass_failed", error=error)
@@ -84,6 +89,8 @@ async def _one(ctx: Context, task: TaskName, fn: AccountPass, acct: Account, sem
                 log.exception("account_pass_crashed", error=error)
             duration = time.perf_counter() - t0
             stats["broker_requests"] = acct.broker.request_count - req0
+            if broker.answered > 0:
+                ctx.auth[acct.id] = None  # the broker answered this account's call: the credentials work
             log.info(
                 "account_pass",
                 ok=error is None,
@@ -98,6 +105,18 @@ async def _one(ctx: Context, task: TaskName, fn: AccountPass, acct: Account, sem
                 # account of the pass is done: whoever watches the table sees it now.
                 result.recorded = await _record_quietly(ctx, task, [result])
             return result
+
+
+class CredentialsRefused(BrokerAuthFailed):
+    """A pass that made no broker call, over an account whose broker refused its credentials."""
+
+
+def _credentials_accepted(ctx: Context, acct: Account) -> None:
+    """A pass that asked the broker nothing proves nothing: it fails while the account's broker is
+    known to refuse its credentials (a 401/403 in any task, and no call has succeeded since)."""
+    refused = ctx.auth.get(acct.id)
+    if refused:
+        raise CredentialsRefused(f"credentials refused ({refused}); no broker call has succeeded since")
 
 
 async def run_pass(ctx: Context, task: TaskName, fn: AccountPass, accounts: Sequence[Account]) -> PassSummary:

@@ -512,11 +512,18 @@ async def running(
                 stale_after_s=settings.health.stale_after_s,
                 instance=ctx.instance,
             )
-            await server.start(settings.health.listen)
+            host, port = await server.start(settings.health.listen)
             stack.push_async_callback(server.stop)
+            leases.health_url = server.url  # the real address, in replicas.health_url for `syncd health`
         await supervisor.start()
         notifier.ready(supervisor.status_line())
-        log.info("daemon_ready", instance=ctx.instance, accounts=len(ctx.accounts), listen=settings.health.listen)
+        log.info(
+            "daemon_ready",
+            instance=ctx.instance,
+            accounts=len(ctx.accounts),
+            listen=f"{host}:{port}" if server is not None else "",
+            health_url=server.url if server is not None else None,
+        )
         try:
             yield supervisor, server
         finally:

@@ -240,6 +240,7 @@ class TradierApi:
             web.get("/v1/markets/quotes", w(self.quotes)),
             web.post("/v1/markets/quotes", w(self.quotes)),
             web.get("/v1/markets/clock", w(self.clock)),
+            web.get("/v1/markets/calendar", w(self.calendar)),
         ]
 
     def _wrap(self, fn: Callable[[web.Request, SimAccount], Any], account: bool = False) -> Handler:
@@ -562,6 +563,37 @@ class TradierApi:
         if unmatched:
             body["unmatched_symbols"] = {"symbol": unmatched[0] if len(unmatched) == 1 else unmatched}
         return {"quotes": body}
+
+    async def calendar(self, request: web.Request, acct: SimAccount) -> dict[str, Any]:
+        """``GET /v1/markets/calendar?month=MM&year=YYYY`` (default: this month), in Tradier's shape:
+        ``{"calendar": {"month", "year", "days": {"day": [...]}}}``; a trading day has ``premarket``,
+        ``open`` and ``postmarket`` sessions (``start``/``end`` as ``HH:MM`` ET), a closed day only
+        ``status`` and ``description``. The simulator trades every weekday 09:30-16:00, no holidays."""
+        today = self.market.clock.now().astimezone(ET).date()
+        try:
+            year = int(request.query.get("year", today.year))
+            month = int(request.query.get("month", today.month))
+            first = dt.date(year, month, 1)
+        except ValueError:
+            raise TradierError(400, "Invalid Parameter: month/year", plain=True) from None
+        days: list[dict[str, Any]] = []
+        day = first
+        while day.month == first.month:
+            if day.weekday() < 5:
+                days.append(
+                    {
+                        "date": day.isoformat(),
+                        "status": "open",
+                        "description": "Market is open",
+                        "premarket": {"start": "04:00", "end": "09:24"},
+                        "open": {"start": "09:30", "end": "16:00"},
+                        "postmarket": {"start": "16:00", "end": "20:00"},
+                    }
+                )
+            else:
+                days.append({"date": day.isoformat(), "status": "closed", "description": "Market is closed"})
+            day += dt.timedelta(days=1)
+        return {"calendar": {"month": month, "year": year, "days": {"day": days}}}
 
     async def clock(self, request: web.Request, acct: SimAccount) -> dict[str, Any]:
         now, next_open, next_close = self.market.clock_times()

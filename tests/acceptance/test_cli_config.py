@@ -81,7 +81,14 @@ def test_config_file_from_environment_variable(tmp_path: Path) -> None:
     [
         ("[database]\nbogus = 1\n", {}, "database.bogus: unknown key"),
         ("[cycles]\nconcurrency = 0\n", {}, "cycles.concurrency"),
-        ("", {"SYNCD_TRADING__ENABLED": "maybe"}, "trading.enabled"),
+        ("", {"SYNCD_TRADING__ENABLED": "maybe"}, "SYNCD_TRADING__ENABLED (trading.enabled)"),
+        ("", {"SYNCD_CYCLES__CONCURRENCY": "many"}, "SYNCD_CYCLES__CONCURRENCY (cycles.concurrency)"),
+        (
+            '[[accounts]]\nname = "paper"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n'
+            '[[accounts]]\nname = "live"\nbroker = "alpaca"\napi_key = "k"\n',
+            {},
+            'accounts["live"]: alpaca account needs api_secret',
+        ),
     ],
 )
 def test_invalid_config_exits_2_naming_the_key(tmp_path: Path, text: str, env: dict[str, str], needle: str) -> None:

@@ -72,9 +72,10 @@ async def test_health_metrics_health_command_and_sigterm(
     assert await daemon.stop(timeout=10) == 0
     assert time.monotonic() - t0 < 10
 
-    # After it stopped: `syncd health` falls back to the tables (the listener is gone).
+    # After it stopped: `syncd health` says so from the database and exits 1 (never `degraded`/0).
     code, out, _err = await run_cli("--config", str(daemon.config), "health", "--json")
-    assert json.loads(out)["source"] == "database"
+    assert code == 1 and json.loads(out)["source"] == "database"
+    assert "daemon not reachable at" in json.loads(out)["error"]
 
     events = daemon.events()
     names = [e["event"] for e in events]

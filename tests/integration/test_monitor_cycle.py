@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from syncd.brokers.types import Clock, Greeks, Quote
+from syncd.brokers.types import Balances, Clock, Greeks, Quote
 from syncd.context import Account, Context
 from syncd.cycles import task_by_short
 from syncd.cycles.monitor_cycle import account_pass, monitor_account
@@ -49,6 +49,11 @@ class QuoteBroker:
     @property
     def request_count(self) -> int:
         return len(self.calls)
+
+    async def get_account(self) -> Balances:
+        self.calls.append(["account"])
+        z = D("0")
+        return Balances("acct", z, z, z, z, z)
 
     def set(
         self, symbol: str, bid: str | None, ask: str | None, last: str | None = None, delta: str | None = None
@@ -521,9 +526,19 @@ async def test_only_changed_rows_are_written(make_context: Any) -> None:
 
 async def test_no_positions_no_broker_request(make_context: Any) -> None:
     async with environment(make_context) as (ctx, acct, broker):
+        ctx.auth[acct.id] = None  # an earlier call showed the credentials work
         stats = await monitor_account(ctx, acct, today=TODAY)
         assert broker.calls == []
         assert stats["positions"] == 0
+
+
+async def test_no_positions_and_credentials_not_yet_proven_asks_for_the_account_once(make_context: Any) -> None:
+    """Issue 13: with nothing to quote the pass would ask the broker nothing, and "ok" would prove
+    nothing; until some call shows the credentials work, it makes one cheap call (get_account)."""
+    async with environment(make_context) as (ctx, acct, broker):
+        assert acct.id not in ctx.auth
+        await monitor_account(ctx, acct, today=TODAY)
+        assert broker.calls == [["account"]]
 
 
 async def test_notifications_on_commit(make_context: Any, dsn: str) -> None:

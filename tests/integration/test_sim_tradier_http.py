@@ -226,6 +226,37 @@ async def test_clock_and_balances(sim: Simulator, http: aiohttp.ClientSession) -
     assert b["margin"]["option_buying_power"] > 0 and b["equity"] == 0
 
 
+async def test_calendar_in_tradiers_shape_and_the_adapter_reads_it(sim: Simulator, http: aiohttp.ClientSession) -> None:
+    """Issue 13: the simulator serves /v1/markets/calendar, so the demo logs no tradier_calendar_unavailable."""
+    from structlog.testing import capture_logs
+
+    t = Tradier(sim, http)
+    status, body = await t.get("/v1/markets/calendar", month="02", year="2026")
+    assert status == 200
+    cal = body["calendar"]
+    assert (cal["month"], cal["year"]) == (2, 2026) and len(cal["days"]["day"]) == 28
+    monday, saturday = cal["days"]["day"][1], cal["days"]["day"][6]
+    assert monday == {
+        "date": "2026-02-02",
+        "status": "open",
+        "description": "Market is open",
+        "premarket": {"start": "04:00", "end": "09:24"},
+        "open": {"start": "09:30", "end": "16:00"},
+        "postmarket": {"start": "16:00", "end": "20:00"},
+    }
+    assert saturday == {"date": "2026-02-07", "status": "closed", "description": "Market is closed"}
+    async with http.get(f"{sim.url}/v1/markets/calendar", headers=t.headers, params={"month": "xx"}) as r:
+        assert r.status == 400  # Tradier answers a bad parameter in plain text
+
+    from syncd.brokers.factory import build_broker
+
+    broker = build_broker(sim.account_settings(0, "tradier"), session=http, timeout_s=5)
+    with capture_logs() as logs:
+        clock = await broker.get_clock()
+    assert not [e for e in logs if e["event"] == "tradier_calendar_unavailable"]
+    assert clock.next_close > clock.timestamp and clock.next_open > clock.timestamp
+
+
 async def test_auth_and_request_errors(sim: Simulator, http: aiohttp.ClientSession) -> None:
     """Tradier quirk: a bad token is a plain-text 401 ``Invalid Access Token``; errors hold one string."""
     t = Tradier(sim, http)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from syncd.cli.health import exit_code, listen_url, render_text
-from syncd.daemon.health import AccountView, TaskView, build_report, evaluate, stale_limit
+from syncd.cli.health import exit_code, render_text
+from syncd.daemon.health import AccountView, TaskView, build_report, evaluate, listen_url, stale_limit
 from syncd.daemon.leases import fair_share
 from syncd.daemon.supervisor import backoff, jittered
 

@@ -77,3 +77,35 @@ def test_dsn_passwords_are_redacted_from_log_lines_however_short() -> None:
     assert "pw-in-query" not in out and ":pw@" not in out and "password=pw" not in out
     assert "'p w'" not in out and "k1" not in out
     assert "postgresql://u:***@h/db" in out
+
+
+def test_library_lines_get_a_constant_event_with_their_text_and_logger() -> None:
+    """Issue 13: alpaca-py's, websockets', asyncio's... lines are one JSON object with event=library_log."""
+    buf = _capture(["sekrit-token"])
+    logging.getLogger("alpaca.trading.stream").warning("connected to: %s", "ws://127.0.0.1:1/stream")
+    logging.getLogger("websockets.client").error("lost sekrit-token")
+    logging.getLogger("asyncio").warning("Task was destroyed but it is pending!")
+    lines = [json.loads(line) for line in buf.getvalue().strip().splitlines()]
+    assert [(ln["event"], ln["logger"]) for ln in lines] == [
+        ("library_log", "alpaca.trading.stream"),
+        ("library_log", "websockets.client"),
+        ("library_log", "asyncio"),
+    ]
+    assert lines[0]["message"] == "connected to: ws://127.0.0.1:1/stream"
+    assert lines[0]["level"] == "warning" and lines[0]["timestamp"].endswith("Z")
+    assert lines[1]["message"] == "lost ***"
+    # syncd's own lines keep their event
+    structlog.get_logger("syncd.x").info("account_pass", ok=True)
+    assert json.loads(buf.getvalue().strip().splitlines()[-1])["event"] == "account_pass"
+
+
+def test_demoted_events_are_dropped_at_info_unless_they_failed() -> None:
+    buf = io.StringIO()
+    configure_logging(LogSettings(format="json", level="info"), stream=buf, demote=["account_pass"])
+    log = structlog.get_logger("t")
+    log.info("account_pass", ok=True)
+    log.info("account_pass", ok=False, error="refused")
+    log.info("order_filled")
+    events = [json.loads(line)["event"] for line in buf.getvalue().strip().splitlines()]
+    assert events == ["account_pass", "order_filled"]
+    assert '"ok": false' in buf.getvalue()

@@ -128,7 +128,7 @@ INVALID = [
     ('[log]\nformat = "xml"\n', {}, "log.format"),
     ("[unknown]\nx = 1\n", {}, "unknown: unknown key"),
     ("not toml = = 1", {}, "not valid TOML"),
-    ('[[accounts]]\nname = "a"\nbroker = "ib"\n', {}, "accounts.0.broker"),
+    ('[[accounts]]\nname = "a"\nbroker = "ib"\n', {}, 'accounts["a"].broker'),
     ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\n', {}, "alpaca account needs api_secret"),
     ('[[accounts]]\nname = "t"\nbroker = "tradier"\ntoken = "tok"\n', {}, "tradier account needs account_id"),
     (
@@ -144,40 +144,51 @@ INVALID = [
     (
         '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\nbase_url = "ftp://x"\n',
         {},
-        "accounts.0.base_url",
+        'accounts["a"].base_url',
     ),
     (
         '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\nstream_url = "http://x"\n',
         {},
-        "accounts.0.stream_url",
+        'accounts["a"].stream_url',
     ),
     (
         '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n'
         'base_url = "https://paper-api.alpaca.markets/v2"\n',
         {},
-        "accounts.0.base_url: must be scheme and host only",
+        'accounts["a"].base_url: must be scheme and host only',
     ),
     (
         '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n'
         'data_url = "https://data.alpaca.markets/v2/stocks"\n',
         {},
-        "accounts.0.data_url: must be scheme and host only",
+        'accounts["a"].data_url: must be scheme and host only',
     ),
     (
         '[[accounts]]\nname = "t"\nbroker = "tradier"\ntoken = "tok"\naccount_id = "VA1"\n'
         'base_url = "https://sandbox.tradier.com/v1/"\n',
         {},
-        "accounts.0.base_url: must be scheme and host only",
+        'accounts["t"].base_url: must be scheme and host only',
     ),
     (
         '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\ncolour = "red"\n',
         {},
-        "accounts.0.colour: unknown key",
+        'accounts["a"].colour: unknown key',
     ),
-    ('[[accounts]]\nname = "a b"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n', {}, "accounts.0.name"),
+    ('[[accounts]]\nname = "a b"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n', {}, 'accounts["a b"].name'),
     ('[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n' * 2, {}, "appears twice"),
-    ("", {"SYNCD_CYCLES__CONCURRENCY": "many"}, "cycles.concurrency"),
-    ("", {"SYNCD_CYCLES__NOPE": "1"}, "cycles.nope: unknown key"),
+    ("", {"SYNCD_CYCLES__CONCURRENCY": "many"}, "SYNCD_CYCLES__CONCURRENCY (cycles.concurrency): "),
+    ("", {"SYNCD_CYCLES__NOPE": "1"}, "SYNCD_CYCLES__NOPE (cycles.nope): unknown key"),
+    (
+        '[[accounts]]\nname = "paper"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n',
+        {"SYNCD_ACCOUNTS__PAPER__BASE_URL": "ftp://x"},
+        'SYNCD_ACCOUNTS__PAPER__BASE_URL (accounts["paper"].base_url): ',
+    ),
+    (
+        '[[accounts]]\nname = "paper"\nbroker = "alpaca"\napi_key = "k"\napi_secret = "s"\n',
+        {"SYNCD_ACCOUNTS__0__BROKER": "ib"},
+        'SYNCD_ACCOUNTS__0__BROKER (accounts["paper"].broker): ',
+    ),
+    ('[[accounts]]\nbroker = "alpaca"\n', {}, "accounts[0].name: Field required"),
     ("", {"SYNCD_ACCOUNTS__GHOST__API_KEY": "x"}, "no account named or numbered 'ghost'"),
     ("", {"SYNCD_DATABASE__A__B": "x"}, "expected SYNCD_<SECTION>__<KEY>"),
 ]
@@ -195,7 +206,7 @@ def test_invalid_secret_value_is_not_echoed(tmp_path: Path) -> None:
     text = '[[accounts]]\nname = "a"\nbroker = "alpaca"\napi_key = ["not-a-string-secret"]\napi_secret = "s"\n'
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, text), {})
-    assert "accounts.0.api_key" in str(info.value)
+    assert 'accounts["a"].api_key' in str(info.value)
     assert "not-a-string-secret" not in str(info.value)
 
 
