@@ -50,7 +50,7 @@ WITH top AS (
 )
 SELECT o.id, o.parent_id, o.broker_order_id, o.client_order_id, o.trade_id, o.role, o.symbol, o.side,
        o.status, o.qty, o.ratio_qty, o.filled_qty, o.filled_avg_price, o.reject_reason, o.filled_at,
-       o.canceled_at, o.order_class
+       o.canceled_at, o.order_class, o.limit_price, o.stop_price
   FROM orders o
  WHERE o.id IN (SELECT id FROM top) OR o.parent_id IN (SELECT id FROM top)
  ORDER BY o.parent_id NULLS FIRST, o.id;

@@ -120,6 +120,11 @@ class _Stored:
     trade_id: int | None
     role: Role | None
     snapshot: OrderSnapshot
+    terms: tuple[Decimal | None, Decimal | None] | None = None  # (limit, stop) as stored, where read
+
+
+def _terms(order: Order) -> tuple[Decimal | None, Decimal | None]:
+    return (order.limit_price, order.stop_price)
 
 
 def _dec(v: Any) -> Decimal | None:
@@ -142,6 +147,7 @@ def _snapshots(rows: Iterable[Mapping[str, Any]]) -> dict[str, _Stored]:
                 client_order_id=r["client_order_id"],
                 trade_id=r["trade_id"],
                 role=Role(r["role"]) if r["role"] else None,
+                terms=(_dec(r["limit_price"]), _dec(r["stop_price"])) if "limit_price" in r else None,
                 snapshot=OrderSnapshot(
                     status=OrderStatus(r["status"]),
                     qty=r["qty"],
@@ -323,6 +329,11 @@ async def _changes(
                 continue
             if known.trade_id is None and change.trade_id is not None:
                 dirty.add(bid)  # linked to its trade now
+            if known.terms is not None and known.terms != _terms(obs.order) and obs.order.limit_price is not None:
+                # changed in place (Tradier's modify): the same order at new terms
+                at = obs.at or obs.order.updated_at or now
+                change.events.append(_Event("replaced", None, None, change.after, None, at, obs.source))
+                dirty.add(bid)
         if _observe(change, obs, now):
             dirty.add(bid)
     return {bid: work[bid] for bid in work if bid in dirty}
