@@ -37,26 +37,34 @@ ALTER TABLE order_requests ADD CONSTRAINT order_requests_kind_check
 --   * mleg: unchanged (the legs hold while the parent works; a leg with qty 0 or NULL holds the
 --     parent's qty x its ratio);
 --   * contingent: every working closing row of the group (the parent and its legs) by its own
---     status; a leg of a bracket/OTO parent only once the parent (the entry) has filled, at most
---     what it filled; per group and symbol the largest hold counts, once.
+--     status; a leg of a bracket/OTO parent only once the entry (the parent, or the group's
+--     opening leg) has filled, at most what it filled; per group and symbol the largest hold
+--     counts, once.
 CREATE OR REPLACE VIEW v_closing_order_holds AS
 WITH rows AS (
     SELECT o.account_id, o.symbol, COALESCE(o.trade_id, p.trade_id) AS trade_id, o.id AS order_id,
            COALESCE(p.id, o.id) AS group_id,
            COALESCE(p.order_class, o.order_class) IN ('bracket', 'oco', 'oto') AS contingent,
            GREATEST(CASE WHEN o.qty > 0 AND p.order_class IN ('bracket', 'oto')
-                              THEN LEAST(o.qty, p.filled_qty)
+                              THEN LEAST(o.qty, e.filled)
                          WHEN o.qty > 0 THEN o.qty
                          ELSE COALESCE(p.qty, 0) * COALESCE(o.ratio_qty, 1) END
                     - o.filled_qty, 0) AS held_quantity
       FROM orders o
       LEFT JOIN orders p ON p.id = o.parent_id
+      -- what the entry of a bracket/OTO group has filled: the parent (Alpaca), or the group's
+      -- opening leg (Tradier's OTO/OTOCO, whose first leg is the entry)
+      LEFT JOIN LATERAL (
+          SELECT GREATEST(p.filled_qty, COALESCE(max(s.filled_qty), 0)) AS filled
+            FROM orders s
+           WHERE s.parent_id = p.id AND s.intent = 'open'
+      ) e ON p.order_class IN ('bracket', 'oto')
       JOIN portfolio_positions pp ON pp.account_id = o.account_id AND pp.symbol = o.symbol
      WHERE order_is_working(o.status)
        AND (p.id IS NULL
             OR (p.order_class NOT IN ('bracket', 'oco', 'oto') AND order_is_working(p.status))
             OR p.order_class = 'oco'
-            OR (p.order_class IN ('bracket', 'oto') AND p.filled_qty > 0))
+            OR (p.order_class IN ('bracket', 'oto') AND e.filled > 0))
        AND NOT (o.parent_id IS NULL AND o.order_class = 'mleg')
        AND NOT (o.order_class NOT IN ('bracket', 'oco', 'oto') AND EXISTS (SELECT 1 FROM orders c WHERE c.parent_id = o.id))
        AND (o.intent = 'close'
