@@ -782,24 +782,33 @@ def available_quantities(orders: Iterable[Order]) -> dict[tuple[str, bool], Deci
 
     A closing order of a long position sells (``sell``/``sell_to_close``); of a short one it
     buys (``buy_to_cover``/``buy_to_close``). Its remaining quantity is ``qty - filled_qty``;
-    multi-leg orders count per leg.
+    multi-leg orders count per leg. An OCO/OTO/OTOCO group's closing orders hold once (the
+    largest), an OTO/OTOCO's only once its entry has filled, at most what it filled: the rules of
+    ``v_closing_order_holds`` (sql/0017_order_shapes.sql).
     """
     out: dict[tuple[str, bool], Decimal] = {}
 
-    def held(o: Order) -> tuple[tuple[str, bool], Decimal] | None:
+    def held(o: Order, cap: Decimal | None = None) -> tuple[tuple[str, bool], Decimal] | None:
         if o.intent != Intent.CLOSE or o.side is None or o.status.is_terminal:
             return None
         key = (o.symbol, o.side == Side.BUY)  # buying to close = the position is short
-        return key, max(Decimal(0), (o.qty or Decimal(0)) - o.filled_qty)
+        qty = o.qty or Decimal(0)
+        return key, max(Decimal(0), (qty if cap is None else min(qty, cap)) - o.filled_qty)
 
     for order in orders:
         if order.status.is_terminal and not order.contingent:
             continue
         if order.contingent:
-            # one-cancels-other: the group's closing orders hold the same shares once, not each
+            # one-cancels-other: the group's closing orders hold the same shares once, not each;
+            # an OTO/OTOCO's exits hold only once its entry (the first, opening leg) has filled
+            cap = None
+            if order.order_class != OrderClass.OCO:
+                cap = max([order.filled_qty, *(leg.filled_qty for leg in order.legs if leg.intent == Intent.OPEN)])
+                if cap <= 0:
+                    continue
             group: dict[tuple[str, bool], Decimal] = {}
             for part in (order, *order.legs):
-                h = held(part)
+                h = held(part, cap)
                 if h is not None:
                     group[h[0]] = max(group.get(h[0], Decimal(0)), h[1])
             for key, qty in group.items():

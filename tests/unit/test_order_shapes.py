@@ -395,6 +395,11 @@ async def test_tradier_oco_exits_hold_a_position_once(tradier: TradierBroker, mo
     mock.get(tw.acct("/orders"), payload={"orders": {"order": [oco, otoco()]}})
     orders = await tradier.list_orders()
     assert available_quantities(orders) == {("AAPL", False): Decimal(20)}  # 10 per group, two groups
+    # an OTOCO whose entry has not filled yet holds nothing
+    waiting = otoco()
+    waiting["leg"][0].update(status="open", exec_quantity=0.0, avg_fill_price=0.0)
+    mock.get(tw.acct("/orders"), payload={"orders": {"order": waiting}})
+    assert available_quantities(await tradier.list_orders()) == {}
 
 
 async def test_tradier_replace_puts_the_new_price_and_reads_the_order_back(
