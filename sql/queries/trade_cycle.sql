@@ -15,10 +15,14 @@ SELECT pg_advisory_unlock($1::int, ($2::bigint % 2147483647)::int);
 -- name: trade_watermark
 -- The order mirror's watermark (NULL before the first pass) and the oldest submission
 -- time of an order still recorded as working.
+-- A bracket/OCO/OTO order counts as working while one of its legs works (a filled entry's exits).
 SELECT (SELECT orders_watermark FROM trade_cycle_state WHERE account_id = $1) AS watermark,
-       (SELECT min(submitted_at) FROM orders
-         WHERE account_id = $1 AND parent_id IS NULL
-           AND order_is_working(status)) AS oldest_working;
+       LEAST((SELECT min(submitted_at) FROM orders
+               WHERE account_id = $1 AND parent_id IS NULL
+                 AND order_is_working(status)),
+             (SELECT min(p.submitted_at) FROM orders c JOIN orders p ON p.id = c.parent_id
+               WHERE c.account_id = $1 AND order_is_working(c.status)
+                 AND p.order_class IN ('bracket', 'oco', 'oto'))) AS oldest_working;
 
 -- name: trade_working_order_ids
 -- Broker ids of the account's top-level orders recorded as working, and of those recorded
@@ -32,7 +36,13 @@ UNION
 SELECT broker_order_id
   FROM orders
  WHERE account_id = $1 AND parent_id IS NULL
-   AND updated_at > now() - $2::interval;
+   AND updated_at > now() - $2::interval
+UNION
+-- a bracket/OCO/OTO order whose entry ended while its exits still work (0017)
+SELECT p.broker_order_id
+  FROM orders c JOIN orders p ON p.id = c.parent_id
+ WHERE c.account_id = $1 AND order_is_working(c.status)
+   AND p.order_class IN ('bracket', 'oco', 'oto');
 
 -- name: trade_set_watermark
 -- Move the watermark to $2 when it is unset or older than $3 (so an idle pass mostly writes nothing).

@@ -8,6 +8,7 @@ legs do not carry the parent's net price.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -114,6 +115,12 @@ async def test_bracket_by_hand_is_mirrored_with_its_legs_and_they_hold_once(
     assert await _committed(db_pool, acct, tid) == {"AAPL": 10}
     view = await db_pool.fetchrow("SELECT available_quantity FROM v_trade_monitor WHERE trade_id = $1", tid)
     assert view is not None and view["available_quantity"] == 20
+    # the filled entry is terminal, yet tradeCycle keeps asking for it while its exits work
+    q = load_queries()
+    asked = {r["broker_order_id"] for r in await db_pool.fetch(q["trade_working_order_ids"], acct, dt.timedelta(0))}
+    assert asked == {filled["id"]}
+    oldest = await db_pool.fetchrow(q["trade_watermark"], acct)
+    assert oldest is not None and oldest["oldest_working"] is not None
 
     # the take-profit filled, the stop was cancelled: nothing is held any more
     done = json.loads(json.dumps(filled))
