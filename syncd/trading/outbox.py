@@ -715,7 +715,9 @@ async def _work(account: Account, store: OutboxStore, request_id: int) -> str:
                     req = replace(req, trade_id=await _open_trade(store, account, req, payload))
                     assert req.trade_id is not None
                     await store.set_trade(req.id, req.trade_id)
-            await _record(store, account, req, payload, found, await _replaced_role(store, account, req, payload))
+            await _record(
+                store, account, req, payload, found, await _replaced_role(store, account, req, payload, found)
+            )
             return "submitted"
         if step == Next.FAIL:
             await _end(store, account, req, "failed", EXHAUSTED)
@@ -841,13 +843,17 @@ async def _replace_target(
     return trade.id, working[0] if working else targets[0]
 
 
-async def _replaced_role(store: OutboxStore, account: Account, req: Request, payload: Payload) -> Role | None:
-    """For a replace found by its client id after a lost answer: the role its order had in the trade."""
+async def _replaced_role(
+    store: OutboxStore, account: Account, req: Request, payload: Payload, order: Order
+) -> Role | None:
+    """For a replace found after a lost answer: the role the replaced order has in the trade (the
+    order ``order`` replaced, or ``order`` itself when changed in place; else the working one)."""
     if not isinstance(payload, ReplacePayload) or req.trade_id is None:
         return None
     targets = await store.replace_targets(req.trade_id, account.id)
-    roles = [t.role for t in targets if t.role]
-    return Role(roles[-1]) if roles else Role.ENTRY
+    named = [t for t in targets if t.broker_order_id in (order.replaces, order.broker_order_id)]
+    role = next((t.role for t in named + targets if t.role), None)
+    return Role(role) if role else Role.ENTRY
 
 
 async def _lookup_replaced(

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from syncd.context import Context
-from syncd.cycles import trade_cycle
+from syncd.cycles import account_sync, trade_cycle
 from syncd.sim import Simulator
 from tests.outbox_rows import queue, request, trade
 from tests.simfixtures import sim_fixture
@@ -218,3 +218,35 @@ async def test_tradier_replace_after_fill_is_rejected(sim: Simulator, make_conte
         await one_pass(ctx)
         req = await request(ctx, rep)
         assert req["state"] == "rejected" and "not in a modifiable state" in req["last_error"]
+
+
+async def test_replacing_an_exit_keeps_it_the_trades_exit(sim: Simulator, make_context: Any) -> None:
+    """The trade's working order is its exit: the replacement is an exit too (also when found after a crash)."""
+    async with make_context(accounts=[sim.account_settings(0)], trading={"enabled": True}) as ctx:
+        rid = await queue(ctx, "open", {"symbol": "AAPL", "side": "buy", "qty": 10, "type": "market"})
+        await one_pass(ctx)
+        opened = await request(ctx, rid)
+        sim.fill(opened["client_order_id"], price="100")
+        await one_pass(ctx)
+        await account_sync.account_pass(ctx, ctx.accounts[next(iter(ctx.accounts))])
+        close = await queue(ctx, "close", {"type": "limit", "limit_price": 500}, trade_id=opened["trade_id"])
+        await one_pass(ctx)
+        exit_cid = (await request(ctx, close))["client_order_id"]
+        rep = await queue(ctx, "replace", {"limit_price": 400}, trade_id=opened["trade_id"])
+        await one_pass(ctx)
+        assert (await request(ctx, rep))["state"] == "submitted"
+        roles = [(r["status"], r["role"]) for r in await orders_of(ctx, opened["trade_id"])]
+        assert roles == [("filled", "entry"), ("replaced", "exit"), ("new", "exit")]
+        assert (await trade(ctx, opened["trade_id"]))["status"] == "closing"
+        # found after a crash: the same role
+        current = sim.order((await orders_of(ctx, opened["trade_id"]))[-1]["broker_order_id"])
+        new = sim.exchange.replace(current, qty=None, limit_price=D(300), client_order_id="syncd-rep-crash-4")
+        crashed = await queue(
+            ctx, "replace", {"limit_price": 300}, trade_id=opened["trade_id"], cid="syncd-rep-crash-4",
+            state="submitting", attempts=1,
+        )  # fmt: skip
+        await one_pass(ctx)
+        assert (await request(ctx, crashed))["broker_order_id"] == new.id
+        rows = await orders_of(ctx, opened["trade_id"])
+        assert [(r["status"], r["role"]) for r in rows[-2:]] == [("replaced", "exit"), ("new", "exit")]
+        assert sim.order(exit_cid).status == "replaced"
