@@ -150,3 +150,37 @@ async def test_tradier_otoco_and_multileg_rows(
     assert [rows[i]["limit_price"] for i in ("229064", "229065")] == [None, None]
     # the OTOCO's take-profit and stop hold the 10 shares once
     assert await _committed(db_pool, acct, tid) == {"AAPL": 10}
+
+
+async def test_an_order_that_replaced_a_linked_one_inherits_its_trade_from_any_path(
+    db_pool: asyncpg.Pool[Any], brokers: tuple[AlpacaBroker, TradierBroker]
+) -> None:
+    """However syncd first sees the new order (the stream here; a replace made by hand at the broker
+    too), ``replaces`` names a linked order, so the new one is that trade's, in the same role."""
+    alpaca, _ = brokers
+    acct = await _account(db_pool)
+    tid = await _trade(db_pool, acct, [("AAPL", "buy")])
+    old_id = "61e69015-8549-4bfd-b9c3-01e75843f47d"
+    await db_pool.execute(
+        "INSERT INTO orders (account_id, broker_order_id, symbol, side, qty, status, type, trade_id, role) "
+        "VALUES ($1, $2, 'AAPL', 'buy', 10, 'new', 'limit', $3, 'entry')",
+        acct,
+        old_id,
+        tid,
+    )
+    new = alpaca._order(json.loads(shapes.ALPACA_REPLACED), "order")
+    q = load_queries()
+    async with db_pool.acquire() as conn, conn.transaction():
+        await lock_orders(conn, q, acct)
+        await apply_observations(conn, q, acct, [Observation(new, "stream", event="new", at=new.updated_at)])
+    row = await db_pool.fetchrow(
+        "SELECT trade_id, role, replaces, qty, limit_price FROM orders WHERE broker_order_id = $1", new.broker_order_id
+    )
+    assert row is not None
+    assert (row["trade_id"], row["role"], row["replaces"], row["qty"], row["limit_price"]) == (
+        tid,
+        "entry",
+        old_id,
+        D(5),
+        D("151.5"),
+    )
