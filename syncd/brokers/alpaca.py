@@ -609,12 +609,11 @@ def build_order_payload(request: OrderRequest) -> dict[str, Any]:
     validate: the body carries the request's exact Decimals as strings (as Alpaca's API takes
     them), never a float. Raises ``BrokerRejected`` (no request made) when the models refuse it.
     """
-    common: dict[str, Any] = {
-        "qty": float(request.qty),
-        "time_in_force": ae.TimeInForce(request.time_in_force.value),
-        "client_order_id": request.client_order_id,
-    }
+    common: dict[str, Any] = {"qty": float(request.qty), "client_order_id": request.client_order_id}
     try:
+        if request.time_in_force.value not in {t.value for t in ae.TimeInForce}:
+            raise ValueError(f"time_in_force {request.time_in_force.value!r} is not offered by Alpaca")
+        common["time_in_force"] = ae.TimeInForce(request.time_in_force.value)
         if request.is_multileg:
             common["order_class"] = ae.OrderClass.MLEG
             common["legs"] = [

@@ -329,11 +329,15 @@ async def _changes(
                 continue
             if known.trade_id is None and change.trade_id is not None:
                 dirty.add(bid)  # linked to its trade now
-            if known.terms is not None and known.terms != _terms(obs.order) and obs.order.limit_price is not None:
-                # changed in place (Tradier's modify): the same order at new terms
-                at = obs.at or obs.order.updated_at or now
-                change.events.append(_Event("replaced", None, None, change.after, None, at, obs.source))
-                dirty.add(bid)
+            if known.terms is not None and known.terms != _terms(obs.order):
+                limit, stop = known.terms
+                if (limit is not None and limit != obs.order.limit_price) or (
+                    stop is not None and stop != obs.order.stop_price
+                ):
+                    # changed in place (Tradier's modify): the same order at new terms
+                    at = obs.at or obs.order.updated_at or now
+                    change.events.append(_Event("replaced", None, None, change.after, None, at, obs.source))
+                dirty.add(bid)  # a term not stored yet (a row from before 0017) is written, no event
         if _observe(change, obs, now):
             dirty.add(bid)
     return {bid: work[bid] for bid in work if bid in dirty}

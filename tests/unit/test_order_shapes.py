@@ -434,3 +434,14 @@ def test_no_float_in_replace_bodies() -> None:
     body = build_replace_payload(ReplaceRequest("x", "c", qty=Decimal("0.000000001"), limit_price=Decimal("0.0001")))
     assert body == {"client_order_id": "c", "qty": "0.000000001", "limit_price": "0.0001"}
     assert not re.search(r"e-?\d", json.dumps(body))
+
+
+def test_tradier_only_durations_are_refused_for_alpaca_before_sending() -> None:
+    from syncd.brokers.alpaca import build_order_payload
+    from syncd.brokers.tradier import build_order_form
+    from syncd.brokers.types import OrderRequest
+
+    pre = OrderRequest("c-1", qty=Decimal(1), symbol="AAPL", side=Side.BUY, time_in_force=TimeInForce.PRE)
+    with pytest.raises(BrokerRejected, match="not offered by Alpaca"):
+        build_order_payload(pre)
+    assert ("duration", "pre") in build_order_form(pre)
