@@ -40,8 +40,10 @@ ALTER TABLE order_requests ADD CONSTRAINT order_requests_kind_check
 --     status; a leg of a bracket/OTO parent only once the entry (the parent, or the group's
 --     opening leg) has filled, at most what it filled; per group and symbol the largest hold
 --     counts, once.
+-- NOT MATERIALIZED and DISTINCT ON (account_id, symbol, ...): a reader's account/symbol filter
+-- (v_trade_leg_positions asks per leg) is pushed into both branches, not applied after the whole view.
 CREATE OR REPLACE VIEW v_closing_order_holds AS
-WITH rows AS (
+WITH rows AS NOT MATERIALIZED (
     SELECT o.account_id, o.symbol, COALESCE(o.trade_id, p.trade_id) AS trade_id, o.id AS order_id,
            COALESCE(p.id, o.id) AS group_id,
            COALESCE(p.order_class, o.order_class) IN ('bracket', 'oco', 'oto') AS contingent,
@@ -75,6 +77,6 @@ WITH rows AS (
 SELECT account_id, symbol, trade_id, order_id, held_quantity
   FROM rows WHERE NOT contingent
 UNION ALL
-(SELECT DISTINCT ON (group_id, symbol) account_id, symbol, trade_id, order_id, held_quantity
+(SELECT DISTINCT ON (account_id, symbol, group_id) account_id, symbol, trade_id, order_id, held_quantity
    FROM rows WHERE contingent
-  ORDER BY group_id, symbol, held_quantity DESC);
+  ORDER BY account_id, symbol, group_id, held_quantity DESC);
