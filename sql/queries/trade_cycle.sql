@@ -15,10 +15,14 @@ SELECT pg_advisory_unlock($1::int, ($2::bigint % 2147483647)::int);
 -- name: trade_watermark
 -- The order mirror's watermark (NULL before the first pass) and the oldest submission
 -- time of an order still recorded as working.
+-- A bracket/OCO/OTO order counts as working while one of its legs works (a filled entry's exits).
 SELECT (SELECT orders_watermark FROM trade_cycle_state WHERE account_id = $1) AS watermark,
-       (SELECT min(submitted_at) FROM orders
-         WHERE account_id = $1 AND parent_id IS NULL
-           AND order_is_working(status)) AS oldest_working;
+       LEAST((SELECT min(submitted_at) FROM orders
+               WHERE account_id = $1 AND parent_id IS NULL
+                 AND order_is_working(status)),
+             (SELECT min(p.submitted_at) FROM orders c JOIN orders p ON p.id = c.parent_id
+               WHERE c.account_id = $1 AND order_is_working(c.status)
+                 AND p.order_class IN ('bracket', 'oco', 'oto'))) AS oldest_working;
 
 -- name: trade_working_order_ids
 -- Broker ids of the account's top-level orders recorded as working, and of those recorded
@@ -32,7 +36,13 @@ UNION
 SELECT broker_order_id
   FROM orders
  WHERE account_id = $1 AND parent_id IS NULL
-   AND updated_at > now() - $2::interval;
+   AND updated_at > now() - $2::interval
+UNION
+-- a bracket/OCO/OTO order whose entry ended while its exits still work (0017)
+SELECT p.broker_order_id
+  FROM orders c JOIN orders p ON p.id = c.parent_id
+ WHERE c.account_id = $1 AND order_is_working(c.status)
+   AND p.order_class IN ('bracket', 'oco', 'oto');
 
 -- name: trade_set_watermark
 -- Move the watermark to $2 when it is unset or older than $3 (so an idle pass mostly writes nothing).
@@ -50,7 +60,7 @@ WITH top AS (
 )
 SELECT o.id, o.parent_id, o.broker_order_id, o.client_order_id, o.trade_id, o.role, o.symbol, o.side,
        o.status, o.qty, o.ratio_qty, o.filled_qty, o.filled_avg_price, o.reject_reason, o.filled_at,
-       o.canceled_at
+       o.canceled_at, o.order_class, o.limit_price, o.stop_price
   FROM orders o
  WHERE o.id IN (SELECT id FROM top) OR o.parent_id IN (SELECT id FROM top)
  ORDER BY o.parent_id NULLS FIRST, o.id;
@@ -70,11 +80,11 @@ WITH top AS (
     INSERT INTO orders AS o
            (account_id, broker_order_id, client_order_id, trade_id, role, symbol, asset_class, side, intent,
             type, order_class, time_in_force, qty, ratio_qty, filled_qty, filled_avg_price, limit_price,
-            status, reject_reason, submitted_at, filled_at, canceled_at)
+            status, reject_reason, submitted_at, filled_at, canceled_at, notional, stop_price, replaces, replaced_by)
     SELECT $1, u.broker_order_id, u.client_order_id, u.trade_id, u.role, u.symbol, u.asset_class, u.side,
            u.intent, u.type, u.order_class, u.time_in_force, u.qty, u.ratio_qty, u.filled_qty,
            u.filled_avg_price, u.limit_price, u.status, u.reject_reason, u.submitted_at, u.filled_at,
-           u.canceled_at
+           u.canceled_at, u.notional, u.stop_price, u.replaces, u.replaced_by
       FROM unnest($2::order_row[]) AS u
     ON CONFLICT (account_id, broker_order_id) DO UPDATE
        SET client_order_id = COALESCE(o.client_order_id, EXCLUDED.client_order_id),
@@ -97,17 +107,21 @@ WITH top AS (
            submitted_at = COALESCE(EXCLUDED.submitted_at, o.submitted_at),
            filled_at = EXCLUDED.filled_at,
            canceled_at = EXCLUDED.canceled_at,
+           notional = EXCLUDED.notional,
+           stop_price = EXCLUDED.stop_price,
+           replaces = COALESCE(EXCLUDED.replaces, o.replaces),
+           replaced_by = COALESCE(EXCLUDED.replaced_by, o.replaced_by),
            updated_at = now()
     RETURNING o.id, o.broker_order_id
 ), legs AS (
     INSERT INTO orders AS o
            (account_id, parent_id, trade_id, role, broker_order_id, client_order_id, symbol, asset_class, side,
             intent, type, order_class, time_in_force, qty, ratio_qty, filled_qty, filled_avg_price,
-            limit_price, status, reject_reason, submitted_at, filled_at, canceled_at)
+            limit_price, status, reject_reason, submitted_at, filled_at, canceled_at, notional, stop_price)
     SELECT $1, top.id, NULL, NULL, l.broker_order_id, l.client_order_id, l.symbol, l.asset_class, l.side,
            l.intent, l.type, l.order_class, l.time_in_force, l.qty, l.ratio_qty, l.filled_qty,
            l.filled_avg_price, l.limit_price, l.status, l.reject_reason, l.submitted_at, l.filled_at,
-           l.canceled_at
+           l.canceled_at, l.notional, l.stop_price
       FROM unnest($3::order_leg_row[]) AS l
       JOIN top ON top.broker_order_id = l.parent_broker_order_id
     ON CONFLICT (account_id, broker_order_id) DO UPDATE
@@ -119,6 +133,9 @@ WITH top AS (
            ratio_qty = EXCLUDED.ratio_qty,
            filled_qty = EXCLUDED.filled_qty,
            filled_avg_price = EXCLUDED.filled_avg_price,
+           limit_price = EXCLUDED.limit_price,
+           stop_price = EXCLUDED.stop_price,
+           type = EXCLUDED.type,
            status = EXCLUDED.status,
            filled_at = EXCLUDED.filled_at,
            canceled_at = EXCLUDED.canceled_at,
@@ -160,7 +177,7 @@ WITH top AS (
 )
 SELECT o.id, o.parent_id, o.broker_order_id, o.client_order_id, o.trade_id, o.role, o.symbol, o.side,
        o.status, o.qty, o.ratio_qty, o.filled_qty, o.filled_avg_price, o.reject_reason, o.filled_at,
-       o.canceled_at
+       o.canceled_at, o.order_class
   FROM orders o
  WHERE o.id IN (SELECT id FROM top) OR o.parent_id IN (SELECT id FROM top)
  ORDER BY o.parent_id NULLS FIRST, COALESCE(o.submitted_at, o.created_at), o.id;
@@ -359,3 +376,17 @@ SELECT broker_order_id FROM orders
 -- $1 account id, $2 the error line (prefixed "tradeCycle: ", so tradeCycle's next good pass clears it).
 UPDATE accounts SET last_error = $2, updated_at = now()
  WHERE id = $1 AND last_error IS DISTINCT FROM $2;
+
+-- name: outbox_replace_targets
+-- A replace request's candidates: the trade's ($1) top-level orders in account $2, newest first,
+-- working ones first; the order a replace changes is the one working order (or, when none
+-- works, the newest, so the broker says why it cannot be changed).
+SELECT broker_order_id, role, status, asset_class, order_class, qty, limit_price,
+       order_is_working(status) AS working
+  FROM orders
+ WHERE trade_id = $1 AND account_id = $2 AND parent_id IS NULL
+ ORDER BY order_is_working(status) DESC, COALESCE(submitted_at, created_at) DESC, id DESC;
+
+-- name: outbox_request_trade
+-- The trade of the request ($1) a replace request amends, in account $2.
+SELECT trade_id FROM order_requests WHERE id = $1 AND account_id = $2;

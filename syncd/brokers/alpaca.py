@@ -32,7 +32,7 @@ from alpaca.trading.models import Order as AlpacaOrder
 from alpaca.trading.models import Position as AlpacaPosition
 from alpaca.trading.models import TradeAccount
 from alpaca.trading.models import TradeUpdate as AlpacaTradeUpdate
-from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest, OptionLegRequest
+from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest, OptionLegRequest, ReplaceOrderRequest
 from alpaca.trading.stream import TradingStream
 from pydantic import ValidationError
 
@@ -61,6 +61,7 @@ from syncd.brokers.types import (
     OrderType,
     Position,
     Quote,
+    ReplaceRequest,
     Side,
     TimeInForce,
     TradeUpdate,
@@ -244,6 +245,30 @@ class AlpacaBroker:
             broker="alpaca",
             account=self.account.name,
             client_order_id=request.client_order_id,
+            broker_order_id=order.broker_order_id,
+            status=order.status.value,
+        )
+        return order
+
+    async def replace_order(self, request: ReplaceRequest) -> Order:
+        """``PATCH /v2/orders/{id}``: Alpaca answers with the NEW order (``replaces`` = the old id; the
+        old one becomes ``replaced``). Sent exactly once, named by ``client_order_id`` so a lost
+        answer can be looked up."""
+        body = await self._http.request(
+            "PATCH",
+            f"{self.base_url}/v2/orders/{quote(request.broker_order_id, safe='')}",
+            endpoint="/v2/orders/{id}",
+            json_body=build_replace_payload(request),
+            once=True,
+            on_404="not_found",
+            reject_403=_is_business_403,
+        )
+        order = self._order(_obj(body, "order", self.account.name), "order")
+        log.info(
+            "order_replaced",
+            broker="alpaca",
+            account=self.account.name,
+            replaced=request.broker_order_id,
             broker_order_id=order.broker_order_id,
             status=order.status.value,
         )
@@ -584,12 +609,11 @@ def build_order_payload(request: OrderRequest) -> dict[str, Any]:
     validate: the body carries the request's exact Decimals as strings (as Alpaca's API takes
     them), never a float. Raises ``BrokerRejected`` (no request made) when the models refuse it.
     """
-    common: dict[str, Any] = {
-        "qty": float(request.qty),
-        "time_in_force": ae.TimeInForce(request.time_in_force.value),
-        "client_order_id": request.client_order_id,
-    }
+    common: dict[str, Any] = {"qty": float(request.qty), "client_order_id": request.client_order_id}
     try:
+        if request.time_in_force.value not in {t.value for t in ae.TimeInForce}:
+            raise ValueError(f"time_in_force {request.time_in_force.value!r} is not offered by Alpaca")
+        common["time_in_force"] = ae.TimeInForce(request.time_in_force.value)
         if request.is_multileg:
             common["order_class"] = ae.OrderClass.MLEG
             common["legs"] = [
@@ -620,6 +644,30 @@ def build_order_payload(request: OrderRequest) -> dict[str, Any]:
         reason = f"invalid order request: {_validation_summary(exc)}"
         raise BrokerRejected(f"alpaca: {reason}", reason=reason, broker="alpaca") from None
     return _exact_numbers(model.to_request_fields(), request)
+
+
+def build_replace_payload(request: ReplaceRequest) -> dict[str, Any]:
+    """The JSON body of ``PATCH /v2/orders/{id}`` (alpaca-py's ``ReplaceOrderRequest`` validates it);
+    numbers as exact decimal strings. ``BrokerRejected`` (nothing sent) when the model refuses it."""
+    try:
+        if request.qty is None and request.limit_price is None:
+            raise ValueError("a replace changes qty or limit_price")
+        ReplaceOrderRequest(
+            qty=int(request.qty)
+            if request.qty is not None and request.qty == request.qty.to_integral_value()
+            else None,
+            limit_price=float(request.limit_price) if request.limit_price is not None else None,
+            client_order_id=request.client_order_id,
+        )
+    except (ValidationError, ValueError) as exc:
+        reason = f"invalid replace request: {_validation_summary(exc)}"
+        raise BrokerRejected(f"alpaca: {reason}", reason=reason, broker="alpaca") from None
+    body: dict[str, Any] = {"client_order_id": request.client_order_id}
+    if request.qty is not None:
+        body["qty"] = plain(request.qty)
+    if request.limit_price is not None:
+        body["limit_price"] = plain(request.limit_price)
+    return body
 
 
 def _exact_numbers(body: dict[str, Any], request: OrderRequest) -> dict[str, Any]:
@@ -655,16 +703,18 @@ def _clean_order(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _convert_order(o: AlpacaOrder, parent_type: OrderType | None = None) -> Order:
-    order_type = _order_type(o.type or o.order_type) or parent_type or OrderType.MARKET
+    """Alpaca's order as syncd's; a leg without a type takes its parent's, a top-level order keeps none
+    (:func:`syncd.brokers.sanity.check_order` refuses it: an order with no type is not a market order)."""
+    order_type = _order_type(o.type or o.order_type) or parent_type
     legs = tuple(_convert_order(leg, order_type) for leg in (o.legs or ()))
     order_class = OrderClass(o.order_class.value) if o.order_class else OrderClass.SIMPLE
-    symbol = o.symbol or ""
+    symbol = (o.symbol or "").strip()
     if not symbol and legs:
         spec = option_spec_or_none(legs[0].symbol)
         symbol = spec.underlying if spec else legs[0].symbol
     if o.asset_class is not None:
         asset_class = _asset_class(o.asset_class)
-    elif legs or option_spec_or_none(symbol) is not None:
+    elif (legs and order_class == OrderClass.MLEG) or option_spec_or_none(symbol) is not None:
         asset_class = AssetClass.US_OPTION
     else:
         asset_class = AssetClass.US_EQUITY
@@ -676,10 +726,12 @@ def _convert_order(o: AlpacaOrder, parent_type: OrderType | None = None) -> Orde
         side=Side(o.side.value) if o.side else None,
         type=order_type,
         order_class=order_class,
-        qty=decimal_or_none(o.qty) or Decimal(0),
+        qty=decimal_or_none(o.qty),  # None for a notional order: never 0
         filled_qty=decimal_or_none(o.filled_qty) or Decimal(0),
         status=OrderStatus(o.status.value),
         asset_class=asset_class,
+        notional=decimal_or_none(o.notional),
+        stop_price=decimal_or_none(o.stop_price),
         filled_avg_price=avg if avg else None,  # Alpaca sends 0 before anything is filled
         limit_price=decimal_or_none(o.limit_price),
         time_in_force=TimeInForce(o.time_in_force.value),
@@ -690,6 +742,8 @@ def _convert_order(o: AlpacaOrder, parent_type: OrderType | None = None) -> Orde
         canceled_at=as_utc(o.canceled_at) if o.canceled_at else None,
         updated_at=as_utc(o.updated_at),
         legs=legs,
+        replaces=str(o.replaces) if o.replaces else None,
+        replaced_by=str(o.replaced_by) if o.replaced_by else None,
     )
 
 

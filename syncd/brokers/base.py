@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
-from syncd.brokers.types import Balances, Clock, Order, OrderRequest, Position, Quote, TradeUpdate
+from syncd.brokers.types import Balances, Clock, Order, OrderRequest, Position, Quote, ReplaceRequest, TradeUpdate
 
 OrderStatusFilter = Literal["open", "closed", "all"]
 
@@ -101,6 +101,14 @@ class Broker(Protocol):
     async def submit_order(self, request: OrderRequest) -> Order: ...
 
     async def cancel_order(self, broker_order_id: str) -> None: ...
+
+    async def replace_order(self, request: ReplaceRequest) -> Order:
+        """Change a working order's limit and/or quantity; the order that now works (Alpaca: a new one).
+
+        ``BrokerRejected`` (with the broker's reason) when the order can no longer be changed
+        (it filled, it was cancelled) or the change is one the broker does not offer.
+        """
+        ...
 
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]: ...
 

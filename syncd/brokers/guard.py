@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from syncd.brokers.base import Broker, BrokerUnavailable, OrderStatusFilter
-from syncd.brokers.types import Balances, Clock, Order, OrderRequest, Position, Quote, TradeUpdate
+from syncd.brokers.types import Balances, Clock, Order, OrderRequest, Position, Quote, ReplaceRequest, TradeUpdate
 
 T = TypeVar("T")
 
@@ -80,6 +80,9 @@ class PassBroker:
 
     async def cancel_order(self, broker_order_id: str) -> None:
         await self._call(lambda: self.inner.cancel_order(broker_order_id))
+
+    async def replace_order(self, request: ReplaceRequest) -> Order:
+        return await self._call(lambda: self.inner.replace_order(request))
 
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
         return await self._call(lambda: self.inner.get_quotes(symbols))

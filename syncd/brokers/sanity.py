@@ -6,7 +6,10 @@ quotes); a failed check raises ``BadBrokerData`` naming the field, so the cycle 
 nothing of that answer and ``accounts.last_error`` says why. Refused:
 
 - an order whose ``filled_qty`` exceeds its ``qty`` (an order with a quantity; Alpaca's
-  notional orders have none), or either one negative; the same for each leg;
+  notional orders have none: ``qty`` stays ``None``), or either one (or ``notional``)
+  negative; the same for each leg;
+- an order without a ``type`` (a leg takes its parent's): an order of unknown type is not
+  taken as a market order;
 - a timestamp more than :data:`MAX_FUTURE` (1 day) ahead of now: order times, a stream
   event's time, a quote's time. Clocks differ by seconds, not days;
 - a negative price: ``avg_entry_price``, ``current_price``, bid, ask, last, fill prices
@@ -57,10 +60,15 @@ def _time(value: dt.datetime | None, field: str, bad: Bad, now: dt.datetime) -> 
 def check_order(order: Order, what: str, bad: Bad, now: dt.datetime | None = None) -> Order:
     """``order`` itself, or ``bad(...)`` raised for the first thing in it that cannot be true."""
     now = now or _now()
-    if order.qty < 0 or order.filled_qty < 0:
+    if order.type is None:
+        raise bad(f"{what} has no type: an order of unknown type is not taken as a market order", f"{what}.type")
+    if (order.qty is not None and order.qty < 0) or order.filled_qty < 0:
         raise bad(f"{what} has a negative quantity (qty {order.qty}, filled_qty {order.filled_qty})", f"{what}.qty")
-    if order.qty > 0 and order.filled_qty > order.qty:
+    if order.notional is not None and order.notional < 0:
+        raise bad(f"{what}.notional is negative ({order.notional})", f"{what}.notional")
+    if order.qty is not None and order.qty > 0 and order.filled_qty > order.qty:
         raise bad(f"{what}.filled_qty {order.filled_qty} exceeds its qty {order.qty}", f"{what}.filled_qty")
+    _price(order.stop_price, f"{what}.stop_price", bad)
     if order.order_class != OrderClass.MLEG or not order.legs:
         _price(order.filled_avg_price, f"{what}.filled_avg_price", bad)
     for name in ("submitted_at", "filled_at", "canceled_at", "updated_at"):

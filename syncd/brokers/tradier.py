@@ -48,6 +48,7 @@ from syncd.brokers.parse import WIDE, NotANumber, NotFinite, TooManyDigits, as_u
 from syncd.brokers.ratelimit import TRADIER_PER_MIN, TokenBucket
 from syncd.brokers.sanity import check_order, check_position, check_positions, check_quote
 from syncd.brokers.types import (
+    CONTINGENT,
     AssetClass,
     Balances,
     Clock,
@@ -61,6 +62,7 @@ from syncd.brokers.types import (
     OrderType,
     Position,
     Quote,
+    ReplaceRequest,
     Side,
     TimeInForce,
     TradeUpdate,
@@ -114,6 +116,13 @@ _TYPES: dict[str, OrderType] = {
     "debit": OrderType.LIMIT,
     "credit": OrderType.LIMIT,
     "even": OrderType.LIMIT,
+}
+
+_DURATIONS: dict[str, TimeInForce] = {
+    "day": TimeInForce.DAY,
+    "gtc": TimeInForce.GTC,
+    "pre": TimeInForce.PRE,
+    "post": TimeInForce.POST,
 }
 
 _CLASSES: dict[str, OrderClass] = {
@@ -325,6 +334,35 @@ class TradierBroker:
             log.warning("order_details_unavailable", broker="tradier", broker_order_id=broker_id, error=str(exc))
             return _placed_order(broker_id, request)
 
+    async def replace_order(self, request: ReplaceRequest) -> Order:
+        """``PUT /v1/accounts/{id}/orders/{order_id}``: Tradier changes the order in place (same id,
+        same tag) and answers ``{"order": {"id": ..., "status": "ok"}}``; the order is then read back.
+        Tradier cannot change an order's quantity: such a request is refused before anything is sent.
+        """
+        form = build_replace_form(request)
+        body = await self._http.request(
+            "PUT",
+            f"{self.base_url}{self._acct}/orders/{quote(request.broker_order_id, safe='')}",
+            endpoint="/v1/accounts/{id}/orders/{order_id}",
+            form=form,
+            once=True,
+            on_404="not_found",
+        )
+        errors = reason_of(body)
+        if isinstance(body, dict) and "errors" in body and errors:
+            raise BrokerRejected(
+                f"tradier PUT /v1/accounts/{{id}}/orders/{{order_id}}: refused: {errors}",
+                reason=errors,
+                status=200,
+                broker="tradier",
+                account=self.account.name,
+            )
+        changed = self._section(body, "order")
+        if changed is None or changed.get("id") in (None, "", "null"):
+            raise self._bad("order modification answer has no order id", "order.id")
+        log.info("order_replaced", broker="tradier", account=self.account.name, broker_order_id=str(changed["id"]))
+        return await self.get_order(str(changed["id"]))
+
     async def cancel_order(self, broker_order_id: str) -> None:
         body = await self._http.request(
             "DELETE",
@@ -433,59 +471,91 @@ class TradierBroker:
 
     # -- parsing ------------------------------------------------------------------------
 
-    def _order(self, d: Any, what: str, parent_qty: Decimal | None = None) -> Order:
-        order = self._parse_order(d, what, parent_qty)
-        return order if parent_qty is not None else check_order(order, what, self._bad)
+    def _order(self, d: Any, what: str, parent: Order | None = None) -> Order:
+        order = self._parse_order(d, what, parent)
+        return order if parent is not None else check_order(order, what, self._bad)
 
-    def _parse_order(self, d: Any, what: str, parent_qty: Decimal | None) -> Order:
+    def _parse_order(self, d: Any, what: str, parent: Order | None) -> Order:
+        """One order; ``parent``: the order whose ``leg`` this is (its type, class and quantity, legs unset).
+
+        A multileg order's legs share its net price: a leg carries no limit of its own. An
+        OCO/OTO/OTOCO order's legs are orders of their own (own type, price, stop, status).
+        An order without a type takes its parent's; a top-level one has none (refused by
+        :func:`syncd.brokers.sanity.check_order`), never taken as a market order.
+        """
         if not isinstance(d, dict):
             raise self._bad(f"{what} is not an object", what)
         status_raw = d.get("status")
         status = _STATUS.get(str(status_raw))
         if status is None:
             raise self._bad(f"{what}.status {str(status_raw)[:30]!r} is unknown", f"{what}.status")
-        type_raw = str(d.get("type") or "market")
-        order_type = _TYPES.get(type_raw)
-        if order_type is None:
-            raise self._bad(f"{what}.type {type_raw[:30]!r} is unknown", f"{what}.type")
+        type_given = d.get("type")
+        type_raw = "" if _is_null(type_given) or type_given == "" else str(type_given)
+        order_type: OrderType | None = parent.type if parent is not None else None
+        if type_raw:
+            order_type = _TYPES.get(type_raw)
+            if order_type is None:
+                raise self._bad(f"{what}.type {type_raw[:30]!r} is unknown", f"{what}.type")
         cls_raw = str(d.get("class") or "equity")
         order_class = _CLASSES.get(cls_raw, OrderClass.SIMPLE)
-        qty = self._num(d.get("quantity"), f"{what}.quantity") or Decimal(0)
-        legs = tuple(
-            self._order(leg, f"{what}.leg[{i}]", parent_qty=qty)
-            for i, leg in enumerate(self._listish(d.get("leg"), f"{what}.leg"))
-        )
+        qty = self._num(d.get("quantity"), f"{what}.quantity")
         side_raw = d.get("side")
         side_intent = _SIDES.get(str(side_raw)) if side_raw not in (None, "", "null") else None
         option_symbol = d.get("option_symbol")
-        symbol = str(option_symbol) if cls_raw == "option" and option_symbol else str(d.get("symbol") or "")
+        raw_symbol = option_symbol if option_symbol and (cls_raw == "option" or parent is not None) else d.get("symbol")
+        symbol = str(raw_symbol or "").strip()
         is_option = cls_raw in ("option", "multileg", "combo") or option_spec_or_none(symbol) is not None
         price = self._num(d.get("price"), f"{what}.price")
         if price is not None and type_raw == "credit":
             price = -abs(price)
         elif type_raw == "even":
             price = Decimal(0)
+        in_multileg = parent is not None and parent.order_class == OrderClass.MLEG
+        if in_multileg:
+            price = None  # the parent's net, not this leg's own limit
         avg = self._num(d.get("avg_fill_price"), f"{what}.avg_fill_price")
         created = self._time(d.get("create_date"), f"{what}.create_date")
         updated = self._time(d.get("transaction_date"), f"{what}.transaction_date") or created
         ratio = None
-        if parent_qty:
-            ratio = int(qty / parent_qty) if qty % parent_qty == 0 else None
+        if in_multileg and parent is not None and parent.qty and qty is not None:
+            ratio = int(qty / parent.qty) if qty % parent.qty == 0 else None
         tag = d.get("tag")
+        contingent = order_class in CONTINGENT
+        multileg = not contingent and (cls_raw in ("multileg", "combo") or bool(_present(d.get("leg"))))
+        shell = Order(
+            broker_order_id=str(d.get("id")),
+            client_order_id=None,
+            symbol="",
+            side=None,
+            type=order_type,
+            order_class=OrderClass.MLEG if multileg else order_class,
+            qty=qty,
+            filled_qty=Decimal(0),
+            status=status,
+        )
+        legs = tuple(
+            self._order(leg, f"{what}.leg[{i}]", parent=shell)
+            for i, leg in enumerate(self._listish(d.get("leg"), f"{what}.leg"))
+        )
+        if not symbol and legs:
+            spec = option_spec_or_none(legs[0].symbol)
+            symbol = spec.underlying if spec else legs[0].symbol
+        stop = self._num(d.get("stop_price"), f"{what}.stop_price")
         return Order(
             broker_order_id=str(d.get("id")),
             client_order_id=str(tag) if tag not in (None, "", "null") else None,
             symbol=symbol,
-            side=side_intent[0] if side_intent and not legs else None,
+            side=side_intent[0] if side_intent and not (legs and multileg) else None,
             type=order_type,
-            order_class=OrderClass.MLEG if legs else order_class,
+            order_class=shell.order_class,
             qty=qty,
             filled_qty=self._num(d.get("exec_quantity"), f"{what}.exec_quantity") or Decimal(0),
             status=status,
             asset_class=AssetClass.US_OPTION if is_option else AssetClass.US_EQUITY,
+            stop_price=stop if order_type in (OrderType.STOP, OrderType.STOP_LIMIT) else None,
             filled_avg_price=avg if avg else None,  # 0 = not known yet, even when "filled"
             limit_price=price if order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT) else None,
-            time_in_force=TimeInForce.GTC if d.get("duration") == "gtc" else TimeInForce.DAY,
+            time_in_force=self._duration(d.get("duration"), f"{what}.duration"),
             ratio_qty=ratio,
             intent=side_intent[1] if side_intent else None,
             submitted_at=created,
@@ -495,6 +565,15 @@ class TradierBroker:
             reject_reason=str(d["reason_description"]) if d.get("reason_description") else None,
             legs=legs,
         )
+
+    def _duration(self, value: Any, field: str) -> TimeInForce:
+        """Tradier's ``duration``: day, gtc, pre, post (kept, never folded into day); absent = day."""
+        if _is_null(value) or value == "":
+            return TimeInForce.DAY
+        tif = _DURATIONS.get(str(value).strip().lower())
+        if tif is None:
+            raise self._bad(f"{field} {str(value)[:30]!r} is unknown", field)
+        return tif
 
     def _quote(self, q: Any, what: str) -> Quote:
         if not isinstance(q, dict) or not isinstance(q.get("symbol"), str):
@@ -659,9 +738,30 @@ def build_order_form(request: OrderRequest) -> list[tuple[str, str]]:
             form += [("type", "limit"), ("price", plain(request.limit_price))]
         else:
             raise refuse(f"order type {request.type.value!r} needs what syncd does not send (limit_price?)")
-    if request.time_in_force not in (TimeInForce.DAY, TimeInForce.GTC):
+    if request.time_in_force not in _DURATIONS.values():
         raise refuse(f"time_in_force {request.time_in_force.value!r} is not offered by Tradier")
     form += [("duration", request.time_in_force.value), ("tag", request.client_order_id)]
+    return form
+
+
+def build_replace_form(request: ReplaceRequest) -> list[tuple[str, str]]:
+    """The form of ``PUT /v1/accounts/{id}/orders/{order_id}`` (``price``; ``type=credit`` for a net
+    credit); ``BrokerRejected`` (nothing sent) for what Tradier cannot change."""
+
+    def refuse(reason: str) -> BrokerRejected:
+        return BrokerRejected(f"tradier: invalid replace request: {reason}", reason=reason, broker="tradier")
+
+    if request.qty is not None:
+        raise refuse(
+            "Tradier cannot change an order's quantity (its modify endpoint takes type, duration, price, stop)"
+        )
+    if request.limit_price is None:
+        raise refuse("a replace changes limit_price")
+    price = request.limit_price
+    form: list[tuple[str, str]] = []
+    if price < 0:
+        form.append(("type", "credit"))
+    form.append(("price", plain(abs(price))))
     return form
 
 
@@ -682,24 +782,42 @@ def available_quantities(orders: Iterable[Order]) -> dict[tuple[str, bool], Deci
 
     A closing order of a long position sells (``sell``/``sell_to_close``); of a short one it
     buys (``buy_to_cover``/``buy_to_close``). Its remaining quantity is ``qty - filled_qty``;
-    multi-leg orders count per leg.
+    multi-leg orders count per leg. An OCO/OTO/OTOCO group's closing orders hold once (the
+    largest), an OTO/OTOCO's only once its entry has filled, at most what it filled: the rules of
+    ``v_closing_order_holds`` (sql/0017_order_shapes.sql).
     """
     out: dict[tuple[str, bool], Decimal] = {}
 
-    def add(o: Order) -> None:
-        if o.intent != Intent.CLOSE or o.side is None:
-            return
+    def held(o: Order, cap: Decimal | None = None) -> tuple[tuple[str, bool], Decimal] | None:
+        if o.intent != Intent.CLOSE or o.side is None or o.status.is_terminal:
+            return None
         key = (o.symbol, o.side == Side.BUY)  # buying to close = the position is short
-        out[key] = out.get(key, Decimal(0)) + max(Decimal(0), o.qty - o.filled_qty)
+        qty = o.qty or Decimal(0)
+        return key, max(Decimal(0), (qty if cap is None else min(qty, cap)) - o.filled_qty)
 
     for order in orders:
-        if order.status.is_terminal:
+        if order.status.is_terminal and not order.contingent:
             continue
-        if order.legs:
-            for leg in order.legs:
-                add(leg)
-        else:
-            add(order)
+        if order.contingent:
+            # one-cancels-other: the group's closing orders hold the same shares once, not each;
+            # an OTO/OTOCO's exits hold only once its entry (the first, opening leg) has filled
+            cap = None
+            if order.order_class != OrderClass.OCO:
+                cap = max([order.filled_qty, *(leg.filled_qty for leg in order.legs if leg.intent == Intent.OPEN)])
+                if cap <= 0:
+                    continue
+            group: dict[tuple[str, bool], Decimal] = {}
+            for part in (order, *order.legs):
+                h = held(part, cap)
+                if h is not None:
+                    group[h[0]] = max(group.get(h[0], Decimal(0)), h[1])
+            for key, qty in group.items():
+                out[key] = out.get(key, Decimal(0)) + qty
+            continue
+        for part in order.legs or (order,):
+            h = held(part)
+            if h is not None:
+                out[h[0]] = out.get(h[0], Decimal(0)) + h[1]
     return out
 
 
@@ -777,6 +895,10 @@ def _weekday_sessions(year: int, month: int) -> list[tuple[dt.datetime, dt.datet
             )
         day += dt.timedelta(days=1)
     return out
+
+
+def _present(value: Any) -> Any:
+    return None if _is_null(value) else value
 
 
 def _is_null(value: Any) -> bool:

@@ -48,6 +48,8 @@ class TimeInForce(StrEnum):
     FOK = "fok"
     OPG = "opg"
     CLS = "cls"
+    PRE = "pre"  # Tradier: the pre-market session
+    POST = "post"  # Tradier: the post-market session
 
 
 class OrderClass(StrEnum):
@@ -56,6 +58,9 @@ class OrderClass(StrEnum):
     BRACKET = "bracket"
     OCO = "oco"
     OTO = "oto"
+
+
+CONTINGENT = frozenset({OrderClass.BRACKET, OrderClass.OCO, OrderClass.OTO})
 
 
 class OrderStatus(StrEnum):
@@ -152,18 +157,25 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Order:
-    """A broker order. A multi-leg order carries its legs, each an ``Order`` itself."""
+    """A broker order. A multi-leg order carries its legs, each an ``Order`` itself.
+
+    ``qty`` is ``None`` when the broker gives none (an Alpaca notional order: ``notional`` is
+    the dollar amount instead). A bracket/OCO/OTO order (``order_class``) carries its
+    contingent orders as ``legs`` too; each keeps its own status, fills and prices.
+    """
 
     broker_order_id: str
     client_order_id: str | None
     symbol: str  # the instrument; for a multi-leg parent, the underlying (or "")
     side: Side | None  # None for a multi-leg parent
-    type: OrderType
+    type: OrderType | None  # None only as read: sanity.check_order refuses an order without one
     order_class: OrderClass
-    qty: Decimal
+    qty: Decimal | None
     filled_qty: Decimal
     status: OrderStatus
     asset_class: AssetClass = AssetClass.US_EQUITY
+    notional: Decimal | None = None  # a dollar amount instead of a quantity (Alpaca)
+    stop_price: Decimal | None = None
     filled_avg_price: Decimal | None = None
     limit_price: Decimal | None = None
     time_in_force: TimeInForce = TimeInForce.DAY
@@ -175,6 +187,13 @@ class Order:
     updated_at: dt.datetime | None = None
     reject_reason: str | None = None
     legs: tuple[Order, ...] = ()
+    replaces: str | None = None  # the broker id of the order this one replaced (Alpaca)
+    replaced_by: str | None = None  # the broker id of the order that replaced this one (Alpaca)
+
+    @property
+    def contingent(self) -> bool:
+        """A bracket, OCO or OTO order: its legs are orders of their own, not parts of one fill."""
+        return self.order_class in CONTINGENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,3 +276,17 @@ class OrderRequest:
     @property
     def is_multileg(self) -> bool:
         return bool(self.legs)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceRequest:
+    """What syncd asks a broker to change about a working order: a new limit and/or quantity.
+
+    ``client_order_id`` names the replacement where the broker makes a new order (Alpaca);
+    Tradier modifies the order in place and keeps its id and tag.
+    """
+
+    broker_order_id: str
+    client_order_id: str
+    qty: Decimal | None = None
+    limit_price: Decimal | None = None

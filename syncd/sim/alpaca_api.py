@@ -45,6 +45,7 @@ _REJECT = {
     "qty_available": (403, 40310000),
     "not_found": (404, 40410000),
     "not_cancelable": (422, 42210000),
+    "not_replaceable": (422, 42210000),
 }
 _OPTION_SYMBOL_LIMIT = 100
 _TAPES = {"NYSE": "A", "NASDAQ": "C"}
@@ -87,9 +88,9 @@ def order_json(o: SimOrder, *, nested: bool = True) -> dict[str, Any]:
         "expires_at": None,
         "canceled_at": ts(o.canceled_at),
         "failed_at": ts(o.failed_at),
-        "replaced_at": None,
-        "replaced_by": None,
-        "replaces": None,
+        "replaced_at": ts(o.replaced_at),
+        "replaced_by": o.replaced_by,
+        "replaces": o.replaces,
         "asset_id": "" if parent else asset_id(o.symbol),
         "symbol": o.symbol,
         "asset_class": o.asset_class,
@@ -214,6 +215,7 @@ class AlpacaApi:
             web.get("/v2/orders:by_client_order_id", w(self.get_by_client_id)),
             web.get("/v2/orders/{order_id}", w(self.get_order)),
             web.delete("/v2/orders/{order_id}", w(self.cancel_order)),
+            web.patch("/v2/orders/{order_id}", w(self.replace_order)),
             web.get("/v2/clock", w(self.get_clock)),
             web.get("/v2/stocks/snapshots", w(self.stock_snapshots)),
             web.get("/v2/stocks/quotes/latest", w(self.stock_quotes)),
@@ -425,6 +427,33 @@ class AlpacaApi:
         if order is None:
             raise AlpacaError(404, 40410000, f"order not found for {cid}")
         return order_json(order)
+
+    async def replace_order(self, request: web.Request, acct: SimAccount) -> dict[str, Any]:
+        """``PATCH /v2/orders/{id}``: the NEW order (``replaces`` = the old id); the old one is ``replaced``."""
+        order = self.exchange.find_order(acct, request.match_info["order_id"])
+        try:
+            body = json.loads(await request.text())
+        except ValueError:
+            raise AlpacaError(400, 40010000, "request body format is invalid") from None
+        if not isinstance(body, dict):
+            raise AlpacaError(400, 40010000, "request body format is invalid")
+        unknown = set(body) - {"qty", "limit_price", "stop_price", "trail", "time_in_force", "client_order_id"}
+        if unknown:
+            raise _invalid(f"unknown field(s) {', '.join(sorted(unknown))}")
+        try:
+            qty = parse_decimal(str(body["qty"]), "qty") if body.get("qty") is not None else None
+            limit = (
+                parse_decimal(str(body["limit_price"]), "limit_price") if body.get("limit_price") is not None else None
+            )
+            if qty is None and limit is None:
+                raise ValueError("qty or limit_price is required")
+        except ValueError as exc:
+            raise _invalid(str(exc)) from None
+        cid = body.get("client_order_id")
+        new = self.exchange.replace(order, qty=qty, limit_price=limit, client_order_id=str(cid) if cid else None)
+        result = order_json(new)
+        self.exchange.after_submit(new)
+        return result
 
     async def cancel_order(self, request: web.Request, acct: SimAccount) -> web.Response:
         order = self.exchange.find_order(acct, request.match_info["order_id"])

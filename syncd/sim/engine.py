@@ -56,7 +56,7 @@ class SimReject(Exception):
 
     ``kind`` is one of: ``invalid`` (a bad or missing field), ``unsupported`` (valid
     at the real broker, not simulated), ``duplicate_client_order_id``, ``buying_power``,
-    ``qty_available``, ``not_found``, ``not_cancelable``.
+    ``qty_available``, ``not_found``, ``not_cancelable``, ``not_replaceable``.
     """
 
     def __init__(self, kind: str, message: str, **details: str) -> None:
@@ -133,6 +133,9 @@ class SimOrder:
     failed_at: dt.datetime | None = None
     legs: list[SimOrder] = field(default_factory=list)
     parent: SimOrder | None = None
+    replaces: str | None = None  # Alpaca: the id of the order this one replaced
+    replaced_by: str | None = None  # Alpaca: the id of the order that replaced this one
+    replaced_at: dt.datetime | None = None
     tradier_hidden_reads: int = 0  # Tradier quirk knob: reads that still show no fill price
 
     @property
@@ -901,6 +904,65 @@ class Exchange:
         if new == 0:
             del positions[part.symbol]
         return new
+
+    # -- replacing -------------------------------------------------------------------
+
+    def _replaceable(self, order: SimOrder) -> None:
+        if order.parent is not None:
+            raise SimReject("invalid", "a leg cannot be replaced on its own: replace its order")
+        if not order.is_working:
+            raise SimReject("not_replaceable", f"order is {order.status}; it cannot be replaced")
+        if order.type != "limit":
+            raise SimReject("invalid", "only a limit order's limit_price or qty can be replaced here")
+
+    def replace(
+        self, order: SimOrder, *, qty: Decimal | None, limit_price: Decimal | None, client_order_id: str | None
+    ) -> SimOrder:
+        """Alpaca's replace: a NEW order for what is left (or ``qty``) at the new terms; the old
+        one ends ``replaced`` (its fills stay its own), each naming the other."""
+        self._replaceable(order)
+        acct = self.accounts[order.account]
+        if order.is_multileg:
+            raise SimReject("unsupported", "replacing a multi-leg order is not simulated")
+        if client_order_id is not None and client_order_id in acct.by_client_id:
+            raise SimReject("duplicate_client_order_id", "client_order_id must be unique")
+        spec = OrderSpec(
+            qty=qty if qty is not None else order.remaining,
+            type=order.type,
+            time_in_force=order.time_in_force,
+            limit_price=limit_price if limit_price is not None else order.limit_price,
+            symbol=order.symbol,
+            side=order.side,
+            position_intent=order.position_intent if order.intent_given else None,
+            client_order_id=client_order_id,
+            tag=order.tag,
+            source=order.source,
+        )
+        parts = self._validate(spec)
+        now = self.clock.stamp()
+        new = self._build_order(acct, spec, parts, now)
+        new.replaces, new.position_intent = order.id, order.position_intent
+        order.replaced_by, order.replaced_at = new.id, now
+        self._end(order, "replaced")
+        self._register(acct, new)
+        new.status = "new" if self.market.is_open else "accepted"
+        acct.touch()
+        self._emit(TradeEvent(acct.index, new.status, new, now))
+        return new
+
+    def modify(self, order: SimOrder, *, limit_price: Decimal, tradier_type: str | None = None) -> SimOrder:
+        """Tradier's modify: the same order, its limit changed in place (a multi-leg net: debit > 0)."""
+        self._replaceable(order)
+        if not order.is_multileg and limit_price <= 0:
+            raise SimReject("invalid", "price must be > 0")
+        now = self.clock.stamp()
+        order.limit_price = limit_price
+        if tradier_type is not None:
+            order.tradier_type = tradier_type
+        order.updated_at = now
+        self.accounts[order.account].touch()
+        self._emit(TradeEvent(order.account, "replaced", order, now))
+        return order
 
     # -- cancel, expiry, open/close -----------------------------------------------
 

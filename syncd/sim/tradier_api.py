@@ -237,6 +237,7 @@ class TradierApi:
             web.post(f"{base}/orders", w(self.place_order, account=True)),
             web.get(f"{base}/orders/{{order_id}}", w(self.get_order, account=True)),
             web.delete(f"{base}/orders/{{order_id}}", w(self.cancel_order, account=True)),
+            web.put(f"{base}/orders/{{order_id}}", w(self.modify_order, account=True)),
             web.get("/v1/markets/quotes", w(self.quotes)),
             web.post("/v1/markets/quotes", w(self.quotes)),
             web.get("/v1/markets/clock", w(self.clock)),
@@ -377,6 +378,38 @@ class TradierApi:
         except SimReject:
             raise TradierError(400, "Order is not in a cancelable state") from None
         return {"order": {"id": order.tradier_id, "status": "ok"}}
+
+    async def modify_order(self, request: web.Request, acct: SimAccount) -> dict[str, Any]:
+        """``PUT .../orders/{id}`` (type, duration, price, stop): the same order, changed in place."""
+        order = self.exchange.find_tradier_order(acct, self._order_id(request))
+        form = await request.post()
+        fields = {k: str(v) for k, v in form.items()}
+        unknown = set(fields) - {"type", "duration", "price", "stop"}
+        if unknown:
+            raise TradierError(400, f"Invalid parameter(s): {', '.join(sorted(unknown))}")
+        if "price" not in fields:
+            raise TradierError(400, "A price is required to modify this order")
+        try:
+            price = Decimal(fields["price"])
+        except ArithmeticError:
+            raise TradierError(400, f"Invalid price: {fields['price'][:20]}") from None
+        kind = fields.get("type")
+        if order.is_multileg:
+            kind = kind or order.tradier_type or _multileg_type(order)
+            if kind not in ("debit", "credit"):
+                raise TradierError(400, f"Invalid type for a multileg order: {kind}")
+            price = -abs(price) if kind == "credit" else abs(price)
+        elif kind not in (None, "limit"):
+            raise TradierError(400, f"Invalid type: {kind}")
+        try:
+            self.exchange.modify(order, limit_price=price, tradier_type=kind if order.is_multileg else None)
+        except SimReject as exc:
+            if exc.kind == "not_replaceable":
+                raise TradierError(400, "Order is not in a modifiable state") from None
+            raise TradierError(400, exc.message) from None
+        result = {"order": {"id": order.tradier_id, "status": "ok", "partner_id": acct.id}}
+        self.exchange.after_submit(order)
+        return result
 
     async def place_order(self, request: web.Request, acct: SimAccount) -> dict[str, Any]:
         form = await request.post()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal, Union
 
@@ -27,7 +27,7 @@ import asyncpg
 import structlog
 
 from syncd.brokers.parse import exact
-from syncd.brokers.types import Order, OrderStatus, Side
+from syncd.brokers.types import CONTINGENT, Order, OrderStatus, Side
 from syncd.context import RECONCILE_MARGIN
 from syncd.db import Queries
 from syncd.db.events import payloads as event_payloads
@@ -120,6 +120,11 @@ class _Stored:
     trade_id: int | None
     role: Role | None
     snapshot: OrderSnapshot
+    terms: tuple[Decimal | None, Decimal | None] | None = None  # (limit, stop) as stored, where read
+
+
+def _terms(order: Order) -> tuple[Decimal | None, Decimal | None]:
+    return (order.limit_price, order.stop_price)
 
 
 def _dec(v: Any) -> Decimal | None:
@@ -130,7 +135,11 @@ def _snapshots(rows: Iterable[Mapping[str, Any]]) -> dict[str, _Stored]:
     """Top-level orders by broker id, each with its legs folded into the snapshot."""
     tops: dict[int, _Stored] = {}
     legs: dict[int, list[LegFill]] = {}
+    contingent: set[int] = set()  # a bracket/OCO/OTO order's legs are orders of their own, not its fill
+    children: dict[int, list[tuple[str, str, Decimal]]] = {}
     for r in rows:
+        if r["parent_id"] is None and r["order_class"] in CONTINGENT:
+            contingent.add(r["id"])
         if r["parent_id"] is None:
             tops[r["id"]] = _Stored(
                 id=r["id"],
@@ -138,6 +147,7 @@ def _snapshots(rows: Iterable[Mapping[str, Any]]) -> dict[str, _Stored]:
                 client_order_id=r["client_order_id"],
                 trade_id=r["trade_id"],
                 role=Role(r["role"]) if r["role"] else None,
+                terms=(_dec(r["limit_price"]), _dec(r["stop_price"])) if "limit_price" in r else None,
                 snapshot=OrderSnapshot(
                     status=OrderStatus(r["status"]),
                     qty=r["qty"],
@@ -149,6 +159,8 @@ def _snapshots(rows: Iterable[Mapping[str, Any]]) -> dict[str, _Stored]:
                     canceled_at=r["canceled_at"],
                 ),
             )
+        elif r["parent_id"] in contingent:
+            children.setdefault(r["parent_id"], []).append((r["broker_order_id"], r["status"], r["filled_qty"]))
         else:
             legs.setdefault(r["parent_id"], []).append(
                 LegFill(
@@ -163,6 +175,8 @@ def _snapshots(rows: Iterable[Mapping[str, Any]]) -> dict[str, _Stored]:
     for top_id, top in tops.items():
         if top_id in legs:
             top.snapshot = _with_legs(top.snapshot, legs[top_id])
+        if top_id in children:
+            top.snapshot = replace(top.snapshot, children=tuple(sorted(children[top_id])))
         out[top.broker_order_id] = top
     return out
 
@@ -266,6 +280,8 @@ async def apply_observations(
     if not observations:
         return Applied()
     ids = list(dict.fromkeys(o.order.broker_order_id for o in observations))
+    # an order that replaced another (Alpaca's ``replaces``) inherits its trade: read that one too
+    ids += [r for r in dict.fromkeys(o.order.replaces for o in observations if o.order.replaces) if r not in ids]
     stored = _snapshots(await conn.fetch(q["trade_stored_orders"], account_id, ids))
     changes = await _changes(conn, q, account_id, observations, stored, links or {}, now)
     if not changes:
@@ -305,16 +321,34 @@ async def _changes(
         change = work.get(bid)
         if change is None:
             known = stored.get(bid)
-            change = work[bid] = _new_change(obs, known, links.get(bid), requests)
+            link = links.get(bid) or _inherited(obs.order, stored)
+            change = work[bid] = _new_change(obs, known, link, requests)
             if known is None:
                 change.events.append(_first_event(obs, change.after, now))
                 dirty.add(bid)
                 continue
             if known.trade_id is None and change.trade_id is not None:
                 dirty.add(bid)  # linked to its trade now
+            if known.terms is not None and known.terms != _terms(obs.order):
+                limit, stop = known.terms
+                if (limit is not None and limit != obs.order.limit_price) or (
+                    stop is not None and stop != obs.order.stop_price
+                ):
+                    # changed in place (Tradier's modify): the same order at new terms
+                    at = obs.at or obs.order.updated_at or now
+                    change.events.append(_Event("replaced", None, None, change.after, None, at, obs.source))
+                dirty.add(bid)  # a term not stored yet (a row from before 0017) is written, no event
         if _observe(change, obs, now):
             dirty.add(bid)
     return {bid: work[bid] for bid in work if bid in dirty}
+
+
+def _inherited(order: Order, stored: Mapping[str, _Stored]) -> Link | None:
+    """The trade and role of the order ``order`` replaced, when that one is linked: the new order inherits them."""
+    old = stored.get(order.replaces) if order.replaces else None
+    if old is None or old.trade_id is None:
+        return None
+    return Link(old.trade_id, old.role or Role.ENTRY)
 
 
 def _new_change(
@@ -361,8 +395,13 @@ def _value(e: Any) -> Any:
     return None if e is None else e.value
 
 
+def _type(o: Order) -> str:
+    assert o.type is not None, "sanity.check_order refuses an order without a type"
+    return o.type.value
+
+
 def _order_row(bid: str, c: _Change) -> dict[str, Any]:
-    """One ``order_row`` (0012) by attribute name: the latest observation's description, the merged state."""
+    """One ``order_row`` (0012, 0017) by attribute name: the latest observation's description, the merged state."""
     o, s = c.order, c.after
     return {
         "broker_order_id": bid,
@@ -373,7 +412,7 @@ def _order_row(bid: str, c: _Change) -> dict[str, Any]:
         "asset_class": o.asset_class.value,
         "side": _value(o.side),
         "intent": _value(o.intent),
-        "type": o.type.value,
+        "type": _type(o),
         "order_class": o.order_class.value,
         "time_in_force": o.time_in_force.value,
         "qty": s.qty,
@@ -386,12 +425,21 @@ def _order_row(bid: str, c: _Change) -> dict[str, Any]:
         "submitted_at": o.submitted_at,
         "filled_at": s.filled_at,
         "canceled_at": s.canceled_at,
+        "notional": o.notional,
+        "stop_price": o.stop_price,
+        "replaces": o.replaces,
+        "replaced_by": o.replaced_by,
     }
 
 
-def _leg_row(bid: str, leg: Order, s: OrderSnapshot) -> dict[str, Any]:
-    """One ``order_leg_row`` (0012): a leg of order ``bid``, its fill as the merged parent counts it."""
-    fill = _leg_fill(leg, s)
+def _leg_row(bid: str, parent: Order, leg: Order, s: OrderSnapshot) -> dict[str, Any]:
+    """One ``order_leg_row`` (0012, 0017): a leg of order ``bid``.
+
+    A multi-leg order's leg: its fill as the merged parent counts it, the parent's status. A
+    bracket/OCO/OTO order's leg is an order of its own: its own status, fills and times.
+    """
+    own = parent.contingent
+    fill = None if own else _leg_fill(leg, s)
     return {
         "parent_broker_order_id": bid,
         "broker_order_id": leg.broker_order_id,
@@ -400,7 +448,7 @@ def _leg_row(bid: str, leg: Order, s: OrderSnapshot) -> dict[str, Any]:
         "asset_class": leg.asset_class.value,
         "side": _value(leg.side),
         "intent": _value(leg.intent),
-        "type": leg.type.value,
+        "type": _type(leg),
         "order_class": leg.order_class.value,
         "time_in_force": leg.time_in_force.value,
         "qty": leg.qty,
@@ -408,11 +456,13 @@ def _leg_row(bid: str, leg: Order, s: OrderSnapshot) -> dict[str, Any]:
         "filled_qty": fill.filled_qty if fill else leg.filled_qty,
         "filled_avg_price": fill.avg_price if fill else leg.filled_avg_price,
         "limit_price": leg.limit_price,
-        "status": s.status.value,
+        "status": leg.status.value if own else s.status.value,
         "reject_reason": leg.reject_reason,
         "submitted_at": leg.submitted_at,
-        "filled_at": s.filled_at if s.status == OrderStatus.FILLED else leg.filled_at,
-        "canceled_at": s.canceled_at,
+        "filled_at": leg.filled_at if own or s.status != OrderStatus.FILLED else s.filled_at,
+        "canceled_at": leg.canceled_at if own else s.canceled_at,
+        "notional": leg.notional,
+        "stop_price": leg.stop_price,
     }
 
 
@@ -433,7 +483,7 @@ def _event_row(order_id: int, e: _Event) -> dict[str, Any]:
 
 async def _write_orders(conn: Conn, q: Queries, account_id: int, changes: Mapping[str, _Change]) -> Applied:
     top = [_order_row(bid, c) for bid, c in changes.items()]
-    legs = [_leg_row(bid, leg, c.after) for bid, c in changes.items() for leg in c.order.legs]
+    legs = [_leg_row(bid, c.order, leg, c.after) for bid, c in changes.items() for leg in c.order.legs]
     rows = await conn.fetch(q["trade_upsert_orders"], account_id, top, legs)
     order_ids = {r["broker_order_id"]: r["id"] for r in rows}
     events = [_event_row(order_ids[bid], e) for bid, c in changes.items() for e in c.events]

@@ -50,12 +50,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, Val
 from syncd.brokers.base import BrokerError, BrokerRejected, BrokerUnavailable, OrderNotFound
 from syncd.brokers.occ import option_spec_or_none
 from syncd.brokers.parse import NotFinite, finite
-from syncd.brokers.types import Intent, LegRequest, Order, OrderRequest, OrderType, Side, TimeInForce
+from syncd.brokers.types import Intent, LegRequest, Order, OrderRequest, OrderType, ReplaceRequest, Side, TimeInForce
 from syncd.context import Account, Context
 from syncd.db.locks import OUTBOX_LOCK_CLASS as OUTBOX_LOCK_CLASS
 from syncd.errors import describe
 from syncd.trading.order_store import Applied, Link, Observation
-from syncd.trading.outbox_store import OutboxStore, Request, Trade, has_work
+from syncd.trading.outbox_store import OutboxStore, ReplaceTarget, Request, Trade, has_work
 from syncd.trading.reconcile import Role
 
 log = structlog.get_logger(__name__)
@@ -135,7 +135,14 @@ class CancelPayload:
     pass
 
 
-Payload = OpenPayload | ClosePayload | CancelPayload
+@dataclass(frozen=True, slots=True)
+class ReplacePayload:
+    limit_price: Decimal | None  # the new limit, in the broker's terms (a multi-leg order's signed net)
+    qty: Decimal | None  # the order's new quantity
+    request_id: int | None  # the request whose trade's order this amends (instead of trade_id)
+
+
+Payload = OpenPayload | ClosePayload | CancelPayload | ReplacePayload
 
 
 def decimal_places(number: Decimal) -> int:
@@ -259,6 +266,10 @@ def _reason(value: object) -> str | None:
     return value.strip()
 
 
+def _optional_id() -> PlainValidator:
+    return PlainValidator(lambda value: None if value is None else _request_id(value))
+
+
 def _optional(check: Callable[[object], Decimal]) -> PlainValidator:
     """``check``, with an explicit JSON ``null`` meaning absent."""
     return PlainValidator(lambda value: None if value is None else check(value))
@@ -371,6 +382,27 @@ class CancelModel(_Model):
     pass
 
 
+def _request_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**63:
+        raise ValueError(f"must be the id of a request (a whole number greater than 0), got {str(value)[:40]!r}")
+    return value
+
+
+class ReplaceModel(_Model):
+    limit_price: Price = None
+    qty: Annotated[Decimal | None, _optional(_number(places=MAX_QTY_PLACES))] = None
+    request_id: Annotated[int | None, _optional_id()] = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> ReplaceModel:
+        if self.limit_price is None and self.qty is None:
+            raise ValueError("a replace changes limit_price or qty: give at least one")
+        return self
+
+    def payload(self) -> ReplacePayload:
+        return ReplacePayload(self.limit_price, self.qty, self.request_id)
+
+
 def _limit_rules(order_type: OrderType, limit: Decimal | None, multileg: bool) -> None:
     if order_type == OrderType.LIMIT:
         if limit is None:
@@ -381,7 +413,12 @@ def _limit_rules(order_type: OrderType, limit: Decimal | None, multileg: bool) -
         raise ValueError("limit_price given for a market order")
 
 
-_MODELS: dict[str, type[_Model]] = {"open": OpenModel, "close": CloseModel, "cancel": CancelModel}
+_MODELS: dict[str, type[_Model]] = {
+    "open": OpenModel,
+    "close": CloseModel,
+    "cancel": CancelModel,
+    "replace": ReplaceModel,
+}
 _MISSING_HINTS = {"type": " (market or limit)"}
 
 
@@ -488,6 +525,10 @@ def parse_payload(kind: str, payload: Any) -> Payload:
     if kind == "cancel":
         _validate("cancel", payload)
         return CancelPayload()
+    if kind == "replace":
+        model = _validate("replace", payload)
+        assert isinstance(model, ReplaceModel)
+        return model.payload()
     raise PayloadError(f"unknown request kind {kind!r}")
 
 
@@ -662,6 +703,8 @@ async def _work(account: Account, store: OutboxStore, request_id: int) -> str:
         return await _cancel(store, account, req)
     if req.state == "submitting":
         found = await _lookup(account, store, req, cid)
+        if found is False and isinstance(payload, ReplacePayload):
+            found = await _lookup_replaced(account, store, req, payload)
         if found is None:
             return "pending"
         step = after_lookup(found is not False, req.attempts)
@@ -672,7 +715,9 @@ async def _work(account: Account, store: OutboxStore, request_id: int) -> str:
                     req = replace(req, trade_id=await _open_trade(store, account, req, payload))
                     assert req.trade_id is not None
                     await store.set_trade(req.id, req.trade_id)
-            await _record(store, account, req, payload, found)
+            await _record(
+                store, account, req, payload, found, await _replaced_role(store, account, req, payload, found)
+            )
             return "submitted"
         if step == Next.FAIL:
             await _end(store, account, req, "failed", EXHAUSTED)
@@ -695,7 +740,7 @@ async def _lookup(account: Account, store: OutboxStore, req: Request, cid: str) 
 async def _send(store: OutboxStore, account: Account, req: Request, payload: Payload, cid: str) -> str:
     async with store.transaction():
         try:
-            order_request, trade_id = await _prepare(store, account, req, payload, cid)
+            order_request, trade_id, role = await _prepare(store, account, req, payload, cid)
         except PayloadError as exc:
             await _end(store, account, req, "failed", str(exc))
             log.warning("order_request_failed", request_id=req.id, error=str(exc))
@@ -704,29 +749,54 @@ async def _send(store: OutboxStore, account: Account, req: Request, payload: Pay
     # committed: from here on the outcome may be unknown, and the client id tells
     req = replace(req, trade_id=trade_id, state="submitting", attempts=attempts)
     try:
-        order = await account.broker.submit_order(order_request)
+        if isinstance(order_request, ReplaceRequest):
+            order = await account.broker.replace_order(order_request)
+        else:
+            order = await account.broker.submit_order(order_request)
     except BrokerRejected as exc:
         await _end(store, account, req, "rejected", exc.reason or describe(exc))
         log.warning("order_rejected", request_id=req.id, client_order_id=cid, reason=exc.reason)
         return "rejected"
+    except OrderNotFound as exc:
+        if not isinstance(order_request, ReplaceRequest):
+            raise
+        reason = f"the broker has no order {order_request.broker_order_id}: {describe(exc)}"
+        await _end(store, account, req, "rejected", reason)
+        log.warning("order_rejected", request_id=req.id, client_order_id=cid, reason=reason)
+        return "rejected"
     except BrokerError as exc:  # a timeout, a dropped answer, an answer we cannot read: the outcome is unknown
         log.warning("order_outcome_unknown", request_id=req.id, client_order_id=cid, error=describe(exc))
         found = await _lookup(account, store, req, cid)
+        if found is False and isinstance(payload, ReplacePayload):
+            found = await _lookup_replaced(account, store, req, payload)
         if isinstance(found, Order):
-            await _record(store, account, req, payload, found)
+            await _record(store, account, req, payload, found, role)
             return "submitted"
         await store.note_error(req.id, f"outcome unknown: {describe(exc)}")
         return "pending"  # the next pass asks again before anything is sent
-    await _record(store, account, req, payload, order)
+    await _record(store, account, req, payload, order, role)
     return "submitted"
 
 
 async def _prepare(
     store: OutboxStore, account: Account, req: Request, payload: Payload, cid: str
-) -> tuple[OrderRequest, int | None]:
-    """The order to send, and the request's trade (created here for ``open``)."""
+) -> tuple[OrderRequest | ReplaceRequest, int | None, Role | None]:
+    """The order to send (or the change to make), the request's trade (created here for ``open``)
+    and, for a replace, the role its order has in the trade (the replacement inherits it)."""
     if isinstance(payload, OpenPayload):
-        return payload.order_request(cid), await _open_trade(store, account, req, payload)
+        return payload.order_request(cid), await _open_trade(store, account, req, payload), None
+    if isinstance(payload, ReplacePayload):
+        trade_id, target = await _replace_target(store, account, req, payload)
+        if payload.limit_price is not None and not target.option and payload.limit_price <= 0:
+            raise PayloadError(f"bad request: limit_price must be greater than 0, got {payload.limit_price}")
+        try:
+            check_price(payload.limit_price, target.option)
+        except PayloadError as exc:
+            raise PayloadError(f"bad request: {exc}") from None
+        if payload.qty is not None and target.option and payload.qty != payload.qty.to_integral_value():
+            raise PayloadError(f"bad request: qty must be a whole number for options, got {payload.qty}")
+        change = ReplaceRequest(target.broker_order_id, cid, payload.qty, payload.limit_price)
+        return change, trade_id, Role(target.role) if target.role else Role.ENTRY
     assert isinstance(payload, ClosePayload)
     trade = await _own_trade(store, req, account)
     if trade.status not in ("open", "closing"):
@@ -741,7 +811,75 @@ async def _prepare(
     if qty <= 0:
         raise PayloadError(f"nothing to close: trade {trade.id} holds no quantity not already being closed")
     await store.set_close_reason(trade.id, payload.reason or "close requested")
-    return close_request(cid, legs, qty, payload), trade.id
+    return close_request(cid, legs, qty, payload), trade.id, Role.EXIT
+
+
+async def _replace_target(
+    store: OutboxStore, account: Account, req: Request, payload: ReplacePayload
+) -> tuple[int, ReplaceTarget]:
+    """The trade a replace names (by ``trade_id`` or the request it amends) and the order it changes."""
+    trade_id = req.trade_id
+    if payload.request_id is not None:
+        named = await store.request_trade(payload.request_id, account.id)
+        if named is None:
+            raise PayloadError(f"request {payload.request_id} is not a request of this account with a trade")
+        if trade_id is not None and trade_id != named:
+            raise PayloadError(f"trade_id {trade_id} is not the trade of request {payload.request_id} ({named})")
+        trade_id = named
+    if trade_id is None:
+        raise PayloadError("a replace request needs trade_id (or request_id in its payload)")
+    trade = await store.trade(trade_id)
+    if trade is None or trade.account_id != account.id:
+        raise PayloadError(f"trade {trade_id} does not exist in this account")
+    if trade.status not in ("pending", "open", "closing"):
+        raise PayloadError(f"trade {trade.id} is {trade.status}: nothing to replace")
+    targets = await store.replace_targets(trade.id, account.id)
+    working = [t for t in targets if t.working]
+    if len(working) > 1:
+        ids = ", ".join(t.broker_order_id for t in working[:4])
+        raise PayloadError(f"trade {trade.id} has {len(working)} working orders ({ids}): a replace changes one")
+    if not targets:
+        raise PayloadError(f"trade {trade.id} has no order to replace")
+    return trade.id, working[0] if working else targets[0]
+
+
+async def _replaced_role(
+    store: OutboxStore, account: Account, req: Request, payload: Payload, order: Order
+) -> Role | None:
+    """For a replace found after a lost answer: the role the replaced order has in the trade (the
+    order ``order`` replaced, or ``order`` itself when changed in place; else the working one)."""
+    if not isinstance(payload, ReplacePayload) or req.trade_id is None:
+        return None
+    targets = await store.replace_targets(req.trade_id, account.id)
+    named = [t for t in targets if t.broker_order_id in (order.replaces, order.broker_order_id)]
+    role = next((t.role for t in named + targets if t.role), None)
+    return Role(role) if role else Role.ENTRY
+
+
+async def _lookup_replaced(
+    account: Account, store: OutboxStore, req: Request, payload: ReplacePayload
+) -> Order | bool | None:
+    """A replace whose answer was lost, not found by its client id (Tradier changes the order in place,
+    keeping its tag): the order it changes, when it already has the new terms; ``False`` otherwise."""
+    try:
+        async with store.transaction():
+            _, target = await _replace_target(store, account, req, payload)
+    except PayloadError:
+        return False
+    try:
+        order = await account.broker.get_order(target.broker_order_id)
+    except OrderNotFound:
+        return False
+    except BrokerError as exc:
+        await store.note_error(req.id, f"outcome unknown; lookup failed: {describe(exc)}")
+        return None
+    if order.replaced_by is not None:
+        return False  # replaced by someone else's change: ours was never made (its client id is unknown)
+    if payload.limit_price is not None and order.limit_price != payload.limit_price:
+        return False
+    if payload.qty is not None and order.qty != payload.qty:
+        return False
+    return order
 
 
 async def _open_trade(store: OutboxStore, account: Account, req: Request, payload: OpenPayload) -> int:
@@ -783,12 +921,26 @@ async def _own_trade(store: OutboxStore, req: Request, account: Account) -> Trad
     return trade
 
 
-async def _record(store: OutboxStore, account: Account, req: Request, payload: Payload, order: Order) -> None:
-    """The broker has the order: link it to its trade, apply it like a poll, mark the request submitted."""
-    role = Role.ENTRY if isinstance(payload, OpenPayload) else Role.EXIT
+async def _record(
+    store: OutboxStore, account: Account, req: Request, payload: Payload, order: Order, role: Role | None = None
+) -> None:
+    """The broker has the order: link it to its trade, apply it like a poll, mark the request submitted.
+
+    A replace's order (Alpaca: the new one) takes the role the replaced order had; the replaced
+    one is asked for once more, so its ``replaced`` status and fills are recorded now, not at the
+    next poll.
+    """
+    if role is None:
+        role = Role.ENTRY if isinstance(payload, OpenPayload) else Role.EXIT
+    observations = [Observation(order, "poll")]
+    if isinstance(payload, ReplacePayload) and order.replaces and order.replaces != order.broker_order_id:
+        try:
+            observations.insert(0, Observation(await account.broker.get_order(order.replaces), "poll"))
+        except BrokerError as exc:  # the next poll asks for it again: it is still recorded as working
+            log.info("replaced_order_unavailable", broker_order_id=order.replaces, error=describe(exc))
     async with store.transaction():
         links = {order.broker_order_id: Link(req.trade_id, role)} if req.trade_id is not None else {}
-        applied = await store.record(account.id, [Observation(order, "poll")], links)
+        applied = await store.record(account.id, observations, links)
         await store.mark_submitted(req.id, order.broker_order_id)
     if req.trade_id is not None and req.trade_id not in applied.trades:
         applied.trades.append(req.trade_id)  # created, or given its close reason, by this request

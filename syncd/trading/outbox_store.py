@@ -62,6 +62,19 @@ class Trade:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplaceTarget:
+    """One top-level order of a trade, as a replace request sees it."""
+
+    broker_order_id: str
+    role: str | None
+    status: str
+    option: bool  # an option or multi-leg order: its prices take 2 decimals
+    qty: Decimal | None
+    limit_price: Decimal | None
+    working: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CloseInput:
     """One leg of a live trade: what is held, what working closing orders hold, what this trade may close."""
 
@@ -193,6 +206,25 @@ class OutboxStore:
     async def end_trade(self, trade_id: int, status: str, reason: str, account_id: int) -> int | None:
         """A ``pending`` trade ``rejected`` or ``cancelled`` with the reason; its id when changed."""
         return _id_or_none(await self.conn.fetchval(self.q["outbox_end_trade"], trade_id, status, reason, account_id))
+
+    async def replace_targets(self, trade_id: int, account_id: int) -> list[ReplaceTarget]:
+        """The trade's top-level orders, working ones first, newest first (what a replace may change)."""
+        return [
+            ReplaceTarget(
+                str(r["broker_order_id"]),
+                r["role"],
+                str(r["status"]),
+                r["asset_class"] == "us_option" or r["order_class"] == "mleg",
+                r["qty"],
+                r["limit_price"],
+                bool(r["working"]),
+            )
+            for r in await self.conn.fetch(self.q["outbox_replace_targets"], trade_id, account_id)
+        ]
+
+    async def request_trade(self, request_id: int, account_id: int) -> int | None:
+        """The trade of request ``request_id`` of this account (what a replace naming it amends)."""
+        return _id_or_none(await self.conn.fetchval(self.q["outbox_request_trade"], request_id, account_id))
 
     async def working_orders(self, trade_id: int) -> list[str]:
         """The trade's working top-level orders' broker ids (what a cancel request cancels)."""

@@ -106,7 +106,7 @@ class OrderSnapshot:
     """What is known of one broker order (stored, or just observed)."""
 
     status: OrderStatus
-    qty: Decimal
+    qty: Decimal | None  # None: the broker gave none (a notional order)
     filled_qty: Decimal = ZERO
     filled_avg_price: Decimal | None = None
     side: Side | None = None
@@ -114,6 +114,9 @@ class OrderSnapshot:
     reject_reason: str | None = None
     filled_at: dt.datetime | None = None
     canceled_at: dt.datetime | None = None
+    # a bracket/OCO/OTO order's legs, (broker id, status, filled qty) each: what they are now,
+    # compared so a change of a leg alone is written (they are no part of this order's fill)
+    children: tuple[tuple[str, str, Decimal], ...] = ()
 
     @property
     def working(self) -> bool:
@@ -121,7 +124,8 @@ class OrderSnapshot:
 
     @classmethod
     def of(cls, order: Order) -> OrderSnapshot:
-        """The snapshot of a broker order (a multi-leg order's legs as ``LegFill``)."""
+        """The snapshot of a broker order (a multi-leg order's legs as ``LegFill``; a bracket/OCO/OTO
+        order's legs are orders of their own, not parts of its fill)."""
         return cls(
             status=order.status,
             qty=order.qty,
@@ -136,11 +140,16 @@ class OrderSnapshot:
                     filled_qty=leg.filled_qty,
                     avg_price=leg.filled_avg_price,
                 )
-                for leg in order.legs
+                for leg in (() if order.contingent else order.legs)
             ),
             reject_reason=order.reject_reason,
             filled_at=order.filled_at,
             canceled_at=order.canceled_at,
+            children=tuple(
+                sorted((leg.broker_order_id, leg.status.value, leg.filled_qty) for leg in order.legs)
+                if order.contingent
+                else ()
+            ),
         )
 
 
@@ -200,12 +209,16 @@ def _final_legs(prev: tuple[LegFill, ...], obs: tuple[LegFill, ...]) -> tuple[Le
     return tuple(final(leg) for leg in prev) + tuple(leg for leg in obs if leg.symbol not in known)
 
 
+def _given(qty: Decimal | None) -> bool:
+    return qty is not None and qty > 0
+
+
 def _final(prev: OrderSnapshot, obs: OrderSnapshot) -> OrderSnapshot:
     """``prev`` corrected by a terminal observation ``obs`` (the broker's final word on the order)."""
     same_fill = obs.filled_qty == prev.filled_qty
     return OrderSnapshot(
         status=obs.status,
-        qty=obs.qty if obs.qty > 0 else prev.qty,
+        qty=obs.qty if _given(obs.qty) else prev.qty,
         filled_qty=obs.filled_qty,
         # Tradier may say "filled" before it knows the price: a price not given yet is not a correction.
         filled_avg_price=obs.filled_avg_price
@@ -216,6 +229,7 @@ def _final(prev: OrderSnapshot, obs: OrderSnapshot) -> OrderSnapshot:
         reject_reason=obs.reject_reason or (prev.reject_reason if obs.status == prev.status else None),
         filled_at=obs.filled_at or (prev.filled_at if obs.filled_qty > 0 else None),
         canceled_at=obs.canceled_at or (prev.canceled_at if obs.status == prev.status else None),
+        children=obs.children or prev.children,
     )
 
 
@@ -239,7 +253,7 @@ def merge_order(prev: OrderSnapshot | None, obs: OrderSnapshot) -> OrderSnapshot
             avg = obs.filled_avg_price
     merged = OrderSnapshot(
         status=_merged_status(prev, obs),
-        qty=obs.qty if obs.qty > 0 and status_rank(obs.status) >= status_rank(prev.status) else prev.qty,
+        qty=obs.qty if _given(obs.qty) and status_rank(obs.status) >= status_rank(prev.status) else prev.qty,
         filled_qty=filled,
         filled_avg_price=avg,
         side=prev.side or obs.side,
@@ -247,6 +261,7 @@ def merge_order(prev: OrderSnapshot | None, obs: OrderSnapshot) -> OrderSnapshot
         reject_reason=prev.reject_reason or obs.reject_reason,
         filled_at=_later(prev.filled_at, obs.filled_at),
         canceled_at=prev.canceled_at or obs.canceled_at,
+        children=obs.children or prev.children,
     )
     return prev if merged == prev else merged
 

@@ -26,7 +26,17 @@ from syncd.brokers.base import (
     OrderStatusFilter,
 )
 from syncd.brokers.occ import option_spec_or_none
-from syncd.brokers.types import AssetClass, Balances, Clock, Order, OrderRequest, Position, Quote, TradeUpdate
+from syncd.brokers.types import (
+    AssetClass,
+    Balances,
+    Clock,
+    Order,
+    OrderRequest,
+    Position,
+    Quote,
+    ReplaceRequest,
+    TradeUpdate,
+)
 from syncd.context import Account, Context
 from syncd.cycles import account_sync
 from syncd.daemon.passes import run_pass
@@ -83,6 +93,9 @@ class ScriptedBroker:
         raise NotImplementedError
 
     async def cancel_order(self, broker_order_id: str) -> None:
+        raise NotImplementedError
+
+    async def replace_order(self, request: ReplaceRequest) -> Order:
         raise NotImplementedError
 
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:

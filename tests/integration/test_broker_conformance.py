@@ -32,6 +32,7 @@ from syncd.brokers.types import (
     OrderRequest,
     OrderStatus,
     OrderType,
+    ReplaceRequest,
     Side,
     TradeUpdate,
 )
@@ -185,6 +186,28 @@ async def test_submit_limit_find_by_client_id_and_cancel(env: Env) -> None:
     await env.broker.cancel_order(order.broker_order_id)
     canceled = await settled(env.broker, order.broker_order_id, OrderStatus.CANCELED)
     assert canceled.filled_qty == 0
+
+
+async def test_replace_a_working_limit_order(env: Env) -> None:
+    """Alpaca answers a new order that replaces the old; Tradier changes the order in place."""
+    placed = await env.broker.submit_order(
+        OrderRequest(cid("rep"), qty=Decimal(2), type=OrderType.LIMIT, limit_price=Decimal("1.00"), symbol="AAPL",
+                     side=Side.BUY)
+    )  # fmt: skip
+    change = ReplaceRequest(placed.broker_order_id, cid("rep"), limit_price=Decimal("1.10"))
+    now = await env.broker.replace_order(change)
+    assert now.limit_price == Decimal("1.10") and not now.status.is_terminal
+    old = await env.broker.get_order(placed.broker_order_id)
+    if env.kind == "alpaca":
+        assert now.broker_order_id != placed.broker_order_id and now.replaces == placed.broker_order_id
+        assert now.client_order_id == change.client_order_id and now.qty == Decimal(2)
+        assert old.status == OrderStatus.REPLACED and old.replaced_by == now.broker_order_id
+    else:
+        assert now.broker_order_id == placed.broker_order_id and old.limit_price == Decimal("1.10")
+    await env.broker.cancel_order(now.broker_order_id)
+    await settled(env.broker, now.broker_order_id, OrderStatus.CANCELED)
+    with pytest.raises(BrokerRejected):  # no longer working: the broker's refusal, with its reason
+        await env.broker.replace_order(ReplaceRequest(now.broker_order_id, cid("rep"), limit_price=Decimal("1.2")))
 
 
 async def test_fill_price_arriving_after_filled_status(env: Env) -> None:

@@ -118,7 +118,7 @@ def _built_rows() -> dict[str, dict[str, Any]]:
     balances = Balances("b-1", Decimal("1"), Decimal("2"), Decimal("3"), Decimal("4"), Decimal("5"))
     return {
         "order_row": order_store._order_row("o-1", change),
-        "order_leg_row": order_store._leg_row("o-1", order.legs[0], snap),
+        "order_leg_row": order_store._leg_row("o-1", order, order.legs[0], snap),
         "order_event_row": order_store._event_row(1, event),
         "trade_row": order_store._trade_row(7, TradeState(status=TradeStatus.OPEN, quantity=Decimal("3"))),
         "position_row": account_sync._upsert_row(_position()),

@@ -21,6 +21,7 @@ from syncd.trading.outbox import (
     Next,
     OpenPayload,
     PayloadError,
+    ReplacePayload,
     after_lookup,
     check_client_order_id,
     check_price,
@@ -155,13 +156,27 @@ def test_close_and_cancel_payloads() -> None:
         ("close", {"reason": ""}, "reason must be"),
         ("cancel", {"x": 1}, "unknown key 'x'"),
         ("cancel", None, "must be a JSON object"),
-        ("replace", {}, "unknown request kind"),
+        ("amend", {}, "unknown request kind"),
+        ("replace", {}, "a replace changes limit_price or qty"),
+        ("replace", {"limit_price": 2, "type": "limit"}, "unknown key 'type' in replace payload"),
+        ("replace", {"qty": 0}, "qty must be greater than 0"),
+        ("replace", {"qty": "1e3"}, "plain decimal digits"),
+        ("replace", {"limit_price": 2, "request_id": 0}, "must be the id of a request"),
+        ("replace", {"limit_price": 2, "request_id": True}, "must be the id of a request"),
+        ("replace", {"limit_price": 2, "request_id": "7"}, "must be the id of a request"),
     ],
 )
 def test_bad_payloads_say_what_is_wrong(kind: str, payload: Any, message: str) -> None:
     with pytest.raises(PayloadError) as err:
         parse_payload(kind, payload)
     assert message in str(err.value), str(err.value)
+
+
+def test_replace_payload() -> None:
+    p = parse_payload("replace", {"limit_price": "-1.05", "qty": 3, "request_id": 7})
+    assert isinstance(p, ReplacePayload)
+    assert (p.limit_price, p.qty, p.request_id) == (D("-1.05"), D(3), 7)
+    assert parse_payload("replace", {"qty": 2}) == ReplacePayload(None, D(2), None)
 
 
 def test_negative_limit_is_a_credit_for_a_spread() -> None:
