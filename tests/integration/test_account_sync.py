@@ -26,7 +26,17 @@ from syncd.brokers.base import (
     OrderStatusFilter,
 )
 from syncd.brokers.occ import option_spec_or_none
-from syncd.brokers.types import AssetClass, Balances, Clock, Order, OrderRequest, Position, Quote, TradeUpdate
+from syncd.brokers.types import (
+    AssetClass,
+    Balances,
+    Clock,
+    OptionEvent,
+    Order,
+    OrderRequest,
+    Position,
+    Quote,
+    TradeUpdate,
+)
 from syncd.context import Account, Context
 from syncd.cycles import account_sync
 from syncd.daemon.passes import run_pass
@@ -90,6 +100,9 @@ class ScriptedBroker:
 
     async def get_clock(self) -> Clock:
         raise NotImplementedError
+
+    async def list_option_events(self, since: dt.date) -> list[OptionEvent]:
+        return []
 
     async def trade_updates(self) -> AsyncIterator[TradeUpdate]:
         raise NotImplementedError
