@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal, Union
 
@@ -32,7 +32,7 @@ from syncd.context import RECONCILE_MARGIN
 from syncd.db import Queries
 from syncd.db.events import payloads as event_payloads
 from syncd.db.locks import ORDERS_LOCK_CLASS as ORDERS_LOCK_CLASS
-from syncd.trading.expiry import expiry_applies
+from syncd.trading.expiry import EXPIRATION_PENDING, expiry_applies
 from syncd.trading.reconcile import (
     CLOSED_OUTSIDE,
     ZERO,
@@ -492,6 +492,9 @@ async def _derive_trades(
             for s in orders_by_trade.get(tid, [])
         ]
         new = apply_orders(specs.get(tid, TradeSpec(())), state, linked, now, exit_pending=tid in exit_pending)
+        pending = state.close_reason == EXPIRATION_PENDING and state.status == TradeStatus.CLOSING
+        if pending and new.status == TradeStatus.OPEN:  # its legs vanished at expiry: it waits for the record
+            new = replace(new, status=TradeStatus.CLOSING, close_reason=EXPIRATION_PENDING)
         if new != state:
             updates.append((tid, new))
             log.info("trade_updated", trade_id=tid, status=new.status.value, quantity=str(new.quantity))

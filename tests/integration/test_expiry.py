@@ -16,11 +16,21 @@ from typing import Any
 
 import pytest_asyncio
 
-from syncd.brokers.types import OptionEvent, OptionEventKind
+from syncd.brokers.types import (
+    AssetClass,
+    OptionEvent,
+    OptionEventKind,
+    Order,
+    OrderClass,
+    OrderStatus,
+    OrderType,
+    Side,
+)
 from syncd.context import Account, Context
 from syncd.cycles import account_sync
 from syncd.trading.expiry_store import settle_expirations
-from syncd.trading.order_store import reconcile_quantities
+from syncd.trading.order_store import Link, Observation, apply_observations, lock_orders, reconcile_quantities
+from syncd.trading.reconcile import Role
 from tests.integration.test_account_sync import ScriptedBroker, alpaca_settings
 
 CALL_150 = "AAPL260116C00150000"
@@ -285,3 +295,38 @@ async def test_an_imported_stock_trade_is_adopted(env: tuple[Context, Account, E
     assert (await trade(ctx, tid))["close_reason"] == "assigned"
     (child,) = await children(ctx, tid)
     assert (child["id"], child["source"]) == (imported, "assignment")
+
+
+async def test_a_pending_trade_stays_pending_when_its_orders_are_seen_again(
+    env: tuple[Context, Account, EventBroker],
+) -> None:
+    """An order of the trade re-derived meanwhile (a late poll answer) does not reopen it."""
+    ctx, account, broker = env
+    tid = await make_trade(ctx, account, [(PUT_140, "sell")], "1", "2.10")
+    await expire(ctx, account, broker, {PUT_140: "-1"})
+    await account_sync.account_pass(ctx, account)
+    assert (await trade(ctx, tid))["close_reason"] == "expiration pending"
+    at = dt.datetime(2026, 1, 2, 15, 0, tzinfo=dt.UTC)
+    entry = Order(
+        broker_order_id="entry-1",
+        client_order_id=None,
+        symbol=PUT_140,
+        side=Side.SELL,
+        type=OrderType.LIMIT,
+        order_class=OrderClass.SIMPLE,
+        qty=D(1),
+        filled_qty=D(1),
+        status=OrderStatus.FILLED,
+        asset_class=AssetClass.US_OPTION,
+        filled_avg_price=D("2.10"),
+        submitted_at=at,
+        updated_at=at,
+        filled_at=at,
+    )
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await lock_orders(conn, ctx.queries, account.id)
+        await apply_observations(
+            conn, ctx.queries, account.id, [Observation(entry)], links={"entry-1": Link(tid, Role.ENTRY)}
+        )
+    row = await trade(ctx, tid)
+    assert (row["status"], row["close_reason"], row["exit_price"]) == ("closing", "expiration pending", None)
