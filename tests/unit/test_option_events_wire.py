@@ -264,3 +264,19 @@ async def test_tradier_history_not_an_object(tradier: TradierBroker, mock: aiore
     mock.get(HISTORY, payload={"history": {"event": ["OPTEXP"]}})
     with pytest.raises(BadBrokerData):
         await tradier.list_option_events(dt.date(2018, 9, 1))
+
+
+async def test_alpaca_activity_with_a_timestamp_date_numbers_and_extra_fields(
+    alpaca: AlpacaBroker, mock: aioresponses
+) -> None:
+    row = {
+        **EXPIRY,
+        "date": "2023-07-21T00:00:00Z",
+        "qty": -1,
+        "account_id": "3f7b0a1a-1111-4b5c-9d2e-5a6b7c8d9e0f",
+        "per_share_amount": None,
+        "symbol": " AAPL230721P00140000 ",
+    }
+    mock.get(ACTIVITIES, payload=[row])
+    (event,) = await alpaca.list_option_events(dt.date(2023, 7, 21))
+    assert (event.on, event.quantity, event.symbol) == (dt.date(2023, 7, 21), Decimal(-1), "AAPL230721P00140000")
