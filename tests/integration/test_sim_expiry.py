@@ -158,3 +158,20 @@ async def test_half_assigned_spread_end_to_end(sim: Simulator, make_context: Any
             "assignment",
         )
         assert await ctx.pool.fetchval("SELECT count(*) FROM trades WHERE status IN ('open', 'closing')") == 1
+
+
+async def test_bad_input_is_refused_clearly(sim: Simulator, http: aiohttp.ClientSession) -> None:
+    async with http.post(f"{sim.url}/_sim/expire", json={"date": "soon"}) as resp:
+        assert resp.status == 400 and "soon" in (await resp.json())["error"]
+    acct = sim.accounts[0]
+    headers = {"APCA-API-KEY-ID": acct.api_key, "APCA-API-SECRET-KEY": acct.api_secret}
+    for query in ("page_size=0", "direction=up", "after=yesterday"):
+        async with http.get(f"{sim.url}/v2/account/activities?{query}", headers=headers) as resp:
+            assert resp.status == 422, query
+    tradier = {"Authorization": f"Bearer {acct.tradier_token}", "Accept": "application/json"}
+    url = f"{sim.url}/v1/accounts/{acct.tradier_account_id}/history?start=nope"
+    async with http.get(url, headers=tradier) as resp:
+        assert resp.status == 400
+    # nothing held: expiring settles nothing and the clock stays
+    before = sim.clock.now()
+    assert sim.expire() == 0 and sim.clock.now() == before
