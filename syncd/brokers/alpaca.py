@@ -54,6 +54,8 @@ from syncd.brokers.types import (
     Clock,
     Greeks,
     Intent,
+    OptionEvent,
+    OptionEventKind,
     Order,
     OrderClass,
     OrderRequest,
@@ -78,6 +80,15 @@ PAPER_STREAM_URL = "wss://paper-api.alpaca.markets/stream"
 LIVE_STREAM_URL = "wss://api.alpaca.markets/stream"
 
 ORDERS_PAGE = 500  # Alpaca's maximum page size for GET /v2/orders
+ACTIVITIES_PAGE = 100  # page size asked of GET /v2/account/activities (Alpaca's default and maximum: 100)
+# Alpaca's non-trade activity types for option events, and the stock trade an assignment or
+# exercise books (docs.alpaca.markets: "Non-Trade Activities for Option Events").
+OPTION_ACTIVITIES = {
+    "OPEXP": OptionEventKind.EXPIRED,
+    "OPASN": OptionEventKind.ASSIGNED,
+    "OPEXC": OptionEventKind.EXERCISED,
+    "OPTRD": OptionEventKind.STOCK,
+}
 STOCK_BATCH = 200  # symbols per stock-snapshot request (keeps the URL short)
 OPTION_BATCH = 100  # Alpaca's documented maximum for option snapshots
 OPTION_PAGE = 1000
@@ -183,6 +194,73 @@ class AlpacaBroker:
             next_open=as_utc(clock.next_open),
             next_close=as_utc(clock.next_close),
             timestamp=as_utc(clock.timestamp),
+        )
+
+    # -- option expiry, assignment, exercise ------------------------------------------------
+
+    async def list_option_events(self, since: dt.date) -> list[OptionEvent]:
+        """``GET /v2/account/activities`` of types OPEXP, OPASN, OPEXC and OPTRD after the day before
+        ``since``, oldest first, every page (``page_token``: the last id of a full page).
+
+        An activity whose ``status`` is ``canceled`` (Alpaca took it back) is left out.
+        """
+        out: list[OptionEvent] = []
+        seen: set[tuple[str, str]] = set()
+        token: str | None = None
+        while True:
+            params = {
+                "activity_types": ",".join(OPTION_ACTIVITIES),
+                "after": (since - dt.timedelta(days=1)).isoformat(),
+                "direction": "asc",
+                "page_size": str(ACTIVITIES_PAGE),
+            }
+            if token is not None:
+                params["page_token"] = token
+            body = await self._get("/v2/account/activities", params=params)
+            rows = _list(body, "activities", self.account.name)
+            fresh = 0
+            for i, row in enumerate(rows):
+                event = self._activity(_obj(row, f"activities[{i}]", self.account.name), f"activities[{i}]")
+                if event is None or (event.event_id, event.kind.value) in seen:
+                    continue
+                seen.add((event.event_id, event.kind.value))
+                out.append(event)
+                fresh += 1
+            if len(rows) < ACTIVITIES_PAGE or not fresh:
+                break
+            last_id = rows[-1].get("id") if isinstance(rows[-1], dict) else None
+            if not isinstance(last_id, str) or last_id == token:
+                break
+            token = last_id
+        return out
+
+    def _activity(self, data: dict[str, Any], what: str) -> OptionEvent | None:
+        kind = OPTION_ACTIVITIES.get(str(data.get("activity_type") or ""))
+        if kind is None or data.get("status") == "canceled":
+            return None
+        event_id = data.get("id")
+        if not isinstance(event_id, str) or not event_id.strip():
+            raise self._bad(f"{what}.id is missing", f"{what}.id")
+        raw_date = data.get("date")
+        try:
+            on = dt.date.fromisoformat(str(raw_date)[:10])
+        except ValueError:
+            raise self._bad(f"{what}.date is not a date", f"{what}.date") from None
+        symbol = data.get("symbol")
+        if not isinstance(symbol, str) or not symbol.strip():
+            raise self._bad(f"{what}.symbol is missing", f"{what}.symbol")
+        symbol = symbol.strip()
+        if kind != OptionEventKind.STOCK and option_spec_or_none(symbol) is None:
+            raise self._bad(f"{what}.symbol is not an OCC option symbol", f"{what}.symbol")
+        price = self._dec(data.get("price"), f"{what}.price")
+        return OptionEvent(
+            event_id=event_id.strip(),
+            kind=kind,
+            on=on,
+            quantity=self._req_dec(data.get("qty"), f"{what}.qty"),
+            symbol=symbol,
+            price=price,
+            description=str(data.get("description") or ""),
         )
 
     # -- orders -------------------------------------------------------------------------

@@ -11,7 +11,17 @@ import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
-from syncd.brokers.types import Balances, Clock, Order, OrderRequest, Position, Quote, ReplaceRequest, TradeUpdate
+from syncd.brokers.types import (
+    Balances,
+    Clock,
+    OptionEvent,
+    Order,
+    OrderRequest,
+    Position,
+    Quote,
+    ReplaceRequest,
+    TradeUpdate,
+)
 
 OrderStatusFilter = Literal["open", "closed", "all"]
 
@@ -113,6 +123,11 @@ class Broker(Protocol):
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]: ...
 
     async def get_clock(self) -> Clock: ...
+
+    async def list_option_events(self, since: dt.date) -> list[OptionEvent]:
+        """Expiries, assignments and exercises booked on or after ``since``, oldest first
+        (Alpaca: account activities; Tradier: account history, updated nightly)."""
+        ...
 
     def trade_updates(self) -> AsyncIterator[TradeUpdate]:
         """Stream of order events; raises ``StreamNotSupported`` where the broker has none."""

@@ -18,7 +18,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from syncd.brokers.base import Broker, BrokerUnavailable, OrderStatusFilter
-from syncd.brokers.types import Balances, Clock, Order, OrderRequest, Position, Quote, ReplaceRequest, TradeUpdate
+from syncd.brokers.types import (
+    Balances,
+    Clock,
+    OptionEvent,
+    Order,
+    OrderRequest,
+    Position,
+    Quote,
+    ReplaceRequest,
+    TradeUpdate,
+)
 
 T = TypeVar("T")
 
@@ -89,6 +99,9 @@ class PassBroker:
 
     async def get_clock(self) -> Clock:
         return await self._call(self.inner.get_clock)
+
+    async def list_option_events(self, since: dt.date) -> list[OptionEvent]:
+        return await self._call(lambda: self.inner.list_option_events(since))
 
     def trade_updates(self) -> AsyncIterator[TradeUpdate]:
         return self.inner.trade_updates()

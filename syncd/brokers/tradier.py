@@ -55,6 +55,8 @@ from syncd.brokers.types import (
     Greeks,
     Intent,
     LegRequest,
+    OptionEvent,
+    OptionEventKind,
     Order,
     OrderClass,
     OrderRequest,
@@ -74,6 +76,8 @@ log = structlog.get_logger(__name__)
 SANDBOX_URL = "https://sandbox.tradier.com"
 LIVE_URL = "https://api.tradier.com"
 QUOTE_BATCH = 400  # symbols per quotes request
+HISTORY_PAGE = 100  # events per page asked of GET /v1/accounts/{id}/history
+HISTORY_MAX_PAGES = 50
 QUOTE_GET_MAX = 40  # up to this many symbols go in a GET query string; more are POSTed as a form
 
 _TAG_RE = re.compile(r"^[A-Za-z0-9-]{1,255}$")
@@ -254,6 +258,73 @@ class TradierBroker:
             )
             out.append(check_position(position, what, self._bad))
         return check_positions(out, self._bad)
+
+    # -- option expiry, assignment, exercise ------------------------------------------------
+
+    async def list_option_events(self, since: dt.date) -> list[OptionEvent]:
+        """``GET /v1/accounts/{id}/history?type=option`` from ``since``, oldest first.
+
+        Tradier's history comes from its clearing firm and is updated nightly: yesterday's expiry
+        appears the next morning. An event carries no id and usually no symbol (``{"option":
+        {"option_type": "OPTEXP", "description": "Expired", "quantity": -1}}``): its id is
+        derived from the record (date, type, quantity, description, and its place among
+        identical records of that day), its symbol is ``None`` unless the record names an OCC
+        symbol; syncd matches it to a leg by the expiration date and the quantity. ``OPTEXP`` is
+        an expiry; an option type naming an assignment (``ASGN``/``ASSIGN``) or an exercise
+        (``EXER``/``EXC``) is one; any other option record is left out.
+        """
+        rows: list[dict[str, Any]] = []
+        for page in range(1, HISTORY_MAX_PAGES + 1):
+            body = await self._get(
+                f"{self._acct}/history",
+                "/v1/accounts/{id}/history",
+                params={"type": "option", "start": since.isoformat(), "limit": str(HISTORY_PAGE), "page": str(page)},
+            )
+            items = self._items(body, "history", "event")
+            rows += items
+            if len(items) < HISTORY_PAGE:
+                break
+        out: list[OptionEvent] = []
+        counts: dict[str, int] = {}
+        for i, row in enumerate(rows):
+            event = self._history_event(row, f"history.event[{i}]", counts)
+            if event is not None:
+                out.append(event)
+        out.sort(key=lambda e: e.on)
+        return out
+
+    def _history_event(self, row: dict[str, Any], what: str, counts: dict[str, int]) -> OptionEvent | None:
+        if row.get("type") != "option":
+            return None
+        option = row.get("option")
+        if not isinstance(option, dict):
+            raise self._bad(f"{what}.option is not an object", f"{what}.option")
+        option_type = str(option.get("option_type") or "").strip().upper()
+        kind = _history_kind(option_type)
+        if kind is None:
+            log.info("tradier_history_option_skipped", option_type=option_type)
+            return None
+        raw_date = row.get("date")
+        try:
+            on = dt.date.fromisoformat(str(raw_date)[:10])
+        except ValueError:
+            raise self._bad(f"{what}.date is not a date", f"{what}.date") from None
+        quantity = self._req(option.get("quantity"), f"{what}.option.quantity")
+        description = str(option.get("description") or "").strip()
+        symbol = next(
+            (
+                v.strip()
+                for v in (option.get("symbol"), row.get("symbol"))
+                if isinstance(v, str) and option_spec_or_none(v.strip()) is not None
+            ),
+            None,
+        )
+        key = f"{on.isoformat()}:{option_type}:{plain(quantity)}:{symbol or ''}:{description}"
+        n = counts.get(key, 0)
+        counts[key] = n + 1
+        return OptionEvent(
+            event_id=f"{key}:{n}", kind=kind, on=on, quantity=quantity, symbol=symbol, description=description
+        )
 
     # -- orders -------------------------------------------------------------------------
 
@@ -899,6 +970,17 @@ def _weekday_sessions(year: int, month: int) -> list[tuple[dt.datetime, dt.datet
 
 def _present(value: Any) -> Any:
     return None if _is_null(value) else value
+
+
+def _history_kind(option_type: str) -> OptionEventKind | None:
+    """The kind of a Tradier history ``option_type`` (``OPTEXP``: expired), or ``None``."""
+    if option_type == "OPTEXP" or "EXPIR" in option_type:
+        return OptionEventKind.EXPIRED
+    if "ASGN" in option_type or "ASSIGN" in option_type:
+        return OptionEventKind.ASSIGNED
+    if "EXER" in option_type or option_type.endswith("EXC"):
+        return OptionEventKind.EXERCISED
+    return None
 
 
 def _is_null(value: Any) -> bool:

@@ -196,6 +196,36 @@ class Order:
         return self.order_class in CONTINGENT
 
 
+class OptionEventKind(StrEnum):
+    """What the broker's records say happened to an option position (``trade_events.kind``)."""
+
+    EXPIRED = "expired"
+    ASSIGNED = "assigned"
+    EXERCISED = "exercised"
+    STOCK = "stock"  # the stock trade an assignment or exercise booked (Alpaca OPTRD)
+
+
+@dataclass(frozen=True, slots=True)
+class OptionEvent:
+    """One expiry, assignment or exercise from the broker's account records.
+
+    ``event_id`` is the broker's activity id (Alpaca) or, where the broker gives none (Tradier's
+    history), a key derived from the record itself: the same record always gives the same id.
+    ``quantity`` is the signed change of the position it names (a long contract expiring:
+    -1; a short one assigned: +1; the stock an assignment delivered: the shares, signed).
+    ``symbol`` is the OCC symbol (the underlying for ``STOCK``), or ``None`` when the broker
+    did not say (Tradier); ``price`` the per-share price of a ``STOCK`` trade (the strike).
+    """
+
+    event_id: str
+    kind: OptionEventKind
+    on: dt.date
+    quantity: Decimal
+    symbol: str | None = None
+    price: Decimal | None = None
+    description: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class TradeUpdate:
     """One event of a broker's trade stream (Alpaca ``trade_updates``)."""

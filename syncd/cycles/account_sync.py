@@ -68,6 +68,7 @@ from syncd.brokers.types import AssetClass, Balances, Position
 from syncd.context import Account, Context
 from syncd.db import events
 from syncd.db.locks import SYNC_LOCK_CLASS as SYNC_LOCK_CLASS
+from syncd.trading.expiry_store import settle_expirations
 
 log = structlog.get_logger(__name__)
 
@@ -407,11 +408,16 @@ async def sync_pass(ctx: Context, account: Account) -> dict[str, Any]:
 async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
     """One accountSync pass over ``account`` (see the module docstring); returns its stats.
 
-    With ``cycles.auto_import`` the positions no live trade covers then become trades
+    Option trades whose legs vanished at expiry are then settled from the broker's records
+    (:func:`syncd.trading.expiry_store.settle_expirations`, as tradeCycle does too). With
+    ``cycles.auto_import`` the positions no live trade covers then become trades
     (:mod:`syncd.cycles.importer`), in a transaction of their own.
     """
     result = await sync_account(ctx, account)
     stats = result.stats()
+    settled = await settle_expirations(ctx, account)
+    if settled:
+        stats["expiry_trades"] = len(settled)
     if ctx.settings.cycles.auto_import:
         from syncd.cycles.importer import import_positions  # the importer builds on this module
 

@@ -12,7 +12,10 @@ One pass over one account:
    ``orders``/``order_events`` and re-derive the trades they touch
    (:mod:`syncd.trading.order_store`, the same path the stream consumer uses), reconcile
    open trades' quantities with the broker's positions, move the watermark;
-4. after commit, ``NOTIFY syncd_events``.
+4. after commit, ``NOTIFY syncd_events``;
+5. settle option trades whose legs vanished at expiry from the broker's expiry, assignment and
+   exercise records (:mod:`syncd.trading.expiry_store`; accountSync does the same, each record
+   is applied once).
 
 Orders placed outside syncd are mirrored too, unlinked to any trade.
 """
@@ -28,6 +31,7 @@ import structlog
 from syncd.brokers.base import OrderNotFound
 from syncd.brokers.types import Order
 from syncd.context import Account, Context
+from syncd.trading.expiry_store import settle_expirations
 from syncd.trading.order_store import (
     Observation,
     apply_observations,
@@ -102,6 +106,8 @@ async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
             await conn.execute(q["trade_set_watermark"], account.id, started, WATERMARK_STEP)
         applied.trades += [t for t in reconciled if t not in applied.trades]
         await send_notifications(conn, q, applied.notifications(account.name))
+    settled = await settle_expirations(ctx, account)
+    applied.trades += [t for t in settled if t not in applied.trades]
     stats.update(
         orders_seen=len(orders),
         orders_written=len(applied.orders),

@@ -51,6 +51,12 @@ What is in it
 
 Driving scenarios
 -----------------
+- Option expiry: ``sim.expire(date=None)`` moves the clock past the close of that expiration
+  date (default: the earliest held) and settles it: ITM by more than $0.01 exercised (long)
+  or assigned (short) at the strike, the rest expired; ``acct.activities`` lists the records
+  (Alpaca ``GET /v2/account/activities``; Tradier ``GET /v1/accounts/{id}/history``, a day's
+  records once that day is over). Expiries also settle on their own as the clock passes a
+  close. Orders for an expired contract are refused.
 - Prices and time: ``sim.tick(n)`` (prices walk, orders match; no sleeping),
   ``await sim.advance(seconds)``, ``sim.set_price("AAPL", 189.9, 190.1)`` (pins the
   quote, options reprice from it; ``sim.unpin``), ``sim.set_market_open(False)``
@@ -81,7 +87,8 @@ Driving scenarios
 From another process (``syncd run`` in acceptance tests, the demo), the same through
 ``/_sim`` (JSON; never authenticated, faulted or counted): ``GET state``,
 ``GET accounts?offset=&limit=``, ``GET accounts/{i}`` (book and orders),
-``POST tick {"n"}``, ``POST advance {"seconds"}``, ``POST price {"symbol","bid","ask"}``,
+``POST tick {"n"}``, ``POST advance {"seconds"}``, ``POST expire {"date"}``,
+``GET accounts/{i}/activities``, ``POST price {"symbol","bid","ask"}``,
 ``POST unpin``, ``GET quote?symbol=``, ``POST market {"open"}``,
 ``POST fill {"order_id","qty","price"}``, ``POST cancel {"order_id"}``,
 ``POST orders {"account","symbol","side","qty","type","limit_price","legs"}``,

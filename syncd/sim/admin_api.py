@@ -6,6 +6,7 @@ are ``400``/``404`` with ``{"error": "..."}``. See the package docstring for the
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -128,6 +129,26 @@ class AdminApi:
     async def advance(self, body: Body) -> Body:
         await self.sim.advance(float(_req(body, "seconds")))
         return self.state(body)
+
+    def expire(self, body: Body) -> Body:
+        on = body.get("date")
+        settled = self.sim.expire(dt.date.fromisoformat(str(on)) if on else None)
+        return {**self.state(body), "settled": settled}
+
+    def activities(self, body: Body) -> list[Body]:
+        acct = self.sim.account(_ref(_req(body, "index")))
+        return [
+            {
+                "id": a.id,
+                "activity_type": a.activity_type,
+                "date": a.date.isoformat(),
+                "symbol": a.symbol,
+                "qty": dstr(a.qty),
+                "price": dstr(a.price),
+                "net_amount": dstr(a.net_amount),
+            }
+            for a in acct.activities
+        ]
 
     def price(self, body: Body) -> Body:
         self.sim.set_price(str(_req(body, "symbol")), str(_req(body, "bid")), str(_req(body, "ask")))
@@ -265,6 +286,8 @@ class AdminApi:
             web.get("/_sim/accounts/{index}", e(self.account)),
             web.post("/_sim/tick", e(self.tick)),
             web.post("/_sim/advance", e(self.advance)),
+            web.post("/_sim/expire", e(self.expire)),
+            web.get("/_sim/accounts/{index}/activities", e(self.activities)),
             web.post("/_sim/price", e(self.price)),
             web.post("/_sim/unpin", e(self.unpin)),
             web.get("/_sim/quote", e(self.quote)),

@@ -26,6 +26,7 @@ from syncd.sim.engine import (
     OrderSpec,
     PositionView,
     SimAccount,
+    SimActivity,
     SimOrder,
     SimReject,
     floor_qty,
@@ -217,6 +218,7 @@ class AlpacaApi:
             web.delete("/v2/orders/{order_id}", w(self.cancel_order)),
             web.patch("/v2/orders/{order_id}", w(self.replace_order)),
             web.get("/v2/clock", w(self.get_clock)),
+            web.get("/v2/account/activities", w(self.list_activities)),
             web.get("/v2/stocks/snapshots", w(self.stock_snapshots)),
             web.get("/v2/stocks/quotes/latest", w(self.stock_quotes)),
             web.get("/v1beta1/options/snapshots", w(self.option_snapshots)),
@@ -298,7 +300,41 @@ class AlpacaApi:
         }
 
     async def list_positions(self, request: web.Request, acct: SimAccount) -> list[dict[str, Any]]:
+        self.exchange.expire_due()
         return [position_json(v) for v in self.exchange.position_views(acct)]
+
+    async def list_activities(self, request: web.Request, acct: SimAccount) -> list[dict[str, Any]]:
+        """``GET /v2/account/activities``: the option expiries, assignments and exercises (the only
+        activities the simulator books), filtered by ``activity_types``, ``after``/``until`` (a date
+        or a time), ``direction`` (default ``desc``), paged by ``page_size`` (max 100) and
+        ``page_token`` (the id of the last activity of the previous page)."""
+        self.exchange.expire_due()
+        q = request.query
+        types = {t.strip() for t in q.get("activity_types", "").split(",") if t.strip()}
+        direction = q.get("direction", "desc")
+        if direction not in ("asc", "desc"):
+            raise AlpacaError(422, 40010001, "invalid direction")
+        try:
+            size = int(q.get("page_size", "100"))
+        except ValueError:
+            raise AlpacaError(422, 40010001, "invalid page_size") from None
+        if not 1 <= size <= 100:
+            raise AlpacaError(422, 40010001, "page_size must be between 1 and 100")
+        after, until = _activity_bound(q.get("after")), _activity_bound(q.get("until"))
+        rows = [
+            a
+            for a in acct.activities
+            if (not types or a.activity_type in types)
+            and (after is None or _after(a, after))
+            and (until is None or not _after(a, until))
+        ]
+        rows.sort(key=lambda a: (a.at, a.activity_type != "OPTRD"), reverse=direction == "desc")
+        token = q.get("page_token")
+        if token:
+            keys = [a.id for a in rows]
+            last = max((i for i, k in enumerate(keys) if k == token), default=-1)
+            rows = rows[last + 1 :]
+        return [_activity_json(a) for a in rows[:size]]
 
     def _position_symbol(self, acct: SimAccount, symbol_or_id: str) -> str:
         if symbol_or_id in acct.positions:
@@ -624,3 +660,38 @@ def order_spec(body: dict[str, Any]) -> OrderSpec:
         raise ValueError("symbol is required")
     side, intent = _side_from(body.get("side"), body.get("position_intent"), "")
     return OrderSpec(symbol=symbol, side=side, position_intent=intent, **common)
+
+
+def _activity_bound(value: str | None) -> dt.date | dt.datetime | None:
+    if not value:
+        return None
+    try:
+        if len(value) == 10:
+            return dt.date.fromisoformat(value)
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise AlpacaError(422, 40010001, f"invalid date {value!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _after(a: SimActivity, bound: dt.date | dt.datetime) -> bool:
+    if isinstance(bound, dt.datetime):
+        return a.at > bound
+    return a.date > bound
+
+
+def _activity_json(a: SimActivity) -> dict[str, Any]:
+    """A non-trade activity as Alpaca's docs show it ("Non-Trade Activities for Option Events")."""
+    out: dict[str, Any] = {
+        "id": a.id,
+        "activity_type": a.activity_type,
+        "date": a.date.isoformat(),
+        "net_amount": dstr(a.net_amount),
+        "description": a.description,
+        "symbol": a.symbol,
+        "qty": dstr(a.qty),
+        "status": "executed",
+    }
+    if a.price is not None:
+        out["price"] = dstr(a.price)
+    return out

@@ -22,6 +22,12 @@ Rules, simplified from real brokers but applied consistently:
 - ``qty_available`` = |qty| minus the remaining quantity of working orders that
   would reduce the position (signed like the position).
 - Day orders still working when the market closes expire.
+- Options expire at the close (16:00 New York) of their expiration date: a contract in the
+  money by more than $0.01 (the underlying's mid against the strike) is exercised (long) or
+  assigned (short) and delivers 100 shares per contract at the strike; any other expires
+  worthless. Each is recorded as account activities (``OPEXC``/``OPASN`` with the ``OPTRD``
+  stock trade, or ``OPEXP``), served by Alpaca's ``/v2/account/activities`` and Tradier's
+  ``/v1/accounts/{id}/history``. Orders for an expired contract are refused.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from syncd.sim.config import SimConfig
-from syncd.sim.market import CENT, Instrument, Market
+from syncd.sim.market import CENT, ET, Instrument, Market
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -49,6 +55,20 @@ TIME_IN_FORCE = ("day", "gtc", "ioc", "fok")
 _ALNUM_UP = string.ascii_uppercase + string.digits
 _ALNUM = string.ascii_letters + string.digits
 _PRICE_Q = Decimal("0.000001")
+EXPIRY_CLOSE = dt.time(16, 0)
+ITM_BY = Decimal("0.01")  # in the money by more than this: exercised or assigned
+
+
+def expiry_time(expiration: dt.date) -> dt.datetime:
+    """When a contract expiring on ``expiration`` expires: that day's close in New York."""
+    return dt.datetime.combine(expiration, EXPIRY_CLOSE, tzinfo=ET)
+
+
+def _last_cutoff(now: dt.datetime) -> dt.datetime:
+    """The latest 16:00 New York at or before ``now``."""
+    local = now.astimezone(ET)
+    cutoff = dt.datetime.combine(local.date(), EXPIRY_CLOSE, tzinfo=ET)
+    return cutoff if cutoff <= now else cutoff - dt.timedelta(days=1)
 
 
 class SimReject(Exception):
@@ -179,6 +199,27 @@ class TradeEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class SimActivity:
+    """One account activity of an option's expiry (Alpaca's non-trade activity vocabulary).
+
+    ``OPEXP`` expired, ``OPASN`` assigned, ``OPEXC`` exercised (``qty``: the signed change of
+    the option position), ``OPTRD`` the stock trade an assignment or exercise booked (``qty``
+    the shares, signed; ``price`` the strike). The OPTRD shares its option event's id, as in
+    Alpaca's documentation.
+    """
+
+    id: str
+    activity_type: str
+    date: dt.date
+    symbol: str
+    qty: Decimal
+    net_amount: Decimal
+    description: str
+    at: dt.datetime
+    price: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PositionView:
     """A position valued at the current market (what both dialects render)."""
 
@@ -237,6 +278,7 @@ class SimAccount:
         self._positions: dict[str, SimPosition] = {}
         self._builder: Callable[[SimAccount], None] | None = builder
         self.next_position_id = 1
+        self.activities: list[SimActivity] = []  # option expiries, assignments, exercises; oldest first
 
     def _ensure(self) -> None:
         if self._builder is not None:
@@ -314,6 +356,7 @@ class Exchange:
         self._working_by_account: dict[int, dict[str, SimOrder]] = {}
         self.listeners: list[Callable[[TradeEvent], None]] = []
         self.events: deque[TradeEvent] = deque(maxlen=10_000)
+        self._expired_until: dt.datetime | None = None  # the last close whose expiries were settled
 
     def _dedupe_credentials(self) -> None:
         seen: set[str] = set()
@@ -473,6 +516,8 @@ class Exchange:
         inst = self.market.instrument(leg.symbol)
         if inst is None:
             raise SimReject("invalid", f'asset "{leg.symbol}" not found')
+        if inst.is_option and inst.expiration is not None and self.clock.now() >= expiry_time(inst.expiration):
+            raise SimReject("invalid", f'asset "{leg.symbol}" has expired and is not tradable')
         if inst.is_option:
             if spec.qty != spec.qty.to_integral_value():
                 raise SimReject("invalid", "qty must be a whole number for options")
@@ -758,7 +803,9 @@ class Exchange:
     # -- matching ------------------------------------------------------------------
 
     def match_all(self) -> None:
-        """One matching pass over every working order (nothing fills while closed)."""
+        """One matching pass over every working order (nothing fills while closed); options whose
+        expiry passed since the last pass are settled first."""
+        self.expire_due()
         if not self.market.is_open:
             return
         for order in list(self._working.values()):
@@ -880,15 +927,21 @@ class Exchange:
         o.tradier_hidden_reads = 1 if o.status == "filled" else 0
 
     def _apply_fill(self, acct: SimAccount, part: SimOrder, qty: Decimal, price: Decimal, now: dt.datetime) -> Decimal:
-        mult = part.multiplier
         delta = qty if part.side == "buy" else -qty
+        return self._book(acct, part.symbol, delta, price, part.multiplier, now)
+
+    def _book(
+        self, acct: SimAccount, symbol: str, delta: Decimal, price: Decimal, mult: int, now: dt.datetime
+    ) -> Decimal:
+        """``delta`` units of ``symbol`` bought (> 0) or sold at ``price``: cash and the position."""
+        qty = abs(delta)
         positions = acct.positions
         acct.cash -= delta * price * mult
-        pos = positions.get(part.symbol)
+        pos = positions.get(symbol)
         if pos is None or pos.qty == 0:
-            pos = SimPosition(part.symbol, delta, price, now, acct.next_position_id)
+            pos = SimPosition(symbol, delta, price, now, acct.next_position_id)
             acct.next_position_id += 1
-            positions[part.symbol] = pos
+            positions[symbol] = pos
             return pos.qty
         old = pos.qty
         new = old + delta
@@ -902,7 +955,7 @@ class Exchange:
                 pos.opened_at = now
         pos.qty = new
         if new == 0:
-            del positions[part.symbol]
+            del positions[symbol]
         return new
 
     # -- replacing -------------------------------------------------------------------
@@ -963,6 +1016,73 @@ class Exchange:
         self.accounts[order.account].touch()
         self._emit(TradeEvent(order.account, "replaced", order, now))
         return order
+
+    # -- option expiry ----------------------------------------------------------------
+
+    def expire_due(self, force: bool = False) -> int:
+        """Settle every held option whose expiry is at or before now; returns how many.
+
+        Cheap between closes: the books are only looked at once per 16:00 New York that
+        passed (or when ``force``, e.g. after a position in an old contract was added).
+        """
+        now = self.clock.now()
+        cutoff = _last_cutoff(now)
+        if not force and self._expired_until is not None and cutoff <= self._expired_until:
+            return 0
+        self._expired_until = cutoff
+        settled = 0
+        for acct in self.accounts:
+            if not acct.built:
+                continue
+            for pos in list(acct.positions.values()):
+                inst = self.market.instrument(pos.symbol)
+                if inst is None or not inst.is_option or inst.expiration is None:
+                    continue
+                if now >= expiry_time(inst.expiration):
+                    self._settle_option(acct, pos, inst)
+                    settled += 1
+        return settled
+
+    def _settle_option(self, acct: SimAccount, pos: SimPosition, inst: Instrument) -> None:
+        assert inst.strike is not None and inst.expiration is not None
+        now = self.clock.stamp()
+        quote = self.market.quote(inst.underlying)
+        spot = quote.mid if quote is not None and quote.mid is not None else inst.strike
+        intrinsic = spot - inst.strike if inst.option_type == "call" else inst.strike - spot
+        mult = inst.multiplier
+        contracts = pos.qty
+        # Working orders on the contract end with it.
+        for order in list(self._working_by_account.get(acct.index, {}).values()):
+            if any(p.symbol == inst.symbol for p in order.parts()):
+                self._end(order, "expired")
+        del acct.positions[inst.symbol]
+        acct.realized_pl -= pos.avg_entry * contracts * mult  # the premium paid (or kept) is realized
+        activity_id = f"{now:%Y%m%d%H%M%S%f}"[:17] + "::" + self.new_uuid()
+        day = inst.expiration
+        if intrinsic > ITM_BY:
+            kind, words = ("OPEXC", "Option Exercise") if contracts > 0 else ("OPASN", "Option Assignment")
+            call = inst.option_type == "call"
+            shares = abs(contracts) * mult * (1 if call == (contracts > 0) else -1)
+            acct.activities.append(SimActivity(activity_id, kind, day, inst.symbol, -contracts, ZERO, words, now))
+            self._book(acct, inst.underlying, shares, inst.strike, 1, now)
+            acct.activities.append(
+                SimActivity(
+                    activity_id,
+                    "OPTRD",
+                    day,
+                    inst.underlying,
+                    shares,
+                    -shares * inst.strike,
+                    "Option Trade",
+                    now,
+                    inst.strike,
+                )
+            )
+        else:
+            acct.activities.append(
+                SimActivity(activity_id, "OPEXP", day, inst.symbol, -contracts, ZERO, "Option Expiry", now)
+            )
+        acct.touch()
 
     # -- cancel, expiry, open/close -----------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import math
 import time
 from collections import Counter
@@ -21,7 +22,16 @@ from syncd.sim.alpaca_api import AlpacaApi
 from syncd.sim.alpaca_stream import StreamHub
 from syncd.sim.book import make_builder
 from syncd.sim.config import SimConfig
-from syncd.sim.engine import Exchange, LegSpec, OrderSpec, SimAccount, SimOrder, SimPosition, TradeEvent
+from syncd.sim.engine import (
+    Exchange,
+    LegSpec,
+    OrderSpec,
+    SimAccount,
+    SimOrder,
+    SimPosition,
+    TradeEvent,
+    expiry_time,
+)
 from syncd.sim.faults import Faults
 from syncd.sim.market import Market, SimClock
 from syncd.sim.wire import html_error, json_response
@@ -165,6 +175,30 @@ class Simulator:
             self.market.tick(seconds / steps)
             self.exchange.match_all()
             await asyncio.sleep(0)
+
+    def expire(self, on: dt.date | None = None) -> int:
+        """Move the clock to just after the close of ``on`` (default: the earliest expiration of a
+        held option) and settle what expired: ITM by more than $0.01 exercised or assigned, the
+        rest worthless (see :mod:`syncd.sim.engine`). A clock already past it only settles.
+        Returns how many positions were settled."""
+        if on is None:
+            held = [
+                inst.expiration
+                for acct in self.exchange.accounts
+                if acct.built
+                for pos in acct.positions.values()
+                if (inst := self.market.instrument(pos.symbol)) is not None and inst.expiration is not None
+            ]
+            if not held:
+                return 0
+            on = min(held)
+        target = expiry_time(on) + dt.timedelta(seconds=1)
+        now = self.clock.now()
+        if now < target:
+            self.clock.advance((target - now).total_seconds())
+        settled = self.exchange.expire_due(force=True)
+        self.exchange.match_all()
+        return settled
 
     def set_price(self, symbol: str, bid: Decimal | float | str, ask: Decimal | float | str) -> None:
         """Pin a quote (a stock's options reprice from it); working orders match at once."""

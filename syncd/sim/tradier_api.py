@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from syncd.sim.engine import Exchange, LegSpec, OrderSpec, SimAccount, SimOrder, SimReject
+from syncd.sim.engine import Exchange, LegSpec, OrderSpec, SimAccount, SimActivity, SimOrder, SimReject
 from syncd.sim.faults import Faults
 from syncd.sim.market import ET, Instrument, Market, SimQuote
 from syncd.sim.wire import epoch_ms, json_response, parse_decimal, tradier_ts
@@ -71,6 +71,39 @@ def one_or_many(items: list[Any], key: str) -> Any:
     if not items:
         return "null"
     return {key: items[0] if len(items) == 1 else items}
+
+
+_HISTORY_OPTION_TYPES = {
+    "OPEXP": ("OPTEXP", "Expired"),
+    "OPASN": ("OPTASGN", "Assigned"),
+    "OPEXC": ("OPTEXER", "Exercised"),
+}
+
+
+def _history_json(a: SimActivity, kind: str) -> dict[str, Any]:
+    """One history event in the shape of Tradier's docs (docs.tradier.com, "History")."""
+    date = f"{a.date.isoformat()}T00:00:00Z"
+    if kind == "trade":
+        return {
+            "amount": float(a.net_amount),
+            "date": date,
+            "type": "trade",
+            "trade": {
+                "commission": 0.0,
+                "description": a.description,
+                "price": float(a.price or 0),
+                "quantity": float(a.qty),
+                "symbol": a.symbol,
+                "trade_type": "Equity",
+            },
+        }
+    option_type, words = _HISTORY_OPTION_TYPES[a.activity_type]
+    return {
+        "amount": float(a.net_amount),
+        "date": date,
+        "type": "option",
+        "option": {"option_type": option_type, "description": words, "quantity": float(a.qty)},
+    }
 
 
 def _f(x: Decimal | None) -> float:
@@ -234,6 +267,7 @@ class TradierApi:
             web.get(f"{base}/balances", w(self.balances, account=True)),
             web.get(f"{base}/positions", w(self.positions, account=True)),
             web.get(f"{base}/orders", w(self.list_orders, account=True)),
+            web.get(f"{base}/history", w(self.history, account=True)),
             web.post(f"{base}/orders", w(self.place_order, account=True)),
             web.get(f"{base}/orders/{{order_id}}", w(self.get_order, account=True)),
             web.delete(f"{base}/orders/{{order_id}}", w(self.cancel_order, account=True)),
@@ -324,6 +358,7 @@ class TradierApi:
         }
 
     async def positions(self, request: web.Request, acct: SimAccount) -> dict[str, Any]:
+        self.exchange.expire_due()
         items = []
         for p in acct.positions.values():
             inst = self.market.instrument(p.symbol)
@@ -338,6 +373,33 @@ class TradierApi:
                 }
             )
         return {"positions": one_or_many(items, "position")}
+
+    async def history(self, request: web.Request, acct: SimAccount) -> dict[str, Any]:
+        """``GET /v1/accounts/{id}/history``: option expiries, assignments and exercises as Tradier's
+        clearing firm reports them: updated nightly (a day's records appear once that day is over in
+        New York), no symbol, ``type`` ``option`` (the delivered shares: ``trade``), filtered by
+        ``type``, ``start``/``end`` dates, paged by ``limit`` (default 25) and ``page`` (from 1),
+        newest first; one record as an object, none as ``"null"``."""
+        self.exchange.expire_due()
+        q = request.query
+        today = self.exchange.clock.now().astimezone(ET).date()
+        try:
+            start = dt.date.fromisoformat(q["start"]) if q.get("start") else None
+            end = dt.date.fromisoformat(q["end"]) if q.get("end") else None
+            limit, page = int(q.get("limit", "25")), int(q.get("page", "1"))
+        except ValueError:
+            raise TradierError(400, "Invalid parameter") from None
+        wanted = {t.strip() for t in q.get("type", "").split(",") if t.strip()}
+        events: list[dict[str, Any]] = []
+        for a in sorted(acct.activities, key=lambda a: a.at, reverse=True):
+            if a.date >= today or (start and a.date < start) or (end and a.date > end):
+                continue
+            kind = "trade" if a.activity_type == "OPTRD" else "option"
+            if wanted and kind not in wanted:
+                continue
+            events.append(_history_json(a, kind))
+        chunk = events[(page - 1) * limit : page * limit] if limit > 0 and page > 0 else []
+        return {"history": one_or_many(chunk, "event")}
 
     # -- orders ------------------------------------------------------------------
 

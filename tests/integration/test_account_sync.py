@@ -30,6 +30,7 @@ from syncd.brokers.types import (
     AssetClass,
     Balances,
     Clock,
+    OptionEvent,
     Order,
     OrderRequest,
     Position,
@@ -103,6 +104,9 @@ class ScriptedBroker:
 
     async def get_clock(self) -> Clock:
         raise NotImplementedError
+
+    async def list_option_events(self, since: dt.date) -> list[OptionEvent]:
+        return []
 
     async def trade_updates(self) -> AsyncIterator[TradeUpdate]:
         raise NotImplementedError

@@ -307,8 +307,9 @@ sim = sim_fixture(seed=3, accounts=1, positions_per_account=0)
 async def test_outside_orders_mirrored_unlinked_with_legs_and_idle_pass_writes_nothing(
     sim: Simulator, make_context: Any
 ) -> None:
-    long_c = occ_symbol("AAPL", dt.date(2026, 1, 16), "call", Decimal(150))
-    short_c = occ_symbol("AAPL", dt.date(2026, 1, 16), "call", Decimal(160))
+    exp = sim.market.expirations()[0]  # a contract that has not expired (the simulator refuses those)
+    long_c = occ_symbol("AAPL", exp, "call", Decimal(150))
+    short_c = occ_symbol("AAPL", exp, "call", Decimal(160))
     async with make_context(accounts=[sim.account_settings(0)]) as ctx:
         acct = next(iter(ctx.accounts.values()))
         stock = sim.place_outside_order(0, "MSFT", "buy", 5)
