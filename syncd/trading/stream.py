@@ -48,7 +48,7 @@ async def apply_update(
     obs = Observation(
         order=update.order,
         source="stream",
-        event=update.event,
+        event=None if update.cumulative else update.event,
         at=update.at,
         execution_id=update.execution_id,
         fill_qty=update.qty,
