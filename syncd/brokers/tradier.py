@@ -26,6 +26,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from decimal import Decimal, localcontext
 from typing import Any, Literal
@@ -75,6 +76,7 @@ log = structlog.get_logger(__name__)
 SANDBOX_URL = "https://sandbox.tradier.com"
 LIVE_URL = "https://api.tradier.com"
 QUOTE_BATCH = 400  # symbols per quotes request
+KNOWN_ORDERS = 10_000  # recent orders remembered per account, to complete stream events without a GET
 QUOTE_GET_MAX = 40  # up to this many symbols go in a GET query string; more are POSTed as a form
 
 _TAG_RE = re.compile(r"^[A-Za-z0-9-]{1,255}$")
@@ -167,6 +169,9 @@ class TradierBroker:
         )
         self._calendar: dict[tuple[int, int], list[tuple[dt.datetime, dt.datetime]] | None] = {}
         self._acct = f"/v1/accounts/{quote(self.account_id, safe='')}"
+        # The last state seen of each recent order (polls, placements, stream events): a stream
+        # event names only the order's state, and this supplies the rest without a GET.
+        self._known: OrderedDict[str, Order] = OrderedDict()
         self.stream_url = account.stream_url or default_stream_url(account.sandbox)
         # the token's one account events connection (the factory shares it between the token's accounts)
         self.events = events or AccountEvents(
@@ -235,19 +240,20 @@ class TradierBroker:
         at = self._time(d.get("transaction_date"), f"{what}.transaction_date")
         if at is None:
             raise self._bad(f"{what}.transaction_date is missing", f"{what}.transaction_date")
-        order = await self.get_order(str(order_id))
-        if filled is not None and not order.legs:
-            known_avg = order.filled_avg_price
-            ahead = filled > order.filled_qty or (filled == order.filled_qty and known_avg is None and bool(avg))
-            if ahead:
-                order = dataclasses.replace(
-                    order,
-                    filled_qty=filled,
-                    status=status,
-                    filled_avg_price=avg if avg else known_avg,
-                    updated_at=at,
-                    filled_at=at if status == OrderStatus.FILLED else order.filled_at,
-                )
+        oid = str(order_id)
+        known = self._known.get(oid)
+        order = known if known is not None and not known.legs else await self.get_order(oid)
+        if filled is not None and not order.legs and _event_is_ahead(order, status, filled, avg):
+            order = dataclasses.replace(
+                order,
+                filled_qty=filled,
+                status=status,
+                filled_avg_price=avg if avg else order.filled_avg_price,
+                updated_at=at,
+                filled_at=at if status == OrderStatus.FILLED else order.filled_at,
+                canceled_at=at if status == OrderStatus.CANCELED else order.canceled_at,
+            )
+            self._remember(order)
         return TradeUpdate(
             event={OrderStatus.FILLED: "fill", OrderStatus.PARTIALLY_FILLED: "partial_fill"}.get(status, status.value),
             order=order,
@@ -505,7 +511,17 @@ class TradierBroker:
 
     def _order(self, d: Any, what: str, parent_qty: Decimal | None = None) -> Order:
         order = self._parse_order(d, what, parent_qty)
-        return order if parent_qty is not None else check_order(order, what, self._bad)
+        if parent_qty is not None:
+            return order
+        return self._remember(check_order(order, what, self._bad))
+
+    def _remember(self, order: Order) -> Order:
+        known = self._known
+        known[order.broker_order_id] = order
+        known.move_to_end(order.broker_order_id)
+        while len(known) > KNOWN_ORDERS:
+            known.popitem(last=False)
+        return order
 
     def _parse_order(self, d: Any, what: str, parent_qty: Decimal | None) -> Order:
         if not isinstance(d, dict):
@@ -847,6 +863,21 @@ def _weekday_sessions(year: int, month: int) -> list[tuple[dt.datetime, dt.datet
             )
         day += dt.timedelta(days=1)
     return out
+
+
+def _event_is_ahead(order: Order, status: OrderStatus, filled: Decimal, avg: Decimal | None) -> bool:
+    """Whether an account event's state is newer than ``order``'s (then it replaces it).
+
+    More filled; as filled, but with the fill price ``order`` lacks (Tradier's late fill price);
+    or as filled with another status while ``order`` can still change (a cancel, an expiry). An
+    event behind ``order`` (out of order) changes nothing here, and the order store would not let
+    it go back either.
+    """
+    if filled != order.filled_qty:
+        return filled > order.filled_qty
+    if order.filled_avg_price is None and avg:
+        return True
+    return status != order.status and not order.status.is_terminal
 
 
 def _is_null(value: Any) -> bool:

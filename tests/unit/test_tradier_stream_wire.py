@@ -143,6 +143,7 @@ class FakeTradier:
         app.router.add_post("/v1/accounts/events/session", self._session)
         app.router.add_get("/v1/accounts/events", self._ws)
         app.router.add_get("/v1/accounts/{acct}/orders/{oid}", self._order)
+        app.router.add_get("/v1/accounts/{acct}/orders", self._orders)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -178,6 +179,9 @@ class FakeTradier:
         if d is None:
             return web.Response(status=404, text="not found")
         return web.json_response({"order": d})
+
+    async def _orders(self, request: web.Request) -> web.Response:
+        return web.json_response({"orders": {"order": list(self.orders.values())}})
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=None)
@@ -378,3 +382,27 @@ async def test_accounts_under_one_token_share_one_session(fake: FakeTradier, ses
     assert isinstance(ua, TradeUpdate) and isinstance(ub, TradeUpdate)
     assert ua.order.symbol == "AAPL" and ub.order.symbol == "MSFT"
     await wait_for(lambda: not fake.sockets, what="the connection closed once nobody follows it")
+
+
+async def test_a_known_order_needs_no_get_and_a_cancel_is_taken_from_the_event(
+    fake: FakeTradier, session: aiohttp.ClientSession
+) -> None:
+    """The adapter remembers orders it has seen (polls, placements, events): their events cost no request."""
+    broker = TradierBroker(fake.settings(), session=session, timeout_s=5)
+    fake.orders["228175"] = order_json(status="open", exec_quantity=0.0)
+    await broker.list_orders()  # a poll: the order is known now
+    gets = fake.order_gets
+    async with consuming(broker) as got:
+        await wait_for(lambda: fake.sockets, what="subscribed")
+        await fake.send(event(status="partially_filled", exec_quantity=4.0, avg_fill_price=9.5, remaining_quantity=6))
+        await fake.send(event(status="partially_filled", exec_quantity=2.0, avg_fill_price=9.0))  # late, out of order
+        await fake.send(event(status="canceled", exec_quantity=4.0, avg_fill_price=9.5, remaining_quantity=0))
+        await wait_for(lambda: len(got) == 3, what="three updates")
+    assert fake.order_gets == gets  # not one GET
+    first, stale, canceled = got
+    assert isinstance(first, TradeUpdate) and isinstance(stale, TradeUpdate) and isinstance(canceled, TradeUpdate)
+    assert first.order.status == OrderStatus.PARTIALLY_FILLED and first.order.filled_qty == 4
+    assert first.order.symbol == "AAPL"
+    assert stale.order.filled_qty == 4  # an event behind what is known changes nothing
+    assert canceled.order.status == OrderStatus.CANCELED and canceled.order.filled_qty == 4
+    assert canceled.order.canceled_at is not None and canceled.event == "canceled"
