@@ -200,12 +200,14 @@ class TradierBroker:
         """This account's order events from the token's account events stream.
 
         An event carries the order's state after the change but not its symbol, side or
-        legs, so each one is completed by a GET of the order (the same parsing and checks as
-        a poll); where the event is ahead of that answer (more filled, or the fill price the
-        answer does not show yet) the event's state wins. The update is ``cumulative``: the
-        order store derives the fill from the state, as for a poll. An event that cannot be
-        parsed is logged (``stream_event_unparsed``) and skipped; one whose order cannot be
-        fetched now is logged (``stream_event_unresolved``) and left to the next poll.
+        legs, so each one is completed from the order as this adapter last saw it (a poll, a
+        placement, an earlier event), or, for an order it has not seen or a multi-leg one, by a
+        GET of the order (the same parsing and checks as a poll); where the event is ahead of
+        that (more filled, the fill price it lacks, a cancel or expiry) the event's state wins.
+        The update is ``cumulative``: the order store derives the fill from the state, as for a
+        poll. An event that cannot be parsed is logged (``stream_event_unparsed``) and skipped;
+        one whose order cannot be fetched now is logged (``stream_event_unresolved``) and left to
+        the next poll.
         """
         async for raw in self.events.events(self.account_id):
             try:
