@@ -150,6 +150,11 @@ class Simulator:
             stream_url=self.tradier_stream_url,
         )
 
+    def share_tradier_token(self, *accounts: AccountRef) -> str:
+        """One Tradier token for several accounts (the first one's), as one Tradier user holding
+        them: REST calls reach each account with it, and one account events stream carries all."""
+        return self.exchange.share_tradier_token(self.account(a).index for a in accounts)
+
     # -- the market ----------------------------------------------------------------
 
     def tick(self, n: int = 1) -> None:

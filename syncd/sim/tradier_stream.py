@@ -16,7 +16,9 @@ The protocol, as Tradier documents it (see :mod:`syncd.brokers.tradier_stream`):
    "transaction_date", "create_date", "account", "tag"}``.
 
 Tradier allows one streaming session per user: a new connection for a token that already
-has one closes the old one. ``faults.auth_failed`` accounts get ``401`` on the session.
+has one closes the old one. A token reaches every account it was given
+(``Simulator.share_tradier_token``), and its stream carries the events of each of them.
+``faults.auth_failed`` accounts get ``401`` on the session.
 """
 
 from __future__ import annotations
@@ -117,8 +119,7 @@ class TradierEventsHub:
         return int(any(account in c.accounts for c in self._conns.values()))
 
     def _accounts_of(self, token: str) -> frozenset[int]:
-        acct = self.exchange.by_token.get(token)
-        return frozenset() if acct is None else frozenset({acct.index})
+        return frozenset(a.index for a in self.exchange.tradier_accounts(token))
 
     async def create_session(self, request: web.Request) -> web.Response:
         try:

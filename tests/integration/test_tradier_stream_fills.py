@@ -205,3 +205,58 @@ async def test_the_sim_emits_the_same_events_for_both_protocols(sim: Simulator) 
     last = dataclasses.replace(events[-1])
     assert rendered[-1]["exec_quantity"] == 1.0 and rendered[-1]["last_fill_quantity"] == float(last.qty or 0)
     assert rendered[-1]["status"] == "partially_filled" and rendered[-1]["event"] == "order"
+
+
+shared_sim = sim_fixture(name="shared_sim", seed=16, accounts=3, positions_per_account=0)
+
+
+async def test_accounts_under_one_token_share_one_session(shared_sim: Simulator, make_context: Any) -> None:
+    """Tradier allows one streaming session per user: two accounts of one token, one connection."""
+    sim = shared_sim
+    sim.share_tradier_token(0, 1)
+    settings = [
+        sim.account_settings(0, "tradier"),
+        sim.account_settings(1, "tradier"),
+        sim.account_settings(2, "tradier"),
+    ]
+    async with make_context(accounts=settings) as ctx:
+        a, b, c = ctx.accounts.values()
+        stop_a, stop_b, stop_c = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        tasks = [
+            asyncio.create_task(consume_trade_updates(ctx, acct, stop))
+            for acct, stop in ((a, stop_a), (b, stop_b), (c, stop_c))
+        ]
+        try:
+            await wait_for(
+                lambda: all(sim.tradier_events.connected(i) for i in range(3)), timeout=10, what="all subscribed"
+            )
+            assert sim.tradier_events.connected() == 2  # two tokens, two connections
+            assert sim.tradier_events.sessions_created == 2
+            placed = [sim.place_outside_order(i, "AAPL", "buy", i + 1) for i in range(3)]  # fill at once
+
+            async def all_landed() -> bool:
+                rows = await ctx.pool.fetch(
+                    "SELECT a.name, o.filled_qty FROM orders o JOIN accounts a ON a.id = o.account_id "
+                    "WHERE o.status = 'filled' AND o.broker_order_id = ANY($1)",
+                    [str(p.tradier_id) for p in placed],
+                )
+                return {r["name"]: r["filled_qty"] for r in rows} == {a.name: 1, b.name: 2, c.name: 3}
+
+            await wait_for(all_landed, timeout=10, what="each account's fill, on its own account")
+            stop_a.set()  # account a's lease moves away: b keeps the token's connection
+            await asyncio.wait_for(tasks[0], timeout=10)
+            later = sim.place_outside_order(1, "MSFT", "buy", 4)
+
+            async def b_got_it() -> Any:
+                return await ctx.pool.fetchval(
+                    "SELECT filled_qty FROM orders WHERE broker_order_id = $1 AND status = 'filled'",
+                    str(later.tradier_id),
+                )
+
+            assert await wait_for(b_got_it, timeout=10, what="b's fill after a left") == 4
+            assert sim.tradier_events.sessions_created == 2  # no new session for b
+        finally:
+            for stop in (stop_a, stop_b, stop_c):
+                stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+        await wait_for(lambda: sim.tradier_events.connected() == 0, timeout=10, what="connections closed")
