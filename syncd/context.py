@@ -102,10 +102,15 @@ async def open_context(
         async with aiohttp.ClientSession(connector=connector) as http:
             ids = await upsert_accounts(pool, queries, settings.accounts)
             accounts: dict[str, Account] = {}
+            shared: dict[Any, Any] = {}  # one Tradier account events connection per token
             try:
                 for cfg in settings.accounts:
                     broker = build_broker(
-                        cfg, session=http, timeout_s=settings.cycles.broker_timeout_s, on_request=metrics.broker_request
+                        cfg,
+                        session=http,
+                        timeout_s=settings.cycles.broker_timeout_s,
+                        on_request=metrics.broker_request,
+                        shared=shared,
                     )
                     accounts[cfg.name] = Account(id=ids[cfg.name], name=cfg.name, config=cfg, broker=broker)
                 yield Context(

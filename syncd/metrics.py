@@ -55,6 +55,24 @@ class _Histogram:
         self.n += 1
 
 
+@dataclass(slots=True)
+class StreamView:
+    """One account's trade stream as the process sees it (``/healthz`` shows it).
+
+    ``state``: ``connected``, ``reconnecting`` (waiting out a backoff), ``refused`` (the broker
+    refused the credentials or has no stream: polling only until restart), ``stopped``.
+    Times are Unix seconds.
+    """
+
+    broker: str
+    state: str = "connecting"
+    since: float = 0.0
+    last_event_at: float | None = None
+    events: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+
+
 class Metrics:
     """The daemon's metrics. Method names say what happened; ``render`` gives the text format."""
 
@@ -63,6 +81,7 @@ class Metrics:
         self._gauges: dict[str, dict[Labels, float]] = defaultdict(dict)
         self._histograms: dict[str, dict[Labels, _Histogram]] = defaultdict(dict)
         self._help: dict[str, tuple[str, str]] = {}
+        self.streams: dict[str, StreamView] = {}  # by account name: each trade stream's state
         self._declare("syncd_cycle_duration_seconds", "histogram", "Duration of one pass of a task over its accounts")
         self._declare("syncd_cycle_failures_total", "counter", "Account passes that failed, by task and account")
         self._declare("syncd_broker_requests_total", "counter", "HTTP requests to brokers, by endpoint and status")
@@ -71,6 +90,11 @@ class Metrics:
         self._declare("syncd_account_passes_total", "counter", "Account passes, by task and outcome")
         self._declare("syncd_fill_latency_seconds", "histogram", "Broker fill time to committed trade row")
         self._declare("syncd_stream_connected", "gauge", "1 while an account's trade stream is connected")
+        self._declare("syncd_stream_events_total", "counter", "Order events received on an account's trade stream")
+        self._declare("syncd_stream_reconnects_total", "counter", "Times an account's trade stream reconnected")
+        self._declare(
+            "syncd_stream_last_event_timestamp_seconds", "gauge", "Unix time of the last event on an account's stream"
+        )
         self._declare("syncd_outbox_requests_total", "counter", "Outbox request attempts, by account and outcome")
 
     def _declare(self, name: str, kind: str, help_text: str) -> None:
@@ -104,6 +128,28 @@ class Metrics:
         self.observe("syncd_cycle_duration_seconds", duration_s, task=task)
         if ok:
             self.set("syncd_last_success_timestamp_seconds", finished_at, task=task)
+
+    def stream_state(self, account: str, broker: str, state: str, at: float, error: str | None = None) -> StreamView:
+        view = self.streams.get(account)
+        if view is None:
+            view = self.streams[account] = StreamView(broker=broker)
+        if state == "reconnecting":
+            view.reconnects += 1
+            self.inc("syncd_stream_reconnects_total", account=account)
+        view.state, view.since = state, at
+        if error is not None or state == "connected":
+            view.last_error = error
+        self.set("syncd_stream_connected", 1 if state == "connected" else 0, account=account)
+        return view
+
+    def stream_event(self, account: str, broker: str, at: float) -> None:
+        view = self.streams.get(account)
+        if view is None:
+            view = self.streams[account] = StreamView(broker=broker, state="connected", since=at)
+        view.events += 1
+        view.last_event_at = at
+        self.inc("syncd_stream_events_total", account=account)
+        self.set("syncd_stream_last_event_timestamp_seconds", at, account=account)
 
     def value(self, name: str, **labels: str) -> float | None:
         """A counter's or gauge's current value (tests, health)."""

@@ -12,8 +12,9 @@ Tradier's quirks, handled in every answer that can carry them:
 Statuses are mapped onto Alpaca's vocabulary (``_STATUS``). Orders are placed
 form-encoded, our client order id travelling in ``tag``. Tradier has no per-position
 ``qty_available``: we derive it as the position's size minus what open closing orders
-still have to fill (see :func:`available_quantities`). Tradier has no trade-update
-stream for orders in this adapter: ``trade_updates()`` raises ``StreamNotSupported``.
+still have to fill (see :func:`available_quantities`). Order events arrive by Tradier's
+account events stream (:mod:`syncd.brokers.tradier_stream`, one connection per token):
+``trade_updates()`` turns each event into a ``TradeUpdate`` (see :meth:`TradierBroker.trade_updates`).
 
 Multi-leg limit prices follow syncd's (Alpaca's) convention: positive = net debit
 (Tradier ``type=debit``), negative = net credit (``type=credit``), zero = ``even``.
@@ -22,8 +23,10 @@ Multi-leg limit prices follow syncd's (Alpaca's) convention: positive = net debi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from decimal import Decimal, localcontext
 from typing import Any, Literal
@@ -38,15 +41,16 @@ from syncd.brokers.base import (
     BrokerAuthFailed,
     BrokerError,
     BrokerRejected,
+    BrokerUnavailable,
     OrderNotFound,
     OrderStatusFilter,
-    StreamNotSupported,
 )
 from syncd.brokers.http import HttpCore, RequestHook, RetryPolicy
 from syncd.brokers.occ import option_spec_or_none
 from syncd.brokers.parse import WIDE, NotANumber, NotFinite, TooManyDigits, as_utc, batches, decimal_or_none, plain
 from syncd.brokers.ratelimit import TRADIER_PER_MIN, TokenBucket
 from syncd.brokers.sanity import check_order, check_position, check_positions, check_quote
+from syncd.brokers.tradier_stream import AccountEvents, Raw, default_stream_url
 from syncd.brokers.types import (
     CONTINGENT,
     AssetClass,
@@ -78,6 +82,7 @@ LIVE_URL = "https://api.tradier.com"
 QUOTE_BATCH = 400  # symbols per quotes request
 HISTORY_PAGE = 100  # events per page asked of GET /v1/accounts/{id}/history
 HISTORY_MAX_PAGES = 50
+KNOWN_ORDERS = 10_000  # recent orders remembered per account, to complete stream events without a GET
 QUOTE_GET_MAX = 40  # up to this many symbols go in a GET query string; more are POSTed as a form
 
 _TAG_RE = re.compile(r"^[A-Za-z0-9-]{1,255}$")
@@ -152,6 +157,7 @@ class TradierBroker:
         on_request: RequestHook | None = None,
         limiter: TokenBucket | Literal[False] | None = None,
         retry: RetryPolicy | None = None,
+        events: AccountEvents | None = None,
     ) -> None:
         if account.token is None or not account.account_id:
             raise ValueError(f"account {account.name!r}: tradier needs token and account_id")
@@ -176,6 +182,14 @@ class TradierBroker:
         )
         self._calendar: dict[tuple[int, int], list[tuple[dt.datetime, dt.datetime]] | None] = {}
         self._acct = f"/v1/accounts/{quote(self.account_id, safe='')}"
+        # The last state seen of each recent order (polls, placements, stream events): a stream
+        # event names only the order's state, and this supplies the rest without a GET.
+        self._known: OrderedDict[str, Order] = OrderedDict()
+        self.stream_url = account.stream_url or default_stream_url(account.sandbox)
+        # the token's one account events connection (the factory shares it between the token's accounts)
+        self.events = events or AccountEvents(
+            http=self._http, base_url=self.base_url, stream_url=self.stream_url, session=session, name=account.name
+        )
 
     # -- Protocol properties ------------------------------------------------------------
 
@@ -189,16 +203,80 @@ class TradierBroker:
 
     @property
     def supports_stream(self) -> bool:
-        return False
+        return True
 
     async def aclose(self) -> None:
-        """Nothing to release: the session belongs to the caller."""
+        """Stop the account events connection (the HTTP session belongs to the caller)."""
+        await self.events.aclose()
 
     async def trade_updates(self) -> AsyncIterator[TradeUpdate]:
-        raise StreamNotSupported(
-            "tradier: no trade-update stream; poll orders instead", broker="tradier", account=self.account.name
+        """This account's order events from the token's account events stream.
+
+        An event carries the order's state after the change but not its symbol, side or
+        legs, so each one is completed from the order as this adapter last saw it (a poll, a
+        placement, an earlier event), or, for an order it has not seen or a multi-leg one, by a
+        GET of the order (the same parsing and checks as a poll); where the event is ahead of
+        that (more filled, the fill price it lacks, a cancel or expiry) the event's state wins.
+        The update is ``cumulative``: the order store derives the fill from the state, as for a
+        poll. An event that cannot be parsed is logged (``stream_event_unparsed``) and skipped;
+        one whose order cannot be fetched now is logged (``stream_event_unresolved``) and left to
+        the next poll.
+        """
+        async for raw in self.events.events(self.account_id):
+            try:
+                update = await self._stream_update(raw)
+            except BadBrokerData as exc:
+                log.warning("stream_event_unparsed", broker="tradier", error=str(exc)[:200], field=exc.field)
+                continue
+            except (OrderNotFound, BrokerUnavailable) as exc:
+                log.warning(
+                    "stream_event_unresolved",
+                    broker="tradier",
+                    broker_order_id=str(raw.get("id"))[:20],
+                    error=str(exc)[:200],
+                )
+                continue
+            yield update
+
+    async def _stream_update(self, d: Raw) -> TradeUpdate:
+        what = "account_event"
+        order_id = d.get("id")
+        if isinstance(order_id, bool) or not isinstance(order_id, (int, str)) or not str(order_id).isdigit():
+            raise self._bad(f"{what}.id {str(order_id)[:30]!r} is not an order id", f"{what}.id")
+        status = _STATUS.get(str(d.get("status")))
+        if status is None:
+            raise self._bad(f"{what}.status {str(d.get('status'))[:30]!r} is unknown", f"{what}.status")
+        qty_key = "exec_quantity" if "exec_quantity" in d else "executed_quantity"
+        filled = self._num(d.get(qty_key), f"{what}.{qty_key}")
+        self._num(d.get("remaining_quantity"), f"{what}.remaining_quantity")  # read only to refuse a non-number
+        avg = self._num(d.get("avg_fill_price"), f"{what}.avg_fill_price")
+        last_qty = self._num(d.get("last_fill_quantity"), f"{what}.last_fill_quantity")
+        last_price = self._num(d.get("last_fill_price"), f"{what}.last_fill_price")
+        at = self._time(d.get("transaction_date"), f"{what}.transaction_date")
+        if at is None:
+            raise self._bad(f"{what}.transaction_date is missing", f"{what}.transaction_date")
+        oid = str(order_id)
+        known = self._known.get(oid)
+        order = known if known is not None and not known.legs else await self.get_order(oid)
+        if filled is not None and not order.legs and _event_is_ahead(order, status, filled, avg):
+            order = dataclasses.replace(
+                order,
+                filled_qty=filled,
+                status=status,
+                filled_avg_price=avg if avg else order.filled_avg_price,
+                updated_at=at,
+                filled_at=at if status == OrderStatus.FILLED else order.filled_at,
+                canceled_at=at if status == OrderStatus.CANCELED else order.canceled_at,
+            )
+            self._remember(order)
+        return TradeUpdate(
+            event={OrderStatus.FILLED: "fill", OrderStatus.PARTIALLY_FILLED: "partial_fill"}.get(status, status.value),
+            order=order,
+            at=at,
+            price=last_price if last_price else None,
+            qty=last_qty if last_qty else None,
+            cumulative=True,
         )
-        yield  # pragma: no cover -- makes this an async generator, as the Protocol expects
 
     # -- account and positions -------------------------------------------------------------
 
@@ -544,7 +622,17 @@ class TradierBroker:
 
     def _order(self, d: Any, what: str, parent: Order | None = None) -> Order:
         order = self._parse_order(d, what, parent)
-        return order if parent is not None else check_order(order, what, self._bad)
+        if parent is not None:
+            return order
+        return self._remember(check_order(order, what, self._bad))
+
+    def _remember(self, order: Order) -> Order:
+        known = self._known
+        known[order.broker_order_id] = order
+        known.move_to_end(order.broker_order_id)
+        while len(known) > KNOWN_ORDERS:
+            known.popitem(last=False)
+        return order
 
     def _parse_order(self, d: Any, what: str, parent: Order | None) -> Order:
         """One order; ``parent``: the order whose ``leg`` this is (its type, class and quantity, legs unset).
@@ -981,6 +1069,21 @@ def _history_kind(option_type: str) -> OptionEventKind | None:
     if "EXER" in option_type or option_type.endswith("EXC"):
         return OptionEventKind.EXERCISED
     return None
+
+
+def _event_is_ahead(order: Order, status: OrderStatus, filled: Decimal, avg: Decimal | None) -> bool:
+    """Whether an account event's state is newer than ``order``'s (then it replaces it).
+
+    More filled; as filled, but with the fill price ``order`` lacks (Tradier's late fill price);
+    or as filled with another status while ``order`` can still change (a cancel, an expiry). An
+    event behind ``order`` (out of order) changes nothing here, and the order store would not let
+    it go back either.
+    """
+    if filled != order.filled_qty:
+        return filled > order.filled_qty
+    if order.filled_avg_price is None and avg:
+        return True
+    return status != order.status and not order.status.is_terminal
 
 
 def _is_null(value: Any) -> bool:

@@ -237,6 +237,9 @@ class TradeUpdate:
     qty: Decimal | None = None  # this fill's quantity
     position_qty: Decimal | None = None
     execution_id: str | None = None
+    # True when the event carries the order's state rather than one fill (Tradier's account
+    # events): the order store then derives the fill from the state, as it does for a poll.
+    cumulative: bool = False
 
 
 @dataclass(frozen=True, slots=True)

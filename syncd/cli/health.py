@@ -172,4 +172,14 @@ def render_text(body: dict[str, Any]) -> str:
         for acct, view in (task.get("accounts") or {}).items():
             state = f"error: {view['last_error']}" if view.get("last_error") else "ok"
             lines.append(f"  {acct}: {state} (last ok {view.get('last_ok_at') or 'never'})")
+    streams = body.get("streams") or {}
+    if streams:
+        lines.append("streams:")
+    for acct, view in streams.items():
+        age = view.get("last_event_age_s")
+        seen = f"last event {age:g}s ago" if age is not None else "no event yet"
+        err = f", error: {view['last_error']}" if view.get("last_error") and not view.get("connected") else ""
+        lines.append(
+            f"  {acct} ({view.get('broker')}): {view.get('state')}, {seen}, reconnects {view.get('reconnects', 0)}{err}"
+        )
     return "\n".join(lines)

@@ -90,7 +90,7 @@ def banner(sim: Simulator, show: int) -> str:
     lines = [
         f"syncd simulator listening on {sim.url}  (seed {sim.config.seed}, {len(sim.accounts)} accounts)",
         f"  Alpaca trading + data: {sim.url}   trade_updates: {sim.stream_url}",
-        f"  Tradier: {sim.url}/v1   admin: {sim.url}/_sim/state",
+        f"  Tradier: {sim.url}/v1   account events: {sim.tradier_stream_url}   admin: {sim.url}/_sim/state",
         "",
     ]
     for acct in sim.accounts[:show]:

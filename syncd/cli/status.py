@@ -32,7 +32,7 @@ from syncd.settings import Settings
 WIDTH = 80
 TRADES_SHOWN = 10  # per account in the text view; --json lists every one
 TASK_NAMES = ("accountSync", "tradeCycle", "monitorCycle")
-NO_STREAM_BROKERS = frozenset({"tradier"})  # order updates by polling only (syncd.brokers.tradier)
+NO_STREAM_BROKERS: frozenset[str] = frozenset()  # every broker streams (Alpaca trade_updates, Tradier account events)
 
 STREAM_WORDS = {"off": "off (cycles.stream = false)", "none": "none (this broker has no order stream: polling)"}
 

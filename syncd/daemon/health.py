@@ -38,7 +38,7 @@ import structlog
 
 from syncd.db import Queries, discover_migrations
 from syncd.errors import DB_ERRORS, describe
-from syncd.metrics import Metrics
+from syncd.metrics import Metrics, StreamView
 
 log = structlog.get_logger(__name__)
 
@@ -96,6 +96,7 @@ class HealthReport:
     database: bool
     reasons: list[str]
     instance: str | None = None
+    streams: dict[str, dict[str, Any]] = field(default_factory=dict)  # by account: see stream_views
 
     @property
     def http_status(self) -> int:
@@ -120,7 +121,31 @@ class HealthReport:
             "database": "ok" if self.database else "unreachable",
             "instance": self.instance,
             "reasons": self.reasons,
+            "streams": self.streams,
         }
+
+
+def stream_views(views: Mapping[str, StreamView], now: float) -> dict[str, dict[str, Any]]:
+    """Each account's trade stream: state, connected, last event time and age, counts, last error.
+
+    A stream's state does not change the verdict: polling carries every account whose stream
+    is down or refused (the stream is the fast path, not the only one).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, v in sorted(views.items()):
+        last = v.last_event_at
+        out[name] = {
+            "broker": v.broker,
+            "state": v.state,
+            "connected": v.state == "connected",
+            "since": _iso(dt.datetime.fromtimestamp(v.since, dt.UTC)) if v.since else None,
+            "last_event_at": _iso(dt.datetime.fromtimestamp(last, dt.UTC)) if last is not None else None,
+            "last_event_age_s": round(max(0.0, now - last), 1) if last is not None else None,
+            "events": v.events,
+            "reconnects": v.reconnects,
+            "last_error": v.last_error,
+        }
+    return out
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -438,14 +463,17 @@ class HealthServer:
 
     def report_now(self) -> HealthReport:
         """This instance's verdict: its tasks from memory, the accounts as last read."""
-        return build_report(
+        now = dt.datetime.now(dt.UTC)
+        report = build_report(
             self._tasks(),
             self._last_accounts,
-            now=dt.datetime.now(dt.UTC),
+            now=now,
             stale_after_s=self._stale_after_s,
             database=self._database,
             instance=self._instance,
         )
+        report.streams = stream_views(self._metrics.streams, now.timestamp())
+        return report
 
     async def report(self) -> HealthReport:
         """A fresh verdict (refreshes the snapshot first)."""

@@ -2,8 +2,9 @@
 
 One aiohttp server speaks the Alpaca trading API (``/v2/...``), Alpaca market data
 (``/v2/stocks/...``, ``/v1beta1/options/...``), Alpaca's ``trade_updates`` websocket
-(``/stream``) and the Tradier API (``/v1/...``), with the real field names, types and
-quirks, so the syncd adapters, alpaca-py's own ``TradingClient``/``TradingStream``
+(``/stream``), the Tradier API (``/v1/...``) and Tradier's account events stream
+(``POST /v1/accounts/events/session``, then ``/v1/accounts/events``), with the real
+field names, types and quirks, so the syncd adapters, alpaca-py's own ``TradingClient``/``TradingStream``
 and curl all work against it unmodified. Behind them sits one book per account,
 reachable in both dialects, and one seeded market. ``syncd sim`` runs it standalone.
 
@@ -25,12 +26,14 @@ its clients). Blocking clients (alpaca-py's ``TradingClient``) go through
 ``asyncio.to_thread``; ``TradingStream.run`` needs a thread of its own.
 
 ``sim.url`` is ``http://127.0.0.1:PORT`` (base_url and data_url of every account);
-``sim.stream_url`` is ``ws://127.0.0.1:PORT/stream``. Useful config (``SimConfig``):
+``sim.stream_url`` is ``ws://127.0.0.1:PORT/stream``, ``sim.tradier_stream_url``
+``ws://127.0.0.1:PORT/v1/accounts/events``. Useful config (``SimConfig``):
 ``clock="manual"`` + ``start_time`` for reproducible timestamps, ``market_open``,
 ``fill_on_submit`` (False: nothing fills until ``tick()``/``fill()``),
 ``partial_fills`` (+ ``partial_fill_steps``), ``tick_s`` (a background ticker, for
 demos), ``stream_conflict`` ("reject" a second stream per account, or "replace" the
-first). ``sim.exchange.fill_on_submit`` and ``sim.exchange.partial_fills`` can also be
+first), ``tradier_heartbeat_s`` (Tradier's stream heartbeat, 60 s).
+``sim.exchange.fill_on_submit`` and ``sim.exchange.partial_fills`` can also be
 flipped while it runs. Everything random follows ``seed``: the same calls give the same
 answers (and with ``clock="manual"`` and a fixed ``start_time``, the same timestamps).
 
@@ -40,6 +43,7 @@ What is in it
   (Alpaca), ``tradier_account_id``/``tradier_token`` (Tradier), ``cash``,
   ``positions`` (symbol -> ``SimPosition``: signed ``qty``, ``avg_entry``), ``orders``
   (``SimOrder``, oldest first; multi-leg orders carry ``legs``), ``by_client_id``.
+  ``sim.share_tradier_token(0, 1)`` gives accounts one Tradier token (one user, several accounts).
   Books are built on first use from the seed: a mix of long/short stocks and options,
   always one bull call debit spread when ``positions_per_account >= 4``.
 - ``sim.market`` (``Market``): ``quote(symbol)`` (bid, ask, last, greeks for
@@ -79,8 +83,8 @@ Driving scenarios
   ``tradier_late_fill_price = True`` (a just-filled Tradier order's first read shows
   ``avg_fill_price`` 0), ``clear()``.
 - Streams: ``await sim.disconnect_streams(account=None)`` closes them server-side;
-  ``sim.streams.connected(i)`` / ``listening(i)``; ``sim.events`` lists every
-  trade event emitted.
+  ``sim.streams.connected(i)`` / ``listening(i)``; Tradier's: ``sim.tradier_events.connected(i)``,
+  ``sessions_created``; ``sim.events`` lists every trade event emitted (both streams carry each).
 - Counting: ``sim.request_count``, ``sim.request_counts`` ("METHOD /path" -> n),
   ``sim.requests("/v2/orders", method="POST")``.
 
@@ -109,7 +113,8 @@ credit < 0). Errors: 401 ``{"code":40110000}`` bad credentials, 403 ``40310000``
 ``available``/``held_for_orders``, or auth switched off), 404 ``40410000``, 422
 ``40010001`` (bad field, reused ``client_order_id``), 422 ``42210000`` (not
 cancelable). ``DELETE /v2/orders/{id}`` answers 204. The stream: see
-``syncd.sim.alpaca_stream``. Tradier: see ``syncd.sim.tradier_api`` for its quirks
+``syncd.sim.alpaca_stream``; Tradier's, ``syncd.sim.tradier_stream``. Tradier: see
+``syncd.sim.tradier_api`` for its quirks
 (single objects, ``"null"``, plain-text 401s, late fill prices).
 
 May import: settings, logs, and the broker layer's pure helpers (OCC symbols). Never db,

@@ -47,6 +47,8 @@ class SimConfig:
     # "reject" (its auth fails with "connection limit exceeded", as Alpaca's streams do)
     # or "replace" (the old connection is closed and the new one takes over).
     stream_conflict: StreamConflict = "reject"
+    # Tradier's account events stream sends a heartbeat this often (Tradier: once a minute).
+    tradier_heartbeat_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.accounts < 0:
@@ -59,6 +61,8 @@ class SimConfig:
             raise ValueError("tick_s must be > 0 (or None for no background ticker)")
         if self.tick_sim_s <= 0:
             raise ValueError("tick_sim_s must be > 0")
+        if self.tradier_heartbeat_s <= 0:
+            raise ValueError("tradier_heartbeat_s must be > 0")
         if self.partial_fill_steps < 1:
             raise ValueError("partial_fill_steps must be >= 1")
         if self.volatility_scale < 0:

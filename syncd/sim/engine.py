@@ -370,6 +370,22 @@ class Exchange:
                 seen.add(value)
                 setattr(acct, attr, value)
 
+    def share_tradier_token(self, indices: Iterable[int]) -> str:
+        """Give the accounts ``indices`` one Tradier token (the first one's): one Tradier user
+        with several accounts, each reachable with that token (and its account id)."""
+        chosen = [self.accounts[i] for i in indices]
+        token = chosen[0].tradier_token
+        for acct in chosen[1:]:
+            if self.by_token.get(acct.tradier_token) is acct:
+                del self.by_token[acct.tradier_token]
+            acct.tradier_token = token
+            acct.touch()
+        return token
+
+    def tradier_accounts(self, token: str) -> list[SimAccount]:
+        """Every account the Tradier ``token`` reaches."""
+        return [a for a in self.accounts if a.tradier_token == token]
+
     # -- ids -----------------------------------------------------------------------
 
     def new_uuid(self) -> str:

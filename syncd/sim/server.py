@@ -34,6 +34,8 @@ from syncd.sim.engine import (
 )
 from syncd.sim.faults import Faults
 from syncd.sim.market import Market, SimClock
+from syncd.sim.tradier_api import TradierApi
+from syncd.sim.tradier_stream import STREAM_PATH, TradierEventsHub
 from syncd.sim.wire import html_error, json_response
 
 log = structlog.get_logger(__name__)
@@ -57,6 +59,11 @@ class Simulator:
         self.exchange = Exchange(config, self.market, builder)
         self.faults = Faults(config.seed)
         self.streams = StreamHub(self.exchange, self.faults, config.stream_conflict)
+        self._tradier_api = TradierApi(self.exchange, self.faults)
+        self.tradier_events = TradierEventsHub(
+            self.exchange, self.faults, self._tradier_api, heartbeat_s=config.tradier_heartbeat_s
+        )
+        self.tradier_stream_url = ""
         self.request_counts: Counter[str] = Counter()  # "METHOD /path" -> requests (admin excluded)
         self.request_count = 0
         self.url = ""
@@ -69,9 +76,8 @@ class Simulator:
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=4 * 1024 * 1024)
         app.add_routes(AlpacaApi(self.exchange, self.faults).routes())
-        from syncd.sim.tradier_api import TradierApi
-
-        app.add_routes(TradierApi(self.exchange, self.faults).routes())
+        app.add_routes(self._tradier_api.routes())
+        app.add_routes(self.tradier_events.routes())
         app.add_routes([web.get("/stream", self.streams.handle)])
         app.add_routes(AdminApi(self).routes())
         return app
@@ -86,6 +92,7 @@ class Simulator:
         shown = f"[{host}]" if ":" in str(host) else str(host)
         self.url = f"http://{shown}:{port}"
         self.stream_url = f"ws://{shown}:{port}/stream"
+        self.tradier_stream_url = self.tradier_events.url = f"ws://{shown}:{port}{STREAM_PATH}"
         if self.config.tick_s is not None:
             self._ticker = asyncio.create_task(self._tick_forever(self.config.tick_s), name="sim-ticker")
         log.info("sim_started", url=self.url, accounts=len(self.accounts), seed=self.config.seed)
@@ -98,6 +105,7 @@ class Simulator:
                 await self._ticker
             self._ticker = None
         await self.streams.disconnect()
+        await self.tradier_events.disconnect()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -149,7 +157,13 @@ class Simulator:
             account_id=acct.tradier_account_id,
             token=SecretStr(acct.tradier_token),
             base_url=self.url,
+            stream_url=self.tradier_stream_url,
         )
+
+    def share_tradier_token(self, *accounts: AccountRef) -> str:
+        """One Tradier token for several accounts (the first one's), as one Tradier user holding
+        them: REST calls reach each account with it, and one account events stream carries all."""
+        return self.exchange.share_tradier_token(self.account(a).index for a in accounts)
 
     # -- the market ----------------------------------------------------------------
 
@@ -296,9 +310,9 @@ class Simulator:
         return list(self.exchange.events)
 
     async def disconnect_streams(self, account: AccountRef | None = None) -> int:
-        """Close trade_updates connections from the server side (to test reconnects)."""
+        """Close trade_updates and Tradier account events connections from the server side (to test reconnects)."""
         index = None if account is None else self.account(account).index
-        return await self.streams.disconnect(index)
+        return await self.streams.disconnect(index) + await self.tradier_events.disconnect(index)
 
     def requests(self, path_prefix: str = "", method: str | None = None) -> int:
         """Broker requests received whose path starts with ``path_prefix``."""
@@ -318,7 +332,7 @@ class Simulator:
             return await handler(request)
         self.request_count += 1
         self.request_counts[f"{method} {path}"] += 1
-        if path == "/stream":
+        if path in ("/stream", "/v1/accounts/events"):  # the websockets: no HTTP faults
             return await handler(request)
         dialect = "tradier" if path.startswith("/v1/") else "alpaca"
         faults = self.faults

@@ -283,7 +283,13 @@ class TradierApi:
             try:
                 acct = self.authenticate(request)
                 if account and request.match_info["account_id"] != acct.tradier_account_id:
-                    raise TradierError(401, f"Unauthorized Account: {request.match_info['account_id']}", plain=True)
+                    # a token may reach several accounts (Simulator.share_tradier_token)
+                    target = self.exchange.by_tradier_id.get(request.match_info["account_id"])
+                    if target is None or target.tradier_token != acct.tradier_token:
+                        raise TradierError(401, f"Unauthorized Account: {request.match_info['account_id']}", plain=True)
+                    if target.index in self.faults.auth_failed:
+                        raise TradierError(401, "Invalid Access Token", plain=True)
+                    acct = target
                 result = await fn(request, acct)
             except TradierError as exc:
                 return exc.response()

@@ -48,7 +48,7 @@ async def apply_update(
     obs = Observation(
         order=update.order,
         source="stream",
-        event=update.event,
+        event=None if update.cumulative else update.event,
         at=update.at,
         execution_id=update.execution_id,
         fill_qty=update.qty,
@@ -89,6 +89,7 @@ async def refuse_update(ctx: Context, account: Account, exc: BadBrokerData) -> N
 
 async def _consume(ctx: Context, account: Account, on_fill: FillLatency | None) -> None:
     async for update in account.broker.trade_updates():
+        ctx.metrics.stream_event(account.name, account.broker.kind, time.time())
         try:
             check_update(update, "trade_update", _refusal(account))
         except BadBrokerData as exc:
@@ -115,11 +116,11 @@ async def consume_trade_updates(
     if not (account.broker.supports_stream and ctx.settings.cycles.stream):
         return
     failures = 0
-    gauge = "syncd_stream_connected"
+    kind = account.broker.kind
     with structlog.contextvars.bound_contextvars(task="stream", account=account.name):
         while not stop.is_set():
             started = time.monotonic()
-            ctx.metrics.set(gauge, 1, account=account.name)
+            ctx.metrics.stream_state(account.name, kind, "connected", time.time())
             log.info("stream_connected")
             task = asyncio.create_task(_consume(ctx, account, on_fill), name=f"stream:{account.name}")
             stopper = asyncio.create_task(stop.wait(), name=f"stream-stop:{account.name}")
@@ -132,18 +133,22 @@ async def consume_trade_updates(
                         with contextlib.suppress(asyncio.CancelledError):
                             await t
             error = await _outcome(task)
-            ctx.metrics.set(gauge, 0, account=account.name)
             if stop.is_set():
+                ctx.metrics.stream_state(account.name, kind, "stopped", time.time())
                 log.info("stream_disconnected", reason="stopping")
                 return
             if isinstance(error, (StreamNotSupported, BrokerAuthFailed)):
-                log.error("stream_disconnected", error=describe(error), retry=False)
+                # a named state, not a crash loop: this account is polled only until syncd restarts
+                ctx.metrics.stream_state(account.name, kind, "refused", time.time(), describe(error))
+                log.error("stream_refused", error=describe(error), retry=False)
                 return
             failures = 1 if time.monotonic() - started > HEALTHY_AFTER_S else failures + 1
             delay = backoff_delay(failures)
+            reason = describe(error) if error else "stream ended"
+            ctx.metrics.stream_state(account.name, kind, "reconnecting", time.time(), reason)
             log.warning(
                 "stream_disconnected",
-                error=describe(error) if error else "stream ended",
+                error=reason,
                 attempt=failures,
                 retry_in_s=round(delay, 2),
             )

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from syncd.brokers.alpaca import AlpacaBroker
-from syncd.brokers.base import Broker, BrokerAuthFailed, BrokerRejected, OrderNotFound, StreamNotSupported
+from syncd.brokers.base import Broker, BrokerAuthFailed, BrokerRejected, OrderNotFound
 from syncd.brokers.factory import build_broker
 from syncd.brokers.occ import option_spec_or_none
 from syncd.brokers.types import (
@@ -105,7 +105,7 @@ async def settled(broker: Broker, order_id: str, *statuses: OrderStatus) -> Orde
 async def test_protocol(env: Env) -> None:
     assert isinstance(env.broker, Broker)
     assert env.broker.kind == env.kind
-    assert env.broker.supports_stream == (env.kind == "alpaca")
+    assert env.broker.supports_stream  # Alpaca trade_updates, Tradier account events
 
 
 async def test_get_account(env: Env) -> None:
@@ -332,14 +332,14 @@ async def _collect(it: AsyncIterator[TradeUpdate], out: list[TradeUpdate]) -> No
 
 
 async def test_trade_updates(env: Env) -> None:
-    if env.kind == "tradier":
-        with pytest.raises(StreamNotSupported):
-            await anext(env.broker.trade_updates())
-        return
+    hub = env.sim.streams if env.kind == "alpaca" else env.sim.tradier_events
     updates: list[TradeUpdate] = []
     task = asyncio.create_task(_collect(env.broker.trade_updates(), updates))
     try:
-        await wait_for(lambda: env.sim.streams.listening(0), timeout=10, what="stream listening")
+        if env.kind == "alpaca":
+            await wait_for(lambda: env.sim.streams.listening(0), timeout=10, what="stream listening")
+        else:
+            await wait_for(lambda: env.sim.tradier_events.connected(0), timeout=10, what="account events subscribed")
         client_id = cid("stream")
         await env.broker.submit_order(OrderRequest(client_id, qty=Decimal(2), symbol="AAPL", side=Side.BUY))
         fill = await wait_for(
@@ -348,15 +348,17 @@ async def test_trade_updates(env: Env) -> None:
             what="fill event",
         )
         assert fill.qty == 2 and fill.price is not None and fill.price > 0
-        assert fill.order.status == OrderStatus.FILLED
-        assert fill.position_qty is not None
+        assert fill.order.status == OrderStatus.FILLED and fill.order.filled_qty == 2
+        assert fill.order.symbol == "AAPL" and fill.order.side == Side.BUY
+        if env.kind == "alpaca":
+            assert fill.position_qty is not None
+        else:
+            assert fill.cumulative and fill.order.filled_avg_price is not None
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert env.sim.streams.connected(0) == 0 or await wait_for(
-        lambda: env.sim.streams.connected(0) == 0, timeout=5, what="stream closed"
-    )
+    assert hub.connected(0) == 0 or await wait_for(lambda: hub.connected(0) == 0, timeout=5, what="stream closed")
 
 
 async def test_trade_updates_reconnects_and_keeps_one_connection(sim: Simulator) -> None:

@@ -135,10 +135,12 @@ async def test_reconnects_after_disconnect_and_poll_closes_the_gap(sim: Simulato
             assert t["entry_price"] == D("51.333333")
 
 
-async def test_no_stream_for_tradier_or_when_turned_off(sim: Simulator, make_context: Any) -> None:
-    async with make_context(accounts=[sim.account_settings(0, broker="tradier")]) as ctx:
+async def test_no_stream_when_turned_off(sim: Simulator, make_context: Any) -> None:
+    tradier = sim.account_settings(0, broker="tradier")
+    async with make_context(accounts=[tradier], cycles={"stream": False}) as ctx:
         acct = next(iter(ctx.accounts.values()))
         await asyncio.wait_for(consume_trade_updates(ctx, acct, asyncio.Event()), timeout=5)  # returns at once
+        assert sim.tradier_events.sessions_created == 0
     async with make_context(accounts=[sim.account_settings(0)], cycles={"stream": False}) as ctx:
         acct = next(iter(ctx.accounts.values()))
         await asyncio.wait_for(consume_trade_updates(ctx, acct, asyncio.Event()), timeout=5)

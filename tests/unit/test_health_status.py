@@ -153,3 +153,25 @@ def test_jitter_stays_within_bounds() -> None:
     assert min(values) >= 90
     assert max(values) <= 110
     assert jittered(100, 0, rng) == 100
+
+
+def test_stream_views_show_state_and_last_event_age() -> None:
+    from syncd.daemon.health import stream_views
+    from syncd.metrics import Metrics
+
+    m = Metrics()
+    m.stream_state("t", "tradier", "connected", 1_000.0)
+    m.stream_event("t", "tradier", 1_010.0)
+    m.stream_state("a", "alpaca", "connected", 1_000.0)
+    m.stream_state("a", "alpaca", "reconnecting", 1_005.0, "tradier account events: closed")
+    m.stream_state("r", "tradier", "refused", 1_000.0, "401")
+    views = stream_views(m.streams, now=1_012.5)
+    assert views["t"]["connected"] is True and views["t"]["last_event_age_s"] == 2.5 and views["t"]["events"] == 1
+    assert views["a"]["state"] == "reconnecting" and views["a"]["reconnects"] == 1 and views["a"]["last_error"]
+    assert views["r"]["state"] == "refused" and views["r"]["last_event_at"] is None
+    assert m.value("syncd_stream_connected", account="t") == 1 and m.value("syncd_stream_connected", account="r") == 0
+    assert m.value("syncd_stream_reconnects_total", account="a") == 1
+    assert m.value("syncd_stream_events_total", account="t") == 1
+    text = render_text({"status": "ok", "tasks": {}, "streams": views})
+    assert "  t (tradier): connected, last event 2.5s ago, reconnects 0" in text
+    assert "  r (tradier): refused, no event yet, reconnects 0, error: 401" in text

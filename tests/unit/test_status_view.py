@@ -74,7 +74,7 @@ def test_json_numbers_and_ages() -> None:
 
 def test_stream_state_from_config_and_broker() -> None:
     assert stream_state("alpaca", enabled=True) == "unknown"
-    assert stream_state("tradier", enabled=True) == "none"
+    assert stream_state("tradier", enabled=True) == "unknown"  # Tradier's account events stream
     assert stream_state("alpaca", enabled=False) == "off"
 
 

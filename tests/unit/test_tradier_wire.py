@@ -24,7 +24,6 @@ from syncd.brokers.base import (
     BrokerRejected,
     BrokerUnavailable,
     OrderNotFound,
-    StreamNotSupported,
 )
 from syncd.brokers.tradier import TradierBroker, available_quantities, build_order_form
 from syncd.brokers.types import (
@@ -143,11 +142,9 @@ def multileg_json(**over: Any) -> dict[str, Any]:
 # -- shapes: single object, "null", strings -----------------------------------------------
 
 
-async def test_protocol_and_no_stream(broker: TradierBroker) -> None:
+async def test_protocol_and_stream(broker: TradierBroker) -> None:
     assert isinstance(broker, Broker)
-    assert broker.kind == "tradier" and not broker.supports_stream
-    with pytest.raises(StreamNotSupported):
-        await anext(broker.trade_updates())
+    assert broker.kind == "tradier" and broker.supports_stream  # account events: tests/unit/test_tradier_stream_wire.py
 
 
 @pytest.mark.parametrize("empty", ["null", None, " null "])
