@@ -84,3 +84,30 @@ def test_links_between_the_pages_resolve() -> None:
             assert path.exists(), f"{page.name} links to {target}, which does not exist"
             if anchor and path.suffix == ".md":
                 assert anchor in _anchors(path.read_text()), f"{page.name} links to {target}#{anchor}: no such heading"
+
+
+def _module_map() -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("syncd/               the package")
+    return readme[start : readme.index("```", start)]
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(
+        str(p.relative_to(ROOT / "syncd"))
+        for p in (ROOT / "syncd").rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    ),
+)
+def test_the_readme_module_map_names_every_module(module: str) -> None:
+    """Guards issue 12's 'the README's module map matches the tree': a module added or moved is named
+    in the map, in its own package's paragraph."""
+    package, _, name = module.rpartition("/")
+    text = _module_map()
+    if not package:
+        assert re.search(rf"^  {re.escape(name)} ", text, re.M), f"{module} is not in the README's module map"
+        return
+    paragraph = re.search(rf"^  {re.escape(package)}/ .*?(?=^  \S|\Z)", text, re.M | re.S)
+    assert paragraph is not None, f"package {package}/ is not in the README's module map"
+    assert re.search(rf"\b{re.escape(name)}\b", paragraph.group(0)), f"{module} is not in the README's module map"
