@@ -119,4 +119,10 @@ def render_text(body: dict[str, Any]) -> str:
         for acct, view in (task.get("accounts") or {}).items():
             state = f"error: {view['last_error']}" if view.get("last_error") else "ok"
             lines.append(f"  {acct}: {state} (last ok {view.get('last_ok_at') or 'never'})")
+    for acct, streams in (body.get("quote_streams") or {}).items():
+        for name, view in streams.items():
+            age = view.get("last_event_age_s")
+            seen = "no event yet" if age is None else f"last event {age:g}s ago"
+            err = f", error: {view['error']}" if view.get("error") else ""
+            lines.append(f"quotes {acct}/{name}: {view.get('state')}, {view.get('subscribed', 0)} symbols, {seen}{err}")
     return "\n".join(lines)

@@ -93,6 +93,7 @@ class HealthReport:
     database: bool
     reasons: list[str]
     instance: str | None = None
+    quote_streams: dict[str, Any] | None = None  # account -> stream -> state (syncd.daemon.quotes)
 
     @property
     def http_status(self) -> int:
@@ -117,6 +118,7 @@ class HealthReport:
             "database": "ok" if self.database else "unreachable",
             "instance": self.instance,
             "reasons": self.reasons,
+            **({"quote_streams": self.quote_streams} if self.quote_streams is not None else {}),
         }
 
 
@@ -288,6 +290,7 @@ class HealthServer:
         stale_after_s: float,
         instance: str,
         timeout_s: float = DB_TIMEOUT_S,
+        quote_streams: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._pool = pool
         self._queries = queries
@@ -297,6 +300,7 @@ class HealthServer:
         self._stale_after_s = stale_after_s
         self._instance = instance
         self._timeout_s = timeout_s
+        self._quote_streams = quote_streams
         self._last_accounts: dict[str, dict[str, AccountView]] | None = None
         self._runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None
@@ -338,7 +342,7 @@ class HealthServer:
             database = False
             log.debug("health_database_unreachable", error=describe(exc))
         self._metrics.set("syncd_database_up", 1.0 if database else 0.0)
-        return build_report(
+        report = build_report(
             self._tasks(),
             self._last_accounts,
             now=dt.datetime.now(dt.UTC),
@@ -346,6 +350,9 @@ class HealthServer:
             database=database,
             instance=self._instance,
         )
+        if self._quote_streams is not None:
+            report.quote_streams = self._quote_streams()
+        return report
 
     async def _healthz(self, request: web.Request) -> web.Response:
         report = await self.report()

@@ -24,6 +24,7 @@ from syncd.sim.config import SimConfig
 from syncd.sim.engine import Exchange, LegSpec, OrderSpec, SimAccount, SimOrder, SimPosition, TradeEvent
 from syncd.sim.faults import Faults
 from syncd.sim.market import Market, SimClock
+from syncd.sim.quote_stream import QuoteHub
 from syncd.sim.wire import html_error, json_response
 
 log = structlog.get_logger(__name__)
@@ -47,10 +48,12 @@ class Simulator:
         self.exchange = Exchange(config, self.market, builder)
         self.faults = Faults(config.seed)
         self.streams = StreamHub(self.exchange, self.faults, config.stream_conflict)
+        self.quotes = QuoteHub(self.exchange, self.faults)  # market data: /v2/{feed}, /v1beta1/{feed}
         self.request_counts: Counter[str] = Counter()  # "METHOD /path" -> requests (admin excluded)
         self.request_count = 0
         self.url = ""
         self.stream_url = ""
+        self.data_stream_url = ""
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
 
@@ -63,6 +66,7 @@ class Simulator:
 
         app.add_routes(TradierApi(self.exchange, self.faults).routes())
         app.add_routes([web.get("/stream", self.streams.handle)])
+        app.add_routes(self.quotes.routes())
         app.add_routes(AdminApi(self).routes())
         return app
 
@@ -76,6 +80,7 @@ class Simulator:
         shown = f"[{host}]" if ":" in str(host) else str(host)
         self.url = f"http://{shown}:{port}"
         self.stream_url = f"ws://{shown}:{port}/stream"
+        self.data_stream_url = f"ws://{shown}:{port}"  # + /v2/{feed} or /v1beta1/{feed}
         if self.config.tick_s is not None:
             self._ticker = asyncio.create_task(self._tick_forever(self.config.tick_s), name="sim-ticker")
         log.info("sim_started", url=self.url, accounts=len(self.accounts), seed=self.config.seed)
@@ -88,6 +93,7 @@ class Simulator:
                 await self._ticker
             self._ticker = None
         await self.streams.disconnect()
+        await self.quotes.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -131,6 +137,7 @@ class Simulator:
                 base_url=self.url,
                 data_url=self.url,
                 stream_url=self.stream_url,
+                data_stream_url=self.data_stream_url,
             )
         return AccountSettings(
             name=name or f"sim-tradier-{i}",
@@ -155,6 +162,7 @@ class Simulator:
                 self.clock.advance(step)
             self.market.tick(step)
             self.exchange.match_all()
+        self.quotes.publish()
 
     async def advance(self, seconds: float) -> None:
         """Move the clock ``seconds`` ahead, ticking the market along the way, and let
@@ -164,12 +172,14 @@ class Simulator:
             self.clock.advance(seconds / steps)
             self.market.tick(seconds / steps)
             self.exchange.match_all()
+            self.quotes.publish()
             await asyncio.sleep(0)
 
     def set_price(self, symbol: str, bid: Decimal | float | str, ask: Decimal | float | str) -> None:
         """Pin a quote (a stock's options reprice from it); working orders match at once."""
         self.market.set_price(symbol, bid, ask)
         self.exchange.match_all()
+        self.quotes.publish()
 
     def unpin(self, symbol: str) -> None:
         self.market.unpin(symbol)
@@ -284,7 +294,7 @@ class Simulator:
             return await handler(request)
         self.request_count += 1
         self.request_counts[f"{method} {path}"] += 1
-        if path == "/stream":
+        if path == "/stream" or QuoteHub.is_stream_path(path):
             return await handler(request)
         dialect = "tradier" if path.startswith("/v1/") else "alpaca"
         faults = self.faults
