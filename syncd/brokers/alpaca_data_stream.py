@@ -280,6 +280,9 @@ class AlpacaQuoteStream:
                 async for msg in ws:
                     if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                         self._frame(msg.data, on_quote)
+                        # a busy stream has the next frame buffered already, and reading it would not
+                        # yield: let the flusher and everything else run between frames
+                        await asyncio.sleep(0)
                     elif msg.type == aiohttp.WSMsgType.ERROR:
                         raise ConnectionError(f"websocket error: {ws.exception()}")
                 if sender.done() and sender.exception() is not None:

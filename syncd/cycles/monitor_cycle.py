@@ -220,6 +220,21 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
     }
 
 
+async def write_quotes(ctx: Context, account: Account, rows: list[dict[str, Any]]) -> list[str]:
+    """Step 2 alone (and its ``position`` notifications): the live-quote path's coalesced flush.
+
+    Trades are not re-read here (on a large account that read is the expensive part of a pass):
+    their marks stay monitorCycle's, and an exit the quotes fire goes through :func:`judge_quotes`.
+    """
+    q = ctx.queries
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        written = [r["symbol"] for r in await conn.fetch(q["monitor_write_quotes"], account.id, rows)]
+        notes = events.payloads("position", account.name, written)
+        if notes:
+            await conn.fetchval(q["monitor_notify"], notes)
+    return written
+
+
 @dataclass(slots=True)
 class Judged:
     """What :func:`judge_quotes` wrote and decided."""

@@ -39,7 +39,7 @@ from syncd.brokers.alpaca_data_stream import AlpacaQuoteStream, Kind, endpoint
 from syncd.brokers.types import Quote
 from syncd.context import Account, Context
 from syncd.cycles import monitor_cycle
-from syncd.cycles.monitor_cycle import TradeRow, judge_quotes, plan_trades, quote_row, trades_from_rows
+from syncd.cycles.monitor_cycle import TradeRow, judge_quotes, plan_trades, quote_row, trades_from_rows, write_quotes
 from syncd.errors import DB_ERRORS, describe
 from syncd.trading import pnl
 from syncd.trading.outbox import drain_outbox
@@ -144,8 +144,10 @@ class QuoteWatcher:
         self._fire = asyncio.Event()
         self._fired_at: dict[int, float] = {}  # trade id -> monotonic time of the quote that fired it
         self._last_read = 0.0
+        self._read_s = 0.0  # how long the last read of the open trades took
         self._today = monitor_cycle.market_today()
         self.flushes = 0
+        self.flush_seconds = 0.0  # time spent in flush (benchmarks)
         self.views = self.registry.streams.setdefault(account.name, {})
 
     # -- quotes in ---------------------------------------------------------------------
@@ -209,19 +211,46 @@ class QuoteWatcher:
             self.latest.pop(symbol, None)
             self.dirty.discard(symbol)
 
+    def _forget(self, trade_ids: set[int]) -> None:
+        """Trades whose exit is queued are judged no more (the rows read before the queueing say ``open``)."""
+        if not trade_ids:
+            return
+        keep = {i for i, row in enumerate(self.trades) if row.trade.id not in trade_ids}
+        self._by_symbol = {s: [i for i in ix if i in keep] for s, ix in self._by_symbol.items()}
+
     async def read_trades(self) -> None:
+        started = time.perf_counter()
         rows = await self.ctx.pool.fetch(self.ctx.queries["monitor_trade_legs"], self.account.id)
+        self._read_s = time.perf_counter() - started
         self._set_trades(trades_from_rows(rows))
 
-    async def flush(self) -> list[pnl.ExitDecision]:
-        """Write the coalesced quotes, judge every trade from the database, queue exits (one transaction)."""
+    def _take_dirty(self) -> list[dict[str, Any]]:
         symbols = sorted(self.dirty)
         self.dirty.clear()
-        rows = [quote_row(s, self.latest[s]) for s in symbols if s in self.latest]
-        judged = await judge_quotes(self.ctx, self.account, rows, today=monitor_cycle.market_today())
+        return [quote_row(s, self.latest[s]) for s in symbols if s in self.latest]
+
+    async def flush(self) -> None:
+        """The coalesced flush: the latest quote of every symbol that moved, in one statement."""
+        rows = self._take_dirty()
+        started = time.perf_counter()
+        await write_quotes(self.ctx, self.account, rows)
         self.flushes += 1
+        self.flush_seconds += time.perf_counter() - started
+
+    async def judge(self) -> list[pnl.ExitDecision]:
+        """An exit fired: write the quotes, judge every trade from the database, queue exits (one transaction)."""
+        rows = self._take_dirty()
+        started = time.perf_counter()
+        judged = await judge_quotes(self.ctx, self.account, rows, today=monitor_cycle.market_today())
+        self._read_s = time.perf_counter() - started
         self._set_trades(judged.trades)
         return judged.queued
+
+    @property
+    def refresh_s(self) -> float:
+        """How often the open trades are re-read: ``SYMBOLS_REFRESH_S``, longer when the read is slow
+        (a large account), so that it never takes more than a fifth of the database's time."""
+        return max(SYMBOLS_REFRESH_S, 5 * self._read_s)
 
     async def place(self, queued: list[pnl.ExitDecision]) -> None:
         """Drain the outbox now (retrying while another drainer holds it) and observe each exit's latency."""
@@ -299,17 +328,22 @@ class QuoteWatcher:
                     return
                 self._fire.clear()
                 try:
-                    if self.dirty:
+                    if self._fired_at:
                         fired = set(self._fired_at)
-                        queued = await self.flush()
+                        queued = await self.judge()
                         if queued:
                             await self.place(queued)
-                        for trade_id in fired - {e.trade_id for e in queued}:
-                            # judged again from the database and not queued (blocked, or queued by a
-                            # monitorCycle pass): a later quote may fire it again, on fresh rows
+                        self._forget({e.trade_id for e in queued})
+                        for trade_id in fired:
+                            # queued, or judged again from the database and not queued (blocked, or
+                            # queued by a monitorCycle pass): a later quote judges it again on fresh rows
                             self._fired_at.pop(trade_id, None)
-                    elif time.monotonic() - self._last_read >= SYMBOLS_REFRESH_S:
+                    elif time.monotonic() - self._last_read >= self.refresh_s:
+                        if self.dirty:
+                            await self.flush()
                         await self.read_trades()
+                    elif self.dirty:
+                        await self.flush()
                 except DB_ERRORS as exc:  # the poll is the backstop: log, and try again at the next flush
                     log.error("quote_flush_failed", error=describe(exc))
                 for s in (self.stocks, self.options):
