@@ -139,6 +139,11 @@ def parse_quote(msg: dict[str, Any]) -> Quote:
     return check_quote(quote, f"quote.{symbol}", bad)
 
 
+def is_option_symbol(symbol: str) -> bool:
+    """An OCC option symbol (root, YYMMDD, C/P, strike x 1000 in 8 digits)."""
+    return len(symbol) > 15 and symbol[-9] in "CP" and symbol[-8:].isdigit() and symbol[-15:-9].isdigit()
+
+
 def _error_state(code: int | None) -> str:
     if code in (401, 402):
         return "auth_failed"
@@ -184,6 +189,10 @@ class AlpacaQuoteStream:
         self._over_limit_logged = 0
 
     # -- what to watch ------------------------------------------------------------------
+
+    def accepts(self, symbol: str) -> bool:
+        """Whether this connection carries ``symbol`` (options on the option stream, the rest on stocks)."""
+        return is_option_symbol(symbol) == (self.kind == "options")
 
     def want(self, symbols: Iterable[str]) -> None:
         """The symbols to watch from now on (at most ``symbols_limit``: the rest are left to polling)."""

@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 
 from syncd.brokers.alpaca_data_stream import AlpacaQuoteStream, Kind, endpoint
+from syncd.brokers.tradier_market_stream import TradierQuoteStream
 from syncd.brokers.types import Quote
 from syncd.context import Account, Context
 from syncd.cycles import monitor_cycle
@@ -50,13 +51,14 @@ SYMBOLS_REFRESH_S = 2.0  # open trades are re-read at least this often (new trad
 DRAIN_RETRY_S = 5.0  # how long to keep trying to place a queued exit while another drainer holds the lock
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+QuoteStream = AlpacaQuoteStream | TradierQuoteStream
 QuoteStreamFn = Callable[[Context, Account, asyncio.Event], Coroutine[Any, Any, None]]
 OnExit = Callable[[int, float], None]  # (trade id, seconds from the quote to the close order placed)
 
 
 def quotes_supported(account: Account) -> bool:
     """Whether syncd can watch live quotes for this account (a data stream it speaks, and not turned off)."""
-    return account.config.stream_quotes and account.broker.kind == "alpaca"
+    return account.config.stream_quotes and account.broker.kind in ("alpaca", "tradier")
 
 
 def watched_symbols(trades: list[TradeRow]) -> set[str]:
@@ -120,9 +122,21 @@ class QuoteWatcher:
         self.on_exit = on_exit
         cfg = account.config
         self.flush_interval_s = cfg.quote_flush_interval_s
+        timeout = ctx.settings.cycles.broker_timeout_s
+        self.streams: list[QuoteStream] = []
+        if account.broker.kind == "tradier":
+            self.streams.append(
+                TradierQuoteStream(
+                    account=account.name,
+                    base_url=getattr(account.broker, "base_url", None) or cfg.base_url or "",
+                    url=cfg.market_stream_url,
+                    token=cfg.token.get_secret_value() if cfg.token else "",
+                    symbols_limit=cfg.quote_symbols_limit,
+                    timeout_s=timeout,
+                )
+            )
         key = cfg.api_key.get_secret_value() if cfg.api_key else ""
         secret = cfg.api_secret.get_secret_value() if cfg.api_secret else ""
-        timeout = ctx.settings.cycles.broker_timeout_s
 
         def stream(kind: Kind, feed: str) -> AlpacaQuoteStream:
             return AlpacaQuoteStream(
@@ -135,8 +149,8 @@ class QuoteWatcher:
                 timeout_s=timeout,
             )
 
-        self.stocks = stream("stocks", cfg.data_feed)
-        self.options = stream("options", cfg.option_feed)
+        if account.broker.kind == "alpaca":
+            self.streams += [stream("stocks", cfg.data_feed), stream("options", cfg.option_feed)]
         self.latest: dict[str, Quote] = {}
         self.dirty: set[str] = set()
         self.trades: list[TradeRow] = []
@@ -180,7 +194,20 @@ class QuoteWatcher:
         return self.ctx.settings.trading.exit_days_before_expiration
 
     def _stream_of(self, symbol: str) -> str:
-        return self.options.name if _is_option(symbol) else self.stocks.name
+        return next((s.name for s in self.streams if s.accepts(symbol)), "none")
+
+    def by_name(self, name: str) -> QuoteStream:
+        return next(s for s in self.streams if s.name == name)
+
+    @property
+    def stocks(self) -> QuoteStream:
+        """Alpaca's stock stream, or Tradier's one stream (tests and benchmarks)."""
+        return self.streams[0]
+
+    @property
+    def options(self) -> QuoteStream:
+        """Alpaca's option stream, or Tradier's one stream."""
+        return self.streams[-1]
 
     def _with_latest(self, row: TradeRow) -> TradeRow:
         legs = []
@@ -205,8 +232,8 @@ class QuoteWatcher:
         live = {r.trade.id for r in trades if r.trade.status == "open" and not r.trade.exit_pending}
         for trade_id in [t for t in self._fired_at if t not in live]:
             self._fired_at.pop(trade_id, None)
-        self.stocks.want(s for s in watched if not _is_option(s))
-        self.options.want(s for s in watched if _is_option(s))
+        for stream in self.streams:
+            stream.want(s for s in watched if stream.accepts(s))
         for symbol in [s for s in self.latest if s not in watched]:
             self.latest.pop(symbol, None)
             self.dirty.discard(symbol)
@@ -280,8 +307,7 @@ class QuoteWatcher:
         with structlog.contextvars.bound_contextvars(task="quotes", account=self.account.name):
             await self.read_trades()
             tasks = [
-                asyncio.create_task(self._stream(s), name=f"quotes:{self.account.name}:{s.kind}")
-                for s in (self.stocks, self.options)
+                asyncio.create_task(self._stream(s), name=f"quotes:{self.account.name}:{s.kind}") for s in self.streams
             ]
             try:
                 await self._flusher(stop)
@@ -291,11 +317,11 @@ class QuoteWatcher:
                 for t in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await t
-                for s in (self.stocks, self.options):
+                for s in self.streams:
                     self.ctx.metrics.set("syncd_quote_stream_connected", 0, account=self.account.name, stream=s.name)
                 self.registry.streams.pop(self.account.name, None)
 
-    async def _stream(self, stream: AlpacaQuoteStream) -> None:
+    async def _stream(self, stream: QuoteStream) -> None:
         view = self.views.setdefault(stream.name, StreamView())
         account, name = self.account.name, stream.name
         self.ctx.metrics.inc("syncd_quote_stream_reconnects_total", 0.0, account=account, stream=name)
@@ -346,16 +372,12 @@ class QuoteWatcher:
                         await self.flush()
                 except DB_ERRORS as exc:  # the poll is the backstop: log, and try again at the next flush
                     log.error("quote_flush_failed", error=describe(exc))
-                for s in (self.stocks, self.options):
+                for s in self.streams:
                     view = self.views.get(s.name)
                     if view is not None:
                         view.subscribed, view.reconnects = len(s.subscribed), s.reconnects
         finally:
             stopper.cancel()
-
-
-def _is_option(symbol: str) -> bool:
-    return len(symbol) > 9 and symbol[-9] in "CP" and symbol[-8:].isdigit()
 
 
 def quote_stream_fn(registry: QuoteRegistry, on_exit: OnExit | None = None) -> QuoteStreamFn:

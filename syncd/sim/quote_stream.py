@@ -24,6 +24,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import time
+import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -63,19 +65,43 @@ def quote_message(q: SimQuote, binary: bool, bid: Decimal | None = None, ask: De
     }
 
 
+def tradier_quote(q: SimQuote, bid: Decimal | None = None, ask: Decimal | None = None) -> dict[str, Any]:
+    """A Tradier market events ``quote`` (prices as numbers, dates as epoch-millisecond strings)."""
+    ms = str(int(q.at.timestamp() * 1000))
+    return {
+        "type": "quote",
+        "symbol": q.symbol,
+        "bid": float(q.bid if bid is None else bid),
+        "bidsz": q.bid_size,
+        "bidexch": "Q",
+        "biddate": ms,
+        "ask": float(q.ask if ask is None else ask),
+        "asksz": q.ask_size,
+        "askexch": "Q",
+        "askdate": ms,
+    }
+
+
 @dataclass(eq=False)
 class _Conn:
     ws: web.WebSocketResponse
     options: bool
     binary: bool
     account: int | None = None
+    tradier: bool = False  # Tradier's market events: one JSON object per line, no envelope
+    session: str | None = None  # Tradier: the session id the connection was opened with
     quotes: set[str] = field(default_factory=set)
     channels: dict[str, set[str]] = field(default_factory=lambda: {c: set() for c in CHANNELS})
     sent: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
     queue: asyncio.Queue[bytes | str | None] = field(default_factory=asyncio.Queue)
     sender: asyncio.Task[None] | None = None
 
+    def quote(self, q: SimQuote, ask: Decimal | None = None) -> dict[str, Any]:
+        return tradier_quote(q, ask=ask) if self.tradier else quote_message(q, self.binary, ask=ask)
+
     def encode(self, messages: list[dict[str, Any]]) -> bytes | str:
+        if self.tradier:
+            return "\n".join(json.dumps(m, separators=(",", ":")) for m in messages)
         if self.binary:
             return bytes(msgpack.packb(messages, datetime=False))
         return json.dumps(messages, separators=(",", ":"))
@@ -113,6 +139,8 @@ class QuoteHub:
         self._conns: set[_Conn] = set()
         self._flood: asyncio.Task[None] | None = None
         self.sent = 0  # quotes sent so far
+        self.sessions: dict[str, tuple[int, float]] = {}  # Tradier session id -> (account, issued at)
+        self.session_ttl_s = 300.0  # Tradier: a session id is good for 5 minutes until used
 
     def routes(self) -> list[web.RouteDef]:
         stock = "|".join(STOCK_FEEDS)
@@ -120,12 +148,18 @@ class QuoteHub:
         return [
             web.get("/v2/{feed:(" + stock + ")}", self.handle_stocks),
             web.get("/v1beta1/{feed:(" + option + ")}", self.handle_options),
+            web.get("/v1/markets/events", self.handle_tradier),
+            web.post("/v1/markets/events/session", self.handle_tradier_session),
         ]
 
     @staticmethod
     def is_stream_path(path: str) -> bool:
         head, _, feed = path.rpartition("/")
-        return (head == "/v2" and feed in STOCK_FEEDS) or (head == "/v1beta1" and feed in OPTION_FEEDS)
+        return (
+            (head == "/v2" and feed in STOCK_FEEDS)
+            or (head == "/v1beta1" and feed in OPTION_FEEDS)
+            or path == "/v1/markets/events"
+        )
 
     def connections(self, options: bool | None = None) -> int:
         return sum(1 for c in self._conns if c.account is not None and (options is None or c.options == options))
@@ -154,7 +188,7 @@ class QuoteHub:
                 if conn.sent.get(symbol) == key:
                     continue
                 conn.sent[symbol] = key
-                batch.append(quote_message(q, conn.binary))
+                batch.append(conn.quote(q))
             if batch:
                 conn.put(batch)
                 total += len(batch)
@@ -188,7 +222,7 @@ class QuoteHub:
                     for k in range(per_tick):
                         # alternate a cent on the ask: a change every time, the mid wobbling in place
                         bump = Decimal("0.01") if (flip + k) % 2 else Decimal(0)
-                        batch.append(quote_message(q, conn.binary, ask=q.ask + bump))
+                        batch.append(conn.quote(q, ask=q.ask + bump))
                 if batch:
                     conn.put(batch)
                     self.sent += len(batch)
@@ -303,6 +337,76 @@ class QuoteHub:
         if subscribe:
             self._send_now(conn, change["quotes"])
 
+    # -- Tradier: the session, then a websocket fed by payloads ---------------------------
+
+    def new_session(self, account: int) -> dict[str, Any]:
+        """``POST /v1/markets/events/session``'s answer (the Tradier API authenticates the caller)."""
+        sessionid = uuid.uuid4().hex
+        self.sessions[sessionid] = (account, time.monotonic())
+        return {"stream": {"url": "https://stream.tradier.com/v1/markets/events", "sessionid": sessionid}}
+
+    async def handle_tradier_session(self, request: web.Request) -> web.Response:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        acct = self.exchange.by_token.get(token.strip()) if scheme.lower() == "bearer" else None
+        if acct is None or acct.index in self.faults.auth_failed:
+            return web.Response(status=401, text="Invalid Access Token")
+        if acct.index in self.denied:
+            return web.Response(status=403, text="market data is not available for this account")
+        return web.json_response(self.new_session(acct.index))
+
+    async def handle_tradier(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=None, autoping=True, max_msg_size=16 * 1024 * 1024)
+        await ws.prepare(request)
+        conn = _Conn(ws, options=False, binary=False, tradier=True)
+        conn.sender = asyncio.create_task(conn.run_sender(), name="sim-tradier-quote-sender")
+        self._conns.add(conn)
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    data = json.loads(msg.data)
+                    if not isinstance(data, dict):
+                        raise ValueError("not an object")
+                except ValueError:
+                    conn.put([{"error": "invalid payload"}])
+                    continue
+                if not self._tradier_payload(conn, data):
+                    break
+        finally:
+            self._conns.discard(conn)
+            conn.queue.put_nowait(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await conn.sender
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    def _tradier_payload(self, conn: _Conn, data: dict[str, Any]) -> bool:
+        sessionid = data.get("sessionid")
+        entry = self.sessions.get(sessionid) if isinstance(sessionid, str) else None
+        if conn.account is None:
+            if entry is None or time.monotonic() - entry[1] > self.session_ttl_s:
+                conn.put([{"error": "invalid session"}])
+                return False
+            del self.sessions[str(sessionid)]  # used: one connection per session
+            conn.account = entry[0]
+            conn.session = str(sessionid)
+        elif sessionid != conn.session:
+            conn.put([{"error": "invalid session"}])
+            return True
+        symbols = data.get("symbols")
+        if not isinstance(symbols, list) or not all(isinstance(x, str) for x in symbols):
+            conn.put([{"error": "invalid payload"}])
+            return True
+        new = set(symbols)
+        for gone in conn.quotes - new:
+            conn.sent.pop(gone, None)
+        added = new - conn.quotes
+        conn.quotes = new
+        self._send_now(conn, added)
+        return True
+
     def _send_now(self, conn: _Conn, symbols: set[str]) -> None:
         """A new subscription gets the current quote at once (Alpaca sends the next one that happens)."""
         batch = []
@@ -310,7 +414,7 @@ class QuoteHub:
             q = self.market.quote(symbol)
             if q is not None:
                 conn.sent[symbol] = (q.bid, q.ask)
-                batch.append(quote_message(q, conn.binary))
+                batch.append(conn.quote(q))
         if batch:
             conn.put(batch)
             self.sent += len(batch)

@@ -146,6 +146,7 @@ class Simulator:
             account_id=acct.tradier_account_id,
             token=SecretStr(acct.tradier_token),
             base_url=self.url,
+            market_stream_url=f"{self.data_stream_url}/v1/markets/events",
         )
 
     # -- the market ----------------------------------------------------------------

@@ -70,11 +70,17 @@ def syncd_orders(sim: Simulator, index: int = 0) -> list[Any]:
 
 @asynccontextmanager
 async def watching(
-    make_context: Any, sim: Simulator, *, index: int = 0, trading: dict[str, Any] | None = None, **config: Any
+    make_context: Any,
+    sim: Simulator,
+    *,
+    index: int = 0,
+    broker: str = "alpaca",
+    trading: dict[str, Any] | None = None,
+    **config: Any,
 ) -> AsyncIterator[tuple[Context, Account, QuoteWatcher]]:
     """A context on the simulator's account ``index`` (mirrored by one accountSync pass) and its watcher,
     not yet running (:func:`running` starts it, once the test's trades exist)."""
-    settings = sim.account_settings(index, "alpaca")
+    settings = sim.account_settings(index, broker)  # type: ignore[arg-type]
     settings = AccountSettings(**{**settings.model_dump(), **config})
     async with make_context(accounts=[settings], trading=trading or EXITS) as ctx:
         acct = ctx.accounts[settings.name]
@@ -257,3 +263,40 @@ def test_quote_settings_defaults() -> None:
     base = AccountSettings(name="a", broker="alpaca", api_key="k", api_secret="s")
     assert (base.stream_quotes, base.data_feed, base.option_feed) == (True, "iex", "indicative")
     assert (base.quote_flush_interval_s, base.quote_symbols_limit, base.data_stream_url) == (1.0, 30, None)
+
+
+async def test_tradier_stop_loss_over_the_market_events_stream(make_context: Any, sim: Simulator) -> None:
+    """Tradier: a session, then the websocket; the same judgement and the same outbox."""
+    expiration = sim.market.expirations()[3]
+    put = occ_symbol("AAPL", expiration, "put", Decimal(180))
+    sim.add_position(0, "AAPL", 10, "100.00")
+    sim.add_position(0, put, 1, "4.00")
+    sim.set_price("AAPL", "100.00", "100.02")
+    sim.set_price(put, "4.00", "4.10")
+    async with watching(make_context, sim, broker="tradier") as (ctx, acct, watcher):
+        stock = await add_trade(ctx.pool, acct.id, "LONG_STOCK", [("AAPL", "buy")], quantity=10, entry="100", sl=5)
+        await add_trade(ctx.pool, acct.id, "LONG_PUT", [(put, "buy")], quantity=1, entry="4.00", tp=100)
+        async with running(watcher):
+            stream = watcher.by_name("tradier-market")
+            await wait_for(lambda: stream.subscribed == {"AAPL", put}, what="stock and option on one stream")
+            await wait_for(lambda: {"AAPL", put} <= set(watcher.latest), what="first quotes")
+            sim.set_price("AAPL", "94.00", "94.02")
+            await wait_for(lambda: syncd_orders(sim), timeout=5, what="the close order at the simulator")
+            order = syncd_orders(sim)[0]
+            assert (order.symbol, order.side, order.qty) == ("AAPL", "sell", Decimal(10))
+            trade = await ctx.pool.fetchrow("SELECT status, close_reason FROM trades WHERE id = $1", stock)
+            assert trade is not None and (trade["status"], trade["close_reason"]) == ("closing", "stop_loss")
+            await wait_for(lambda: stream.subscribed == {put}, what="the closing trade's symbol dropped")
+            assert sim.quotes.subscribed() == {put}
+            assert watcher.registry.body()[acct.name]["tradier-market"]["connected"] is True
+
+
+async def test_tradier_refused_token_is_a_named_state(make_context: Any, sim: Simulator) -> None:
+    sim.add_position(1, "AAPL", 1, "100.00")
+    async with watching(make_context, sim, index=1, broker="tradier") as (ctx, acct, watcher):
+        sim.faults.auth_failed.add(1)
+        await add_trade(ctx.pool, acct.id, "LONG_STOCK", [("AAPL", "buy")], quantity=1, entry="100", sl=50)
+        async with running(watcher):
+            stream = watcher.by_name("tradier-market")
+            await wait_for(lambda: stream.state == "auth_failed", what="auth_failed")
+            assert stream.reconnects == 0
