@@ -45,6 +45,7 @@ import msgpack
 import structlog
 
 from syncd.brokers.base import BadBrokerData
+from syncd.brokers.parse import is_finite
 from syncd.brokers.sanity import check_quote
 from syncd.brokers.types import Quote
 from syncd.errors import backoff
@@ -111,7 +112,7 @@ def _price(value: Any, key: str) -> Decimal | None:
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal, str)):
         raise ValueError(f"{key} is not a number")
     out = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    if not out.is_finite():
+    if not is_finite(out):
         raise ValueError(f"{key} is not finite")
     return out
 

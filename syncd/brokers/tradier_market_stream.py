@@ -35,6 +35,7 @@ import structlog
 
 from syncd.brokers.alpaca_data_stream import BACKOFF_S, FATAL_STATES, HEALTHY_AFTER_S, OnQuote, OnState, StreamRefused
 from syncd.brokers.base import BadBrokerData
+from syncd.brokers.parse import is_finite
 from syncd.brokers.sanity import check_quote
 from syncd.brokers.types import Quote
 from syncd.errors import backoff
@@ -58,7 +59,7 @@ def _num(value: Any, key: str) -> Decimal | None:
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal, str)):
         raise ValueError(f"{key} is not a number")
     out = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    if not out.is_finite():
+    if not is_finite(out):
         raise ValueError(f"{key} is not finite")
     return out
 

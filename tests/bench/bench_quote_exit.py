@@ -2,6 +2,7 @@
 
     python -m tests.bench.bench_quote_exit [--exits 200] [--accounts 10] [--rate 20]
                                            [--symbols 1000] [--quote-rate 10] [--load-s 20]
+                                           [--broker alpaca|tradier]
 
 Set-up (not timed): a scratch database on the test Postgres with every migration; the simulator in
 a process of its own (wall clock); ``--exits`` stock positions spread over ``--accounts`` Alpaca
@@ -53,6 +54,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--symbols", type=int, default=1000, help="subscribed symbols in the load test (0: skip it)")
     p.add_argument("--quote-rate", type=float, default=10.0, help="quotes per second per symbol in the load test")
     p.add_argument("--load-s", type=float, default=20.0, help="seconds of quote load")
+    p.add_argument("--broker", choices=("alpaca", "tradier"), default="alpaca", help="whose quote stream")
     p.add_argument("--seed", type=int, default=7)
     return p.parse_args()
 
@@ -96,7 +98,10 @@ async def _sim_serve(conn: mpc.Connection, args: argparse.Namespace) -> None:
         sim.set_price(symbol, "50.00", "50.02")
         sim.add_position(load, symbol, 1, "50.00")
         load_symbols.append(symbol)
-    creds = [(a.api_key, a.api_secret) for a in sim.accounts]
+    creds = [
+        (a.api_key, a.api_secret) if args.broker == "alpaca" else (a.tradier_account_id, a.tradier_token)
+        for a in sim.accounts
+    ]
     conn.send((sim.url, sim.stream_url, sim.data_stream_url, creds, per_account, load_symbols))
 
     def command(cmd: tuple[Any, ...]) -> Any:
@@ -192,26 +197,41 @@ async def add_trades(ctx: Context, account_id: int, symbols: list[str], entry: s
     await ctx.pool.execute("ANALYZE")  # fresh tables: give the planner the statistics a live database has
 
 
+def account_settings(
+    args: argparse.Namespace, i: int, key: str, secret: str, url: str, stream_url: str, data_stream_url: str
+) -> AccountSettings:
+    name = f"bench-{i:03d}" if i < args.accounts else "bench-load"
+    limit = max(30, args.exits, args.symbols)
+    if args.broker == "tradier":
+        return AccountSettings(
+            name=name,
+            broker="tradier",
+            account_id=key,
+            token=SecretStr(secret),
+            base_url=url,
+            market_stream_url=f"{data_stream_url}/v1/markets/events",
+            quote_symbols_limit=limit,
+        )
+    return AccountSettings(
+        name=name,
+        broker="alpaca",
+        api_key=SecretStr(key),
+        api_secret=SecretStr(secret),
+        base_url=url,
+        data_url=url,
+        stream_url=stream_url,
+        data_stream_url=data_stream_url,
+        quote_symbols_limit=limit,
+    )
+
+
 def settings_for(args: argparse.Namespace, dsn: str, info: tuple[Any, ...]) -> Settings:
     url, stream_url, data_stream_url, creds, _per_account, _load = info
     return Settings(
         database=DatabaseSettings(dsn=dsn, pool_max=20),
         trading={"enabled": True, "auto_exits": True},
         log=LogSettings(level="warning", format="console"),
-        accounts=[
-            AccountSettings(
-                name=f"bench-{i:03d}" if i < args.accounts else "bench-load",
-                broker="alpaca",
-                api_key=SecretStr(k),
-                api_secret=SecretStr(s),
-                base_url=url,
-                data_url=url,
-                stream_url=stream_url,
-                data_stream_url=data_stream_url,
-                quote_symbols_limit=max(30, args.exits, args.symbols),
-            )
-            for i, (k, s) in enumerate(creds)
-        ],
+        accounts=[account_settings(args, i, k, s, url, stream_url, data_stream_url) for i, (k, s) in enumerate(creds)],
     )
 
 
@@ -251,7 +271,8 @@ async def exits_phase(ctx: Context, args: argparse.Namespace, sim: SimProcess, p
         "SELECT count(*) FROM (SELECT trade_id FROM order_requests GROUP BY trade_id HAVING count(*) > 1) x"
     )
     print(
-        f"quote to exit: {len(ms)} stop-losses crossed at the simulator over {len(accounts)} accounts ({args.rate:g}/s)"
+        f"quote to exit ({args.broker}): {len(ms)} stop-losses crossed at the simulator over "
+        f"{len(accounts)} accounts ({args.rate:g}/s)"
     )
     print(
         f"  simulator quote set -> close order received by the simulator: p50 {percentile(ms, 50):.1f} ms   "
@@ -306,8 +327,8 @@ async def load_phase(ctx: Context, args: argparse.Namespace, sim: SimProcess, sy
     first_half = statistics.fmean(backlogs[:half]) if half else 0
     second_half = statistics.fmean(backlogs[half:])
     print(
-        f"quote load: {len(symbols)} subscribed symbols x {args.quote_rate:g} quotes/s for {wall:.0f} s "
-        f"(target {len(symbols) * args.quote_rate:,.0f} quotes/s)"
+        f"quote load ({args.broker}): {len(symbols)} subscribed symbols x {args.quote_rate:g} quotes/s "
+        f"for {wall:.0f} s (target {len(symbols) * args.quote_rate:,.0f} quotes/s)"
     )
     print(f"  sent by the simulator {sent / wall:,.0f}/s, received by syncd {received / wall:,.0f}/s")
     print(
