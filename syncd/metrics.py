@@ -96,6 +96,12 @@ class Metrics:
             "syncd_stream_last_event_timestamp_seconds", "gauge", "Unix time of the last event on an account's stream"
         )
         self._declare("syncd_outbox_requests_total", "counter", "Outbox request attempts, by account and outcome")
+        self._declare("syncd_quote_events_total", "counter", "Live quotes received, by account and stream")
+        self._declare("syncd_quote_stream_connected", "gauge", "1 while an account's quote stream is connected")
+        self._declare(
+            "syncd_quote_stream_reconnects_total", "counter", "Quote stream reconnects, by account and stream"
+        )
+        self._declare("syncd_quote_exit_latency_seconds", "histogram", "Live quote that fired an exit to close placed")
 
     def _declare(self, name: str, kind: str, help_text: str) -> None:
         self._help[name] = (kind, help_text)

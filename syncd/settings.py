@@ -147,6 +147,29 @@ class AccountSettings(_Section):
     data_url: str | None = None
     stream_url: str | None = None
     rate_limit_per_min: int | None = Field(None, ge=1, le=10_000)  # default: the broker's budget
+    # -- live quotes for exits (docs/configuration.md, "Exits on live quotes") --
+    stream_quotes: bool = True  # subscribe to live quotes for open trades' legs where the broker has a data stream
+    quote_flush_interval_s: float = Field(1.0, ge=0.05, le=60)  # coalesced quotes reach the database this often
+    quote_symbols_limit: int = Field(30, ge=1, le=100_000)  # symbols one quote connection subscribes at most
+    data_stream_url: str | None = None  # alpaca: scheme and host; syncd adds /v2/{data_feed}, /v1beta1/{option_feed}
+    data_feed: Literal["iex", "sip", "delayed_sip", "test"] = "iex"  # alpaca stocks
+    option_feed: Literal["indicative", "opra"] = "indicative"  # alpaca options
+    market_stream_url: str | None = None  # tradier: the market events websocket (the whole URL)
+
+    @field_validator("data_stream_url")
+    @classmethod
+    def _ws_host(cls, v: str | None) -> str | None:
+        url = _check_url(v, ("ws", "wss"))
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.path or parts.query or parts.fragment:
+                raise ValueError(f"must be scheme and host only (syncd adds /v2/{{feed}}), got {v!r}")
+        return url
+
+    @field_validator("market_stream_url")
+    @classmethod
+    def _ws_market(cls, v: str | None) -> str | None:
+        return _check_url(v, ("ws", "wss"))
 
     @field_validator("base_url", "data_url")
     @classmethod

@@ -109,7 +109,7 @@ def demo_accounts(sim: Simulator) -> list[AccountSettings]:
 def demo_settings(dsn: str, sim: Simulator, *, listen: str) -> Settings:
     accounts = demo_accounts(sim)
     for acct in accounts:  # trading is enabled: every byte must go to the simulator
-        for url in (acct.base_url, acct.data_url, acct.stream_url):
+        for url in (acct.base_url, acct.data_url, acct.stream_url, acct.data_stream_url, acct.market_stream_url):
             host = urlsplit(url).hostname if url else "127.0.0.1"
             if host not in ("127.0.0.1", "localhost"):
                 raise DemoError(f"account {acct.name} does not point at the simulator")

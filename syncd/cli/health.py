@@ -182,4 +182,10 @@ def render_text(body: dict[str, Any]) -> str:
         lines.append(
             f"  {acct} ({view.get('broker')}): {view.get('state')}, {seen}, reconnects {view.get('reconnects', 0)}{err}"
         )
+    for acct, streams in (body.get("quote_streams") or {}).items():
+        for name, view in streams.items():
+            age = view.get("last_event_age_s")
+            seen = "no event yet" if age is None else f"last event {age:g}s ago"
+            err = f", error: {view['error']}" if view.get("error") else ""
+            lines.append(f"quotes {acct}/{name}: {view.get('state')}, {view.get('subscribed', 0)} symbols, {seen}{err}")
     return "\n".join(lines)

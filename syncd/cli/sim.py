@@ -90,6 +90,8 @@ def banner(sim: Simulator, show: int) -> str:
     lines = [
         f"syncd simulator listening on {sim.url}  (seed {sim.config.seed}, {len(sim.accounts)} accounts)",
         f"  Alpaca trading + data: {sim.url}   trade_updates: {sim.stream_url}",
+        f"  Alpaca market data stream: {sim.data_stream_url}/v2/iex, /v1beta1/indicative   "
+        f"Tradier market events: {sim.data_stream_url}/v1/markets/events",
         f"  Tradier: {sim.url}/v1   account events: {sim.tradier_stream_url}   admin: {sim.url}/_sim/state",
         "",
     ]
@@ -121,6 +123,7 @@ def banner(sim: Simulator, show: int) -> str:
             f'  base_url = "{sim.url}"',
             f'  data_url = "{sim.url}"',
             f'  stream_url = "{sim.stream_url}"',
+            f'  data_stream_url = "{sim.data_stream_url}"',
         ]
     lines += ["", "Ctrl-C stops it.", ""]
     return "\n".join(lines)

@@ -166,8 +166,14 @@ def trade_exit_row(e: pnl.ExitDecision) -> dict[str, Any]:
     return {"trade_id": e.trade_id, "reason": e.rule, "qty": e.quantity}
 
 
-def plan_trades(trades: Sequence[TradeRow], *, today: dt.date, exit_days: int, exits_enabled: bool) -> Plan:
-    """Evaluate every trade; collect the changed prices/P&L and the exits to queue."""
+def plan_trades(
+    trades: Sequence[TradeRow], *, today: dt.date, exit_days: int, exits_enabled: bool, log_blocked: bool = True
+) -> Plan:
+    """Evaluate every trade; collect the changed prices/P&L and the exits to queue.
+
+    The one place exit rules are judged: a monitorCycle pass and each live quote
+    (:mod:`syncd.daemon.quotes`, ``log_blocked=False`` there: it runs on every tick) both call it.
+    """
     plan = Plan([], [], Counter(), 0)
     for row in trades:
         state = pnl.evaluate(row.trade)
@@ -184,7 +190,7 @@ def plan_trades(trades: Sequence[TradeRow], *, today: dt.date, exit_days: int, e
             plan.exits.append(decision)
         elif decision is not None:
             plan.blocked[decision] += 1
-            if decision in ("no_two_sided_quote", "nothing_available"):
+            if log_blocked and decision in ("no_two_sided_quote", "nothing_available"):
                 log.info("exit_blocked", trade_id=row.trade.id, reason=decision)
     return plan
 
@@ -203,12 +209,58 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
         # call does, so a refused account is not "ok" here (ctx.auth; syncd.daemon.passes).
         await account.broker.get_account()
     quotes_s = time.perf_counter() - t_quotes
-    rows = quote_rows(symbols, quotes)
-    trading = ctx.settings.trading
-    exits_enabled = trading.enabled and trading.auto_exits
+    judged = await judge_quotes(ctx, account, quote_rows(symbols, quotes), today=today)
+    plan = judged.plan
+    return {
+        "positions": len(symbols),
+        "quoted": sum(1 for s in symbols if s in quotes),
+        "positions_written": len(judged.written),
+        "trades": len(judged.trades),
+        "monitorable": plan.monitorable,
+        "trades_written": len(judged.trades_written),
+        "exits_queued": len(judged.queued),
+        **{f"exits_blocked_{k}": v for k, v in sorted(plan.blocked.items())},
+        "quotes_ms": round(quotes_s * 1000, 1),
+    }
 
+
+async def write_quotes(ctx: Context, account: Account, rows: list[dict[str, Any]]) -> list[str]:
+    """Step 2 alone (and its ``position`` notifications): the live-quote path's coalesced flush.
+
+    Trades are not re-read here (on a large account that read is the expensive part of a pass):
+    their marks stay monitorCycle's, and an exit the quotes fire goes through :func:`judge_quotes`.
+    """
+    q = ctx.queries
     async with ctx.pool.acquire() as conn, conn.transaction():
         written = [r["symbol"] for r in await conn.fetch(q["monitor_write_quotes"], account.id, rows)]
+        notes = events.payloads("position", account.name, written)
+        if notes:
+            await conn.fetchval(q["monitor_notify"], notes)
+    return written
+
+
+@dataclass(slots=True)
+class Judged:
+    """What :func:`judge_quotes` wrote and decided."""
+
+    written: list[str]  # symbols whose position rows changed
+    trades: list[TradeRow]  # the live trades as read (after the quotes were written)
+    plan: Plan
+    trades_written: list[int]
+    queued: list[pnl.ExitDecision]
+
+
+async def judge_quotes(ctx: Context, account: Account, rows: list[dict[str, Any]], *, today: dt.date) -> Judged:
+    """Steps 2-5 in one transaction: write ``rows`` (``quote_row``), evaluate every trade, queue exits, notify.
+
+    A monitorCycle pass gives one row per held symbol; the live-quote path
+    (:mod:`syncd.daemon.quotes`) only the symbols that moved since its last flush.
+    """
+    q = ctx.queries
+    trading = ctx.settings.trading
+    exits_enabled = trading.enabled and trading.auto_exits
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        written = [r["symbol"] for r in await conn.fetch(q["monitor_write_quotes"], account.id, rows)] if rows else []
         trades = trades_from_rows(await conn.fetch(q["monitor_trade_legs"], account.id))
         plan = plan_trades(
             trades, today=today, exit_days=trading.exit_days_before_expiration, exits_enabled=exits_enabled
@@ -221,18 +273,7 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
         notes = _notifications(account.name, written, trades_written, queued)
         if notes:
             await conn.fetchval(q["monitor_notify"], notes)
-
-    return {
-        "positions": len(symbols),
-        "quoted": sum(1 for s in symbols if s in quotes),
-        "positions_written": len(written),
-        "trades": len(trades),
-        "monitorable": plan.monitorable,
-        "trades_written": len(trades_written),
-        "exits_queued": len(queued),
-        **{f"exits_blocked_{k}": v for k, v in sorted(plan.blocked.items())},
-        "quotes_ms": round(quotes_s * 1000, 1),
-    }
+    return Judged(written, trades, plan, trades_written, queued)
 
 
 async def _queue_exits(

@@ -97,6 +97,7 @@ class HealthReport:
     reasons: list[str]
     instance: str | None = None
     streams: dict[str, dict[str, Any]] = field(default_factory=dict)  # by account: see stream_views
+    quote_streams: dict[str, Any] | None = None  # account -> stream -> state (syncd.daemon.quotes)
 
     @property
     def http_status(self) -> int:
@@ -122,6 +123,7 @@ class HealthReport:
             "instance": self.instance,
             "reasons": self.reasons,
             "streams": self.streams,
+            **({"quote_streams": self.quote_streams} if self.quote_streams is not None else {}),
         }
 
 
@@ -353,6 +355,7 @@ class HealthServer:
         snapshot_s: float = SNAPSHOT_S,
         max_connections: int = MAX_CONNECTIONS,
         head_timeout_s: float = HEAD_TIMEOUT_S,
+        quote_streams: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._pool = pool
         self._queries = queries
@@ -365,6 +368,7 @@ class HealthServer:
         self._snapshot_s = snapshot_s
         self._max_connections = max_connections
         self._head_timeout_s = head_timeout_s
+        self._quote_streams = quote_streams
         self._last_accounts: dict[str, dict[str, AccountView]] | None = None
         self._database = False
         self._slow_reads = 0  # snapshot reads in a row that ran past their deadline
@@ -473,6 +477,8 @@ class HealthServer:
             instance=self._instance,
         )
         report.streams = stream_views(self._metrics.streams, now.timestamp())
+        if self._quote_streams is not None:
+            report.quote_streams = self._quote_streams()
         return report
 
     async def report(self) -> HealthReport:

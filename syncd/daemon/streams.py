@@ -39,6 +39,8 @@ class Streams:
         restart_backoff: Callable[[int], float],
         spawn: Spawn,
         accounts: Iterable[Account] | None = None,
+        can_stream: Callable[[Account], bool] | None = None,
+        kind: str = "stream",
     ) -> None:
         self.ctx = ctx
         self._stream = stream
@@ -46,6 +48,9 @@ class Streams:
         self._spawn = spawn
         self._by_id = {a.id: a for a in (accounts if accounts is not None else ctx.accounts.values())}
         self._running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        # which accounts get a consumer (default: a broker with a trade stream); ``kind`` names the tasks
+        self._can_stream = can_stream or (lambda a: a.broker.supports_stream)
+        self._kind = kind
 
     def running(self) -> frozenset[int]:
         return frozenset(self._running)
@@ -56,16 +61,16 @@ class Streams:
             self._stop(account_id)
         for account_id in acquired:
             account = self._by_id.get(account_id)
-            if account is not None and account.broker.supports_stream and account_id not in self._running:
+            if account is not None and self._can_stream(account) and account_id not in self._running:
                 stop = asyncio.Event()
-                task = asyncio.create_task(self._loop(account, stop), name=f"stream:{account.name}")
+                task = asyncio.create_task(self._loop(account, stop), name=f"{self._kind}:{account.name}")
                 task.add_done_callback(log_unretrieved)
                 self._running[account_id] = (task, stop)
 
     async def _loop(self, account: Account, stop: asyncio.Event) -> None:
         """Consume the account's trade updates until told to stop (restart with backoff if it raises)."""
         failures = 0
-        with structlog.contextvars.bound_contextvars(task="stream", account=account.name):
+        with structlog.contextvars.bound_contextvars(task=self._kind, account=account.name):
             while not stop.is_set():
                 try:
                     await self._stream(self.ctx, account, stop)

@@ -148,6 +148,7 @@ class Supervisor:
         tasks: Sequence[TaskDef] | None = None,
         interval_for: IntervalFn | None = None,
         stream: StreamFn | None = None,
+        quotes: bool = False,
         rng: random.Random | None = None,
         restart_backoff: Callable[[int], float] = backoff,
         watchdog_grace_s: float = WATCHDOG_GRACE_S,
@@ -170,6 +171,20 @@ class Supervisor:
         self.streams: Streams | None = None
         if stream is not None and ctx.settings.cycles.stream:
             self.streams = Streams(ctx, stream, restart_backoff=restart_backoff, spawn=self._spawn)
+        # live quotes for exits (syncd.daemon.quotes): one watcher per held account that can stream quotes
+        from syncd.daemon.quotes import QuoteRegistry, quote_stream_fn, quotes_supported
+
+        self.quote_registry = QuoteRegistry()
+        self.quote_streams: Streams | None = None
+        if quotes:
+            self.quote_streams = Streams(
+                ctx,
+                quote_stream_fn(self.quote_registry),
+                restart_backoff=restart_backoff,
+                spawn=self._spawn,
+                can_stream=quotes_supported,
+                kind="quotes",
+            )
         self.housekeeping = Housekeeping(ctx, stop=stop)
         self.watchdog = Watchdog(
             self._notifier, stop=stop, loops=self._loops, status=self.status_line, grace_s=watchdog_grace_s
@@ -231,6 +246,8 @@ class Supervisor:
             await asyncio.gather(*pending, return_exceptions=True)
         if self.streams is not None:
             await self.streams.stop_all()
+        if self.quote_streams is not None:
+            await self.quote_streams.stop_all()
         self._leases_stop.set()
         others = [t for t in self._background if not t.done()]
         lease_tasks = [t for t in others if t.get_name() == "leases"]
@@ -434,6 +451,8 @@ class Supervisor:
                 self._wake[name].set()
         if self.streams is not None and not self._stop.is_set():
             self.streams.follow(acquired, lost)
+        if self.quote_streams is not None and not self._stop.is_set():
+            self.quote_streams.follow(acquired, lost)
 
     def status_line(self) -> str:
         return status_line(len(self.leases.held()), len(self.ctx.accounts), self.views)
@@ -500,6 +519,7 @@ async def running(
             tasks=tasks,
             interval_for=market_interval_fn(),
             stream=stream_fn(),
+            quotes=True,
         )
         server: HealthServer | None = None
         if settings.health.listen:
@@ -511,6 +531,7 @@ async def running(
                 account_names=list(ctx.accounts),
                 stale_after_s=settings.health.stale_after_s,
                 instance=ctx.instance,
+                quote_streams=supervisor.quote_registry.body,
             )
             host, port = await server.start(settings.health.listen)
             stack.push_async_callback(server.stop)

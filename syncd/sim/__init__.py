@@ -2,9 +2,11 @@
 
 One aiohttp server speaks the Alpaca trading API (``/v2/...``), Alpaca market data
 (``/v2/stocks/...``, ``/v1beta1/options/...``), Alpaca's ``trade_updates`` websocket
-(``/stream``), the Tradier API (``/v1/...``) and Tradier's account events stream
-(``POST /v1/accounts/events/session``, then ``/v1/accounts/events``), with the real
-field names, types and quirks, so the syncd adapters, alpaca-py's own ``TradingClient``/``TradingStream``
+(``/stream``), Alpaca's real-time market data websockets (``/v2/{feed}`` for stocks,
+``/v1beta1/{feed}`` for options: :mod:`syncd.sim.quote_stream`), the Tradier API (``/v1/...``)
+and Tradier's account events stream (``POST /v1/accounts/events/session``, then
+``/v1/accounts/events``), with the real field names, types and quirks, so the syncd
+adapters, alpaca-py's own ``TradingClient``/``TradingStream``
 and curl all work against it unmodified. Behind them sits one book per account,
 reachable in both dialects, and one seeded market. ``syncd sim`` runs it standalone.
 
@@ -27,7 +29,8 @@ its clients). Blocking clients (alpaca-py's ``TradingClient``) go through
 
 ``sim.url`` is ``http://127.0.0.1:PORT`` (base_url and data_url of every account);
 ``sim.stream_url`` is ``ws://127.0.0.1:PORT/stream``, ``sim.tradier_stream_url``
-``ws://127.0.0.1:PORT/v1/accounts/events``. Useful config (``SimConfig``):
+``ws://127.0.0.1:PORT/v1/accounts/events``; ``sim.data_stream_url`` is
+``ws://127.0.0.1:PORT`` (an account's ``data_stream_url``). Useful config (``SimConfig``):
 ``clock="manual"`` + ``start_time`` for reproducible timestamps, ``market_open``,
 ``fill_on_submit`` (False: nothing fills until ``tick()``/``fill()``),
 ``partial_fills`` (+ ``partial_fill_steps``), ``tick_s`` (a background ticker, for
@@ -85,6 +88,10 @@ Driving scenarios
 - Streams: ``await sim.disconnect_streams(account=None)`` closes them server-side;
   ``sim.streams.connected(i)`` / ``listening(i)``; Tradier's: ``sim.tradier_events.connected(i)``,
   ``sessions_created``; ``sim.events`` lists every trade event emitted (both streams carry each).
+- Live quotes: ``sim.quotes`` publishes every subscribed quote that changed after each tick,
+  ``advance`` and ``set_price`` (so ``POST /_sim/price`` moves one deterministically);
+  ``sim.quotes.subscribed()``, ``connections()``, ``flood(rate)`` (load tests),
+  ``symbol_limit`` (405 beyond it), ``denied`` (accounts answered 409), ``disconnect()``.
 - Counting: ``sim.request_count``, ``sim.request_counts`` ("METHOD /path" -> n),
   ``sim.requests("/v2/orders", method="POST")``.
 

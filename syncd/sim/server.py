@@ -34,6 +34,7 @@ from syncd.sim.engine import (
 )
 from syncd.sim.faults import Faults
 from syncd.sim.market import Market, SimClock
+from syncd.sim.quote_stream import QuoteHub
 from syncd.sim.tradier_api import TradierApi
 from syncd.sim.tradier_stream import STREAM_PATH, TradierEventsHub
 from syncd.sim.wire import html_error, json_response
@@ -64,10 +65,12 @@ class Simulator:
             self.exchange, self.faults, self._tradier_api, heartbeat_s=config.tradier_heartbeat_s
         )
         self.tradier_stream_url = ""
+        self.quotes = QuoteHub(self.exchange, self.faults)  # market data: /v2/{feed}, /v1beta1/{feed}
         self.request_counts: Counter[str] = Counter()  # "METHOD /path" -> requests (admin excluded)
         self.request_count = 0
         self.url = ""
         self.stream_url = ""
+        self.data_stream_url = ""
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
 
@@ -79,6 +82,7 @@ class Simulator:
         app.add_routes(self._tradier_api.routes())
         app.add_routes(self.tradier_events.routes())
         app.add_routes([web.get("/stream", self.streams.handle)])
+        app.add_routes(self.quotes.routes())
         app.add_routes(AdminApi(self).routes())
         return app
 
@@ -93,6 +97,7 @@ class Simulator:
         self.url = f"http://{shown}:{port}"
         self.stream_url = f"ws://{shown}:{port}/stream"
         self.tradier_stream_url = self.tradier_events.url = f"ws://{shown}:{port}{STREAM_PATH}"
+        self.data_stream_url = f"ws://{shown}:{port}"  # + /v2/{feed} or /v1beta1/{feed}
         if self.config.tick_s is not None:
             self._ticker = asyncio.create_task(self._tick_forever(self.config.tick_s), name="sim-ticker")
         log.info("sim_started", url=self.url, accounts=len(self.accounts), seed=self.config.seed)
@@ -106,6 +111,7 @@ class Simulator:
             self._ticker = None
         await self.streams.disconnect()
         await self.tradier_events.disconnect()
+        await self.quotes.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -149,6 +155,7 @@ class Simulator:
                 base_url=self.url,
                 data_url=self.url,
                 stream_url=self.stream_url,
+                data_stream_url=self.data_stream_url,
             )
         return AccountSettings(
             name=name or f"sim-tradier-{i}",
@@ -158,6 +165,7 @@ class Simulator:
             token=SecretStr(acct.tradier_token),
             base_url=self.url,
             stream_url=self.tradier_stream_url,
+            market_stream_url=f"{self.data_stream_url}/v1/markets/events",
         )
 
     def share_tradier_token(self, *accounts: AccountRef) -> str:
@@ -179,6 +187,7 @@ class Simulator:
                 self.clock.advance(step)
             self.market.tick(step)
             self.exchange.match_all()
+        self.quotes.publish()
 
     async def advance(self, seconds: float) -> None:
         """Move the clock ``seconds`` ahead, ticking the market along the way, and let
@@ -188,6 +197,7 @@ class Simulator:
             self.clock.advance(seconds / steps)
             self.market.tick(seconds / steps)
             self.exchange.match_all()
+            self.quotes.publish()
             await asyncio.sleep(0)
 
     def expire(self, on: dt.date | None = None) -> int:
@@ -218,6 +228,7 @@ class Simulator:
         """Pin a quote (a stock's options reprice from it); working orders match at once."""
         self.market.set_price(symbol, bid, ask)
         self.exchange.match_all()
+        self.quotes.publish()
 
     def unpin(self, symbol: str) -> None:
         self.market.unpin(symbol)
@@ -332,7 +343,7 @@ class Simulator:
             return await handler(request)
         self.request_count += 1
         self.request_counts[f"{method} {path}"] += 1
-        if path in ("/stream", "/v1/accounts/events"):  # the websockets: no HTTP faults
+        if path in ("/stream", "/v1/accounts/events") or QuoteHub.is_stream_path(path):  # websockets: no HTTP faults
             return await handler(request)
         dialect = "tradier" if path.startswith("/v1/") else "alpaca"
         faults = self.faults

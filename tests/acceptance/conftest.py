@@ -57,7 +57,7 @@ def account_toml(acct: AccountSettings) -> dict[str, Any]:
         secret = getattr(acct, key)
         if secret is not None:
             data[key] = secret.get_secret_value()
-    for key in ("base_url", "data_url", "stream_url"):
+    for key in ("base_url", "data_url", "stream_url", "data_stream_url", "market_stream_url"):
         if getattr(acct, key):
             data[key] = getattr(acct, key)
     return data
