@@ -380,6 +380,7 @@ class HealthServer:
         self._server: asyncio.Server | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._open: set[asyncio.Task[None]] = set()
+        self._writers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._silent: dict[asyncio.StreamWriter, float] = {}  # connections that have not sent their head yet
         self.shed = 0  # connections refused or evicted at the limit
         self.timed_out = 0  # connections closed for not sending a request in time
@@ -517,7 +518,14 @@ class HealthServer:
             return
         task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
         self._open.add(task)
-        task.add_done_callback(self._open.discard)
+        self._writers[task] = writer
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._open.discard(task)
+        writer = self._writers.pop(task, None)
+        if writer is not None and not writer.transport.is_closing():  # cancelled before it was served
+            writer.close()
 
     def _evict_one(self) -> bool:
         """Close the oldest connection silent for ``EVICT_AFTER_S``; True if one was closed."""

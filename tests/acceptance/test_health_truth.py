@@ -42,7 +42,8 @@ async def test_refused_credentials_are_not_ok_for_any_task(
     assert body["status"] == "degraded"
     monitor = body["tasks"]["monitorCycle"]["accounts"]  # type: ignore[index]
     assert (
-        "credentials" in monitor["sim-alpaca-0"]["last_error"].lower() or "401" in monitor["sim-alpaca-0"]["last_error"]
+        # either the remembered refusal ("credentials refused ...") or monitorCycle's own cheap call's 401/403
+        any(word in monitor["sim-alpaca-0"]["last_error"].lower() for word in ("credentials", "not authorised"))
     )
     assert monitor["sim-alpaca-1"]["last_error"] is None
     assert (

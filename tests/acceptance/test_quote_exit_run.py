@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -61,10 +62,15 @@ async def test_a_quote_move_closes_the_trade_within_a_second(
 
     rows = await fetch(dsn, "SELECT kind, state FROM order_requests WHERE trade_id = $1", trade_id)
     assert [r["kind"] for r in rows] == ["close"]
-    status, body = await daemon.healthz() or (0, {})
-    assert status == 200
-    stocks = body["quote_streams"][account.name]["alpaca-stocks"]
-    assert stocks["connected"] is True and stocks["last_event_age_s"] is not None
+
+    async def stream_shown() -> dict[str, Any] | None:
+        # /healthz is served from a snapshot renewed every second: the stream shows up in the next one.
+        status, body = await daemon.healthz() or (0, {})
+        stocks = (body.get("quote_streams") or {}).get(account.name, {}).get("alpaca-stocks") or {}
+        shown = status == 200 and stocks.get("connected") and stocks.get("last_event_age_s") is not None
+        return body if shown else None
+
+    await wait_for(stream_shown, timeout=10, what="/healthz showing the connected quote stream")
     code, out, _err = await run_cli("health", "--url", daemon.health_url)
     assert code == 0 and f"quotes {account.name}/alpaca-stocks: connected" in out
     _status, metrics = await daemon.get("/metrics")

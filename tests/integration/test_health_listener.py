@@ -4,6 +4,7 @@ per request; silent clients timed out; at the connection limit, silent ones make
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +26,8 @@ async def get(host: str, port: int, path: str = "/healthz") -> tuple[int, bytes]
     writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
     answer = await reader.read()
     writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), body
 
@@ -34,7 +37,7 @@ def server(pool: asyncpg.Pool[Any], **kw: Any) -> HealthServer:
         pool=pool,
         queries=load_queries(),
         metrics=health_mod.DaemonMetrics(),
-        tasks=lambda: {"accountSync": TaskView(started_at=NOW, last_ok_at=NOW)},
+        tasks=lambda: {"accountSync": TaskView(started_at=NOW, last_ok_at=dt.datetime.now(dt.UTC))},  # never stale
         account_names=[],
         stale_after_s=300,
         instance="t",
@@ -79,6 +82,8 @@ async def test_a_silent_client_is_closed_after_the_head_timeout(pool: asyncpg.Po
         writer.write(b"GET /healthz HTTP/1.1\r\n")  # half a head, then nothing
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server, nothing answered
         writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
         assert s.timed_out == 1
         assert (await get(host, port))[0] == 200
     finally:
@@ -104,6 +109,8 @@ async def test_at_the_limit_a_silent_connection_makes_room_else_503(
         assert code == 503 and b"too many connections" in body
         for _, w in silent:
             w.close()
+            with contextlib.suppress(OSError):
+                await w.wait_closed()
     finally:
         await s.stop()
 
@@ -116,9 +123,13 @@ async def test_bad_requests_get_a_clear_status(pool: asyncpg.Pool[Any]) -> None:
         writer.write(b"POST /healthz HTTP/1.1\r\n\r\n")
         assert (await reader.read()).startswith(b"HTTP/1.1 405 ")
         writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"hello\r\n\r\n")
         assert (await reader.read()).startswith(b"HTTP/1.1 400 ")
         writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
     finally:
         await s.stop()
