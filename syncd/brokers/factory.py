@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 
-from syncd.brokers.alpaca import AlpacaBroker
 from syncd.brokers.base import Broker
-from syncd.brokers.http import RetryPolicy
-from syncd.brokers.tradier import TradierBroker
 from syncd.settings import AccountSettings
+
+if TYPE_CHECKING:
+    from syncd.brokers.http import RetryPolicy
 
 
 def build_broker(
@@ -26,8 +27,14 @@ def build_broker(
     ``on_request(broker, endpoint, status)`` is called after every HTTP attempt (for
     ``syncd_broker_requests_total``); ``timeout_s`` bounds each request.
     """
+    # Each adapter is imported when an account needs it: alpaca-py (and the pandas it imports)
+    # only when an Alpaca account is configured.
     if account.broker == "alpaca":
+        from syncd.brokers.alpaca import AlpacaBroker
+
         return AlpacaBroker(account, session=session, timeout_s=timeout_s, on_request=on_request, retry=retry)
     if account.broker == "tradier":
+        from syncd.brokers.tradier import TradierBroker
+
         return TradierBroker(account, session=session, timeout_s=timeout_s, on_request=on_request, retry=retry)
     raise ValueError(f"account {account.name!r}: unknown broker {account.broker!r}")

@@ -152,8 +152,10 @@ async def timed(
     )
     if profiler is not None:
         out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
-        print(out.getvalue()[:9000], flush=True)
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats("syncd|asyncpg|json", 40)
+        print(out.getvalue()[:16000], flush=True)
     return f
 
 
