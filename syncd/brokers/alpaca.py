@@ -364,8 +364,10 @@ class AlpacaBroker:
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
         """Latest quotes for stocks and OCC options, batched; symbols Alpaca lacks are absent."""
         wanted = list(dict.fromkeys(s for s in symbols if s))
-        options = [s for s in wanted if option_spec_or_none(s) is not None]
-        stocks = [s for s in wanted if option_spec_or_none(s) is None]
+        options: list[str] = []
+        stocks: list[str] = []
+        for s in wanted:
+            (stocks if option_spec_or_none(s) is None else options).append(s)
         jobs = [self._stock_quotes(b) for b in batches(stocks, STOCK_BATCH)]
         jobs += [self._option_quotes(b) for b in batches(options, OPTION_BATCH)]
         out: dict[str, Quote] = {}

@@ -22,12 +22,14 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from syncd.brokers.parse import as_utc, decimal_or_none
+from syncd.brokers.parse import MAX_INTEGER_DIGITS, MAX_SIGNIFICANT_DIGITS, as_utc, decimal_or_none
 from syncd.brokers.types import Greeks, Quote
 
 Bad = Callable[[str, str], Exception]
 
 _GREEKS = ("delta", "gamma", "rho", "theta", "vega")
+_SHORT = min(MAX_INTEGER_DIGITS, MAX_SIGNIFICANT_DIGITS)
+_INT_LIMIT = 10**MAX_INTEGER_DIGITS
 
 
 class _Unreadable(ValueError):
@@ -40,7 +42,18 @@ def _number(obj: dict[str, Any], key: str, where: str, *, required: bool) -> Dec
         if required:
             raise _Unreadable(f"{where}.{key}: field required")
         return None
-    if type(value) is bool or isinstance(value, (dict, list)):
+    kind = type(value)
+    if kind is Decimal:
+        # The HTTP core's exact Decimal of a JSON fraction: finite (NaN and the infinities are not
+        # JSON fractions). Written in at most _SHORT characters without an exponent, it cannot hold
+        # more digits than syncd keeps (decimal_or_none's own fast path for strings).
+        text = str(value)  # C; as_tuple() builds a named tuple in Python
+        if len(text) <= _SHORT and "E" not in text:
+            number: Decimal = value
+            return number
+    elif kind is int and -_INT_LIMIT < value < _INT_LIMIT:
+        return Decimal(value)
+    elif kind is bool or kind is dict or kind is list:
         raise _Unreadable(f"{where}.{key}: not a number")
     try:
         out = decimal_or_none(value)

@@ -195,3 +195,16 @@ async def test_everything_the_simulator_serves_agrees(sim: Simulator, http: aioh
             agree(sym, copy.deepcopy(snap), option=True)
             compared += 1
     assert compared >= 40
+
+
+@pytest.mark.parametrize(
+    "value", [Decimal("1234567890123456.5"), Decimal("1.2345678901234567890123"), Decimal("1E+16"), 10**16, True]
+)
+def test_numbers_past_the_digit_limits_are_refused(value: Any) -> None:
+    """The fast path for the HTTP core's Decimals and ints still refuses what syncd cannot keep exactly."""
+    snap = exact(stock_snapshot(1.0, 1.1, 1.05))
+    snap["latestQuote"]["bp"] = value
+    with pytest.raises(BadBrokerData) as ei:
+        snapshot_quote("AAPL", snap, bad, option=False)
+    assert ei.value.field == "snapshots.AAPL"
+    assert "latestQuote.bp" in str(ei.value)
