@@ -31,6 +31,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.bench.bench_account_sync --accounts 1000 --positions 50
 	$(PY) -m tests.bench.bench_monitor --accounts 1000 --positions 50
+	$(PY) -m tests.bench.bench_cycles --accounts 1000 --positions 50
+	$(PY) -m tests.bench.bench_startup
 	$(PY) -m tests.bench.bench_fill_latency
 	$(PY) -m tests.bench.bench_quote_exit
 	$(PY) -m tests.bench.bench_alpaca_adapter

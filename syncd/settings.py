@@ -14,7 +14,6 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,8 +28,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "SYNCD_"
 DEFAULT_PATHS = (Path("syncd.toml"), Path("/etc/syncd/syncd.toml"))
@@ -217,40 +214,33 @@ def _read_secret_file(path: Path, key: str) -> str:
     return text
 
 
-class _SyncdSource(PydanticBaseSettingsSource):
-    """TOML file, then ``SYNCD_`` environment overrides (sections and accounts)."""
+def _read_sources(path: Path | None, env: Mapping[str, str], origins: _Origins) -> dict[str, Any]:
+    """TOML file, then ``SYNCD_`` environment overrides (sections and accounts).
 
-    def __init__(self, settings_cls: type[BaseSettings], path: Path | None, env: Mapping[str, str]):
-        super().__init__(settings_cls)
-        self._path = path
-        self._env = env
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        raise NotImplementedError  # __call__ builds the whole dict at once
-
-    def __call__(self) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        if self._path is not None:
-            try:
-                with self._path.open("rb") as fh:
-                    data = tomllib.load(fh)
-            except OSError as exc:
-                raise ConfigError(f"config file {str(self._path)!r}: {exc.strerror}") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"config file {str(self._path)!r}: not valid TOML: {exc}") from None
-        origins = _ORIGINS.get() or _Origins()  # recorded only within load_settings
-        for name, value in sorted(self._env.items()):
-            if not name.startswith(ENV_PREFIX) or "__" not in name:
-                continue
-            where = _apply_env(data, name, name[len(ENV_PREFIX) :].lower().split("__"), value)
-            origins.env[where] = name
-        accounts = data.get("accounts")
-        if isinstance(accounts, list):
-            origins.account_names = [
-                str(a["name"]) if isinstance(a, dict) and isinstance(a.get("name"), str) and a["name"] else None
-                for a in accounts
-            ]
-        return data
+    ``origins`` learns which keys came from which variable. Plain pydantic, not
+    pydantic-settings: importing that package cost about 40 ms of every start-up.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"config file {str(path)!r}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r}: not valid TOML: {exc}") from None
+    for name, value in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        where = _apply_env(data, name, name[len(ENV_PREFIX) :].lower().split("__"), value)
+        origins.env[where] = name
+    accounts = data.get("accounts")
+    if isinstance(accounts, list):
+        origins.account_names = [
+            str(a["name"]) if isinstance(a, dict) and isinstance(a.get("name"), str) and a["name"] else None
+            for a in accounts
+        ]
+    return data
 
 
 def _account_env_key(name: str) -> str:
@@ -299,7 +289,7 @@ class _Origins:
     account_names: list[str | None] = field(default_factory=list)
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     database: DatabaseSettings = DatabaseSettings()
     cycles: CyclesSettings = CyclesSettings()
     trading: TradingSettings = TradingSettings()
@@ -307,7 +297,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     accounts: list[AccountSettings] = []
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     @field_validator("accounts")
     @classmethod
@@ -319,18 +309,6 @@ class Settings(BaseSettings):
             seen.add(acct.name)
         return v
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path, env = _SOURCE_ARGS.get((None, {}))
-        return (init_settings, _SyncdSource(settings_cls, path, env))
-
     def secret_values(self) -> list[str]:
         """Every secret in the config, for the log redactor."""
         values = [s for acct in self.accounts for s in acct.secret_values()]
@@ -341,12 +319,6 @@ class Settings(BaseSettings):
             if acct.name == name:
                 return acct
         raise KeyError(name)
-
-
-# The source needs the file path and environment of this one load; a ContextVar keeps
-# ``load_settings`` re-entrant without a module-level mutable global.
-_SOURCE_ARGS: ContextVar[tuple[Path | None, Mapping[str, str]]] = ContextVar("_SOURCE_ARGS")
-_ORIGINS: ContextVar[_Origins | None] = ContextVar("_ORIGINS", default=None)
 
 
 def resolve_config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:
@@ -364,16 +336,12 @@ def resolve_config_path(explicit: str | None, env: Mapping[str, str] | None = No
 
 def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
     """Load and validate; raise ``ConfigError`` naming every bad key."""
-    token = _SOURCE_ARGS.set((path, dict(os.environ if env is None else env)))
     origins = _Origins()
-    origins_token = _ORIGINS.set(origins)
+    data = _read_sources(path, dict(os.environ if env is None else env), origins)
     try:
-        return Settings()
+        return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, origins)) from None
-    finally:
-        _ORIGINS.reset(origins_token)
-        _SOURCE_ARGS.reset(token)
 
 
 def _where(loc: tuple[str | int, ...], origins: _Origins) -> str:

@@ -93,7 +93,7 @@ def make_context(dsn: str) -> Any:
 
     def factory(accounts: list[Any] | None = None, **sections: dict[str, Any]) -> Any:
         database = {"dsn": dsn, **sections.pop("database", {})}
-        settings = Settings(database=database, accounts=accounts or [], **sections)  # type: ignore[arg-type]
+        settings = Settings(database=database, accounts=accounts or [], **sections)
         return open_context(settings, instance="test")
 
     return factory

@@ -25,7 +25,6 @@ from urllib.parse import quote
 
 import aiohttp
 import structlog
-from alpaca.data.models.snapshots import OptionsSnapshot, Snapshot
 from alpaca.trading import enums as ae
 from alpaca.trading.models import Clock as AlpacaClock
 from alpaca.trading.models import Order as AlpacaOrder
@@ -36,6 +35,7 @@ from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest, Optio
 from alpaca.trading.stream import TradingStream
 from pydantic import ValidationError
 
+from syncd.brokers.alpaca_quotes import snapshot_quote
 from syncd.brokers.base import (
     BadBrokerData,
     BrokerAuthFailed,
@@ -52,7 +52,6 @@ from syncd.brokers.types import (
     AssetClass,
     Balances,
     Clock,
-    Greeks,
     Intent,
     OptionEvent,
     OptionEventKind,
@@ -365,8 +364,10 @@ class AlpacaBroker:
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
         """Latest quotes for stocks and OCC options, batched; symbols Alpaca lacks are absent."""
         wanted = list(dict.fromkeys(s for s in symbols if s))
-        options = [s for s in wanted if option_spec_or_none(s) is not None]
-        stocks = [s for s in wanted if option_spec_or_none(s) is None]
+        options: list[str] = []
+        stocks: list[str] = []
+        for s in wanted:
+            (stocks if option_spec_or_none(s) is None else options).append(s)
         jobs = [self._stock_quotes(b) for b in batches(stocks, STOCK_BATCH)]
         jobs += [self._option_quotes(b) for b in batches(options, OPTION_BATCH)]
         out: dict[str, Quote] = {}
@@ -385,8 +386,7 @@ class AlpacaBroker:
         for sym, snap in raw.items():
             if snap is None:
                 continue
-            parsed = self._snapshot(Snapshot, sym, snap)
-            out[sym] = self._checked_quote(sym, parsed.latest_quote, parsed.latest_trade, None)
+            out[sym] = check_quote(snapshot_quote(sym, snap, self._bad, option=False), f"snapshots.{sym}", self._bad)
         return out
 
     async def _option_quotes(self, symbols: list[str]) -> dict[str, Quote]:
@@ -404,24 +404,8 @@ class AlpacaBroker:
             for sym, snap in snaps.items():
                 if snap is None:
                     continue
-                parsed = self._snapshot(OptionsSnapshot, sym, snap)
-                greeks = parsed.greeks
-                try:
-                    greeks_ = (
-                        Greeks(
-                            delta=decimal_or_none(greeks.delta if greeks else None),
-                            gamma=decimal_or_none(greeks.gamma if greeks else None),
-                            theta=decimal_or_none(greeks.theta if greeks else None),
-                            vega=decimal_or_none(greeks.vega if greeks else None),
-                            rho=decimal_or_none(greeks.rho if greeks else None),
-                            implied_volatility=decimal_or_none(parsed.implied_volatility),
-                        )
-                        if greeks is not None or parsed.implied_volatility is not None
-                        else None
-                    )
-                except (InvalidOperation, ValueError) as exc:
-                    raise self._bad(f"cannot read the greeks of {sym}: {exc}", f"snapshots.{sym}.greeks") from None
-                out[sym] = self._checked_quote(sym, parsed.latest_quote, parsed.latest_trade, greeks_)
+                quote = snapshot_quote(sym, snap, self._bad, option=True)
+                out[sym] = check_quote(quote, f"snapshots.{sym}", self._bad)
             token = body.get("next_page_token")
             if not token:
                 return out
@@ -607,16 +591,6 @@ class AlpacaBroker:
         except (ValidationError, ValueError, TypeError) as exc:
             raise self._bad(f"cannot read {what}: {_validation_summary(exc)}", _field_of(exc, what)) from None
 
-    def _snapshot(self, model: Callable[..., _M], symbol: str, data: Any) -> _M:
-        if not isinstance(data, dict):
-            raise self._bad(f"snapshot of {symbol} is not an object", f"snapshots.{symbol}")
-        try:
-            return model(symbol, data)
-        except (ValidationError, ValueError, TypeError, AttributeError) as exc:
-            raise self._bad(
-                f"cannot read the snapshot of {symbol}: {_validation_summary(exc)}", f"snapshots.{symbol}"
-            ) from None
-
     def _dec(self, value: Any, field: str) -> Decimal | None:
         try:
             return decimal_or_none(value)
@@ -624,13 +598,6 @@ class AlpacaBroker:
             raise self._bad(f"{field}: {exc}", field) from None
         except (InvalidOperation, ValueError):
             raise self._bad(f"{field} is not a number", field) from None
-
-    def _checked_quote(self, symbol: str, q: Any, trade: Any, greeks: Greeks | None) -> Quote:
-        try:
-            quote_ = _quote(symbol, q, trade, greeks)
-        except (InvalidOperation, ValueError) as exc:
-            raise self._bad(f"cannot read the snapshot of {symbol}: {exc}", f"snapshots.{symbol}") from None
-        return check_quote(quote_, f"snapshots.{symbol}", self._bad)
 
     def _req_dec(self, value: Any, field: str) -> Decimal:
         out = self._dec(value, field)
@@ -841,19 +808,6 @@ def _asset_class(ac: ae.AssetClass | None) -> AssetClass:
     if ac in (ae.AssetClass.CRYPTO, ae.AssetClass.CRYPTO_PERP):
         return AssetClass.CRYPTO
     return AssetClass.US_EQUITY
-
-
-def _quote(symbol: str, q: Any, trade: Any, greeks: Greeks | None) -> Quote:
-    return Quote(
-        symbol=symbol,
-        bid=decimal_or_none(q.bid_price) if q is not None else None,
-        ask=decimal_or_none(q.ask_price) if q is not None else None,
-        last=decimal_or_none(trade.price) if trade is not None else None,
-        bid_size=decimal_or_none(q.bid_size) if q is not None else None,
-        ask_size=decimal_or_none(q.ask_size) if q is not None else None,
-        at=as_utc(q.timestamp) if q is not None else (as_utc(trade.timestamp) if trade is not None else None),
-        greeks=greeks,
-    )
 
 
 def _is_business_403(body: Any) -> bool:

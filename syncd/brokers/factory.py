@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from syncd.brokers.alpaca import AlpacaBroker
 from syncd.brokers.base import Broker
-from syncd.brokers.http import RetryPolicy
-from syncd.brokers.tradier import TradierBroker
 from syncd.settings import AccountSettings
+
+if TYPE_CHECKING:
+    from syncd.brokers.http import RetryPolicy
 
 
 def build_broker(
@@ -31,9 +31,15 @@ def build_broker(
     for all the accounts of a process) lets Tradier accounts under one token share that
     token's one account events connection (Tradier allows one streaming session at a time).
     """
+    # Each adapter is imported when an account needs it: alpaca-py (and the pandas it imports)
+    # only when an Alpaca account is configured.
     if account.broker == "alpaca":
+        from syncd.brokers.alpaca import AlpacaBroker
+
         return AlpacaBroker(account, session=session, timeout_s=timeout_s, on_request=on_request, retry=retry)
     if account.broker == "tradier":
+        from syncd.brokers.tradier import TradierBroker
+
         key = None
         if shared is not None and account.token is not None:
             token = hashlib.sha256(account.token.get_secret_value().encode()).hexdigest()  # no secret kept in a key

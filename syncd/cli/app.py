@@ -16,13 +16,14 @@ from collections.abc import Sequence
 from syncd import __version__
 from syncd.cli import demo, health, run, sim, status, sync, verify
 from syncd.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, CommandError, fail, load_config
-from syncd.settings import redacted_dict, to_toml
 
 # The modules that add commands, in --help order; each defines ``register(subparsers) -> None``.
 COMMAND_MODULES = (run, health, status, demo, sync, verify, sim)
 
 
 def _config_check(args: argparse.Namespace) -> int:
+    from syncd.settings import redacted_dict, to_toml
+
     settings = load_config(args, setup_logging=False)
     data = redacted_dict(settings)
     print(json.dumps(data, indent=2) if args.json else to_toml(data))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from syncd.logs import configure_logging
-from syncd.settings import ConfigError, Settings, load_settings, resolve_config_path
+if TYPE_CHECKING:  # each command imports what it needs when it runs, so ``syncd --help`` stays instant
+    from syncd.settings import Settings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -28,6 +29,9 @@ def load_config(args: argparse.Namespace, *, setup_logging: bool = True) -> Sett
 
     Raises ``CommandError`` with exit code 2 when the configuration is invalid.
     """
+    from syncd.logs import configure_logging
+    from syncd.settings import ConfigError, load_settings, resolve_config_path
+
     path = resolve_config_path(getattr(args, "config", None))
     try:
         settings = load_settings(path)

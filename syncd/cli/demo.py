@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from syncd.cli.common import EXIT_CONFIG, EXIT_OK, CommandError
-from syncd.logs import configure_logging
-from syncd.settings import LogSettings
 
 DEMO_DEMOTED = ("account_pass", "migration_applied")  # at debug in the demo (a failed pass still shows)
 
@@ -37,6 +35,8 @@ def register(subparsers: Any) -> None:
 
 def demo_command(args: argparse.Namespace) -> int:
     from syncd.cli.demo_stack import DemoError, default_state_dir, run_demo
+    from syncd.logs import configure_logging
+    from syncd.settings import LogSettings
 
     # Quiet start (issue 13): the per-pass account_pass lines go to debug (failures still show), so
     # the banner and the order events stand out; pgserver's initdb/pg_ctl dumps and platformdirs'

@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from syncd.cli.common import EXIT_FAILED, EXIT_OK, load_config
-from syncd.errors import describe
-from syncd.logs import configure_logging
-from syncd.settings import LogSettings, Settings
+
+if TYPE_CHECKING:  # imported when the command runs: ``syncd --help`` imports no HTTP client
+    from syncd.settings import Settings
 
 HTTP_TIMEOUT_S = 5.0
 
@@ -49,6 +47,9 @@ def exit_code(status: str, *, strict: bool) -> int:
 
 
 def health_command(args: argparse.Namespace) -> int:
+    from syncd.logs import configure_logging
+    from syncd.settings import LogSettings
+
     settings: Settings | None = None
     if args.url:
         configure_logging(LogSettings(level="warning"))
@@ -61,7 +62,10 @@ def health_command(args: argparse.Namespace) -> int:
 
 async def _ask(url: str) -> dict[str, Any] | str:
     """The daemon's /healthz body at ``url``, or why it could not be had."""
+    import aiohttp
+
     from syncd.daemon.health import fetch_report
+    from syncd.errors import describe
 
     try:
         _status, body = await fetch_report(url, HTTP_TIMEOUT_S)
@@ -95,6 +99,7 @@ async def _gather(url: str | None, settings: Settings | None) -> dict[str, Any]:
     assert settings is not None
     from syncd.daemon.health import DB_DOWN_ERRORS, listen_url
     from syncd.db import create_pool
+    from syncd.errors import describe
 
     fallback = listen_url(settings.health.listen)
     try:

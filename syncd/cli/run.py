@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from typing import Any
-
-import structlog
+from typing import TYPE_CHECKING, Any
 
 from syncd.cli.common import EXIT_FAILED, EXIT_OK, load_config
-from syncd.errors import describe
-from syncd.settings import Settings
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:  # imported when the command runs, so ``syncd --help`` stays instant
+    from syncd.settings import Settings
+
+
+def _log() -> Any:
+    import structlog
+
+    return structlog.get_logger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -32,9 +35,11 @@ def run_command(args: argparse.Namespace) -> int:
     settings = load_config(args)  # CommandError(exit 2) on a bad config
     try:
         asyncio.run(run_until_signalled(settings, migrate=not args.no_migrate))
-    except Exception as exc:  # the daemon's last line of defence: log it, exit 1
+    except Exception as exc:  # noqa: BLE001  # the daemon's last line of defence: logged with exc_info, exit 1
         # Logged only: stderr stays one JSON object per line (docs/operations.md), no plain "syncd: ..." after it.
-        log.error("daemon_fatal", error=describe(exc), exc_info=exc)
+        from syncd.errors import describe
+
+        _log().error("daemon_fatal", error=describe(exc), exc_info=exc)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -57,7 +62,7 @@ async def run_until_signalled(settings: Settings, *, migrate: bool) -> None:
 
 def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
     if stop.is_set():
-        log.info("stop_already_requested", signal=sig.name)
+        _log().info("stop_already_requested", signal=sig.name)
     else:
-        log.info("stop_requested", signal=sig.name)
+        _log().info("stop_requested", signal=sig.name)
     stop.set()

@@ -10,12 +10,12 @@ import argparse
 import asyncio
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd.cli.common import EXIT_OK
-from syncd.logs import configure_logging
-from syncd.settings import LogSettings
-from syncd.sim import SimConfig, Simulator, start_simulator
+
+if TYPE_CHECKING:  # imported when the command runs: ``syncd --help`` imports no simulator
+    from syncd.sim import SimConfig, Simulator
 
 DEFAULT_PORT = 8788
 
@@ -57,6 +57,10 @@ def _non_negative(value: str) -> int:
 
 
 def run_sim(args: argparse.Namespace) -> int:
+    from syncd.logs import configure_logging
+    from syncd.settings import LogSettings
+    from syncd.sim import SimConfig
+
     configure_logging(LogSettings(format="console", level="info"))
     config = SimConfig(
         seed=args.seed,
@@ -76,6 +80,8 @@ async def _serve(config: SimConfig, show: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from syncd.sim import start_simulator
+
     sim = await start_simulator(config)
     try:
         sys.stdout.write(banner(sim, show))

@@ -20,14 +20,13 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
-
-import asyncpg
+from typing import TYPE_CHECKING, Any
 
 from syncd.cli import numbers as fmt
 from syncd.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, CommandError, chosen_accounts, load_config
-from syncd.errors import describe
-from syncd.settings import Settings
+
+if TYPE_CHECKING:  # imported when the command runs, so ``syncd --help`` stays instant
+    from syncd.settings import Settings
 
 WIDTH = 80
 TRADES_SHOWN = 10  # per account in the text view; --json lists every one
@@ -67,7 +66,10 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 async def _read(settings: Settings, names: list[str]) -> Status:
+    import asyncpg
+
     from syncd.db import connect, load_queries
+    from syncd.errors import describe
 
     try:
         conn = await connect(settings.database)

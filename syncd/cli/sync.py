@@ -19,20 +19,23 @@ import argparse
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
-
-import structlog
+from typing import TYPE_CHECKING, Any
 
 from syncd.cli.common import EXIT_FAILED, EXIT_OK, chosen_accounts, load_config
-from syncd.context import Account, Context, open_context
-from syncd.cycles import TASKS, AccountPass, TaskSpec, task_by_short
-from syncd.daemon.passes import PassResult, run_pass
-from syncd.errors import DB_ERRORS, describe
-from syncd.settings import Settings
+from syncd.cycles import TASKS, TaskSpec, task_by_short
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:  # imported when a command runs: ``syncd --help`` imports no database or HTTP client
+    from syncd.context import Account, Context
+    from syncd.daemon.passes import PassResult
+    from syncd.settings import Settings
 
-_DB_ERRORS = DB_ERRORS
+
+def _log() -> Any:
+    import structlog
+
+    return structlog.get_logger(__name__)
+
+
 _STAT_KEYS_FIRST = ("positions", "upserted", "deleted", "events", "imported")
 
 
@@ -121,14 +124,15 @@ def sync_once_command(args: argparse.Namespace) -> int:
     settings = load_config(args)
     names = chosen_accounts(settings, args.accounts)
     specs = chosen_tasks(args.tasks)
-    fns = [(spec, spec.account_pass) for spec in specs]
-    return asyncio.run(sync_once(settings, names, fns, migrate=not args.no_migrate))
+    return asyncio.run(sync_once(settings, names, specs, migrate=not args.no_migrate))
 
 
-async def sync_once(
-    settings: Settings, names: list[str] | None, passes: Sequence[tuple[TaskSpec, AccountPass]], *, migrate: bool
-) -> int:
-    """One pass of each task over the active accounts; print the results; the exit code."""
+async def sync_once(settings: Settings, names: list[str] | None, specs: Sequence[TaskSpec], *, migrate: bool) -> int:
+    """One pass of each task over the active accounts; print the results; the exit code.
+
+    The cycles (and the HTTP client and brokers with them) are imported only when there are
+    accounts to run them on: a start-up with none costs settings, logging and the migrations.
+    """
     if migrate:
         from syncd.db import apply_migrations
 
@@ -136,18 +140,21 @@ async def sync_once(
     if not settings.accounts:
         print("no accounts configured", flush=True)
         return EXIT_OK
+    from syncd.context import open_context
+    from syncd.daemon.passes import run_pass
+
     t0 = time.perf_counter()
     failed = False
     async with open_context(settings) as ctx:
         active = await ctx.active_accounts(names)
         width = max(len(n) for n in (names or ctx.accounts))
         _print_paused(names, ctx, active, width)
-        for spec, fn in passes:
-            summary = await run_pass(ctx, spec.name, fn, active)
+        for spec in specs:
+            summary = await run_pass(ctx, spec.name, spec.account_pass, active)
             for r in summary.results:
                 print(result_line(spec.name, r, width), flush=True)
             failed = failed or not summary.ok
-    log.info(
+    _log().info(
         "sync_once_finished", ok=not failed, accounts=len(active), duration_ms=round((time.perf_counter() - t0) * 1000)
     )
     return EXIT_FAILED if failed else EXIT_OK
@@ -164,9 +171,12 @@ def import_positions_command(args: argparse.Namespace) -> int:
 
 async def import_all(settings: Settings, names: list[str] | None, *, sync_first: bool, migrate: bool = True) -> int:
     """Sync (unless told not to), then import each active account's uncovered positions; print; exit code."""
+    from syncd.context import open_context
     from syncd.cycles.account_sync import sync_pass
     from syncd.cycles.importer import import_positions
+    from syncd.daemon.passes import run_pass
     from syncd.db import apply_migrations
+    from syncd.errors import DB_ERRORS, describe
 
     if migrate:  # like sync-once: it writes, so the schema must be current
         await apply_migrations(settings.database)
@@ -193,8 +203,8 @@ async def import_all(settings: Settings, names: list[str] | None, *, sync_first:
             async with sem:
                 try:
                     imported = await import_positions(ctx, acct)
-                except _DB_ERRORS as exc:
-                    log.error("import_failed", account=acct.name, error=describe(exc))
+                except DB_ERRORS as exc:
+                    _log().error("import_failed", account=acct.name, error=describe(exc))
                     return acct, f"FAILED  import: {describe(exc)}", False
                 lines = [f"imported {len(imported)} trade(s)" if imported else "nothing to import"]
                 lines += [f"  #{t.trade_id} {t.plan.describe()}" for t in imported]

@@ -16,9 +16,7 @@ import asyncio
 import json
 import shlex
 from collections.abc import Sequence
-from typing import Any
-
-import asyncpg
+from typing import TYPE_CHECKING, Any
 
 from syncd.cli.common import (
     EXIT_CONFIG,
@@ -29,10 +27,10 @@ from syncd.cli.common import (
     chosen_accounts,
     load_config,
 )
-from syncd.context import open_context
-from syncd.cycles.verify import AccountReport, as_json, render_text, verify_accounts
-from syncd.errors import DB_ERRORS
-from syncd.settings import Settings
+
+if TYPE_CHECKING:  # imported when the command runs, so ``syncd --help`` stays instant
+    from syncd.cycles.verify import AccountReport
+    from syncd.settings import Settings
 
 
 def register(subparsers: Any) -> None:
@@ -67,6 +65,8 @@ def verify_command(args: argparse.Namespace) -> int:
             "or pass --config; `syncd demo` writes one)",
             EXIT_CONFIG,
         )
+    from syncd.cycles.verify import as_json, render_text
+
     names = chosen_accounts(settings, args.accounts)
     reports, paused = asyncio.run(_run(settings, names))
     if args.json:
@@ -82,6 +82,12 @@ def verify_command(args: argparse.Namespace) -> int:
 
 
 async def _run(settings: Settings, names: list[str] | None) -> tuple[list[AccountReport], list[str]]:
+    import asyncpg
+
+    from syncd.context import open_context
+    from syncd.cycles.verify import verify_accounts
+    from syncd.errors import DB_ERRORS
+
     try:
         async with open_context(settings) as ctx:
             active = await ctx.active_accounts(names)

@@ -17,16 +17,17 @@ daemon or the CLI (they import this).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from syncd.context import Account, Context
-from syncd.cycles import account_sync, monitor_cycle, trade_cycle
-from syncd.settings import CyclesSettings
+if TYPE_CHECKING:  # the registry stays cheap to import: ``syncd --help`` reads it
+    from syncd.context import Account, Context
+    from syncd.settings import CyclesSettings
 
 TaskName = Literal["accountSync", "tradeCycle", "monitorCycle"]
-AccountPass = Callable[[Context, Account], Awaitable[dict[str, Any]]]
+AccountPass = Callable[["Context", "Account"], Awaitable[dict[str, Any]]]
 IntervalKey = Literal["account_interval_s", "trade_interval_s", "monitor_interval_s"]
 
 
@@ -36,7 +37,13 @@ class TaskSpec:
     name: TaskName  # sync_runs.task, task_health.task, metrics label
     interval_key: IntervalKey  # its [cycles] interval
     market_paced: bool  # closed_market_interval_s while every broker's market is closed
-    account_pass: AccountPass
+    module: str  # the cycle module (under syncd.cycles) whose ``account_pass`` runs the task
+
+    @property
+    def account_pass(self) -> AccountPass:
+        """The task's pass function, its module imported on first use (not by ``--help``)."""
+        fn: AccountPass = importlib.import_module(f"syncd.cycles.{self.module}").account_pass
+        return fn
 
     def interval(self, cycles: CyclesSettings) -> float:
         """The task's regular interval (the market cadence may stretch it)."""
@@ -45,9 +52,9 @@ class TaskSpec:
 
 
 TASKS: tuple[TaskSpec, ...] = (
-    TaskSpec("account", "accountSync", "account_interval_s", False, account_sync.account_pass),
-    TaskSpec("trade", "tradeCycle", "trade_interval_s", True, trade_cycle.account_pass),
-    TaskSpec("monitor", "monitorCycle", "monitor_interval_s", True, monitor_cycle.account_pass),
+    TaskSpec("account", "accountSync", "account_interval_s", False, "account_sync"),
+    TaskSpec("trade", "tradeCycle", "trade_interval_s", True, "trade_cycle"),
+    TaskSpec("monitor", "monitorCycle", "monitor_interval_s", True, "monitor_cycle"),
 )
 
 

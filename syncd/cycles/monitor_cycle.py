@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -42,6 +42,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from syncd.brokers.parse import WIDE
 from syncd.brokers.types import Quote
 from syncd.context import Account, Context
 from syncd.db import events
@@ -68,7 +69,11 @@ async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
 
 
 def quote_row(symbol: str, q: Quote | None) -> dict[str, Any]:
-    """One ``quote_row`` (0013) by attribute name; a symbol the broker did not quote gets no bid/ask."""
+    """One ``quote_row`` (0013) by attribute name; a symbol the broker did not quote gets no bid/ask.
+
+    The mid is exact in any context for accepted broker prices (at most 20 digits); ``quote_rows``
+    computes the whole list under WIDE, one context switch for all of them.
+    """
     g = q.greeks if q is not None else None
     bid = q.bid if q is not None else None
     ask = q.ask if q is not None else None
@@ -78,7 +83,7 @@ def quote_row(symbol: str, q: Quote | None) -> dict[str, Any]:
         "bid": bid,
         "ask": ask,
         "last": last,
-        "price": pnl.mid(bid, ask, last),
+        "price": pnl.mid_wide(bid, ask, last),  # quote_rows holds WIDE for the whole list
         "quote_at": q.at if q is not None else None,
         "delta": g.delta if g else None,
         "gamma": g.gamma if g else None,
@@ -89,8 +94,9 @@ def quote_row(symbol: str, q: Quote | None) -> dict[str, Any]:
 
 
 def quote_rows(symbols: Sequence[str], quotes: dict[str, Quote]) -> list[dict[str, Any]]:
-    """``monitor_write_quotes``'s rows, one per held symbol."""
-    return [quote_row(symbol, quotes.get(symbol)) for symbol in symbols]
+    """``monitor_write_quotes``'s rows, one per held symbol (the mids computed exactly, under WIDE)."""
+    with localcontext(WIDE):
+        return [quote_row(symbol, quotes.get(symbol)) for symbol in symbols]
 
 
 # -- trades -----------------------------------------------------------------------------------

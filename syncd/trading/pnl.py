@@ -65,14 +65,17 @@ def two_sided(bid: Decimal | None, ask: Decimal | None) -> bool:
     return bid is not None and ask is not None and bid >= ZERO and ask > ZERO and ask >= bid
 
 
-@exact
-def mid(bid: Decimal | None, ask: Decimal | None, last: Decimal | None = None) -> Decimal | None:
-    """Mid of a two-sided quote, else ``last`` (which may be None)."""
+def mid_wide(bid: Decimal | None, ask: Decimal | None, last: Decimal | None = None) -> Decimal | None:
+    """:func:`mid` for a caller already under :data:`~syncd.brokers.parse.WIDE` (one context for many quotes)."""
     if two_sided(bid, ask):
         assert bid is not None
         assert ask is not None
         return (bid + ask) / 2
     return last
+
+
+mid = exact(mid_wide)
+mid.__doc__ = """Mid of a two-sided quote, else ``last`` (which may be None)."""
 
 
 @exact
