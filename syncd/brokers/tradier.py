@@ -101,6 +101,7 @@ _STATUS: dict[str, OrderStatus] = {
     "calculated": OrderStatus.CALCULATED,
     "accepted_for_bidding": OrderStatus.ACCEPTED_FOR_BIDDING,
     "held": OrderStatus.HELD,
+    "pending_cancel": OrderStatus.PENDING_CANCEL,  # in Tradier's OpenAPI order-status enum
 }
 
 # Tradier side -> (our side, intent)
