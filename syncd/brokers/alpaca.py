@@ -644,18 +644,19 @@ class AlpacaBroker:
         sign = Decimal(-1) if p.side == ae.PositionSide.SHORT else Decimal(1)
         qty = self._req_dec(p.qty, f"{what}.qty")
         available = self._dec(p.qty_available, f"{what}.qty_available")
+        symbol = p.symbol.strip()  # Alpaca's own example position says "AAPL "
         is_option = p.asset_class == ae.AssetClass.US_OPTION
         option = None
         if is_option:
             try:
-                option = parse_occ(p.symbol)
+                option = parse_occ(symbol)
             except ValueError as exc:
                 raise self._bad(f"{what}.symbol: {exc}", f"{what}.symbol") from None
         # copy_abs/copy_negate are exact whatever the decimal context (abs() and * round to it).
         signed = qty.copy_abs() if sign > 0 else qty.copy_abs().copy_negate()
         free = signed if available is None else available.copy_abs() if sign > 0 else available.copy_abs().copy_negate()
         position = Position(
-            symbol=p.symbol,
+            symbol=symbol,
             asset_class=_asset_class(p.asset_class),
             quantity=signed,
             qty_available=free,

@@ -315,8 +315,9 @@ class TradierBroker:
         for i, p in enumerate(raw):
             what = f"positions[{i}]"
             symbol = p.get("symbol")
-            if not isinstance(symbol, str) or not symbol:
+            if not isinstance(symbol, str) or not symbol.strip():
                 raise self._bad(f"{what}.symbol is missing", f"{what}.symbol")
+            symbol = symbol.strip()
             qty = self._req(p.get("quantity"), f"{what}.quantity")
             cost = self._req(p.get("cost_basis"), f"{what}.cost_basis")
             option = option_spec_or_none(symbol)

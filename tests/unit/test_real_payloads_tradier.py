@@ -194,6 +194,17 @@ async def test_position_single_object(broker: TradierBroker, mock: aioresponses)
     assert p.cost_basis == Decimal("207.01") and p.avg_entry_price == Decimal("207.01")
 
 
+async def test_position_symbol_is_stripped(broker: TradierBroker, mock: aioresponses) -> None:
+    """The documented position with its symbol padded as Alpaca's own example writes one (``"AAPL "``):
+    symbols are stripped of surrounding whitespace (docs/guarantees.md), as orders' already are."""
+    body = real("positions_single.json")
+    body["positions"]["position"]["symbol"] = "AAPL "
+    mock.get(tw.acct("/positions"), payload=body)
+    mock.get(tw.acct("/orders"), payload=NO_ORDERS)
+    (p,) = await broker.list_positions()
+    assert p.symbol == "AAPL"
+
+
 async def test_positions_list(broker: TradierBroker, mock: aioresponses) -> None:
     serve(mock, "/positions", "positions_list.json")
     mock.get(tw.acct("/orders"), payload=NO_ORDERS)
