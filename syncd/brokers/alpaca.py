@@ -775,6 +775,8 @@ def _clean_order(data: dict[str, Any]) -> dict[str, Any]:
     out = {k: (None if k in _EMPTY_AS_NONE and v == "" else v) for k, v in data.items()}
     if out.get("order_class") == "":
         out["order_class"] = "simple"
+    if out.get("asset_class") == "ipo":  # an IPO indication of interest (Alpaca's OpenAPI example): US shares,
+        out["asset_class"] = "us_equity"  # a class alpaca-py's enum lacks: read as an equity order, not refused
     legs = out.get("legs")
     if isinstance(legs, list):
         out["legs"] = [_clean_order(leg) if isinstance(leg, dict) else leg for leg in legs]

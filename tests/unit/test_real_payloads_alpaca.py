@@ -323,3 +323,72 @@ async def test_crypto_position_of_the_docs_is_refused_for_its_digits(broker: Alp
     with pytest.raises(BadBrokerData, match="more digits") as err:
         await broker.list_positions()
     assert err.value.field == "positions[0].avg_entry_price"
+
+
+# -- Alpaca's Trading API OpenAPI examples (components.examples) ----------------------------------
+
+
+async def test_openapi_equity_order(broker: AlpacaBroker, mock: aioresponses) -> None:
+    body = real("order_equity_openapi.json")
+    mock.get(aw.url(f"/v2/orders/{body['id']}"), payload=body)
+    o = await broker.get_order(body["id"])
+    assert (o.symbol, o.side, o.type, o.order_class) == ("AAPL", Side.BUY, OrderType.LIMIT, OrderClass.SIMPLE)
+    assert o.qty == Decimal(2) and o.limit_price == Decimal(150) and o.time_in_force == TimeInForce.GTC
+    assert o.status == OrderStatus.ACCEPTED and o.intent is None
+    assert o.submitted_at == utc("2023-12-12T22:31:24.577215Z")  # nanoseconds cut to microseconds
+
+
+async def test_openapi_option_order(broker: AlpacaBroker, mock: aioresponses) -> None:
+    body = real("order_option_openapi.json")
+    mock.get(aw.url(f"/v2/orders/{body['id']}"), payload=body)
+    o = await broker.get_order(body["id"])
+    assert o.symbol == "AAPL250620C00100000" and o.asset_class == AssetClass.US_OPTION
+    assert (o.side, o.type, o.qty, o.limit_price) == (Side.BUY, OrderType.LIMIT, Decimal(2), Decimal(10))
+    assert o.status == OrderStatus.PENDING_NEW
+
+
+async def test_openapi_crypto_order(broker: AlpacaBroker, mock: aioresponses) -> None:
+    body = real("order_crypto_openapi.json")
+    mock.get(aw.url(f"/v2/orders/{body['id']}"), payload=body)
+    o = await broker.get_order(body["id"])
+    assert o.symbol == "ETH/USD" and o.asset_class == AssetClass.CRYPTO
+    assert o.qty == Decimal("0.02") and o.limit_price == Decimal(2100) and o.time_in_force == TimeInForce.GTC
+
+
+async def test_openapi_multileg_order(broker: AlpacaBroker, mock: aioresponses) -> None:
+    """A filled 3:1 call ratio spread: no parent symbol, side or asset class (empty strings), legs
+    without a type (they take the parent's), ``ratio_qty`` per leg, the legs' own fill prices."""
+    body = real("order_mleg_openapi.json")
+    mock.get(aw.url(f"/v2/orders/{body['id']}"), payload=body)
+    o = await broker.get_order(body["id"])
+    assert o.order_class == OrderClass.MLEG and o.asset_class == AssetClass.US_OPTION
+    assert o.symbol == "AAPL" and o.side is None
+    assert o.type == OrderType.LIMIT and o.limit_price == Decimal(10)
+    assert o.qty == Decimal(1) and o.filled_qty == Decimal(1) and o.filled_avg_price == Decimal("1.28")
+    assert o.status == OrderStatus.FILLED and o.filled_at == utc("2024-12-10T16:15:53.694Z")
+    buy, sell = o.legs
+    assert (buy.symbol, buy.side, buy.intent, buy.ratio_qty) == ("AAPL241213C00250000", Side.BUY, Intent.OPEN, 3)
+    assert (buy.qty, buy.filled_qty, buy.filled_avg_price) == (Decimal(3), Decimal(3), Decimal("0.43"))
+    assert (sell.symbol, sell.side, sell.intent, sell.ratio_qty) == ("AAPL241213C00260000", Side.SELL, Intent.OPEN, 1)
+    assert (sell.qty, sell.filled_avg_price) == (Decimal(1), Decimal("0.01"))
+    assert buy.type == sell.type == OrderType.LIMIT and buy.limit_price is None
+    assert all(leg.asset_class == AssetClass.US_OPTION and leg.status == OrderStatus.FILLED for leg in o.legs)
+
+
+async def test_openapi_ipo_order(broker: AlpacaBroker, mock: aioresponses) -> None:
+    """An IPO indication of interest (``asset_class: "ipo"``, notional): read as a US equity order."""
+    body = real("order_ipo_openapi.json")
+    mock.get(aw.url(f"/v2/orders/{body['id']}"), payload=body)
+    o = await broker.get_order(body["id"])
+    assert o.symbol == "FI111225" and o.asset_class == AssetClass.US_EQUITY
+    assert o.qty is None and o.notional == Decimal(500)
+    assert (o.side, o.type, o.status) == (Side.BUY, OrderType.MARKET, OrderStatus.ACCEPTED)
+
+
+async def test_openapi_account(broker: AlpacaBroker, mock: aioresponses) -> None:
+    mock.get(aw.url("/v2/account"), payload=real("account_openapi.json"))
+    b = await broker.get_account()
+    assert b.broker_account_id == "PALPACA_123"
+    assert b.equity == Decimal("123346.11") and b.cash == Decimal("122086.5")
+    assert b.buying_power == Decimal("245432.61")
+    assert b.long_market_value == Decimal("1259.61") and b.short_market_value == 0
