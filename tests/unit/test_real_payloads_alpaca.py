@@ -392,3 +392,13 @@ async def test_openapi_account(broker: AlpacaBroker, mock: aioresponses) -> None
     assert b.equity == Decimal("123346.11") and b.cash == Decimal("122086.5")
     assert b.buying_power == Decimal("245432.61")
     assert b.long_market_value == Decimal("1259.61") and b.short_market_value == 0
+
+
+async def test_openapi_position(broker: AlpacaBroker, mock: aioresponses) -> None:
+    """The Position schema's second example (``asset_marginable``, a loss)."""
+    mock.get(aw.url("/v2/positions"), payload=real("positions_openapi.json"))
+    (p,) = await broker.list_positions()
+    assert p.symbol == "AAPL" and p.quantity == Decimal(2) and p.qty_available == Decimal(2)
+    assert p.avg_entry_price == Decimal("174.78") and p.cost_basis == Decimal("349.56")
+    assert p.market_value == Decimal("348.58") and p.unrealized_pl == Decimal("-0.98")
+    assert p.current_price == Decimal("174.29")
