@@ -611,18 +611,19 @@ class AlpacaBroker:
         sign = Decimal(-1) if p.side == ae.PositionSide.SHORT else Decimal(1)
         qty = self._req_dec(p.qty, f"{what}.qty")
         available = self._dec(p.qty_available, f"{what}.qty_available")
+        symbol = p.symbol.strip()  # Alpaca's own example position says "AAPL "
         is_option = p.asset_class == ae.AssetClass.US_OPTION
         option = None
         if is_option:
             try:
-                option = parse_occ(p.symbol)
+                option = parse_occ(symbol)
             except ValueError as exc:
                 raise self._bad(f"{what}.symbol: {exc}", f"{what}.symbol") from None
         # copy_abs/copy_negate are exact whatever the decimal context (abs() and * round to it).
         signed = qty.copy_abs() if sign > 0 else qty.copy_abs().copy_negate()
         free = signed if available is None else available.copy_abs() if sign > 0 else available.copy_abs().copy_negate()
         position = Position(
-            symbol=p.symbol,
+            symbol=symbol,
             asset_class=_asset_class(p.asset_class),
             quantity=signed,
             qty_available=free,
@@ -741,6 +742,8 @@ def _clean_order(data: dict[str, Any]) -> dict[str, Any]:
     out = {k: (None if k in _EMPTY_AS_NONE and v == "" else v) for k, v in data.items()}
     if out.get("order_class") == "":
         out["order_class"] = "simple"
+    if out.get("asset_class") == "ipo":  # an IPO indication of interest (Alpaca's OpenAPI example): US shares,
+        out["asset_class"] = "us_equity"  # a class alpaca-py's enum lacks: read as an equity order, not refused
     legs = out.get("legs")
     if isinstance(legs, list):
         out["legs"] = [_clean_order(leg) if isinstance(leg, dict) else leg for leg in legs]

@@ -101,6 +101,7 @@ _STATUS: dict[str, OrderStatus] = {
     "calculated": OrderStatus.CALCULATED,
     "accepted_for_bidding": OrderStatus.ACCEPTED_FOR_BIDDING,
     "held": OrderStatus.HELD,
+    "pending_cancel": OrderStatus.PENDING_CANCEL,  # in Tradier's OpenAPI order-status enum
 }
 
 # Tradier side -> (our side, intent)
@@ -314,8 +315,9 @@ class TradierBroker:
         for i, p in enumerate(raw):
             what = f"positions[{i}]"
             symbol = p.get("symbol")
-            if not isinstance(symbol, str) or not symbol:
+            if not isinstance(symbol, str) or not symbol.strip():
                 raise self._bad(f"{what}.symbol is missing", f"{what}.symbol")
+            symbol = symbol.strip()
             qty = self._req(p.get("quantity"), f"{what}.quantity")
             cost = self._req(p.get("cost_basis"), f"{what}.cost_basis")
             option = option_spec_or_none(symbol)
