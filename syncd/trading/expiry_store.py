@@ -61,9 +61,6 @@ log = structlog.get_logger(__name__)
 
 LOOKBACK = dt.timedelta(days=1)  # records are asked for from the day before the earliest expiration
 NIGHTLY_RECORDS = frozenset({"tradier"})  # brokers whose records come the next morning
-# A stock change this long before syncd saw an option leg gone still counts as an assignment's sign
-# (the shares and the vanished contract are usually seen by the same sync).
-STOCK_SIGN_BEFORE = dt.timedelta(hours=12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +255,8 @@ async def _early(conn: Conn, q: Queries, account: Account, found: Sequence[Found
         changes: dict[str, list[Decimal]] = {}
         if nightly:
             underlyings = sorted({s.underlying for s in (option_spec_or_none(x.symbol) for x in c.spec.legs) if s})
-            since = (f.vanished_at or now) - STOCK_SIGN_BEFORE
+            # the sign of an assignment: shares seen by the sync that saw the leg gone, or a later one
+            since = f.vanished_at or now
             for r in await conn.fetch(q["expiry_stock_changes"], account.id, underlyings, since):
                 changes.setdefault(r["symbol"], []).append(r["change"])
         verdict = early_verdict(
