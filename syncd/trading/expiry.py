@@ -5,8 +5,10 @@ trades, what the account holds and the broker's records (``trade_events``), call
 :func:`settle`, and writes what changed.
 
 A trade takes part once every leg is flat at the broker and every leg is an option past its
-expiry (the close, 16:00 New York, of the OCC expiration date). Its legs are then matched with
-the broker's records (:class:`syncd.brokers.types.OptionEvent`):
+expiry (the close, 16:00 New York, of the OCC expiration date), or every leg is an option that
+vanished before its expiry (an early assignment or exercise: :attr:`Candidate.early`, which takes
+only assignment and exercise records, and :func:`early_verdict` for one no record explains yet).
+Its legs are then matched with the broker's records (:class:`syncd.brokers.types.OptionEvent`):
 
 - by symbol (Alpaca names the contract), or, for a record without one (Tradier's history), by
   what syncd knows: a record dated from the leg's expiration day to a week after it whose
