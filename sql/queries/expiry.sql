@@ -5,8 +5,8 @@
 -- nothing working or queued, and closing ones waiting for the broker's record (close_reason
 -- 'expiration pending' or 'assignment pending'). One row per leg, with the trade's state, the
 -- account's last sync, when the trade's orders last changed (a fill newer than the positions
--- sync is not yet in them), when the leg's position was last seen to close (position_events),
--- and how many live trades claim the leg's symbol.
+-- sync is not yet in them), when the leg's position was last seen to close since the trade
+-- opened (position_events), and how many live trades claim the leg's symbol.
 -- $1 account id, $2 the pending close_reasons (text[])
 WITH cand AS (
     SELECT t.*
@@ -31,7 +31,8 @@ SELECT c.id AS trade_id, c.status, c.quantity, c.entry_price, c.broker_fill_pric
        (SELECT max(COALESCE(o.filled_at, o.updated_at)) FROM orders o
          WHERE o.trade_id = c.id AND o.parent_id IS NULL) AS last_order_at,
        (SELECT max(e.at) FROM position_events e
-         WHERE e.account_id = $1 AND e.symbol = l.symbol AND e.kind = 'closed') AS vanished_at,
+         WHERE e.account_id = $1 AND e.symbol = l.symbol AND e.kind = 'closed'
+           AND e.at >= COALESCE(c.opened_at, c.created_at)) AS vanished_at,
        (SELECT count(DISTINCT o.id) FROM trades o JOIN trade_legs ol ON ol.trade_id = o.id
          WHERE o.account_id = $1 AND o.status IN ('pending', 'open', 'closing') AND ol.symbol = l.symbol) AS claims
   FROM cand c
