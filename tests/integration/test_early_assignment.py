@@ -9,6 +9,7 @@ says it was assigned, then settled; no such sign: closed outside at once).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -18,12 +19,22 @@ from typing import Any
 import pytest_asyncio
 
 from syncd.brokers.base import BrokerError
-from syncd.brokers.types import OptionEvent, OptionEventKind
+from syncd.brokers.types import (
+    AssetClass,
+    OptionEvent,
+    OptionEventKind,
+    Order,
+    OrderClass,
+    OrderStatus,
+    OrderType,
+    Side,
+)
 from syncd.context import Account, Context
 from syncd.cycles import account_sync
 from syncd.trading.expiry import ET
 from syncd.trading.expiry_store import settle_expirations
-from syncd.trading.order_store import reconcile_quantities
+from syncd.trading.order_store import Link, Observation, apply_observations, lock_orders, reconcile_quantities
+from syncd.trading.reconcile import Role
 from tests.integration.test_account_sync import alpaca_settings
 from tests.integration.test_expiry import EventBroker, children, make_trade, trade
 
@@ -221,3 +232,54 @@ async def test_pending_assignment_without_a_record_for_a_week_closes_outside(
     assert tid in await settle_expirations(ctx, account, now=later)
     row = await trade(ctx, tid)
     assert (row["status"], row["close_reason"], row["exit_price"]) == ("closed", "position closed outside syncd", None)
+
+
+async def test_a_fill_newer_than_the_positions_is_no_vanished_leg(env: tuple[Context, Account, EventBroker]) -> None:
+    """The entry just filled and no sync has shown the contract yet: not a vanished leg, nothing asked."""
+    ctx, account, broker = env
+    tid = await make_trade(ctx, account, [(PUT_140, "sell")], "0", "2.00")
+    await account_sync.sync_account(ctx, account)
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    entry = Order(
+        broker_order_id="entry-1",
+        client_order_id=None,
+        symbol=PUT_140,
+        side=Side.SELL,
+        type=OrderType.LIMIT,
+        order_class=OrderClass.SIMPLE,
+        qty=D(1),
+        filled_qty=D(1),
+        status=OrderStatus.FILLED,
+        asset_class=AssetClass.US_OPTION,
+        filled_avg_price=D("2.00"),
+        submitted_at=now,
+        updated_at=now,
+        filled_at=now,
+    )
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await lock_orders(conn, ctx.queries, account.id)
+        await apply_observations(
+            conn, ctx.queries, account.id, [Observation(entry)], links={"entry-1": Link(tid, Role.ENTRY)}
+        )
+    assert await settle_expirations(ctx, account) == []
+    assert broker.event_calls == 0
+    assert (await trade(ctx, tid))["status"] == "open"
+
+
+async def test_accountsync_and_tradecycle_at_once_apply_an_early_record_once(
+    env: tuple[Context, Account, EventBroker],
+) -> None:
+    ctx, account, broker = env
+    tid = await make_trade(ctx, account, [(CALL_150, "sell")], "1", "3.00")
+    await held_then_gone(ctx, account, broker, {CALL_150: "-1"})
+    broker.hold("AAPL", "-100", "150")
+    await account_sync.sync_account(ctx, account)
+    symbol = None if broker.kind == "tradier" else CALL_150
+    broker.option_events = [rec(OptionEventKind.ASSIGNED, "1", symbol, "x")]
+    first, second = await asyncio.gather(settle_expirations(ctx, account), settle_expirations(ctx, account))
+    assert sorted([len(first), len(second)]) == [0, 2]  # one closed the trade and opened the stock trade
+    assert (await trade(ctx, tid))["close_reason"] == "assigned"
+    (child,) = await children(ctx, tid)
+    assert (child["strategy"], child["quantity"], child["entry_price"]) == ("SHORT_STOCK", 100, 150)
+    assert await ctx.pool.fetchval("SELECT count(*) FROM trade_events") == 1
+    assert await settle_expirations(ctx, account) == []
