@@ -283,3 +283,15 @@ async def test_accountsync_and_tradecycle_at_once_apply_an_early_record_once(
     assert (child["strategy"], child["quantity"], child["entry_price"]) == ("SHORT_STOCK", 100, 150)
     assert await ctx.pool.fetchval("SELECT count(*) FROM trade_events") == 1
     assert await settle_expirations(ctx, account) == []
+
+
+async def test_a_leg_two_live_trades_claim_is_left_to_verify(env: tuple[Context, Account, EventBroker]) -> None:
+    """Two trades on one contract, gone: neither is closed or settled by guess; the broker is not asked."""
+    ctx, account, broker = env
+    first = await make_trade(ctx, account, [(PUT_140, "sell")], "1", "2.00")
+    second = await make_trade(ctx, account, [(PUT_140, "sell")], "1", "2.20")
+    await held_then_gone(ctx, account, broker, {PUT_140: "-2"})
+    for _ in range(2):
+        await account_sync.account_pass(ctx, account)
+    assert [(await trade(ctx, t))["status"] for t in (first, second)] == ["open", "open"]
+    assert broker.event_calls == 0
