@@ -3,13 +3,16 @@
 -- name: expiry_candidates
 -- Live trades of the account every leg of which is flat in portfolio_positions: open ones with
 -- nothing working or queued, and closing ones waiting for the broker's record (close_reason
--- 'expiration pending'). One row per leg, with the trade's state and the account's last sync.
--- $1 account id, $2 the pending close_reason
+-- 'expiration pending' or 'assignment pending'). One row per leg, with the trade's state, the
+-- account's last sync, when the trade's orders last changed (a fill newer than the positions
+-- sync is not yet in them), when the leg's position was last seen to close since the trade
+-- opened (position_events), and how many live trades claim the leg's symbol.
+-- $1 account id, $2 the pending close_reasons (text[])
 WITH cand AS (
     SELECT t.*
       FROM trades t
      WHERE t.account_id = $1
-       AND (t.status = 'open' OR (t.status = 'closing' AND t.close_reason = $2))
+       AND (t.status = 'open' OR (t.status = 'closing' AND t.close_reason = ANY($2::text[])))
        AND EXISTS (SELECT 1 FROM trade_legs l WHERE l.trade_id = t.id)
        AND NOT EXISTS (
              SELECT 1 FROM trade_legs l
@@ -24,7 +27,14 @@ WITH cand AS (
 )
 SELECT c.id AS trade_id, c.status, c.quantity, c.entry_price, c.broker_fill_price, c.exit_price,
        c.realized_pnl, c.close_reason, c.opened_at, c.closed_at,
-       l.leg_index, l.symbol, l.side, l.ratio, a.last_synced_at
+       l.leg_index, l.symbol, l.side, l.ratio, a.last_synced_at,
+       (SELECT max(COALESCE(o.filled_at, o.updated_at)) FROM orders o
+         WHERE o.trade_id = c.id AND o.parent_id IS NULL) AS last_order_at,
+       (SELECT max(e.at) FROM position_events e
+         WHERE e.account_id = $1 AND e.symbol = l.symbol AND e.kind = 'closed'
+           AND e.at >= COALESCE(c.opened_at, c.created_at)) AS vanished_at,
+       (SELECT count(DISTINCT o.id) FROM trades o JOIN trade_legs ol ON ol.trade_id = o.id
+         WHERE o.account_id = $1 AND o.status IN ('pending', 'open', 'closing') AND ol.symbol = l.symbol) AS claims
   FROM cand c
   JOIN trade_legs l ON l.trade_id = c.id
   JOIN accounts a ON a.id = c.account_id
@@ -94,3 +104,22 @@ SELECT id FROM ins;
 UPDATE trade_events
    SET trade_id = $4, child_trade_id = $5, applied_at = now()
  WHERE account_id = $1 AND kind = 'stock' AND symbol = $2 AND event_date >= $3 AND trade_id IS NULL;
+
+-- name: expiry_stock_changes
+-- Changes of the account's stock positions in these underlyings seen since a time: the sign of
+-- an assignment or exercise while Tradier's history has no record yet. $1 account id,
+-- $2 symbols (text[]), $3 since
+SELECT symbol, new_quantity - old_quantity AS change
+  FROM position_events
+ WHERE account_id = $1 AND symbol = ANY($2::text[]) AND at >= $3 AND new_quantity <> old_quantity
+ ORDER BY at, id;
+
+-- name: expiry_close_outside
+-- Trades whose option legs vanished before expiry and no record explains it: closed outside
+-- syncd, as any position closed by hand (open, or closing while an assignment was pending).
+-- $1 trade ids, $2 close_reason, $3 the pending close_reasons (text[])
+UPDATE trades
+   SET status = 'closed', quantity = 0, close_reason = $2, exit_price = NULL, realized_pnl = NULL,
+       closed_at = now(), updated_at = now()
+ WHERE id = ANY($1::bigint[])
+   AND (status = 'open' OR (status = 'closing' AND close_reason = ANY($3::text[])));

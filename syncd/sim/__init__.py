@@ -63,7 +63,9 @@ Driving scenarios
   or assigned (short) at the strike, the rest expired; ``acct.activities`` lists the records
   (Alpaca ``GET /v2/account/activities``; Tradier ``GET /v1/accounts/{id}/history``, a day's
   records once that day is over). Expiries also settle on their own as the clock passes a
-  close. Orders for an expired contract are refused.
+  close. Orders for an expired contract are refused. ``sim.assign_early(0, occ)`` assigns a short
+  option (exercises a long one) now, before its expiry, whatever the price: the same records,
+  dated today (Tradier's history shows them the next morning).
 - Prices and time: ``sim.tick(n)`` (prices walk, orders match; no sleeping),
   ``await sim.advance(seconds)``, ``sim.set_price("AAPL", 189.9, 190.1)`` (pins the
   quote, options reprice from it; ``sim.unpin``), ``sim.set_market_open(False)``
@@ -99,6 +101,7 @@ From another process (``syncd run`` in acceptance tests, the demo), the same thr
 ``/_sim`` (JSON; never authenticated, faulted or counted): ``GET state``,
 ``GET accounts?offset=&limit=``, ``GET accounts/{i}`` (book and orders),
 ``POST tick {"n"}``, ``POST advance {"seconds"}``, ``POST expire {"date"}``,
+``POST assign {"account","symbol"}``,
 ``GET accounts/{i}/activities``, ``POST price {"symbol","bid","ask"}``,
 ``POST unpin``, ``GET quote?symbol=``, ``POST market {"open"}``,
 ``POST fill {"order_id","qty","price"}``, ``POST cancel {"order_id"}``,

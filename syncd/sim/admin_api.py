@@ -135,6 +135,12 @@ class AdminApi:
         settled = self.sim.expire(dt.date.fromisoformat(str(on)) if on else None)
         return {**self.state(body), "settled": settled}
 
+    def assign(self, body: Body) -> Body:
+        """``POST /_sim/assign {"account", "symbol"}``: an early assignment (short) or exercise (long)."""
+        account, symbol = _ref(_req(body, "account")), str(_req(body, "symbol"))
+        self.sim.assign_early(account, symbol)
+        return {**self.state(body), "assigned": symbol}
+
     def activities(self, body: Body) -> list[Body]:
         acct = self.sim.account(_ref(_req(body, "index")))
         return [
@@ -287,6 +293,7 @@ class AdminApi:
             web.post("/_sim/tick", e(self.tick)),
             web.post("/_sim/advance", e(self.advance)),
             web.post("/_sim/expire", e(self.expire)),
+            web.post("/_sim/assign", e(self.assign)),
             web.get("/_sim/accounts/{index}/activities", e(self.activities)),
             web.post("/_sim/price", e(self.price)),
             web.post("/_sim/unpin", e(self.unpin)),

@@ -1059,7 +1059,20 @@ class Exchange:
                     settled += 1
         return settled
 
-    def _settle_option(self, acct: SimAccount, pos: SimPosition, inst: Instrument) -> None:
+    def assign_early(self, acct: SimAccount, symbol: str) -> None:
+        """Settle a held option before its expiry as the OCC would an American-style contract: a
+        short one assigned, a long one exercised, the whole position, whatever the price. The
+        records are those of an expiry (``OPASN``/``OPEXC`` with the ``OPTRD``), dated today
+        (New York): Alpaca lists them at once, Tradier's history the next morning."""
+        pos = acct.positions.get(symbol)
+        inst = self.market.instrument(symbol)
+        if pos is None or inst is None or not inst.is_option or inst.expiration is None:
+            raise SimReject("not_found", f"no option position in {symbol!r} to assign")
+        if self.clock.now() >= expiry_time(inst.expiration):
+            raise SimReject("invalid", f"{symbol} has expired; expiry settles it")
+        self._settle_option(acct, pos, inst, early=True)
+
+    def _settle_option(self, acct: SimAccount, pos: SimPosition, inst: Instrument, *, early: bool = False) -> None:
         assert inst.strike is not None and inst.expiration is not None
         now = self.clock.stamp()
         quote = self.market.quote(inst.underlying)
@@ -1074,8 +1087,8 @@ class Exchange:
         del acct.positions[inst.symbol]
         acct.realized_pl -= pos.avg_entry * contracts * mult  # the premium paid (or kept) is realized
         activity_id = f"{now:%Y%m%d%H%M%S%f}"[:17] + "::" + self.new_uuid()
-        day = inst.expiration
-        if intrinsic > ITM_BY:
+        day = now.astimezone(ET).date() if early else inst.expiration
+        if early or intrinsic > ITM_BY:
             kind, words = ("OPEXC", "Option Exercise") if contracts > 0 else ("OPASN", "Option Assignment")
             call = inst.option_type == "call"
             shares = abs(contracts) * mult * (1 if call == (contracts > 0) else -1)

@@ -224,6 +224,13 @@ class Simulator:
         self.exchange.match_all()
         return settled
 
+    def assign_early(self, account: AccountRef, symbol: str) -> None:
+        """Assign a short option (exercise a long one) of ``account`` now, before its expiry, as the
+        OCC may an American-style contract: the shares are booked at the strike and the records are
+        an expiry's (see :meth:`syncd.sim.engine.Exchange.assign_early`)."""
+        self.exchange.assign_early(self.account(account), symbol)
+        self.exchange.match_all()
+
     def set_price(self, symbol: str, bid: Decimal | float | str, ask: Decimal | float | str) -> None:
         """Pin a quote (a stock's options reprice from it); working orders match at once."""
         self.market.set_price(symbol, bid, ask)

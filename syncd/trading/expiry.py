@@ -5,8 +5,10 @@ trades, what the account holds and the broker's records (``trade_events``), call
 :func:`settle`, and writes what changed.
 
 A trade takes part once every leg is flat at the broker and every leg is an option past its
-expiry (the close, 16:00 New York, of the OCC expiration date). Its legs are then matched with
-the broker's records (:class:`syncd.brokers.types.OptionEvent`):
+expiry (the close, 16:00 New York, of the OCC expiration date), or every leg is an option that
+vanished before its expiry (an early assignment or exercise: :attr:`Candidate.early`, which takes
+only assignment and exercise records, and :func:`early_verdict` for one no record explains yet).
+Its legs are then matched with the broker's records (:class:`syncd.brokers.types.OptionEvent`):
 
 - by symbol (Alpaca names the contract), or, for a record without one (Tradier's history), by
   what syncd knows: a record dated from the leg's expiration day to a week after it whose
@@ -33,6 +35,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from syncd.brokers.occ import option_spec_or_none
@@ -44,6 +47,12 @@ ET = ZoneInfo("America/New_York")
 EXPIRY_CLOSE = dt.time(16, 0)
 MATCH_WINDOW = dt.timedelta(days=7)  # a record without a symbol may be dated this long after expiry
 EXPIRATION_PENDING = "expiration pending"
+ASSIGNMENT_PENDING = "assignment pending"  # a leg vanished before expiry, a stock change says assigned
+PENDING_REASONS = (EXPIRATION_PENDING, ASSIGNMENT_PENDING)
+# A leg that vanished before its expiry (early assignment or exercise): a record without a symbol
+# may be dated this long before the day syncd saw the leg gone (assigned on a Friday, seen Monday).
+EARLY_LOOKBACK = dt.timedelta(days=4)
+EARLY_KINDS = frozenset({OptionEventKind.ASSIGNED, OptionEventKind.EXERCISED})
 OPTION_KINDS = frozenset({OptionEventKind.EXPIRED, OptionEventKind.ASSIGNED, OptionEventKind.EXERCISED})
 
 EventKey = tuple[str, str]  # (event_id, kind): trade_events' key within an account
@@ -66,11 +75,20 @@ def key_of(event: OptionEvent) -> EventKey:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """A live trade whose every leg is flat at the broker."""
+    """A live trade whose every leg is flat at the broker.
+
+    ``vanished_on``: the New York day syncd first saw its legs gone, when that was before the
+    legs' expiry (an early assignment or exercise); ``None`` at expiry.
+    """
 
     trade_id: int
     spec: TradeSpec
     state: TradeState
+    vanished_on: dt.date | None = None
+
+    @property
+    def early(self) -> bool:
+        return self.vanished_on is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +139,21 @@ def _delivery_sign(leg: TradeLeg) -> int:
     return 1 if call == long else -1
 
 
-def _fits(event: OptionEvent, leg: TradeLeg) -> bool:
-    if event.kind not in OPTION_KINDS:
+def _fits(event: OptionEvent, leg: TradeLeg, vanished_on: dt.date | None = None) -> bool:
+    """A record that may be this leg's: by symbol, or without one by date and quantity sign. A leg
+    that vanished before its expiry (``vanished_on``) takes only an assignment or exercise, dated
+    from ``EARLY_LOOKBACK`` before that day to ``MATCH_WINDOW`` after it."""
+    if event.kind not in (EARLY_KINDS if vanished_on is not None else OPTION_KINDS):
         return False
     if event.symbol is not None:
         return event.symbol == leg.symbol
     spec = option_spec_or_none(leg.symbol)
-    if spec is None or not spec.expiration <= event.on <= spec.expiration + MATCH_WINDOW:
+    if spec is None:
+        return False
+    if vanished_on is not None:
+        if not vanished_on - EARLY_LOOKBACK <= event.on <= vanished_on + MATCH_WINDOW:
+            return False
+    elif not spec.expiration <= event.on <= spec.expiration + MATCH_WINDOW:
         return False
     closing = -1 if leg.side == Side.BUY else 1  # the record's quantity closes the leg's side
     return _sign(event.quantity) == closing
@@ -138,6 +164,7 @@ def _match_legs(
     quantity: Decimal,
     pool: list[OptionEvent],
     stock_held: Mapping[str, Decimal],
+    vanished_on: dt.date | None = None,
 ) -> dict[str, list[OptionEvent]] | None:
     """Each leg's records, taken from ``pool``; ``None`` (pool untouched) when a leg has too few."""
     taken: dict[str, list[OptionEvent]] = {}
@@ -148,8 +175,8 @@ def _match_legs(
             need = quantity * leg.ratio - sum((abs(e.quantity) for e in taken.get(leg.symbol, [])), ZERO)
             if need <= 0:
                 continue
-            for event in _ranked(left, leg, legs, stock_held):
-                if (event.symbol is not None) != named or not _fits(event, leg):
+            for event in _ranked(left, leg, legs, stock_held, vanished_on):
+                if (event.symbol is not None) != named or not _fits(event, leg, vanished_on):
                     continue
                 taken.setdefault(leg.symbol, []).append(event)
                 left.remove(event)
@@ -164,14 +191,18 @@ def _match_legs(
 
 
 def _ranked(
-    events: list[OptionEvent], leg: TradeLeg, legs: Sequence[TradeLeg], stock_held: Mapping[str, Decimal]
+    events: list[OptionEvent],
+    leg: TradeLeg,
+    legs: Sequence[TradeLeg],
+    stock_held: Mapping[str, Decimal],
+    vanished_on: dt.date | None = None,
 ) -> list[OptionEvent]:
     """Records in the order a leg should take them: for a record without a symbol that two legs fit,
     an assignment/exercise whose delivery matches the stock now held first, an expiry otherwise."""
     spec = option_spec_or_none(leg.symbol)
     held = _sign(stock_held.get(spec.underlying, ZERO)) if spec else 0
     delivers = _delivery_sign(leg)
-    shared = sum(1 for other in legs if other is not leg and _fits_any(events, other))
+    shared = sum(1 for other in legs if other is not leg and _fits_any(events, other, vanished_on))
 
     def rank(e: OptionEvent) -> int:
         if e.symbol is not None or not shared:
@@ -184,8 +215,8 @@ def _ranked(
     return sorted(events, key=rank)
 
 
-def _fits_any(events: Iterable[OptionEvent], leg: TradeLeg) -> bool:
-    return any(e.symbol is None and _fits(e, leg) for e in events)
+def _fits_any(events: Iterable[OptionEvent], leg: TradeLeg, vanished_on: dt.date | None = None) -> bool:
+    return any(e.symbol is None and _fits(e, leg, vanished_on) for e in events)
 
 
 def _strongest(events: Sequence[OptionEvent]) -> OptionEventKind:
@@ -256,13 +287,24 @@ def settle(
     change: closed, or ``closing`` with ``expiration pending`` while a record is missing. A trade
     with a leg that is not an option past expiry is not this module's (:func:`expiry_applies`):
     it closes as closed outside syncd.
+
+    An early candidate (its option legs vanished before expiry, :attr:`Candidate.early`) is
+    settled the same way when assignment or exercise records cover its legs; without them it is
+    left out of the answer (:func:`early_verdict` says what becomes of it).
     """
     pool = [e for e in events if e.kind in OPTION_KINDS]
     out: list[Settlement] = []
     for c in candidates:
-        if not expiry_applies(c.spec, now) or c.state.quantity <= 0:
+        if c.state.quantity <= 0 or c.state.status not in (TradeStatus.OPEN, TradeStatus.CLOSING):
             continue
-        if c.state.status not in (TradeStatus.OPEN, TradeStatus.CLOSING):
+        if c.early:
+            if not all_options(c.spec):
+                continue
+            taken = _match_legs(c.spec.legs, c.state.quantity, pool, stock_held, c.vanished_on)
+            if taken is not None:
+                out.append(_close(c, taken, now))
+            continue
+        if not expiry_applies(c.spec, now):
             continue
         taken = _match_legs(c.spec.legs, c.state.quantity, pool, stock_held)
         if taken is not None:
@@ -280,3 +322,50 @@ def expiry_applies(spec: TradeSpec, now: dt.datetime) -> bool:
     """A trade whose legs are all options past expiry: once flat, it waits for the broker's records
     instead of closing as "position closed outside syncd"."""
     return bool(spec.legs) and all(past_expiry(leg.symbol, now) for leg in spec.legs)
+
+
+def all_options(spec: TradeSpec) -> bool:
+    """A trade whose every leg is an OCC option: its legs vanishing may be an assignment or exercise."""
+    return bool(spec.legs) and all(option_spec_or_none(leg.symbol) is not None for leg in spec.legs)
+
+
+class EarlyVerdict(StrEnum):
+    """What becomes of a trade whose option legs vanished before expiry with no record covering them."""
+
+    WAIT = "wait"  # ask again after the next sync (Alpaca books its activities at once)
+    PENDING = "pending"  # closing, "assignment pending", until the broker's record (Tradier: nightly)
+    CLOSED_OUTSIDE = "closed outside"  # position closed outside syncd, as before
+
+
+def early_verdict(
+    spec: TradeSpec,
+    *,
+    nightly_records: bool,
+    synced_since_vanished: bool,
+    stock_changes: Mapping[str, Sequence[Decimal]],
+    vanished_on: dt.date,
+    today: dt.date,
+) -> EarlyVerdict:
+    """The rule for an early-vanished trade the broker's records do not (yet) explain.
+
+    - Alpaca (``nightly_records`` false) books an assignment's activities at once: the trade
+      waits until a later sync still shows the legs gone (``synced_since_vanished``) and the
+      activities still show nothing, then it is closed outside syncd.
+    - Tradier (``nightly_records``) writes its history overnight: the trade is ``closing`` with
+      ``assignment pending`` only when there is a sign of an assignment or exercise, a change of
+      the stock position in the underlying since the leg vanished in the direction a leg's
+      delivery would move it (``stock_changes``: each underlying's signed changes), and for no
+      longer than ``MATCH_WINDOW`` after the day it vanished; otherwise closed outside syncd.
+    """
+    if not nightly_records:
+        return EarlyVerdict.CLOSED_OUTSIDE if synced_since_vanished else EarlyVerdict.WAIT
+    if today > vanished_on + MATCH_WINDOW:
+        return EarlyVerdict.CLOSED_OUTSIDE
+    for leg in spec.legs:
+        option = option_spec_or_none(leg.symbol)
+        if option is None:
+            continue
+        delivers = _delivery_sign(leg)
+        if any(_sign(change) == delivers for change in stock_changes.get(option.underlying, ())):
+            return EarlyVerdict.PENDING
+    return EarlyVerdict.CLOSED_OUTSIDE

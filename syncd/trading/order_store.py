@@ -32,7 +32,7 @@ from syncd.context import RECONCILE_MARGIN
 from syncd.db import Queries
 from syncd.db.events import payloads as event_payloads
 from syncd.db.locks import ORDERS_LOCK_CLASS as ORDERS_LOCK_CLASS
-from syncd.trading.expiry import EXPIRATION_PENDING, expiry_applies
+from syncd.trading.expiry import PENDING_REASONS, all_options
 from syncd.trading.reconcile import (
     CLOSED_OUTSIDE,
     ZERO,
@@ -542,9 +542,9 @@ async def _derive_trades(
             for s in orders_by_trade.get(tid, [])
         ]
         new = apply_orders(specs.get(tid, TradeSpec(())), state, linked, now, exit_pending=tid in exit_pending)
-        pending = state.close_reason == EXPIRATION_PENDING and state.status == TradeStatus.CLOSING
-        if pending and new.status == TradeStatus.OPEN:  # its legs vanished at expiry: it waits for the record
-            new = replace(new, status=TradeStatus.CLOSING, close_reason=EXPIRATION_PENDING)
+        pending = state.close_reason in PENDING_REASONS and state.status == TradeStatus.CLOSING
+        if pending and new.status == TradeStatus.OPEN:  # its legs vanished at expiry or by an assignment
+            new = replace(new, status=TradeStatus.CLOSING, close_reason=state.close_reason)
         if new != state:
             updates.append((tid, new))
             log.info("trade_updated", trade_id=tid, status=new.status.value, quantity=str(new.quantity))
@@ -591,9 +591,10 @@ async def reconcile_quantities(
     symbol); flat ones with legs close (:func:`syncd.trading.reconcile.reconcile_quantity`).
 
     Only trades whose positions were synced at least ``margin`` after their last fill take part.
-    A flat trade whose legs are all options past expiry is left to
-    :func:`syncd.trading.expiry_store.settle_expirations`: it waits for the broker's expiry,
-    assignment or exercise record instead of closing as closed outside syncd.
+    A flat trade whose legs are all options (past expiry, or vanished before it: an early
+    assignment or exercise) is left to :func:`syncd.trading.expiry_store.settle_expirations`: it
+    looks for the broker's expiry, assignment or exercise record before it calls the trade
+    closed outside syncd.
     Returns the ids of the trades changed.
     """
     now = now or dt.datetime.now(dt.UTC)
@@ -611,8 +612,8 @@ async def reconcile_quantities(
         shared = [r["symbol"] for r in legs if r["claims"] > 1]
         # a trade without trade_legs rows is only read as a leg on its symbol: never closed by its absence
         if legs[0]["has_legs"] and closed_outside(spec, state, held, shared):
-            if expiry_applies(spec, now):
-                continue  # expired, assigned or exercised: the broker's record will say which
+            if all_options(spec):
+                continue  # expired, assigned, exercised or closed by hand: the broker's records say which
             closed.append(tid)
             log.info("trade_closed_outside", trade_id=tid, old=str(state.quantity))
             continue

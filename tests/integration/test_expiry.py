@@ -267,17 +267,28 @@ async def test_each_record_applied_once_whichever_pass_sees_it_first(
 async def test_not_yet_expired_vanished_option_still_closes_outside(
     env: tuple[Context, Account, EventBroker],
 ) -> None:
-    """Before the close of the expiration day a vanished leg was closed by hand: unchanged behaviour."""
+    """Before the close of the expiration day a vanished leg with no assignment record was closed by
+    hand: still closed outside syncd, once a later sync (Alpaca) still shows it gone and the broker's
+    activities still say nothing (docs/guarantees.md, early assignment)."""
     ctx, account, broker = env
     later = "AAPL991217C00150000"
     tid = await make_trade(ctx, account, [(later, "buy")], "1", "1")
     await expire(ctx, account, broker, {later: "1"})
     await account_sync.sync_account(ctx, account)
-    assert await settle_expirations(ctx, account) == []
-    assert broker.event_calls == 0
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        assert await reconcile_quantities(conn, ctx.queries, account.id, margin=dt.timedelta(0)) == [tid]
-    assert (await trade(ctx, tid))["close_reason"] == "position closed outside syncd"
+    assert await settle_expirations(ctx, account) == []  # asked the activities once: nothing yet, it waits
+    assert broker.event_calls == 1
+    async with ctx.pool.acquire() as conn, conn.transaction():  # tradeCycle leaves it to the records
+        assert await reconcile_quantities(conn, ctx.queries, account.id, margin=dt.timedelta(0)) == []
+    assert (await trade(ctx, tid))["status"] == "open"
+    await account_sync.sync_account(ctx, account)
+    assert await settle_expirations(ctx, account) == [tid]
+    row = await trade(ctx, tid)
+    assert (row["status"], row["close_reason"], row["exit_price"], row["quantity"]) == (
+        "closed",
+        "position closed outside syncd",
+        None,
+        0,
+    )
 
 
 async def test_an_imported_stock_trade_is_adopted(env: tuple[Context, Account, EventBroker]) -> None:
