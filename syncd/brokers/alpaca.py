@@ -106,7 +106,7 @@ _M = TypeVar("_M")
 
 # The hot answers, decoded in C into mirrors of alpaca-py's models (see syncd.brokers.fast).
 _FAST_POSITIONS = FastDecoder(AlpacaPosition, many=True)
-_FAST_ACCOUNT = FastDecoder(TradeAccount)
+_FAST_ACCOUNT = FastDecoder(TradeAccount, lax=True)  # real answers: "options_approved_level": "1"
 _ZERO = Decimal(0)
 
 
@@ -179,7 +179,10 @@ class AlpacaBroker:
         try:
             return self._fast_account(reply)
         except Slow:
-            pass
+            return self._slow_account(what, reply)
+
+    def _slow_account(self, what: str, reply: Reply) -> Balances:
+        """The balances through ``json`` and alpaca-py's model, with every refusal's own message."""
         body = self._http.decode(what, reply)
         acct = self._model(TradeAccount, _obj(body, "account", self.account.name), "account")
         return Balances(
@@ -197,7 +200,10 @@ class AlpacaBroker:
         try:
             return self._fast_positions(reply)
         except Slow:
-            pass
+            return self._slow_positions(what, reply)
+
+    def _slow_positions(self, what: str, reply: Reply) -> list[Position]:
+        """The positions through ``json`` and alpaca-py's model, with every refusal's own message."""
         rows = _list(self._http.decode(what, reply), "positions", self.account.name)
         positions = [self._position(_obj(p, f"positions[{i}]", self.account.name), i) for i, p in enumerate(rows)]
         return check_positions(positions, self._bad)

@@ -70,26 +70,41 @@ def number_or_none(text: str | None) -> Decimal | None:
 class FastDecoder:
     """Decodes one answer (a ``model`` object, or a list of them) into mirrors of ``model``, or raises ``Slow``.
 
-    First with every key known (``forbid_unknown_fields``): then no number can hide anywhere,
-    every value is typed, and none is a float (:func:`struct_of` refuses float fields there).
-    An answer with keys the model does not know goes through a second decoder that ignores
-    them, as pydantic does -- unless :func:`may_hide_long_number` says one of them might be a
-    number the slow decoder would refuse for its digits.
+    First with every key known (``forbid_unknown_fields``) and msgspec's strict types: then
+    no JSON number literal is accepted anywhere (every number is a string, as alpaca-py's
+    models want), so none can hide digits. An answer with keys the model does not know goes
+    through a second decoder that ignores them, as pydantic does -- unless
+    :func:`may_hide_long_number` says one of them might be a number the slow decoder would
+    refuse for its digits.
+
+    ``lax=True`` (for a model whose real answers need pydantic's lax mode, such as Alpaca's
+    account: ``"options_approved_level": "1"`` for an int) decodes in msgspec's lax mode,
+    which accepts a subset of what pydantic's accepts; a number literal may then be taken
+    (``1.0`` for an int), so every answer is screened by :func:`may_hide_long_number` first.
     """
 
-    def __init__(self, model: type[BaseModel], *, many: bool = False) -> None:
+    def __init__(self, model: type[BaseModel], *, many: bool = False, lax: bool = False) -> None:
         strict, lenient = struct_of(model, strict=True), struct_of(model, strict=False)
-        self._strict: msgspec.json.Decoder[Any] = msgspec.json.Decoder(list[strict] if many else strict)  # type: ignore[valid-type]
-        self._lenient: msgspec.json.Decoder[Any] = msgspec.json.Decoder(list[lenient] if many else lenient)  # type: ignore[valid-type]
+        self._lax = lax
+        self._strict: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
+            list[strict] if many else strict,  # type: ignore[valid-type]
+            strict=not lax,
+        )
+        self._lenient: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
+            list[lenient] if many else lenient,  # type: ignore[valid-type]
+            strict=not lax,
+        )
 
     def decode(self, body: bytes) -> Any:
+        if self._lax and may_hide_long_number(body):
+            raise Slow
         try:
             return self._strict.decode(body)
         except msgspec.ValidationError:
             pass  # perhaps keys the model does not know
         except msgspec.DecodeError:
             raise Slow from None  # not JSON: the slow decoder says so, as always
-        if may_hide_long_number(body):
+        if not self._lax and may_hide_long_number(body):
             raise Slow
         try:
             return self._lenient.decode(body)
