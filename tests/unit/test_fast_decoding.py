@@ -169,7 +169,12 @@ def agree_account(broker: AlpacaBroker, body: bytes | Any, *, fast_must_take: bo
 
 def test_alpaca_py_fixtures_decode_the_same_both_ways(broker: AlpacaBroker) -> None:
     (p,) = agree_positions(broker, ALPACA_PY_POSITIONS, fast_must_take=True) or []
-    assert (p.symbol, p.quantity, p.cost_basis, p.current_price) == ("AAPL", Decimal(5), Decimal("500.0"), Decimal("120.0"))
+    assert (p.symbol, p.quantity, p.cost_basis, p.current_price) == (
+        "AAPL",
+        Decimal(5),
+        Decimal("500.0"),
+        Decimal("120.0"),
+    )
     b = agree_account(broker, ALPACA_PY_ACCOUNT, fast_must_take=True)
     assert b is not None and (b.equity, b.cash) == (Decimal("103820.56"), Decimal("-23140.2"))
 
