@@ -43,7 +43,7 @@ from syncd.brokers.base import (
     BrokerRejected,
     OrderStatusFilter,
 )
-from syncd.brokers.fast import FastDecoder, Slow, number, number_or_none
+from syncd.brokers.fast import FastDecoder, Slow, all_plain, number, number_or_none
 from syncd.brokers.http import HttpCore, Reply, RequestHook, RetryPolicy
 from syncd.brokers.occ import option_spec_or_none, parse_occ, parse_occ_cached
 from syncd.brokers.parse import TooManyDigits, as_utc, batches, decimal_or_none, iso_z, plain
@@ -105,7 +105,8 @@ _STREAM_INTERNALS = ("_start_ws", "_consume", "close")
 _M = TypeVar("_M")
 
 # The hot answers, decoded in C into mirrors of alpaca-py's models (see syncd.brokers.fast).
-_FAST_POSITIONS = FastDecoder(AlpacaPosition, many=True)
+_POSITION_NUMBERS = ("qty", "qty_available", "avg_entry_price", "cost_basis", "current_price", "market_value")
+_FAST_POSITIONS = FastDecoder(AlpacaPosition, many=True, plain=frozenset((*_POSITION_NUMBERS, "unrealized_pl")))
 _FAST_ACCOUNT = FastDecoder(TradeAccount, lax=True)  # real answers: "options_approved_level": "1"
 _ZERO = Decimal(0)
 
@@ -232,35 +233,42 @@ class AlpacaBroker:
         """
         rows = _FAST_POSITIONS.decode(reply.body)
         out = []
-        short, option_class = ae.PositionSide.SHORT, ae.AssetClass.US_OPTION
-        for p in rows:
-            qty = number(p.qty)
-            available = number_or_none(p.qty_available)
-            option = None
-            if p.asset_class is option_class:
-                try:
-                    option = parse_occ_cached(p.symbol)
-                except ValueError:
-                    raise Slow from None
-            if p.side is short:
-                signed = qty.copy_abs().copy_negate()
-                free = signed if available is None else available.copy_abs().copy_negate()
-            else:
-                signed = qty.copy_abs()
-                free = signed if available is None else available.copy_abs()
-            position = Position(
-                symbol=p.symbol,
-                asset_class=_asset_class(p.asset_class),
-                quantity=signed,
-                qty_available=free,
-                avg_entry_price=number(p.avg_entry_price),
-                cost_basis=number(p.cost_basis),
-                current_price=number_or_none(p.current_price),
-                market_value=number_or_none(p.market_value),
-                unrealized_pl=number_or_none(p.unrealized_pl),
-                option=option,
-            )
-            out.append(check_position(position, "positions[]", _slow))
+        short, option_class, dec = ae.PositionSide.SHORT, ae.AssetClass.US_OPTION, Decimal
+        try:
+            for p in rows:
+                qty, available, avg, cost = p.qty, p.qty_available, p.avg_entry_price, p.cost_basis
+                current, value, pl = p.current_price, p.market_value, p.unrealized_pl
+                # Each number is 1..15 characters (PlainNumber); made of digits, points and minus signs
+                # only, Decimal(text) is decimal_or_none(text) or raises InvalidOperation (then: slow).
+                if not all_plain(qty + avg + cost + (available or "") + (current or "") + (value or "") + (pl or "")):
+                    raise Slow
+                option = None
+                if p.asset_class is option_class:
+                    try:
+                        option = parse_occ_cached(p.symbol)
+                    except ValueError:
+                        raise Slow from None
+                quantity = dec(qty).copy_abs()
+                if p.side is short:
+                    quantity = quantity.copy_negate()
+                    free = quantity if available is None else dec(available).copy_abs().copy_negate()
+                else:
+                    free = quantity if available is None else dec(available).copy_abs()
+                position = Position(
+                    symbol=p.symbol,
+                    asset_class=_asset_class(p.asset_class),
+                    quantity=quantity,
+                    qty_available=free,
+                    avg_entry_price=dec(avg),
+                    cost_basis=dec(cost),
+                    current_price=None if current is None else dec(current),
+                    market_value=None if value is None else dec(value),
+                    unrealized_pl=None if pl is None else dec(pl),
+                    option=option,
+                )
+                out.append(check_position(position, "positions[]", _slow))
+        except InvalidOperation:
+            raise Slow from None
         return check_positions(out, _slow)
 
     async def get_clock(self) -> Clock:

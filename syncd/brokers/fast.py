@@ -24,7 +24,7 @@ import re
 import types
 import typing
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from pydantic import BaseModel
@@ -37,6 +37,21 @@ _SHORT = min(MAX_INTEGER_DIGITS, MAX_SIGNIFICANT_DIGITS)
 # slow decoder checks such numbers' digits (HttpCore._decode); the fast one sends them there.
 # Runs inside strings (a long quantity "123456789012345.12345") match too: they go the slow way.
 _LONG_NUMBER = re.compile(rb"[0-9.eE+\-]{%d,}" % (MAX_SIGNIFICANT_DIGITS + 1))
+
+
+# A number field the adapter reads, narrowed in C to 1..15 characters: at most 15 digits before the
+# point and in all (within MAX_INTEGER_DIGITS and MAX_SIGNIFICANT_DIGITS). With only the characters
+# of PLAIN_CHARS (see all_plain) it is finite, has no exponent, and Decimal(text) of it is exact.
+PlainNumber = Annotated[str, msgspec.Meta(min_length=1, max_length=_SHORT)]
+PLAIN_CHARS = "0123456789.-"
+_DROP_PLAIN = str.maketrans("", "", PLAIN_CHARS)
+
+
+def all_plain(text: str) -> bool:
+    """Whether ``text`` (numbers the decoder narrowed to :data:`PlainNumber`, run together) holds
+    nothing but digits, points and minus signs: then each of them is a finite number without an
+    exponent, or not a number at all (``Decimal`` raises ``InvalidOperation``: the caller goes slow)."""
+    return not text.translate(_DROP_PLAIN)
 
 
 class Slow(Exception):
@@ -83,8 +98,11 @@ class FastDecoder:
     (``1.0`` for an int), so every answer is screened by :func:`may_hide_long_number` first.
     """
 
-    def __init__(self, model: type[BaseModel], *, many: bool = False, lax: bool = False) -> None:
-        strict, lenient = struct_of(model, strict=True), struct_of(model, strict=False)
+    def __init__(
+        self, model: type[BaseModel], *, many: bool = False, lax: bool = False, plain: frozenset[str] = frozenset()
+    ) -> None:
+        strict = struct_of(model, strict=True, plain=plain)
+        lenient = struct_of(model, strict=False, plain=plain)
         self._lax = lax
         self._strict: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
             list[strict] if many else strict,  # type: ignore[valid-type]
@@ -112,8 +130,12 @@ class FastDecoder:
             raise Slow from None
 
 
-def struct_of(model: type[BaseModel], *, strict: bool = False) -> type[msgspec.Struct]:
+def struct_of(model: type[BaseModel], *, strict: bool = False, plain: frozenset[str] = frozenset()) -> type[msgspec.Struct]:
     """A msgspec Struct with ``model``'s fields: same names, types (nested models too), required fields.
+
+    ``plain``: top-level ``str`` fields holding numbers the adapter reads; the mirror narrows them
+    to :data:`PlainNumber` (1 to 15 characters, checked in C). One that is longer, or empty,
+    fails the decode: the answer goes the slow way.
 
     ``strict=False``: unknown keys are ignored, as pydantic ignores them. ``strict=True``: an
     unknown key is an error (and a float field is refused here: its value could hide digits).
@@ -125,6 +147,13 @@ def struct_of(model: type[BaseModel], *, strict: bool = False) -> type[msgspec.S
         if info.alias is not None and info.alias != field_name:
             raise TypeError(f"{model.__name__}.{field_name}: aliases are not mirrored")
         kind = _mirror(info.annotation, strict)
+        if field_name in plain:
+            if kind is str:
+                kind = PlainNumber
+            elif kind == (str | None):
+                kind = PlainNumber | None
+            else:
+                raise TypeError(f"{model.__name__}.{field_name} is not a str field")
         fields.append((field_name, kind) if info.is_required() else (field_name, kind, None))
     name = f"Fast{model.__name__}{'Strict' if strict else ''}"
     return msgspec.defstruct(name, fields, kw_only=True, forbid_unknown_fields=strict)
