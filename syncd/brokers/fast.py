@@ -130,7 +130,9 @@ class FastDecoder:
             raise Slow from None
 
 
-def struct_of(model: type[BaseModel], *, strict: bool = False, plain: frozenset[str] = frozenset()) -> type[msgspec.Struct]:
+def struct_of(
+    model: type[BaseModel], *, strict: bool = False, plain: frozenset[str] = frozenset()
+) -> type[msgspec.Struct]:
     """A msgspec Struct with ``model``'s fields: same names, types (nested models too), required fields.
 
     ``plain``: top-level ``str`` fields holding numbers the adapter reads; the mirror narrows them
