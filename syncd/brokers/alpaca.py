@@ -107,7 +107,7 @@ _M = TypeVar("_M")
 # The hot answers, decoded in C into mirrors of alpaca-py's models (see syncd.brokers.fast).
 _POSITION_NUMBERS = ("qty", "qty_available", "avg_entry_price", "cost_basis", "current_price", "market_value")
 _FAST_POSITIONS = FastDecoder(AlpacaPosition, many=True, plain=frozenset((*_POSITION_NUMBERS, "unrealized_pl")))
-_FAST_ACCOUNT = FastDecoder(TradeAccount, lax=True)  # real answers: "options_approved_level": "1"
+_FAST_ACCOUNT = FastDecoder(TradeAccount)
 _ZERO = Decimal(0)
 
 

@@ -54,6 +54,10 @@ def all_plain(text: str) -> bool:
     return not text.translate(_DROP_PLAIN)
 
 
+# An int written as text that pydantic's lax mode reads as that int (a subset: no sign, no spaces).
+IntText = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,18}$")]
+
+
 class Slow(Exception):
     """The fast path does not take this answer as it is: decode it the slow way."""
 
@@ -85,44 +89,28 @@ def number_or_none(text: str | None) -> Decimal | None:
 class FastDecoder:
     """Decodes one answer (a ``model`` object, or a list of them) into mirrors of ``model``, or raises ``Slow``.
 
-    First with every key known (``forbid_unknown_fields``) and msgspec's strict types: then
-    no JSON number literal is accepted anywhere (every number is a string, as alpaca-py's
-    models want), so none can hide digits. An answer with keys the model does not know goes
-    through a second decoder that ignores them, as pydantic does -- unless
-    :func:`may_hide_long_number` says one of them might be a number the slow decoder would
-    refuse for its digits.
-
-    ``lax=True`` (for a model whose real answers need pydantic's lax mode, such as Alpaca's
-    account: ``"options_approved_level": "1"`` for an int) decodes in msgspec's lax mode,
-    which accepts a subset of what pydantic's accepts; a number literal may then be taken
-    (``1.0`` for an int), so every answer is screened by :func:`may_hide_long_number` first.
+    First with every key known (``forbid_unknown_fields``) and msgspec's strict types: then no
+    JSON number with a point or an exponent is accepted anywhere (every number alpaca-py reads as
+    text is a JSON string; an int field takes a JSON integer or :data:`IntText`), so none can hide
+    digits. An answer with keys the model does not know goes through a second decoder that
+    ignores them, as pydantic does -- unless :func:`may_hide_long_number` says one of them might
+    be a number the slow decoder would refuse for its digits.
     """
 
-    def __init__(
-        self, model: type[BaseModel], *, many: bool = False, lax: bool = False, plain: frozenset[str] = frozenset()
-    ) -> None:
+    def __init__(self, model: type[BaseModel], *, many: bool = False, plain: frozenset[str] = frozenset()) -> None:
         strict = struct_of(model, strict=True, plain=plain)
         lenient = struct_of(model, strict=False, plain=plain)
-        self._lax = lax
-        self._strict: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
-            list[strict] if many else strict,  # type: ignore[valid-type]
-            strict=not lax,
-        )
-        self._lenient: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
-            list[lenient] if many else lenient,  # type: ignore[valid-type]
-            strict=not lax,
-        )
+        self._strict: msgspec.json.Decoder[Any] = msgspec.json.Decoder(list[strict] if many else strict)  # type: ignore[valid-type]
+        self._lenient: msgspec.json.Decoder[Any] = msgspec.json.Decoder(list[lenient] if many else lenient)  # type: ignore[valid-type]
 
     def decode(self, body: bytes) -> Any:
-        if self._lax and may_hide_long_number(body):
-            raise Slow
         try:
             return self._strict.decode(body)
         except msgspec.ValidationError:
             pass  # perhaps keys the model does not know
         except msgspec.DecodeError:
             raise Slow from None  # not JSON: the slow decoder says so, as always
-        if not self._lax and may_hide_long_number(body):
+        if may_hide_long_number(body):
             raise Slow
         try:
             return self._lenient.decode(body)
@@ -140,9 +128,10 @@ def struct_of(
     fails the decode: the answer goes the slow way.
 
     ``strict=False``: unknown keys are ignored, as pydantic ignores them. ``strict=True``: an
-    unknown key is an error (and a float field is refused here: its value could hide digits).
-    msgspec is strict where pydantic's lax mode coerces (``"true"`` for a bool, a number for a
-    datetime): such an answer fails here and goes the slow way, where pydantic decides.
+    unknown key is an error. A float field is refused (its JSON number could hide digits). An
+    int field takes a JSON integer or :data:`IntText`. msgspec is strict where pydantic's lax
+    mode coerces (``"true"`` for a bool, a number for a datetime): such an answer fails here and
+    goes the slow way, where pydantic decides.
     """
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for field_name, info in model.model_fields.items():
@@ -164,8 +153,12 @@ def struct_of(
 def _mirror(annotation: Any, strict: bool) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return struct_of(annotation, strict=strict)
-    if strict and annotation is float:
-        raise TypeError("a float field cannot be mirrored strictly")
+    if annotation is float:
+        raise TypeError("a float field is not mirrored: its JSON number could hide digits")
+    if annotation is int:
+        # pydantic's lax mode takes "1" for an int (Alpaca sends "options_approved_level": "1"):
+        # the mirror takes a JSON integer or plain digits as text, a subset of what pydantic takes.
+        return int | IntText
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = tuple(_mirror(a, strict) for a in typing.get_args(annotation))

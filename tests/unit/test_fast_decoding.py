@@ -269,6 +269,10 @@ def test_every_position_lie_is_declined_by_the_fast_path(broker: AlpacaBroker, n
         {**aw.ACCOUNT_JSON, "equity": "Infinity"},
         {**aw.ACCOUNT_JSON, "equity": None},
         {**aw.ACCOUNT_JSON, "status": "NOPE"},
+        {**aw.ACCOUNT_JSON, "options_approved_level": "1e3"},  # msgspec's lax mode would read 1000
+        {**aw.ACCOUNT_JSON, "options_approved_level": " 1"},
+        {**aw.ACCOUNT_JSON, "daytrade_count": 1.5},
+        {**aw.ACCOUNT_JSON, "account_blocked": "yes"},
         json.dumps(aw.ACCOUNT_JSON)
         .replace('"daytrade_count": 0', '"daytrade_count": 1.0000000000000000000001')
         .encode(),
@@ -281,6 +285,7 @@ def test_every_position_lie_is_declined_by_the_fast_path(broker: AlpacaBroker, n
 def test_every_account_lie_is_declined_by_the_fast_path(broker: AlpacaBroker, body: Any) -> None:
     with pytest.raises(Slow):
         broker._fast_account(reply(body))
+    agree_account(broker, body, fast_must_take=False)
 
 
 # -- numbers: the fast subset of decimal_or_none ------------------------------------------------------------
