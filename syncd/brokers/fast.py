@@ -29,7 +29,7 @@ from typing import Annotated, Any
 import msgspec
 from pydantic import BaseModel
 
-from syncd.brokers.parse import MAX_INTEGER_DIGITS, MAX_SIGNIFICANT_DIGITS
+from syncd.brokers.parse import MAX_INTEGER_DIGITS, MAX_SIGNIFICANT_DIGITS, is_finite
 
 _SHORT = min(MAX_INTEGER_DIGITS, MAX_SIGNIFICANT_DIGITS)
 
@@ -77,7 +77,7 @@ def number(text: str) -> Decimal:
         out = Decimal(text)
     except InvalidOperation:
         raise Slow from None
-    if not out.is_finite() or out.adjusted() >= MAX_INTEGER_DIGITS:
+    if not is_finite(out) or out.adjusted() >= MAX_INTEGER_DIGITS:
         raise Slow
     return out
 
