@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m tests.bench.bench_account_sync --accounts 1000 --positions 50
+	$(PY) -m tests.bench.bench_issue14 --small-only
 	$(PY) -m tests.bench.bench_monitor --accounts 1000 --positions 50
 	$(PY) -m tests.bench.bench_cycles --accounts 1000 --positions 50
 	$(PY) -m tests.bench.bench_startup

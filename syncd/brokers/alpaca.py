@@ -43,8 +43,9 @@ from syncd.brokers.base import (
     BrokerRejected,
     OrderStatusFilter,
 )
-from syncd.brokers.http import HttpCore, RequestHook, RetryPolicy
-from syncd.brokers.occ import option_spec_or_none, parse_occ
+from syncd.brokers.fast import FastDecoder, Slow, all_plain, number, number_or_none
+from syncd.brokers.http import HttpCore, Reply, RequestHook, RetryPolicy
+from syncd.brokers.occ import option_spec_or_none, parse_occ, parse_occ_cached
 from syncd.brokers.parse import TooManyDigits, as_utc, batches, decimal_or_none, iso_z, plain
 from syncd.brokers.ratelimit import ALPACA_PER_MIN, TokenBucket
 from syncd.brokers.sanity import check_order, check_position, check_positions, check_quote
@@ -101,6 +102,12 @@ _EMPTY_AS_NONE = ("asset_id", "symbol", "asset_class", "side", "position_intent"
 _STREAM_INTERNALS = ("_start_ws", "_consume", "close")
 
 _M = TypeVar("_M")
+
+# The hot answers, decoded in C into mirrors of alpaca-py's models (see syncd.brokers.fast).
+_POSITION_NUMBERS = ("qty", "qty_available", "avg_entry_price", "cost_basis", "current_price", "market_value")
+_FAST_POSITIONS = FastDecoder(AlpacaPosition, many=True, plain=frozenset((*_POSITION_NUMBERS, "unrealized_pl")))
+_FAST_ACCOUNT = FastDecoder(TradeAccount)
+_ZERO = Decimal(0)
 
 
 class AlpacaBroker:
@@ -168,7 +175,15 @@ class AlpacaBroker:
     # -- account, positions, clock ----------------------------------------------------------
 
     async def get_account(self) -> Balances:
-        body = await self._get("/v2/account")
+        what, reply = await self._http.request_reply("GET", f"{self.base_url}/v2/account", endpoint="/v2/account")
+        try:
+            return self._fast_account(reply)
+        except Slow:
+            return self._slow_account(what, reply)
+
+    def _slow_account(self, what: str, reply: Reply) -> Balances:
+        """The balances through ``json`` and alpaca-py's model, with every refusal's own message."""
+        body = self._http.decode(what, reply)
         acct = self._model(TradeAccount, _obj(body, "account", self.account.name), "account")
         return Balances(
             broker_account_id=acct.account_number,
@@ -181,10 +196,81 @@ class AlpacaBroker:
         )
 
     async def list_positions(self) -> list[Position]:
-        body = await self._get("/v2/positions")
-        rows = _list(body, "positions", self.account.name)
+        what, reply = await self._http.request_reply("GET", f"{self.base_url}/v2/positions", endpoint="/v2/positions")
+        try:
+            return self._fast_positions(reply)
+        except Slow:
+            return self._slow_positions(what, reply)
+
+    def _slow_positions(self, what: str, reply: Reply) -> list[Position]:
+        """The positions through ``json`` and alpaca-py's model, with every refusal's own message."""
+        rows = _list(self._http.decode(what, reply), "positions", self.account.name)
         positions = [self._position(_obj(p, f"positions[{i}]", self.account.name), i) for i, p in enumerate(rows)]
         return check_positions(positions, self._bad)
+
+    def _fast_account(self, reply: Reply) -> Balances:
+        """The balances, when the fast decoder takes the answer as it is (else ``Slow``; see get_account)."""
+        acct = _FAST_ACCOUNT.decode(reply.body)
+        if acct.equity is None or acct.cash is None or acct.buying_power is None:
+            raise Slow
+        return Balances(
+            broker_account_id=acct.account_number,
+            equity=number(acct.equity),
+            cash=number(acct.cash),
+            buying_power=number(acct.buying_power),
+            long_market_value=number_or_none(acct.long_market_value) or _ZERO,
+            short_market_value=number_or_none(acct.short_market_value) or _ZERO,
+            currency=acct.currency or "USD",
+        )
+
+    def _fast_positions(self, reply: Reply) -> list[Position]:
+        """The positions, when the fast decoder takes the answer as it is (else ``Slow``).
+
+        The same conversion as :meth:`_position` and the same checks (``check_position``,
+        ``check_positions``, run here with a ``bad`` that raises ``Slow``): whatever they would
+        refuse goes the slow way, which refuses it with its usual message.
+        """
+        rows = _FAST_POSITIONS.decode(reply.body)
+        out = []
+        short, option_class, dec = ae.PositionSide.SHORT, ae.AssetClass.US_OPTION, Decimal
+        try:
+            for p in rows:
+                qty, available, avg, cost = p.qty, p.qty_available, p.avg_entry_price, p.cost_basis
+                current, value, pl = p.current_price, p.market_value, p.unrealized_pl
+                # Each number is 1..15 characters (PlainNumber); made of digits, points and minus signs
+                # only, Decimal(text) is decimal_or_none(text) or raises InvalidOperation (then: slow).
+                if not all_plain(qty + avg + cost + (available or "") + (current or "") + (value or "") + (pl or "")):
+                    raise Slow
+                if p.symbol != p.symbol.strip():  # padded ("AAPL " in Alpaca's own example): the slow path strips it
+                    raise Slow
+                option = None
+                if p.asset_class is option_class:
+                    try:
+                        option = parse_occ_cached(p.symbol)
+                    except ValueError:
+                        raise Slow from None
+                quantity = dec(qty).copy_abs()
+                if p.side is short:
+                    quantity = quantity.copy_negate()
+                    free = quantity if available is None else dec(available).copy_abs().copy_negate()
+                else:
+                    free = quantity if available is None else dec(available).copy_abs()
+                position = Position(
+                    symbol=p.symbol,
+                    asset_class=_asset_class(p.asset_class),
+                    quantity=quantity,
+                    qty_available=free,
+                    avg_entry_price=dec(avg),
+                    cost_basis=dec(cost),
+                    current_price=None if current is None else dec(current),
+                    market_value=None if value is None else dec(value),
+                    unrealized_pl=None if pl is None else dec(pl),
+                    option=option,
+                )
+                out.append(check_position(position, "positions[]", _slow))
+        except InvalidOperation:
+            raise Slow from None
+        return check_positions(out, _slow)
 
     async def get_clock(self) -> Clock:
         clock = self._model(AlpacaClock, _obj(await self._get("/v2/clock"), "clock", self.account.name), "clock")
@@ -825,6 +911,11 @@ def _reason_of(body: Any) -> str | None:
 
 
 # -- small helpers ------------------------------------------------------------------------
+
+
+def _slow(message: str, field: str) -> BadBrokerData:
+    """The ``bad`` of the fast path: a failed check sends the answer the slow way (which refuses it)."""
+    raise Slow
 
 
 def _obj(body: Any, what: str, account: str = "") -> dict[str, Any]:

@@ -9,7 +9,7 @@ Every request:
 2. is sent with a total timeout of ``timeout_s`` for the WHOLE request: every attempt,
    every backoff sleep and the rate limiter's wait share one deadline, so a broker that
    hangs costs one request ``timeout_s`` (never ``attempts x timeout_s``);
-3. is retried, with tenacity's jittered exponential backoff, on a connection error, a
+3. is retried, with full-jitter exponential backoff (:func:`syncd.errors.backoff`), on a connection error, a
    timeout, a 5xx or a 429 (waiting what ``Retry-After`` or Alpaca's
    ``X-Ratelimit-Reset`` asks for instead, when given) while the deadline leaves time for
    the wait and another attempt -- unless the caller says the
@@ -35,7 +35,6 @@ from typing import Any, Literal
 
 import aiohttp
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from syncd.brokers.base import (
     BadBrokerData,
@@ -150,22 +149,73 @@ class HttpCore:
         rather than an authorisation failure.
         """
         what = f"{self.broker} {method} {endpoint}"
+        reply = await self._send(what, method, url, endpoint, params, json_body, form, once)
+        return self._interpret(what, reply, on_404=on_404, reject_403=reject_403)
+
+    async def request_reply(
+        self,
+        method: str,
+        url: str,
+        *,
+        endpoint: str,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    ) -> tuple[str, Reply]:
+        """Like :meth:`request` (``on_404="error"``), but a 2xx answer comes back undecoded.
+
+        Returns ``(what, reply)``: the adapter decodes ``reply.body`` itself (a typed fast
+        decoder), and hands it to :meth:`decode` -- the same decoding :meth:`request` does --
+        whenever its fast decoder does not take the answer as it is. Every other status is
+        translated into syncd's exceptions exactly as :meth:`request` does.
+        """
+        what = f"{self.broker} {method} {endpoint}"
+        reply = await self._send(what, method, url, endpoint, params, None, None, False)
+        if not 200 <= reply.status < 300:
+            self._interpret(what, reply, on_404="error", reject_403=None)  # raises
+        return what, reply
+
+    def decode(self, what: str, reply: Reply) -> Any:
+        """A 2xx ``reply``'s body decoded as :meth:`request` decodes it (exact Decimals, digit check)."""
+        return self._decode(what, reply)
+
+    async def _send(
+        self,
+        what: str,
+        method: str,
+        url: str,
+        endpoint: str,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None,
+        json_body: Any,
+        form: Mapping[str, str] | Sequence[tuple[str, str]] | None,
+        once: bool,
+    ) -> Reply:
+        """The request's attempts under its one deadline; retries (and their bookkeeping) only after a failure."""
         deadline = self.retry.monotonic() + self.timeout_s
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(1 if once else max(1, self.retry.attempts)),
-            wait=lambda state: self._wait(state, deadline),
-            retry=retry_if_exception_type(_Transient),
-            sleep=self.retry.sleep,
-            before_sleep=self._before_sleep(what),
-            reraise=True,
-        )
+        limit = 1 if once else max(1, self.retry.attempts)
+        attempt = 0
         try:
             # The hard bound of the whole request (attempts, backoff sleeps, rate-limit wait);
             # each attempt's own aiohttp timeout is what is left of it.
             async with asyncio.timeout(self.timeout_s):
-                reply: Reply = await retrying(self._attempt, method, url, endpoint, params, json_body, form, deadline)
+                while True:
+                    attempt += 1
+                    try:
+                        return await self._attempt(method, url, endpoint, params, json_body, form, deadline)
+                    except _Transient as exc:
+                        if attempt >= limit:
+                            raise
+                        wait = self._wait(exc, attempt, deadline)  # raises exc when waiting is pointless
+                        log.warning(
+                            "broker_request_retry",
+                            broker=self.broker,
+                            account=self.account,
+                            request=what,
+                            attempt=attempt,
+                            reason=str(exc),
+                            wait_s=round(wait, 3),
+                        )
+                        await self.retry.sleep(wait)
         except _Transient as exc:
-            raise self._exhausted(what, exc, once=once, attempts=retrying.statistics.get("attempt_number", 1)) from None
+            raise self._exhausted(what, exc, once=once, attempts=attempt) from None
         except TimeoutError:
             raise BrokerUnavailable(
                 f"{what}: no answer within {self.timeout_s:g}s (broker_timeout_s, retries included)",
@@ -173,7 +223,6 @@ class HttpCore:
                 broker=self.broker,
                 account=self.account,
             ) from None
-        return self._interpret(what, reply, on_404=on_404, reject_403=reject_403)
 
     def scrub(self, text: str) -> str:
         """``text`` with every secret of this account replaced by ``***``."""
@@ -261,35 +310,20 @@ class HttpCore:
 
     # -- retry plumbing -------------------------------------------------------------------
 
-    def _wait(self, state: RetryCallState, deadline: float) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Transient) and exc.retry_after is not None:
+    def _wait(self, exc: _Transient, attempt: int, deadline: float) -> float:
+        """Seconds to wait after failed attempt number ``attempt``; raises ``exc`` when no retry can help."""
+        if exc.retry_after is not None:
             if exc.retry_after > self.retry.max_retry_after_s:
                 # Waiting that long inside one request would stall a whole cycle: give up now.
                 raise exc
             wait = exc.retry_after
         else:
-            wait = backoff(state.attempt_number, self.retry.initial_s, self.retry.max_s, jitter="full")
-        if isinstance(exc, _Transient) and wait >= deadline - self.retry.monotonic():
+            wait = backoff(attempt, self.retry.initial_s, self.retry.max_s, jitter="full")
+        if wait >= deadline - self.retry.monotonic():
             # The wait would use up what is left of broker_timeout_s: no time for another attempt.
             exc.out_of_time = True
             raise exc
         return wait
-
-    def _before_sleep(self, what: str) -> Callable[[RetryCallState], None]:
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "broker_request_retry",
-                broker=self.broker,
-                account=self.account,
-                request=what,
-                attempt=state.attempt_number,
-                reason=str(exc),
-                wait_s=round(state.upcoming_sleep, 3),
-            )
-
-        return before_sleep
 
     def _exhausted(self, what: str, exc: _Transient, *, once: bool, attempts: int) -> BrokerUnavailable:
         if exc.retry_after is not None and exc.retry_after > self.retry.max_retry_after_s:

@@ -12,6 +12,7 @@ The OSI/OCC format, as Alpaca and Tradier write it (no padding spaces):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -57,6 +58,12 @@ def parse_occ(symbol: str) -> OptionSpec:
         strike=strike,
         expiration=expiration,
     )
+
+
+@functools.lru_cache(maxsize=65536)
+def parse_occ_cached(symbol: str) -> OptionSpec:
+    """:func:`parse_occ`, remembered: the same option is read on every pass (``OptionSpec`` is frozen)."""
+    return parse_occ(symbol)
 
 
 def format_occ(spec: OptionSpec) -> str:

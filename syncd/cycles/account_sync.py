@@ -179,10 +179,12 @@ def diff_positions(stored: Mapping[str, PositionRow], fetched: Iterable[Position
             diff.upserts.append(row)
             diff.events.append(PositionEvent(row.symbol, "opened", Decimal(0), row.quantity))
             continue
-        kind = event_kind(old.quantity, row.quantity)
-        if kind is not None:
-            diff.events.append(PositionEvent(row.symbol, kind, old.quantity, row.quantity))
-        if old.position_fields() != row.position_fields() or (old.marks_ours and _marks_differ(old, row)):
+        if old.quantity != row.quantity:
+            kind = event_kind(old.quantity, row.quantity)
+            if kind is not None:
+                diff.events.append(PositionEvent(row.symbol, kind, old.quantity, row.quantity))
+        # old[1:11] / old[11:14]: position_fields() and marks(), sliced here without a call per row
+        if old[1:11] != row[1:11] or (old.marks_ours and old[11:14] != row[11:14] and _marks_differ(old, row)):
             diff.upserts.append(row)
         else:
             diff.unchanged += 1
@@ -214,7 +216,7 @@ def position_row(p: Position) -> PositionRow:
     spec = p.option
     # asset_class, underlying, option_type, strike, expiration, multiplier: the columns stocks and options differ in
     instrument: tuple[str, str, str | None, Decimal | None, dt.date | None, Decimal] = (
-        (AssetClass(p.asset_class).value, p.symbol, None, None, None, _ONE)
+        (_ASSET_CLASS.get(p.asset_class) or AssetClass(p.asset_class).value, p.symbol, None, None, None, _ONE)
         if spec is None
         else (
             AssetClass.US_OPTION.value,
@@ -239,6 +241,7 @@ def position_row(p: Position) -> PositionRow:
 
 
 _ONE = Decimal(1)
+_ASSET_CLASS = {c: c.value for c in AssetClass}  # a dict lookup, not an enum call per row
 
 
 def position_rows(positions: Sequence[Position]) -> list[PositionRow]:

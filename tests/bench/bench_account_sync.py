@@ -351,9 +351,31 @@ async def timed_pass(
     return f
 
 
-async def main() -> None:
-    args = parse_args()
-    configure_logging(LogSettings(level="warning", format="console"))
+@dataclass
+class BenchResult:
+    """One run of the bench: both passes and what the floor is made of."""
+
+    accounts: int
+    positions_per_account: int
+    latency_s: float
+    concurrency: int
+    first: PassFigures
+    idle: PassFigures
+    rows: int
+    write_s: float
+    rss_mb: float
+    sim_rss_mb: float
+
+    def floor(self, f: PassFigures) -> float:
+        """latency x requests / concurrency (+ one bulk write of every row for the first pass)."""
+        return self.latency_s * f.requests / self.concurrency + (self.write_s if f is self.first else 0.0)
+
+    def cpu_us_per_position(self, f: PassFigures) -> float:
+        return f.cpu_syncd / max(f.positions, 1) * 1e6
+
+
+async def run_bench(args: argparse.Namespace) -> BenchResult:
+    """Set up, run the first and the idle pass, print their lines; tear down."""
     admin, server = find_admin_dsn()
     name = f"syncd_bench_account_{uuid.uuid4().hex[:8]}"
     await create_database(admin, name)
@@ -391,18 +413,30 @@ async def main() -> None:
             + f"; simulator served {sim_requests} requests",
             flush=True,
         )
+        result = BenchResult(
+            args.accounts,
+            args.positions,
+            args.latency_ms / 1000,
+            args.concurrency,
+            first,
+            idle,
+            rows,
+            write_s,
+            rss_mb,
+            sim_rss / 1024,
+        )
         cores = os.cpu_count() or 1
         for f in (first, idle):
             busy = f.cpu_syncd + f.cpu_sim + f.cpu_pg
             print(
                 f"{f.name:<6} CPU of syncd + simulator + postgres {busy:.2f} s over {cores} cores: "
-                f"CPU floor {busy / cores:.2f} s; pass is {f.seconds / (busy / cores):.2f}x that",
+                f"CPU floor {busy / cores:.2f} s; pass is {f.seconds / (busy / cores):.2f}x that; "
+                f"syncd CPU {result.cpu_us_per_position(f):.1f} us/position",
                 flush=True,
             )
-        latency = args.latency_ms / 1000
         for f in (first, idle):
-            floor = latency * f.requests / args.concurrency + (write_s if f.name == "first" else 0.0)
-            if latency:
+            floor = result.floor(f)
+            if result.latency_s:
                 print(
                     f"{f.name:<6} floor {floor:.2f} s (latency x {f.requests} requests / {args.concurrency}"
                     f" + bulk write {write_s if f.name == 'first' else 0.0:.2f} s): "
@@ -410,6 +444,7 @@ async def main() -> None:
                     flush=True,
                 )
         print(f"one bulk write of {rows} rows: {write_s:.2f} s", flush=True)
+        return result
     finally:
         await sim.stop()
         if args.keep_db:
@@ -418,6 +453,12 @@ async def main() -> None:
             await drop_database(admin, name)
         if server is not None:
             server.stop()
+
+
+async def main() -> None:
+    args = parse_args()
+    configure_logging(LogSettings(level="warning", format="console"))
+    await run_bench(args)
 
 
 if __name__ == "__main__":
