@@ -68,3 +68,11 @@ def test_an_sql_error_is_a_db_error_but_not_retried_at_startup() -> None:
     exc = asyncpg.UndefinedTableError("x")
     assert isinstance(exc, DB_ERRORS)
     assert not isinstance(exc, DB_UNAVAILABLE)
+
+
+def test_a_connection_left_mid_operation_is_a_db_error() -> None:
+    """Guards the database-restart case: a pooled connection whose cancelled operation had not
+    unwound raised InternalClientError out of the pass's bookkeeping and crashed the task."""
+    assert isinstance(
+        asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"), DB_ERRORS
+    )
