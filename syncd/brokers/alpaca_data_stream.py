@@ -153,31 +153,21 @@ def _error_state(code: int | None) -> str:
     return "reconnecting"
 
 
-class AlpacaQuoteStream:
-    """One Alpaca market-data connection (stocks or options) that follows a wanted symbol set."""
+class QuoteStream:
+    """What every live-quote connection shares: the wanted symbol set (within ``symbols_limit``),
+    the reconnect loop with backoff, and the state health shows. A subclass opens one connection
+    (``_connection``) and says which symbols it carries (``accepts``)."""
+
+    kind: str
 
     def __init__(
-        self,
-        *,
-        account: str,
-        kind: Kind,
-        url: str,
-        key: str,
-        secret: str,
-        symbols_limit: int,
-        timeout_s: float = 10.0,
-        backoff_s: tuple[float, float] = BACKOFF_S,
+        self, *, account: str, name: str, symbols_limit: int, timeout_s: float, backoff_s: tuple[float, float]
     ) -> None:
         self.account = account
-        self.kind = kind
-        self.url = url
-        self.name = f"alpaca-{kind}"
-        self._key = key
-        self._secret = secret
+        self.name = name
         self.symbols_limit = symbols_limit
         self._timeout_s = timeout_s
         self._backoff_s = backoff_s
-        self.binary = kind == "options"  # msgpack; stocks speak JSON
         self._wanted: list[str] = []
         self._changed = asyncio.Event()
         self.subscribed: frozenset[str] = frozenset()
@@ -189,11 +179,17 @@ class AlpacaQuoteStream:
         self.last_event_at: float | None = None  # time.time() of the last quote
         self._over_limit_logged = 0
 
-    # -- what to watch ------------------------------------------------------------------
-
     def accepts(self, symbol: str) -> bool:
-        """Whether this connection carries ``symbol`` (options on the option stream, the rest on stocks)."""
-        return is_option_symbol(symbol) == (self.kind == "options")
+        raise NotImplementedError
+
+    async def _connection(self, on_quote: OnQuote, on_state: OnState | None) -> None:
+        raise NotImplementedError
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the connection's secrets (an error message about to be logged)."""
+        return text
+
+    # -- what to watch ------------------------------------------------------------------
 
     def want(self, symbols: Iterable[str]) -> None:
         """The symbols to watch from now on (at most ``symbols_limit``: the rest are left to polling)."""
@@ -243,7 +239,7 @@ class AlpacaQuoteStream:
                     return exc.state
                 error = str(exc)
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                error = f"{type(exc).__name__}: {self._scrub(str(exc))[:200]}"
             self.subscribed = frozenset()
             if self.received > delivered or time.monotonic() - started > HEALTHY_AFTER_S:
                 failures = 0
@@ -267,6 +263,39 @@ class AlpacaQuoteStream:
         self.state, self.error = state, error
         if on_state is not None:
             on_state(state, error)
+
+
+class AlpacaQuoteStream(QuoteStream):
+    """One Alpaca market-data connection (stocks or options) that follows a wanted symbol set."""
+
+    def __init__(
+        self,
+        *,
+        account: str,
+        kind: Kind,
+        url: str,
+        key: str,
+        secret: str,
+        symbols_limit: int,
+        timeout_s: float = 10.0,
+        backoff_s: tuple[float, float] = BACKOFF_S,
+    ) -> None:
+        super().__init__(
+            account=account,
+            name=f"alpaca-{kind}",
+            symbols_limit=symbols_limit,
+            timeout_s=timeout_s,
+            backoff_s=backoff_s,
+        )
+        self.kind = kind
+        self.url = url
+        self._key = key
+        self._secret = secret
+        self.binary = kind == "options"  # msgpack; stocks speak JSON
+
+    def accepts(self, symbol: str) -> bool:
+        """Whether this connection carries ``symbol`` (options on the option stream, the rest on stocks)."""
+        return is_option_symbol(symbol) == (self.kind == "options")
 
     async def _connection(self, on_quote: OnQuote, on_state: OnState | None) -> None:
         headers = {"Content-Type": "application/msgpack"} if self.binary else {}

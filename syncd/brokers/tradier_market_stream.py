@@ -26,19 +26,17 @@ import asyncio
 import datetime as dt
 import json
 import time
-from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import aiohttp
 import structlog
 
-from syncd.brokers.alpaca_data_stream import BACKOFF_S, FATAL_STATES, HEALTHY_AFTER_S, OnQuote, OnState, StreamRefused
+from syncd.brokers.alpaca_data_stream import BACKOFF_S, OnQuote, OnState, QuoteStream, StreamRefused
 from syncd.brokers.base import BadBrokerData
 from syncd.brokers.parse import is_finite
 from syncd.brokers.sanity import check_quote
 from syncd.brokers.types import Quote
-from syncd.errors import backoff
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +86,7 @@ def parse_quote(msg: dict[str, Any]) -> Quote:
     return check_quote(quote, f"quote.{symbol}", bad)
 
 
-class TradierQuoteStream:
+class TradierQuoteStream(QuoteStream):
     """One Tradier market events connection that follows a wanted symbol set (stocks and options alike)."""
 
     kind = "market"
@@ -104,99 +102,23 @@ class TradierQuoteStream:
         timeout_s: float = 10.0,
         backoff_s: tuple[float, float] = BACKOFF_S,
     ) -> None:
-        self.account = account
-        self.name = "tradier-market"
+        super().__init__(
+            account=account,
+            name="tradier-market",
+            symbols_limit=symbols_limit,
+            timeout_s=timeout_s,
+            backoff_s=backoff_s,
+        )
         self.base_url = base_url.rstrip("/")
         self.url = url or MARKET_STREAM_URL
         self._token = token
-        self.symbols_limit = symbols_limit
-        self._timeout_s = timeout_s
-        self._backoff_s = backoff_s
-        self._wanted: list[str] = []
-        self._changed = asyncio.Event()
-        self.subscribed: frozenset[str] = frozenset()
-        self.state: str = "idle"
-        self.error: str | None = None
-        self.received = 0
-        self.bad = 0
-        self.reconnects = 0
         self.sessions = 0
-        self.last_event_at: float | None = None
-        self._over_limit_logged = 0
 
     def accepts(self, symbol: str) -> bool:
         return True
 
-    def want(self, symbols: Iterable[str]) -> None:
-        """The symbols to watch from now on (at most ``symbols_limit``: the rest are left to polling)."""
-        wanted = sorted(set(symbols))
-        if len(wanted) > self.symbols_limit:
-            if self._over_limit_logged != len(wanted):
-                log.warning(
-                    "quote_symbols_over_limit",
-                    account=self.account,
-                    stream=self.name,
-                    wanted=len(wanted),
-                    limit=self.symbols_limit,
-                )
-                self._over_limit_logged = len(wanted)
-            wanted = wanted[: self.symbols_limit]
-        if wanted != self._wanted:
-            self._wanted = wanted
-            self._changed.set()
-
-    @property
-    def wanted(self) -> list[str]:
-        return list(self._wanted)
-
-    async def run(self, on_quote: OnQuote, on_state: OnState | None = None) -> str:
-        """Session, connect, subscribe, deliver quotes; reconnect until cancelled. Returns a fatal state's name."""
-        failures = 0
-        while True:
-            if not self._wanted:
-                self._set_state("idle", None, on_state)
-                self._changed.clear()
-                await self._changed.wait()
-                continue
-            self._set_state("connecting" if failures == 0 else "reconnecting", self.error, on_state)
-            started = time.monotonic()
-            delivered = self.received
-            try:
-                await self._connection(on_quote, on_state)
-                error = "server closed the stream"
-            except StreamRefused as exc:
-                if exc.state in FATAL_STATES:
-                    self._set_state(exc.state, str(exc), on_state)
-                    log.error(
-                        "quote_stream_refused", account=self.account, stream=self.name, state=exc.state, error=str(exc)
-                    )
-                    return exc.state
-                error = str(exc)
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                error = f"{type(exc).__name__}: {str(exc).replace(self._token, '***')[:200]}"
-            self.subscribed = frozenset()
-            if self.received > delivered or time.monotonic() - started > HEALTHY_AFTER_S:
-                failures = 0
-            failures += 1
-            self.reconnects += 1
-            delay = backoff(failures, *self._backoff_s, jitter="half")
-            self._set_state("reconnecting", error, on_state)
-            log.warning(
-                "quote_stream_dropped",
-                account=self.account,
-                stream=self.name,
-                error=error,
-                attempt=failures,
-                retry_in_s=round(delay, 2),
-            )
-            await asyncio.sleep(delay)
-
-    def _set_state(self, state: str, error: str | None, on_state: OnState | None) -> None:
-        if state == self.state and error == self.error:
-            return
-        self.state, self.error = state, error
-        if on_state is not None:
-            on_state(state, error)
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._token, "***")
 
     async def _session(self, http: aiohttp.ClientSession) -> str:
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
