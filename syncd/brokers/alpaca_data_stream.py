@@ -45,7 +45,7 @@ import msgpack
 import structlog
 
 from syncd.brokers.base import BadBrokerData
-from syncd.brokers.parse import is_finite
+from syncd.brokers.parse import decimal_or_none
 from syncd.brokers.sanity import check_quote
 from syncd.brokers.types import Quote
 from syncd.errors import backoff
@@ -106,17 +106,6 @@ def _timestamp(value: Any) -> dt.datetime | None:
     return parsed.astimezone(dt.UTC)
 
 
-def _price(value: Any, key: str) -> Decimal | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal, str)):
-        raise ValueError(f"{key} is not a number")
-    out = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    if not is_finite(out):
-        raise ValueError(f"{key} is not finite")
-    return out
-
-
 def parse_quote(msg: dict[str, Any]) -> Quote:
     """One ``T: "q"`` message as a checked domain ``Quote``; ``BadBrokerData`` when it cannot be true."""
     symbol = msg.get("S")
@@ -125,10 +114,10 @@ def parse_quote(msg: dict[str, Any]) -> Quote:
     try:
         quote = Quote(
             symbol=symbol,
-            bid=_price(msg.get("bp"), "bp"),
-            ask=_price(msg.get("ap"), "ap"),
-            bid_size=_price(msg.get("bs"), "bs"),
-            ask_size=_price(msg.get("as"), "as"),
+            bid=decimal_or_none(msg.get("bp")),
+            ask=decimal_or_none(msg.get("ap")),
+            bid_size=decimal_or_none(msg.get("bs")),
+            ask_size=decimal_or_none(msg.get("as")),
             at=_timestamp(msg.get("t")),
         )
     except (ValueError, InvalidOperation, TypeError) as exc:

@@ -34,7 +34,7 @@ import structlog
 
 from syncd.brokers.alpaca_data_stream import BACKOFF_S, OnQuote, OnState, QuoteStream, StreamRefused
 from syncd.brokers.base import BadBrokerData
-from syncd.brokers.parse import is_finite
+from syncd.brokers.parse import decimal_or_none
 from syncd.brokers.sanity import check_quote
 from syncd.brokers.types import Quote
 
@@ -51,17 +51,6 @@ def _ms(value: Any, key: str) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(int(value) / 1000, dt.UTC)
 
 
-def _num(value: Any, key: str) -> Decimal | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal, str)):
-        raise ValueError(f"{key} is not a number")
-    out = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    if not is_finite(out):
-        raise ValueError(f"{key} is not finite")
-    return out
-
-
 def parse_quote(msg: dict[str, Any]) -> Quote:
     """One ``type: "quote"`` event as a checked domain ``Quote``; ``BadBrokerData`` when it cannot be true."""
     symbol = msg.get("symbol")
@@ -71,10 +60,10 @@ def parse_quote(msg: dict[str, Any]) -> Quote:
         dates = [d for d in (_ms(msg.get("biddate"), "biddate"), _ms(msg.get("askdate"), "askdate")) if d]
         quote = Quote(
             symbol=symbol,
-            bid=_num(msg.get("bid"), "bid"),
-            ask=_num(msg.get("ask"), "ask"),
-            bid_size=_num(msg.get("bidsz"), "bidsz"),
-            ask_size=_num(msg.get("asksz"), "asksz"),
+            bid=decimal_or_none(msg.get("bid")),
+            ask=decimal_or_none(msg.get("ask")),
+            bid_size=decimal_or_none(msg.get("bidsz")),
+            ask_size=decimal_or_none(msg.get("asksz")),
             at=max(dates) if dates else None,
         )
     except (ValueError, InvalidOperation, TypeError, OverflowError, OSError) as exc:
