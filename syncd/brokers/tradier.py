@@ -457,19 +457,7 @@ class TradierBroker:
             form=form,
             once=True,
         )
-        errors = reason_of(body)
-        if isinstance(body, dict) and "errors" in body and errors:
-            raise BrokerRejected(
-                f"tradier POST /v1/accounts/{{id}}/orders: refused: {errors}",
-                reason=errors,
-                status=200,
-                broker="tradier",
-                account=self.account.name,
-            )
-        placed = self._section(body, "order")
-        if placed is None or placed.get("id") in (None, "", "null"):
-            raise self._bad("order placement answer has no order id", "order.id")
-        broker_id = str(placed["id"])
+        broker_id = self._answered_order_id(body, "POST /v1/accounts/{id}/orders", "order placement")
         log.info(
             "order_submitted",
             broker="tradier",
@@ -499,20 +487,26 @@ class TradierBroker:
             once=True,
             on_404="not_found",
         )
+        broker_id = self._answered_order_id(body, "PUT /v1/accounts/{id}/orders/{order_id}", "order modification")
+        log.info("order_replaced", broker="tradier", account=self.account.name, broker_order_id=broker_id)
+        return await self.get_order(broker_id)
+
+    def _answered_order_id(self, body: Any, endpoint: str, what: str) -> str:
+        """The order id of a placement or modification answer; ``BrokerRejected`` for Tradier's
+        ``{"errors": ...}`` refusal (HTTP 200), ``BadBrokerData`` for an answer with no id."""
         errors = reason_of(body)
         if isinstance(body, dict) and "errors" in body and errors:
             raise BrokerRejected(
-                f"tradier PUT /v1/accounts/{{id}}/orders/{{order_id}}: refused: {errors}",
+                f"tradier {endpoint}: refused: {errors}",
                 reason=errors,
                 status=200,
                 broker="tradier",
                 account=self.account.name,
             )
-        changed = self._section(body, "order")
-        if changed is None or changed.get("id") in (None, "", "null"):
-            raise self._bad("order modification answer has no order id", "order.id")
-        log.info("order_replaced", broker="tradier", account=self.account.name, broker_order_id=str(changed["id"]))
-        return await self.get_order(str(changed["id"]))
+        order = self._section(body, "order")
+        if order is None or order.get("id") in (None, "", "null"):
+            raise self._bad(f"{what} answer has no order id", "order.id")
+        return str(order["id"])
 
     async def cancel_order(self, broker_order_id: str) -> None:
         body = await self._http.request(
