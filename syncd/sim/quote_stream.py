@@ -269,13 +269,18 @@ class QuoteHub:
                 if not self._action(conn, data):
                     break
         finally:
-            self._conns.discard(conn)
-            conn.queue.put_nowait(None)
+            await self._hang_up(conn, ws)
+        return ws
+
+    async def _hang_up(self, conn: _Conn, ws: web.WebSocketResponse) -> None:
+        """Forget ``conn``, let its sender drain what is queued, close the socket."""
+        self._conns.discard(conn)
+        conn.queue.put_nowait(None)
+        if conn.sender is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await conn.sender
-            if not ws.closed:
-                await ws.close()
-        return ws
+        if not ws.closed:
+            await ws.close()
 
     def _action(self, conn: _Conn, data: dict[str, Any]) -> bool:
         """Handle one client message; False closes the connection (after the reply is sent)."""
@@ -374,12 +379,7 @@ class QuoteHub:
                 if not self._tradier_payload(conn, data):
                     break
         finally:
-            self._conns.discard(conn)
-            conn.queue.put_nowait(None)
-            with contextlib.suppress(asyncio.CancelledError):
-                await conn.sender
-            if not ws.closed:
-                await ws.close()
+            await self._hang_up(conn, ws)
         return ws
 
     def _tradier_payload(self, conn: _Conn, data: dict[str, Any]) -> bool:
