@@ -54,7 +54,7 @@ from syncd.trading.expiry import (
     expiry_time,
     settle,
 )
-from syncd.trading.order_store import Conn, lock_orders, send_notifications, write_trades
+from syncd.trading.order_store import Conn, lock_orders, send_notifications, trade_state, write_trades
 from syncd.trading.reconcile import CLOSED_OUTSIDE, TradeLeg, TradeSpec, TradeState, TradeStatus
 
 log = structlog.get_logger(__name__)
@@ -97,17 +97,7 @@ def _candidates(
         synced: dt.datetime | None = r["last_synced_at"]
         if synced is None:
             continue
-        state = TradeState(
-            status=TradeStatus(r["status"]),
-            quantity=r["quantity"],
-            entry_price=r["entry_price"],
-            broker_fill_price=r["broker_fill_price"],
-            exit_price=r["exit_price"],
-            realized_pnl=r["realized_pnl"],
-            close_reason=r["close_reason"],
-            opened_at=r["opened_at"],
-            closed_at=r["closed_at"],
-        )
+        state = trade_state(r)
         vanished = [x["vanished_at"] for x in rs if x["vanished_at"] is not None]
         vanished_at = max(vanished) if vanished else None
         first = min(expirations)

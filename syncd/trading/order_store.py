@@ -496,7 +496,8 @@ async def _write_orders(conn: Conn, q: Queries, account_id: int, changes: Mappin
 # -- trades ---------------------------------------------------------------------------------
 
 
-def _trade_state(r: Mapping[str, Any]) -> TradeState:
+def trade_state(r: Mapping[str, Any]) -> TradeState:
+    """A stored ``trades`` row (by column name) as the reconcile core's ``TradeState``."""
     return TradeState(
         status=TradeStatus(r["status"]),
         quantity=r["quantity"],
@@ -521,7 +522,7 @@ async def _derive_trades(
     conn: Conn, q: Queries, trade_ids: Sequence[int], changes: Mapping[str, _Change], now: dt.datetime
 ) -> list[int]:
     rows = await conn.fetch(q["trade_trades_for_apply"], trade_ids)
-    trades = {r["id"]: _trade_state(r) for r in rows}
+    trades = {r["id"]: trade_state(r) for r in rows}
     exit_pending = {r["id"] for r in rows if r["exit_pending"]}
     specs = trade_specs(await conn.fetch(q["trade_legs_of"], trade_ids))
     orders_by_trade: dict[int, list[_Stored]] = {}
