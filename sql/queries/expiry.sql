@@ -8,23 +8,7 @@
 -- sync is not yet in them), when the leg's position was last seen to close since the trade
 -- opened (position_events), and how many live trades claim the leg's symbol.
 -- $1 account id, $2 the pending close_reasons (text[])
-WITH cand AS (
-    SELECT t.*
-      FROM trades t
-     WHERE t.account_id = $1
-       AND (t.status = 'open' OR (t.status = 'closing' AND t.close_reason = ANY($2::text[])))
-       AND EXISTS (SELECT 1 FROM trade_legs l WHERE l.trade_id = t.id)
-       AND NOT EXISTS (
-             SELECT 1 FROM trade_legs l
-               JOIN portfolio_positions p ON p.account_id = $1 AND p.symbol = l.symbol
-              WHERE l.trade_id = t.id)
-       AND NOT EXISTS (
-             SELECT 1 FROM orders o
-              WHERE o.trade_id = t.id AND o.parent_id IS NULL AND order_is_working(o.status))
-       AND NOT EXISTS (
-             SELECT 1 FROM order_requests r
-              WHERE r.trade_id = t.id AND r.state IN ('queued', 'submitting'))
-)
+WITH cand AS (SELECT * FROM expiry_candidate_trades($1, $2::text[]))  -- 0019: the rule, in one place
 SELECT c.id AS trade_id, c.status, c.quantity, c.entry_price, c.broker_fill_price, c.exit_price,
        c.realized_pnl, c.close_reason, c.opened_at, c.closed_at,
        l.leg_index, l.symbol, l.side, l.ratio, a.last_synced_at,

@@ -37,11 +37,14 @@ from pydantic import ValidationError
 
 from syncd.brokers.alpaca_quotes import snapshot_quote
 from syncd.brokers.base import (
+    AccountAnswer,
     BadBrokerData,
     BrokerAuthFailed,
     BrokerError,
     BrokerRejected,
     OrderStatusFilter,
+    answer_fingerprint,
+    both,
 )
 from syncd.brokers.fast import FastDecoder, Slow, all_plain, number, number_or_none
 from syncd.brokers.http import HttpCore, Reply, RequestHook, RetryPolicy
@@ -175,7 +178,12 @@ class AlpacaBroker:
     # -- account, positions, clock ----------------------------------------------------------
 
     async def get_account(self) -> Balances:
-        what, reply = await self._http.request_reply("GET", f"{self.base_url}/v2/account", endpoint="/v2/account")
+        return self._balances(*await self._account_reply())
+
+    def _account_reply(self) -> Awaitable[tuple[str, Reply]]:
+        return self._http.request_reply("GET", f"{self.base_url}/v2/account", endpoint="/v2/account")
+
+    def _balances(self, what: str, reply: Reply) -> Balances:
         try:
             return self._fast_account(reply)
         except Slow:
@@ -196,11 +204,24 @@ class AlpacaBroker:
         )
 
     async def list_positions(self) -> list[Position]:
-        what, reply = await self._http.request_reply("GET", f"{self.base_url}/v2/positions", endpoint="/v2/positions")
+        return self._positions(*await self._positions_reply())
+
+    def _positions_reply(self) -> Awaitable[tuple[str, Reply]]:
+        return self._http.request_reply("GET", f"{self.base_url}/v2/positions", endpoint="/v2/positions")
+
+    def _positions(self, what: str, reply: Reply) -> list[Position]:
         try:
             return self._fast_positions(reply)
         except Slow:
             return self._slow_positions(what, reply)
+
+    async def account_answer(self) -> AccountAnswer:
+        """Balances and positions requested at once, kept as bytes with their fingerprint; decoded on demand."""
+        (what_b, balances), (what_p, positions) = await both(self._account_reply(), self._positions_reply())
+        return AccountAnswer(
+            lambda: (self._balances(what_b, balances), self._positions(what_p, positions)),
+            answer_fingerprint(self.kind, balances.body, positions.body),
+        )
 
     def _slow_positions(self, what: str, reply: Reply) -> list[Position]:
         """The positions through ``json`` and alpaca-py's model, with every refusal's own message."""

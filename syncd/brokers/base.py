@@ -7,10 +7,14 @@ built here or in an adapter may contain a secret.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
-from typing import Literal, Protocol, runtime_checkable
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
+from syncd import __version__
 from syncd.brokers.types import (
     Balances,
     Clock,
@@ -134,3 +138,58 @@ class Broker(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+# -- balances and positions as one answer ---------------------------------------------------------
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both results, awaited at once; when either fails (or this is cancelled) the other is
+    cancelled and collected, so no exception goes unretrieved."""
+    one, two = asyncio.ensure_future(first), asyncio.ensure_future(second)
+    try:
+        return await one, await two
+    finally:
+        for task in (one, two):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(one, two, return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountAnswer:
+    """The broker's answer for accountSync: balances and positions, and what identifies it.
+
+    ``fingerprint``: a digest of the exact bytes the broker sent (:func:`answer_fingerprint`),
+    or None where the adapter keeps no bytes. Two answers with the same fingerprint decode
+    to the same balances and positions (or to the same refusal). ``decode`` gives them, or
+    raises ``BadBrokerData`` for a malformed answer; accountSync calls it only when the
+    fingerprint does not already tell it that nothing changed.
+    """
+
+    decode: Callable[[], tuple[Balances, list[Position]]]
+    fingerprint: bytes | None = None
+
+
+def answer_fingerprint(kind: str, *bodies: bytes) -> bytes:
+    """A 16-byte BLAKE2b digest of the bodies, each length-prefixed, salted with syncd's version
+    and the broker kind: a new syncd (which may decode differently) never trusts an old one."""
+    h = hashlib.blake2b(f"syncd {__version__} {kind}".encode(), digest_size=16)
+    for body in bodies:
+        h.update(len(body).to_bytes(8, "big"))
+        h.update(body)
+    return h.digest()
+
+
+async def account_answer(broker: Broker) -> AccountAnswer:
+    """The account's balances and positions, requested at once: the adapter's own
+    ``account_answer`` (with a fingerprint) where it has one, else both calls, decoded."""
+    own = getattr(broker, "account_answer", None)
+    if own is not None:
+        answer: AccountAnswer = await own()
+        return answer
+    decoded = await both(broker.get_account(), broker.list_positions())
+    return AccountAnswer(lambda: decoded)

@@ -17,7 +17,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from syncd.brokers.base import Broker, BrokerUnavailable, OrderStatusFilter
+from syncd.brokers.base import AccountAnswer, Broker, BrokerUnavailable, OrderStatusFilter, account_answer
 from syncd.brokers.types import (
     Balances,
     Clock,
@@ -75,6 +75,9 @@ class PassBroker:
 
     async def list_positions(self) -> list[Position]:
         return await self._call(self.inner.list_positions)
+
+    async def account_answer(self) -> AccountAnswer:
+        return await self._call(lambda: account_answer(self.inner))
 
     async def list_orders(self, status: OrderStatusFilter = "all", since: dt.datetime | None = None) -> list[Order]:
         return await self._call(lambda: self.inner.list_orders(status, since))

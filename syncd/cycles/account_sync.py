@@ -63,11 +63,12 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from syncd.brokers.base import Broker, BrokerUnavailable
+from syncd.brokers.base import AccountAnswer, Broker, BrokerUnavailable, account_answer
 from syncd.brokers.types import AssetClass, Balances, Position
 from syncd.context import Account, Context
 from syncd.db import events
 from syncd.db.locks import SYNC_LOCK_CLASS as SYNC_LOCK_CLASS
+from syncd.trading.expiry import PENDING_REASONS
 from syncd.trading.expiry_store import settle_expirations
 
 log = structlog.get_logger(__name__)
@@ -252,28 +253,19 @@ def position_rows(positions: Sequence[Position]) -> list[PositionRow]:
 # -- fetching ------------------------------------------------------------------------------------------
 
 
-async def fetch_account(broker: Broker, deadline_s: float) -> tuple[Balances, list[Position]]:
-    """Balances and positions, requested at once; a failure of either cancels the other.
+async def fetch_answer(broker: Broker, deadline_s: float) -> AccountAnswer:
+    """Balances and positions, requested at once (a failure of either cancels the other), undecoded.
 
     ``BrokerUnavailable`` when the whole fetch takes longer than ``deadline_s`` (a broker
     that never answers); the adapters' own per-request timeouts normally end it sooner.
     """
-    balances_task = asyncio.ensure_future(broker.get_account())
-    positions_task = asyncio.ensure_future(broker.list_positions())
     try:
         async with asyncio.timeout(deadline_s):
-            balances, positions = await asyncio.gather(balances_task, positions_task)
-            return balances, positions
+            return await account_answer(broker)
     except TimeoutError:
         raise BrokerUnavailable(
             f"fetching balances and positions timed out after {deadline_s:g}s", timed_out=True
         ) from None
-    finally:
-        for task in (balances_task, positions_task):
-            if not task.done():
-                task.cancel()
-        # Collect the loser's outcome so no exception goes unretrieved.
-        await asyncio.gather(balances_task, positions_task, return_exceptions=True)
 
 
 # -- writing ---------------------------------------------------------------------------------------------
@@ -316,6 +308,8 @@ class SyncResult:
     positions: int
     diff: Diff
     snapshot: bool
+    same_answer: bool = False  # the broker's answer was the recorded one: nothing decoded or compared
+    expiry: bool | None = None  # whether expiry settlement has a trade to look at (None: not asked)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -325,31 +319,45 @@ class SyncResult:
             "events": len(self.diff.events),
             "unchanged": self.diff.unchanged,
             "snapshot": int(self.snapshot),
+            "same_answer": int(self.same_answer),
         }
 
 
 @dataclass(slots=True)
 class _Plan:
-    """What one pass would write, given what is stored."""
+    """What one pass would write, given what is stored, and the fingerprints of what was read (0019)."""
 
     diff: Diff
     snapshot: bool
     broker_id: str | None  # set when it differs from the stored one
+    positions_state: str | None = None
+    account_state: str | None = None
 
     @property
     def idle(self) -> bool:
         return self.diff.empty and not self.snapshot and self.broker_id is None
 
 
+# account_positions_state (0019) of an account with no stored position: "0:" and md5 of nothing.
+_NO_POSITIONS_STATE = "0:d41d8cd98f00b204e9800998ecf8427e"
+
+
 async def _plan(
     conn: PoolConnectionProxy[Any], q: Mapping[str, str], account: Account, fetched: list[PositionRow], b: Balances
 ) -> _Plan:
-    stored = stored_rows(await conn.fetch(q["account_sync_stored_positions"], account.id))
+    records = await conn.fetch(q["account_sync_stored_positions"], account.id)
+    stored = stored_rows(records)
     state = await conn.fetchrow(q["account_sync_stored_account"], account.id)
     broker_id = b.broker_account_id or None
     if broker_id is not None and state is not None and state["broker_account_id"] == broker_id:
         broker_id = None
-    return _Plan(diff_positions(stored, fetched), balances_changed(state, b), broker_id)
+    return _Plan(
+        diff_positions(stored, fetched),
+        balances_changed(state, b),
+        broker_id,
+        records[0]["state"] if records else _NO_POSITIONS_STATE,
+        None if state is None else state["state"],
+    )
 
 
 async def _write(
@@ -374,24 +382,44 @@ async def _write(
 async def sync_account(ctx: Context, account: Account) -> SyncResult:
     """Fetch, compare, write the difference in one transaction; raise (changing nothing) on a bad fetch.
 
-    The comparison is made first without a transaction: when nothing changed (the usual
-    case) one UPDATE of ``accounts.last_synced_at`` is all the pass writes. Otherwise the
-    transaction takes the account's advisory lock, compares again (another replica may
-    have written meanwhile) and writes the difference in one statement.
+    When the broker's answer is byte for byte the one recorded after the last pass, over a
+    stored state with the fingerprints recorded then (0019), one statement marks the account
+    synced: no decoding, no comparison, nothing written. Otherwise the answer is decoded and
+    compared first without a transaction: when nothing changed (the usual case) one UPDATE of
+    ``accounts`` (the time, and the answer's fingerprint) is all the pass writes. Otherwise the
+    transaction takes the account's advisory lock, compares again (another replica may have
+    written meanwhile), writes the difference in one statement and records the fingerprints.
     """
     deadline = ctx.settings.cycles.broker_timeout_s * FETCH_DEADLINE_FACTOR
-    balances, positions = await fetch_account(account.broker, deadline)
-    fetched = position_rows(positions)
+    answer = await fetch_answer(account.broker, deadline)
     q = ctx.queries
     async with ctx.pool.acquire() as conn:
+        if answer.fingerprint is not None:
+            known = await conn.fetchrow(
+                q["account_sync_unchanged"], account.id, answer.fingerprint, list(PENDING_REASONS)
+            )
+            if known is not None:
+                count = known["positions"]
+                ctx.metrics.set("syncd_positions", count, account=account.name)
+                return SyncResult(count, Diff(unchanged=count), False, same_answer=True, expiry=known["expiry"])
+        balances, positions = answer.decode()
+        fetched = position_rows(positions)
         plan = await _plan(conn, q, account, fetched, balances)
         if plan.idle:
-            await conn.execute(q["account_sync_mark_synced"], account.id)
+            await conn.execute(
+                q["account_sync_mark_synced"],
+                account.id,
+                answer.fingerprint,
+                plan.positions_state,
+                plan.account_state,
+                len(fetched),
+            )
         else:
             async with conn.transaction():
                 await conn.execute(q["account_sync_lock"], SYNC_LOCK_CLASS, account.id)
                 plan = await _plan(conn, q, account, fetched, balances)
                 await _write(conn, q, account, plan, balances)
+                await conn.execute(q["account_sync_record_answer"], account.id, answer.fingerprint, len(fetched))
     ctx.metrics.set("syncd_positions", len(fetched), account=account.name)
     if not plan.diff.empty:
         log.info(
@@ -418,7 +446,7 @@ async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
     """
     result = await sync_account(ctx, account)
     stats = result.stats()
-    settled = await settle_expirations(ctx, account)
+    settled = [] if result.expiry is False else await settle_expirations(ctx, account)
     if settled:
         stats["expiry_trades"] = len(settled)
     if ctx.settings.cycles.auto_import:

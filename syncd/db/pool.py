@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from typing import Any
 
 import asyncpg
@@ -22,6 +23,25 @@ def _server_settings(schema: str) -> dict[str, str]:
     return {"search_path": schema, "application_name": APPLICATION_NAME, "timezone": "UTC"}
 
 
+# Pooled connections that took session state (a session advisory lock): their release resets them
+# in full. Every other release skips asyncpg's reset query (a round trip per release: advisory
+# unlock, CLOSE ALL, UNLISTEN, RESET ALL) -- syncd sets no session variable, opens no cursor and
+# LISTENs only on dedicated connections; asyncpg still rolls back an open transaction first.
+_SESSION_STATE: weakref.WeakSet[asyncpg.Connection[Any]] = weakref.WeakSet()
+
+
+def keeps_session_state(conn: Any) -> None:
+    """Mark a pooled connection (or its pool proxy) as holding session state: its release resets it in full."""
+    _SESSION_STATE.add(getattr(conn, "_con", None) or conn)  # a pool's proxy holds its connection in _con
+
+
+async def _reset_connection(conn: asyncpg.Connection[Any]) -> None:
+    """On release, after asyncpg rolled back any open transaction: the full reset where it is needed."""
+    if conn in _SESSION_STATE:
+        _SESSION_STATE.discard(conn)
+        await conn.reset()
+
+
 async def create_pool(db: DatabaseSettings, *, max_size: int | None = None) -> asyncpg.Pool[Any]:
     """The process's pool. Every connection has ``search_path`` set to ``db.schema_``."""
     pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
@@ -32,6 +52,7 @@ async def create_pool(db: DatabaseSettings, *, max_size: int | None = None) -> a
         command_timeout=60,
         server_settings=_server_settings(db.schema_),
         init=_init_connection,
+        reset=_reset_connection,
     )
     return pool
 

@@ -33,7 +33,7 @@ from syncd.sim.engine import (
 )
 from syncd.sim.faults import Faults
 from syncd.sim.market import ET, Market, SimQuote, asset_id
-from syncd.sim.wire import dstr, json_response, money, parse_decimal, parse_time, ratio, ts
+from syncd.sim.wire import dstr, json_body, json_response, money, parse_decimal, parse_time, ratio, ts
 
 Handler = Callable[[web.Request], Any]
 
@@ -202,6 +202,7 @@ class AlpacaApi:
         self.exchange = exchange
         self.market: Market = exchange.market
         self.faults = faults
+        self._positions_bodies: dict[int, tuple[object, bytes]] = {}  # account index -> (what it is made of, body)
 
     def routes(self) -> list[web.RouteDef]:
         w = self._wrap
@@ -299,9 +300,22 @@ class AlpacaApi:
             "pending_reg_taf_fees": "0",
         }
 
-    async def list_positions(self, request: web.Request, acct: SimAccount) -> list[dict[str, Any]]:
+    async def list_positions(self, request: web.Request, acct: SimAccount) -> web.Response:
+        """The account's positions. The encoded body is kept per account and served again while
+        nothing it is made of changed (the market's version, the positions, what working orders
+        hold): a broker asked every few seconds by hundreds of accounts answers in microseconds."""
         self.exchange.expire_due()
-        return [position_json(v) for v in self.exchange.position_views(acct)]
+        held = self.exchange.held_for_orders(acct)
+        key = (
+            self.market.version,
+            tuple((p.symbol, p.qty, p.avg_entry) for p in acct.positions.values()),
+            tuple(held.items()),
+        )
+        kept = self._positions_bodies.get(acct.index)
+        if kept is None or kept[0] != key:
+            data = [position_json(v) for v in self.exchange.position_views(acct)]
+            kept = self._positions_bodies[acct.index] = (key, json_body(data))
+        return web.Response(body=kept[1], content_type="application/json")
 
     async def list_activities(self, request: web.Request, acct: SimAccount) -> list[dict[str, Any]]:
         """``GET /v2/account/activities``: the option expiries, assignments and exercises (the only

@@ -52,9 +52,14 @@ def epoch_ms(t: dt.datetime) -> int:
     return int(t.timestamp() * 1000)
 
 
+def json_body(data: Any) -> bytes:
+    """``data`` as compact JSON."""
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=json.dumps(data, separators=(",", ":")).encode(),
+        body=json_body(data),
         status=status,
         content_type="application/json",
         headers=headers,

@@ -19,6 +19,7 @@ from asyncpg.transaction import Transaction
 
 from syncd.brokers.types import LegRequest, Side
 from syncd.db import Queries
+from syncd.db.pool import keeps_session_state
 from syncd.trading.order_store import (
     Applied,
     Conn,
@@ -107,6 +108,7 @@ class OutboxStore:
     # -- the drainer's lock (a session advisory lock) and the work list --
 
     async def try_lock(self, lock_class: int, account_id: int) -> bool:
+        keeps_session_state(self.conn)  # released with a full reset, which drops the lock if unlock failed
         return bool(await self.conn.fetchval(self.q["trade_outbox_try_lock"], lock_class, account_id))
 
     async def unlock(self, lock_class: int, account_id: int) -> None:

@@ -1,0 +1,173 @@
+"""accountSync's unchanged-answer check (migration 0019), on real Postgres and the simulator.
+
+An answer byte for byte the recorded one, over a stored state with the recorded
+fingerprints, is idle without decoding; anything that changed the stored rows (a hand
+edit, a deleted row or snapshot, monitorCycle's first quote) makes the next pass compare
+in full and repair what differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from syncd.brokers.base import answer_fingerprint
+from syncd.context import Account, Context
+from syncd.cycles import account_sync
+
+D = Decimal
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def sim() -> AsyncIterator[Any]:
+    from syncd.sim import SimConfig, start_simulator
+
+    simulator = await start_simulator(SimConfig(seed=23, accounts=2, positions_per_account=5))
+    yield simulator
+    await simulator.stop()
+
+
+async def _book(ctx: Context, acct: Account) -> dict[str, Decimal]:
+    rows = await ctx.pool.fetch("SELECT symbol, quantity FROM portfolio_positions WHERE account_id = $1", acct.id)
+    return {r["symbol"]: r["quantity"] for r in rows}
+
+
+def _sim_book(sim: Any, i: int) -> dict[str, Decimal]:
+    return {s: p.qty for s, p in sim.accounts[i].positions.items() if p.qty != 0}
+
+
+def _undecodable(*_: Any) -> Any:
+    raise AssertionError("the answer was decoded")
+
+
+async def test_the_same_answer_is_idle_without_decoding(make_context: Any, sim: Any) -> None:
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        first = await account_sync.account_pass(ctx, acct)
+        assert first["same_answer"] == 0 and first["upserted"] == len(_sim_book(sim, 0)) > 0
+        row = await ctx.pool.fetchrow("SELECT sync_answer, last_synced_at FROM accounts WHERE id = $1", acct.id)
+        assert row["sync_answer"] is not None
+
+        acct.broker._positions = _undecodable
+        acct.broker._balances = _undecodable
+        idle = await account_sync.account_pass(ctx, acct)
+        assert idle["same_answer"] == 1
+        assert (idle["positions"], idle["unchanged"]) == (first["positions"], first["positions"])
+        assert (idle["upserted"], idle["deleted"], idle["events"], idle["snapshot"]) == (0, 0, 0, 0)
+        synced = await ctx.pool.fetchval("SELECT last_synced_at FROM accounts WHERE id = $1", acct.id)
+        assert synced > row["last_synced_at"]
+        assert ctx.metrics.value("syncd_positions", account=acct.name) == first["positions"]
+
+
+async def test_a_change_at_the_broker_is_compared_in_full(make_context: Any, sim: Any) -> None:
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await account_sync.account_pass(ctx, acct)
+        sim.add_position(0, "AAPL260116C00150000", 2, "3.10")
+        stats = await account_sync.account_pass(ctx, acct)
+        assert (stats["same_answer"], stats["upserted"]) == (0, 1)
+        assert await _book(ctx, acct) == _sim_book(sim, 0)
+        assert (await account_sync.account_pass(ctx, acct))["same_answer"] == 1
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE portfolio_positions SET quantity = quantity + 1 WHERE account_id = $1"
+        " AND symbol = (SELECT min(symbol) FROM portfolio_positions WHERE account_id = $1)",
+        "UPDATE portfolio_positions SET avg_entry_price = 1 WHERE account_id = $1",
+        "DELETE FROM portfolio_positions WHERE account_id = $1"
+        " AND symbol = (SELECT min(symbol) FROM portfolio_positions WHERE account_id = $1)",
+        "INSERT INTO portfolio_positions (account_id, symbol, asset_class, underlying, quantity, qty_available)"
+        " VALUES ($1, 'ZZZZ', 'us_equity', 'ZZZZ', 5, 5)",
+        "UPDATE portfolio_positions SET current_price = 1 WHERE account_id = $1",
+    ],
+    ids=["quantity", "price", "deleted-row", "extra-row", "unquoted-mark"],
+)
+async def test_a_hand_edit_of_the_mirror_is_repaired(make_context: Any, sim: Any, edit: str) -> None:
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await account_sync.account_pass(ctx, acct)
+        before = await ctx.pool.fetch(
+            "SELECT symbol, quantity, avg_entry_price, current_price FROM portfolio_positions"
+            " WHERE account_id = $1 ORDER BY symbol",
+            acct.id,
+        )
+        await ctx.pool.execute(edit, acct.id)
+        stats = await account_sync.account_pass(ctx, acct)
+        assert stats["same_answer"] == 0
+        after = await ctx.pool.fetch(
+            "SELECT symbol, quantity, avg_entry_price, current_price FROM portfolio_positions"
+            " WHERE account_id = $1 ORDER BY symbol",
+            acct.id,
+        )
+        assert [tuple(r) for r in after] == [tuple(r) for r in before]
+        assert (await account_sync.account_pass(ctx, acct))["same_answer"] == 1
+
+
+async def test_a_deleted_snapshot_is_written_again(make_context: Any, sim: Any) -> None:
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await account_sync.account_pass(ctx, acct)
+        await ctx.pool.execute("DELETE FROM account_snapshots WHERE account_id = $1", acct.id)
+        stats = await account_sync.account_pass(ctx, acct)
+        assert (stats["same_answer"], stats["snapshot"]) == (0, 1)
+        assert await ctx.pool.fetchval("SELECT count(*) FROM account_snapshots WHERE account_id = $1", acct.id) == 1
+
+
+async def test_a_first_quote_makes_one_full_comparison_that_writes_nothing(make_context: Any, sim: Any) -> None:
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await account_sync.account_pass(ctx, acct)
+        # monitorCycle quotes every row: the marks are its own from now on
+        await ctx.pool.execute(
+            "UPDATE portfolio_positions SET quote_at = now(), current_price = current_price + 1 WHERE account_id = $1",
+            acct.id,
+        )
+        stats = await account_sync.account_pass(ctx, acct)
+        assert (stats["same_answer"], stats["upserted"]) == (0, 0)
+        assert (await account_sync.account_pass(ctx, acct))["same_answer"] == 1
+        # monitorCycle moving the marks of quoted rows again does not cost a full comparison
+        await ctx.pool.execute(
+            "UPDATE portfolio_positions SET quote_at = now(), current_price = current_price + 1 WHERE account_id = $1",
+            acct.id,
+        )
+        assert (await account_sync.account_pass(ctx, acct))["same_answer"] == 1
+
+
+async def test_a_state_that_changed_since_the_comparison_is_not_recorded(make_context: Any, sim: Any) -> None:
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await account_sync.account_pass(ctx, acct)
+        states = await ctx.pool.fetchrow(
+            "SELECT account_positions_state($1) AS p, account_balances_state($1) AS a", acct.id
+        )
+        q = ctx.queries["account_sync_mark_synced"]
+        await ctx.pool.execute(q, acct.id, b"answer", "0:stale", states["a"], 5)
+        assert await ctx.pool.fetchval("SELECT sync_answer FROM accounts WHERE id = $1", acct.id) is None
+        await ctx.pool.execute(q, acct.id, b"answer", states["p"], states["a"], 5)
+        assert await ctx.pool.fetchval("SELECT sync_answer FROM accounts WHERE id = $1", acct.id) == b"answer"
+
+
+async def test_an_adapter_without_fingerprints_always_compares(make_context: Any, sim: Any) -> None:
+    async with make_context(accounts=[sim.account_settings(1, broker="tradier")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await account_sync.account_pass(ctx, acct)
+        stats = await account_sync.account_pass(ctx, acct)
+        assert (stats["same_answer"], stats["upserted"]) == (0, 0)
+        assert await ctx.pool.fetchval("SELECT sync_answer FROM accounts WHERE id = $1", acct.id) is None
+
+
+def test_fingerprints_tell_bodies_kinds_and_versions_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    import syncd.brokers.base as base
+
+    one = answer_fingerprint("alpaca", b"ab", b"c")
+    assert one == answer_fingerprint("alpaca", b"ab", b"c") and len(one) == 16
+    assert one != answer_fingerprint("alpaca", b"a", b"bc")
+    assert one != answer_fingerprint("tradier", b"ab", b"c")
+    monkeypatch.setattr(base, "__version__", "9.9.9")
+    assert one != answer_fingerprint("alpaca", b"ab", b"c")
