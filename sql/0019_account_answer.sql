@@ -49,7 +49,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
      WHERE a.id = p_account
 $$;
 
--- The account's live trades that expiry settlement looks at (syncd.trading.expiry_store):
+-- The account's live trades that expiry settlement looks at (syncd/trading/expiry_store.py):
 -- open ones, or closing ones waiting for the broker's record (a close_reason in p_reasons),
 -- with legs, every leg flat in portfolio_positions, nothing working or queued. The
 -- unchanged-answer check asks whether there is any, so an idle pass skips the settlement's

@@ -151,7 +151,8 @@ async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
     cancelled and collected, so no exception goes unretrieved."""
     one, two = asyncio.ensure_future(first), asyncio.ensure_future(second)
     try:
-        return await one, await two
+        a, b = await asyncio.gather(one, two)  # the first failure ends the wait
+        return a, b
     finally:
         for task in (one, two):
             if not task.done():

@@ -27,7 +27,7 @@ import dataclasses
 import datetime as dt
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from decimal import Decimal, localcontext
 from typing import Any, Literal
 from urllib.parse import quote
@@ -37,6 +37,7 @@ import aiohttp
 import structlog
 
 from syncd.brokers.base import (
+    AccountAnswer,
     BadBrokerData,
     BrokerAuthFailed,
     BrokerError,
@@ -44,8 +45,10 @@ from syncd.brokers.base import (
     BrokerUnavailable,
     OrderNotFound,
     OrderStatusFilter,
+    answer_fingerprint,
+    both,
 )
-from syncd.brokers.http import HttpCore, RequestHook, RetryPolicy
+from syncd.brokers.http import HttpCore, Reply, RequestHook, RetryPolicy
 from syncd.brokers.occ import option_spec_or_none
 from syncd.brokers.parse import WIDE, NotANumber, NotFinite, TooManyDigits, as_utc, batches, decimal_or_none, plain
 from syncd.brokers.ratelimit import TRADIER_PER_MIN, TokenBucket
@@ -282,7 +285,9 @@ class TradierBroker:
     # -- account and positions -------------------------------------------------------------
 
     async def get_account(self) -> Balances:
-        body = await self._get(f"{self._acct}/balances", "/v1/accounts/{id}/balances")
+        return self._balances(await self._get(f"{self._acct}/balances", "/v1/accounts/{id}/balances"))
+
+    def _balances(self, body: Any) -> Balances:
         b = self._section(body, "balances")
         if b is None:
             raise self._bad("balances are missing", "balances")
@@ -309,6 +314,27 @@ class TradierBroker:
             self._get(f"{self._acct}/positions", "/v1/accounts/{id}/positions"),
             self._orders(),
         )
+        return self._positions(pos_body, orders)
+
+    async def account_answer(self) -> AccountAnswer:
+        """Balances, positions and orders (for ``qty_available``) requested at once, kept as bytes with
+        their fingerprint; decoded on demand as :meth:`get_account` and :meth:`list_positions` decode them."""
+        acct = self._acct
+        (balances, (positions, orders)) = await both(
+            self._reply(f"{acct}/balances", "/v1/accounts/{id}/balances"),
+            both(
+                self._reply(f"{acct}/positions", "/v1/accounts/{id}/positions"),
+                self._reply(f"{acct}/orders", "/v1/accounts/{id}/orders", params=_ORDERS_PARAMS),
+            ),
+        )
+
+        def decode() -> tuple[Balances, list[Position]]:
+            decoded = [self._http.decode(what, reply) for what, reply in (balances, positions, orders)]
+            return self._balances(decoded[0]), self._positions(decoded[1], self._orders_of(decoded[2]))
+
+        return AccountAnswer(decode, answer_fingerprint(self.kind, balances[1].body, positions[1].body, orders[1].body))
+
+    def _positions(self, pos_body: Any, orders: list[Order]) -> list[Position]:
         raw = self._items(pos_body, "positions", "position")
         held = available_quantities(orders)
         out = []
@@ -409,7 +435,10 @@ class TradierBroker:
     # -- orders -------------------------------------------------------------------------
 
     async def _orders(self) -> list[Order]:
-        body = await self._get(f"{self._acct}/orders", "/v1/accounts/{id}/orders", params={"includeTags": "true"})
+        body = await self._get(f"{self._acct}/orders", "/v1/accounts/{id}/orders", params=_ORDERS_PARAMS)
+        return self._orders_of(body)
+
+    def _orders_of(self, body: Any) -> list[Order]:
         return [self._order(o, f"orders[{i}]") for i, o in enumerate(self._items(body, "orders", "order"))]
 
     async def list_orders(self, status: OrderStatusFilter = "all", since: dt.datetime | None = None) -> list[Order]:
@@ -843,6 +872,13 @@ class TradierBroker:
         return await self._http.request(
             "GET", f"{self.base_url}{path}", endpoint=endpoint, params=params, on_404=on_404
         )
+
+    def _reply(self, path: str, endpoint: str, *, params: dict[str, str] | None = None) -> Awaitable[tuple[str, Reply]]:
+        """A GET as :meth:`_get` sends it (a 404 is an error), its 2xx answer undecoded."""
+        return self._http.request_reply("GET", f"{self.base_url}{path}", endpoint=endpoint, params=params)
+
+
+_ORDERS_PARAMS = {"includeTags": "true"}
 
 
 # -- requests -------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ in full and repair what differs.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
@@ -153,12 +154,47 @@ async def test_a_state_that_changed_since_the_comparison_is_not_recorded(make_co
         assert await ctx.pool.fetchval("SELECT sync_answer FROM accounts WHERE id = $1", acct.id) == b"answer"
 
 
-async def test_an_adapter_without_fingerprints_always_compares(make_context: Any, sim: Any) -> None:
+async def test_tradier_answers_are_recognised_too(make_context: Any, sim: Any) -> None:
     async with make_context(accounts=[sim.account_settings(1, broker="tradier")]) as ctx:
         acct = next(iter(ctx.accounts.values()))
+        first = await account_sync.account_pass(ctx, acct)
+        assert first["positions"] == len(_sim_book(sim, 1)) > 0
+        idle = await account_sync.account_pass(ctx, acct)
+        assert (idle["same_answer"], idle["positions"], idle["upserted"]) == (1, first["positions"], 0)
+        sim.remove_position(1, next(iter(_sim_book(sim, 1))))
+        stats = await account_sync.account_pass(ctx, acct)
+        assert (stats["same_answer"], stats["deleted"]) == (0, 1)
+        assert await _book(ctx, acct) == _sim_book(sim, 1)
+
+
+class _NoFingerprints:
+    """A broker without ``account_answer``: accountSync asks for balances and positions, decoded."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+
+    @property
+    def request_count(self) -> int:
+        return int(self.inner.request_count)
+
+    async def get_account(self) -> Any:
+        return await self.inner.get_account()
+
+    async def list_positions(self) -> Any:
+        return await self.inner.list_positions()
+
+    async def list_option_events(self, since: Any) -> Any:
+        return await self.inner.list_option_events(since)
+
+
+async def test_an_adapter_without_fingerprints_always_compares(make_context: Any, sim: Any) -> None:
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        plain = next(iter(ctx.accounts.values()))
+        acct = replace(plain, broker=cast(Any, _NoFingerprints(plain.broker)))
         await account_sync.account_pass(ctx, acct)
         stats = await account_sync.account_pass(ctx, acct)
-        assert (stats["same_answer"], stats["upserted"]) == (0, 0)
+        assert (stats["same_answer"], stats["upserted"], stats["unchanged"]) == (0, 0, len(_sim_book(sim, 0)))
         assert await ctx.pool.fetchval("SELECT sync_answer FROM accounts WHERE id = $1", acct.id) is None
 
 
@@ -171,3 +207,24 @@ def test_fingerprints_tell_bodies_kinds_and_versions_apart(monkeypatch: pytest.M
     assert one != answer_fingerprint("tradier", b"ab", b"c")
     monkeypatch.setattr(base, "__version__", "9.9.9")
     assert one != answer_fingerprint("alpaca", b"ab", b"c")
+
+
+async def test_both_ends_at_the_first_failure_and_cancels_the_other() -> None:
+    import asyncio
+
+    from syncd.brokers.base import BrokerUnavailable, both
+
+    cancelled = asyncio.Event()
+
+    async def hangs() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    async def fails() -> None:
+        raise BrokerUnavailable("down")
+
+    with pytest.raises(BrokerUnavailable):
+        await asyncio.wait_for(both(hangs(), fails()), 10)
+    assert cancelled.is_set()
