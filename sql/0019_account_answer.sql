@@ -12,6 +12,9 @@
 --
 -- Whoever changes the stored rows (a hand edit, a DELETE, another replica, monitorCycle's
 -- first quote of a row) changes the state fingerprint: the next pass compares in full.
+-- A pass that compared and wrote nothing records its answer only when it is the answer of the
+-- pass before too (`sync_seen`): while prices move at the broker every answer differs, and
+-- fingerprinting the stored state for an answer that will not come again would be wasted work.
 -- The positions' fingerprint covers every column accountSync owns, whether monitorCycle has
 -- quoted the row, and, while it has not, the marks (then still accountSync's); the account's
 -- covers broker_account_id and the latest balances snapshot. NULL: nothing recorded yet.
@@ -20,7 +23,8 @@ ALTER TABLE accounts
     ADD COLUMN sync_answer bytea,
     ADD COLUMN sync_positions_state text,
     ADD COLUMN sync_account_state text,
-    ADD COLUMN sync_positions integer;
+    ADD COLUMN sync_positions integer,
+    ADD COLUMN sync_seen bytea;  -- the fingerprint of the last answer seen, recorded or not
 
 -- The fingerprint of one account's stored positions, as accountSync compares them.
 CREATE FUNCTION account_positions_state(p_account bigint) RETURNS text

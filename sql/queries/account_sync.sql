@@ -6,20 +6,21 @@ SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int);
 -- name: account_sync_stored_positions
 -- The mirror as accountSync compares it: only the columns accountSync owns, plus whether
 -- monitorCycle has quoted the row yet (until then the broker's marks are accountSync's too).
--- ``state``: the rows' fingerprint (0019), read in the same statement, so of these very rows.
+-- ``state``: with $2 true, the rows' fingerprint (0019), read in the same statement, so of these
+-- very rows (else NULL). $1 account id, $2 whether to fingerprint them.
 SELECT symbol, asset_class, underlying, option_type, strike, expiration, multiplier,
        quantity, qty_available, avg_entry_price, cost_basis,
        current_price, market_value, unrealized_pl,
        quote_at IS NULL AS marks_ours,
-       (SELECT account_positions_state($1)) AS state
+       CASE WHEN $2::boolean THEN (SELECT account_positions_state($1)) END AS state
   FROM portfolio_positions
  WHERE account_id = $1;
 
 -- name: account_sync_stored_account
 -- The account's broker id and its latest balances snapshot (NULLs when there is none yet).
--- ``state``: their fingerprint (0019), read in the same statement.
+-- ``state``: with $2 true, their fingerprint (0019), read in the same statement (else NULL).
 SELECT a.broker_account_id, s.equity, s.cash, s.buying_power, s.long_market_value, s.short_market_value,
-       account_balances_state(a.id) AS state
+       CASE WHEN $2::boolean THEN account_balances_state(a.id) END AS state
   FROM accounts a
   LEFT JOIN LATERAL (
         SELECT equity, cash, buying_power, long_market_value, short_market_value
@@ -102,42 +103,50 @@ SELECT (SELECT count(*) FROM up) AS upserted,
 
 -- name: account_sync_unchanged
 -- The broker's answer is the one recorded, over the stored state it was found to match (0019):
--- the pass is idle without decoding or comparing; the account is marked synced. No row: it is
--- not (or nothing is recorded), and the pass compares in full.
--- ``expiry``: whether expiry settlement has a trade to look at (0019), so the pass asks only then.
+-- the pass is idle without decoding or comparing, and the account is marked synced
+-- (``positions``: how many; ``expiry``: whether expiry settlement has a trade to look at).
+-- Otherwise ``positions`` is NULL, nothing is written, and the pass compares in full;
+-- ``seen``: the answer is the one the pass before saw (then the comparison records it).
 -- $1 account id, $2 the answer's fingerprint, $3 the pending close_reasons (text[]).
-UPDATE accounts
-   SET last_synced_at = now(),
-       last_error = CASE WHEN last_error LIKE 'accountSync: %' THEN NULL ELSE last_error END
- WHERE id = $1
-   AND sync_answer = $2
-   AND sync_positions_state = account_positions_state($1)
-   AND sync_account_state = account_balances_state($1)
-RETURNING sync_positions AS positions,
-          EXISTS (SELECT 1 FROM expiry_candidate_trades($1, $3::text[])) AS expiry;
+WITH hit AS (
+    UPDATE accounts
+       SET last_synced_at = now(),
+           last_error = CASE WHEN last_error LIKE 'accountSync: %' THEN NULL ELSE last_error END
+     WHERE id = $1
+       AND sync_answer = $2
+       AND sync_positions_state = account_positions_state($1)
+       AND sync_account_state = account_balances_state($1)
+    RETURNING sync_positions
+)
+SELECT (SELECT sync_positions FROM hit) AS positions,
+       EXISTS (SELECT 1 FROM hit) AND EXISTS (SELECT 1 FROM expiry_candidate_trades($1, $3::text[])) AS expiry,
+       COALESCE((SELECT sync_seen = $2 FROM accounts WHERE id = $1), false) AS seen;
 
 -- name: account_sync_mark_synced
 -- An idle pass: the mirror already equals the broker's answer; only the time is new.
--- The answer's fingerprint is recorded with the states it was compared with ($3, $4: read
--- with the rows), and only if the stored state still has them: otherwise someone changed it
--- since, and nothing is recorded (the next pass compares in full).
--- $1 account id, $2 the answer's fingerprint (NULL: none), $3 positions state, $4 account state,
+-- $2, the answer's fingerprint (NULL: none), becomes ``sync_seen``. With $3 and $4, the states it
+-- was compared with (read with the rows), it is recorded as ``sync_answer`` -- only if the stored
+-- state still has them: otherwise someone changed it since, and what was recorded stays.
+-- $1 account id, $2 fingerprint, $3 positions state, $4 account state (NULL: do not record),
 -- $5 number of positions.
-UPDATE accounts
+UPDATE accounts a
    SET last_synced_at = now(),
-       last_error = CASE WHEN last_error LIKE 'accountSync: %' THEN NULL ELSE last_error END,
-       sync_answer = CASE WHEN account_positions_state($1) = $3 AND account_balances_state($1) = $4
-                          THEN $2::bytea END,
-       sync_positions_state = $3,
-       sync_account_state = $4,
-       sync_positions = $5
- WHERE id = $1;
+       last_error = CASE WHEN a.last_error LIKE 'accountSync: %' THEN NULL ELSE a.last_error END,
+       sync_seen = $2::bytea,
+       sync_answer = CASE WHEN c.still THEN $2::bytea ELSE a.sync_answer END,
+       sync_positions_state = CASE WHEN c.still THEN $3::text ELSE a.sync_positions_state END,
+       sync_account_state = CASE WHEN c.still THEN $4::text ELSE a.sync_account_state END,
+       sync_positions = CASE WHEN c.still THEN $5::integer ELSE a.sync_positions END
+  FROM (SELECT $2::bytea IS NOT NULL AND $3::text IS NOT NULL AND $4::text IS NOT NULL
+               AND account_positions_state($1) = $3::text AND account_balances_state($1) = $4::text AS still) c
+ WHERE a.id = $1;
 
 -- name: account_sync_record_answer
 -- After a pass's write, in its transaction: the answer's fingerprint beside the fingerprints
 -- of the state just written. $1 account id, $2 fingerprint (NULL: none), $3 number of positions.
 UPDATE accounts
    SET sync_answer = $2::bytea,
+       sync_seen = $2::bytea,
        sync_positions_state = account_positions_state($1),
        sync_account_state = account_balances_state($1),
        sync_positions = $3

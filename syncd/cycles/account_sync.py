@@ -343,11 +343,17 @@ _NO_POSITIONS_STATE = "0:d41d8cd98f00b204e9800998ecf8427e"
 
 
 async def _plan(
-    conn: PoolConnectionProxy[Any], q: Mapping[str, str], account: Account, fetched: list[PositionRow], b: Balances
+    conn: PoolConnectionProxy[Any],
+    q: Mapping[str, str],
+    account: Account,
+    fetched: list[PositionRow],
+    b: Balances,
+    fingerprint: bool = False,
 ) -> _Plan:
-    records = await conn.fetch(q["account_sync_stored_positions"], account.id)
+    """Compare with what is stored; ``fingerprint``: also read the stored state's fingerprints (0019)."""
+    records = await conn.fetch(q["account_sync_stored_positions"], account.id, fingerprint)
     stored = stored_rows(records)
-    state = await conn.fetchrow(q["account_sync_stored_account"], account.id)
+    state = await conn.fetchrow(q["account_sync_stored_account"], account.id, fingerprint)
     broker_id = b.broker_account_id or None
     if broker_id is not None and state is not None and state["broker_account_id"] == broker_id:
         broker_id = None
@@ -355,7 +361,7 @@ async def _plan(
         diff_positions(stored, fetched),
         balances_changed(state, b),
         broker_id,
-        records[0]["state"] if records else _NO_POSITIONS_STATE,
+        (records[0]["state"] if records else _NO_POSITIONS_STATE) if fingerprint else None,
         None if state is None else state["state"],
     )
 
@@ -382,11 +388,12 @@ async def _write(
 async def sync_account(ctx: Context, account: Account) -> SyncResult:
     """Fetch, compare, write the difference in one transaction; raise (changing nothing) on a bad fetch.
 
-    When the broker's answer is byte for byte the one recorded after the last pass, over a
+    When the broker's answer is byte for byte the one recorded after an earlier pass, over a
     stored state with the fingerprints recorded then (0019), one statement marks the account
     synced: no decoding, no comparison, nothing written. Otherwise the answer is decoded and
     compared first without a transaction: when nothing changed (the usual case) one UPDATE of
-    ``accounts`` (the time, and the answer's fingerprint) is all the pass writes. Otherwise the
+    ``accounts`` is all the pass writes (the time; the answer's fingerprint as the one seen, and
+    when the pass before saw it too, recorded with the state's fingerprints). Otherwise the
     transaction takes the account's advisory lock, compares again (another replica may have
     written meanwhile), writes the difference in one statement and records the fingerprints.
     """
@@ -394,17 +401,20 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
     answer = await fetch_answer(account.broker, deadline)
     q = ctx.queries
     async with ctx.pool.acquire() as conn:
+        record = False  # fingerprint the stored state for this answer (it is the one the pass before saw)
         if answer.fingerprint is not None:
             known = await conn.fetchrow(
                 q["account_sync_unchanged"], account.id, answer.fingerprint, list(PENDING_REASONS)
             )
-            if known is not None:
-                count = known["positions"]
+            assert known is not None  # the statement always returns its one row
+            count = known["positions"]
+            if count is not None:
                 ctx.metrics.set("syncd_positions", count, account=account.name)
                 return SyncResult(count, Diff(unchanged=count), False, same_answer=True, expiry=known["expiry"])
+            record = known["seen"]
         balances, positions = answer.decode()
         fetched = position_rows(positions)
-        plan = await _plan(conn, q, account, fetched, balances)
+        plan = await _plan(conn, q, account, fetched, balances, fingerprint=record)
         if plan.idle:
             await conn.execute(
                 q["account_sync_mark_synced"],

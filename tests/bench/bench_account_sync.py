@@ -278,6 +278,7 @@ class PassFigures:
     p50_ms: float
     p99_ms: float
     first_error: str | None
+    same_answer: int = 0  # accounts whose answer was recognised unchanged (0019): nothing decoded
     cpu_syncd: float = 0.0
     cpu_sim: float = 0.0
     cpu_pg: float = 0.0
@@ -305,15 +306,16 @@ def figures(
         p50_ms=durations[n // 2] * 1000 if n else 0.0,
         p99_ms=durations[min(n - 1, int(n * 0.99))] * 1000 if n else 0.0,
         first_error=summary.failed[0].error if summary.failed else None,
+        same_answer=sum(r.stats.get("same_answer", 0) for r in ok),
     )
 
 
 def show(f: PassFigures, accounts: int) -> None:
     print(
-        f"{f.name:<6} {f.seconds:7.2f} s  {f.positions / f.seconds:9.0f} positions/s  "
+        f"{f.name:<8} {f.seconds:7.2f} s  {f.positions / f.seconds:9.0f} positions/s  "
         f"rows written {f.written:6d} (passes say {f.written_by_stats})  "
         f"requests {f.requests} ({f.requests / max(accounts, 1):.2f}/account, max {f.max_requests})  "
-        f"account p50 {f.p50_ms:6.1f} ms  p99 {f.p99_ms:6.1f} ms  "
+        f"account p50 {f.p50_ms:6.1f} ms  p99 {f.p99_ms:6.1f} ms  same answer {f.same_answer}  "
         f"CPU syncd {f.cpu_syncd:.2f} s, simulator {f.cpu_sim:.2f} s, postgres {f.cpu_pg:.2f} s"
         + (f"  FAILED {f.failed}: {f.first_error}" if f.failed else ""),
         flush=True,
@@ -361,6 +363,7 @@ class BenchResult:
     concurrency: int
     first: PassFigures
     idle: PassFigures
+    compared: PassFigures  # idle again, with the recorded answers forgotten: every answer decoded and compared
     rows: int
     write_s: float
     rss_mb: float
@@ -403,6 +406,10 @@ async def run_bench(args: argparse.Namespace) -> BenchResult:
             )
             first = await timed_pass(ctx, dsn, sim, accounts, "first", args.profile)
             idle = await timed_pass(ctx, dsn, sim, accounts, "idle")
+            # The same idle pass when no answer is recognised (as when the broker's prices moved but
+            # nothing syncd owns did): every answer decoded and compared with the stored rows.
+            await ctx.pool.execute("UPDATE accounts SET sync_answer = NULL")
+            compared = await timed_pass(ctx, dsn, sim, accounts, "compared")
             rows = await ctx.pool.fetchval("SELECT count(*) FROM portfolio_positions")
             write_s = await bulk_write_floor(ctx.pool, max(rows, 1))
         sim_requests, sim_rss, _ = await sim.stats()
@@ -420,25 +427,26 @@ async def run_bench(args: argparse.Namespace) -> BenchResult:
             args.concurrency,
             first,
             idle,
+            compared,
             rows,
             write_s,
             rss_mb,
             sim_rss / 1024,
         )
         cores = os.cpu_count() or 1
-        for f in (first, idle):
+        for f in (first, idle, compared):
             busy = f.cpu_syncd + f.cpu_sim + f.cpu_pg
             print(
-                f"{f.name:<6} CPU of syncd + simulator + postgres {busy:.2f} s over {cores} cores: "
+                f"{f.name:<8} CPU of syncd + simulator + postgres {busy:.2f} s over {cores} cores: "
                 f"CPU floor {busy / cores:.2f} s; pass is {f.seconds / (busy / cores):.2f}x that; "
                 f"syncd CPU {result.cpu_us_per_position(f):.1f} us/position",
                 flush=True,
             )
-        for f in (first, idle):
+        for f in (first, idle, compared):
             floor = result.floor(f)
             if result.latency_s:
                 print(
-                    f"{f.name:<6} floor {floor:.2f} s (latency x {f.requests} requests / {args.concurrency}"
+                    f"{f.name:<8} floor {floor:.2f} s (latency x {f.requests} requests / {args.concurrency}"
                     f" + bulk write {write_s if f.name == 'first' else 0.0:.2f} s): "
                     f"pass is {f.seconds / floor:.2f}x the floor",
                     flush=True,

@@ -144,14 +144,46 @@ async def test_a_state_that_changed_since_the_comparison_is_not_recorded(make_co
     async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
         acct = next(iter(ctx.accounts.values()))
         await account_sync.account_pass(ctx, acct)
+        recorded = await ctx.pool.fetchval("SELECT sync_answer FROM accounts WHERE id = $1", acct.id)
         states = await ctx.pool.fetchrow(
             "SELECT account_positions_state($1) AS p, account_balances_state($1) AS a", acct.id
         )
         q = ctx.queries["account_sync_mark_synced"]
         await ctx.pool.execute(q, acct.id, b"answer", "0:stale", states["a"], 5)
-        assert await ctx.pool.fetchval("SELECT sync_answer FROM accounts WHERE id = $1", acct.id) is None
+        row = await ctx.pool.fetchrow("SELECT sync_answer, sync_seen FROM accounts WHERE id = $1", acct.id)
+        assert (row["sync_answer"], row["sync_seen"]) == (recorded, b"answer")
         await ctx.pool.execute(q, acct.id, b"answer", states["p"], states["a"], 5)
         assert await ctx.pool.fetchval("SELECT sync_answer FROM accounts WHERE id = $1", acct.id) == b"answer"
+
+
+async def test_an_answer_is_recorded_once_it_comes_twice(
+    make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the broker's answers differ pass after pass with nothing to write (prices moving in
+    fields syncd does not keep), none is fingerprinted against the stored state (wasted work);
+    the second pass that sees the same answer records it, the third is idle without decoding."""
+    import syncd.brokers.alpaca as alpaca
+
+    prints = iter([b"first", b"moved-1", b"moved-2", b"still", b"still", b"still"])
+    monkeypatch.setattr(alpaca, "answer_fingerprint", lambda *_: next(prints))
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+
+        async def state() -> tuple[bytes, bytes]:
+            row = await ctx.pool.fetchrow("SELECT sync_answer, sync_seen FROM accounts WHERE id = $1", acct.id)
+            return row["sync_answer"], row["sync_seen"]
+
+        await account_sync.account_pass(ctx, acct)  # writes: recorded at once
+        assert await state() == (b"first", b"first")
+        for moved in (b"moved-1", b"moved-2"):
+            stats = await account_sync.account_pass(ctx, acct)
+            assert (stats["same_answer"], stats["upserted"], stats["snapshot"]) == (0, 0, 0)
+            assert await state() == (b"first", moved)
+        stats = await account_sync.account_pass(ctx, acct)  # "still", first seen: compared
+        assert (stats["same_answer"], await state()) == (0, (b"first", b"still"))
+        stats = await account_sync.account_pass(ctx, acct)  # "still" again: compared and recorded
+        assert (stats["same_answer"], await state()) == (0, (b"still", b"still"))
+        assert (await account_sync.account_pass(ctx, acct))["same_answer"] == 1
 
 
 async def test_tradier_answers_are_recognised_too(make_context: Any, sim: Any) -> None:
