@@ -38,18 +38,20 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
      WHERE account_id = p_account
 $$;
 
+-- One account's latest balances snapshot (no row when there is none yet): what accountSync
+-- compares the broker's balances with.
+CREATE FUNCTION latest_account_snapshot(p_account bigint) RETURNS SETOF account_snapshots
+LANGUAGE sql STABLE PARALLEL SAFE ROWS 1 AS $$
+    SELECT * FROM account_snapshots WHERE account_id = p_account ORDER BY taken_at DESC, id DESC LIMIT 1
+$$;
+
 -- The fingerprint of one account's broker id and latest balances snapshot.
 CREATE FUNCTION account_balances_state(p_account bigint) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT md5(row(a.broker_account_id, s.equity, s.cash, s.buying_power,
                    s.long_market_value, s.short_market_value)::text)
       FROM accounts a
-      LEFT JOIN LATERAL (
-            SELECT equity, cash, buying_power, long_market_value, short_market_value
-              FROM account_snapshots
-             WHERE account_id = a.id
-             ORDER BY taken_at DESC, id DESC
-             LIMIT 1) s ON true
+      LEFT JOIN LATERAL latest_account_snapshot(a.id) s ON true
      WHERE a.id = p_account
 $$;
 

@@ -22,12 +22,7 @@ SELECT symbol, asset_class, underlying, option_type, strike, expiration, multipl
 SELECT a.broker_account_id, s.equity, s.cash, s.buying_power, s.long_market_value, s.short_market_value,
        CASE WHEN $2::boolean THEN account_balances_state(a.id) END AS state
   FROM accounts a
-  LEFT JOIN LATERAL (
-        SELECT equity, cash, buying_power, long_market_value, short_market_value
-          FROM account_snapshots
-         WHERE account_id = a.id
-         ORDER BY taken_at DESC, id DESC
-         LIMIT 1) s ON true
+  LEFT JOIN LATERAL latest_account_snapshot(a.id) s ON true  -- 0019
  WHERE a.id = $1;
 
 -- name: account_sync_write
