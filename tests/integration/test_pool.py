@@ -20,3 +20,28 @@ async def test_queries_run_in_a_non_default_schema(empty_dsn: str) -> None:
         assert await pool.fetchval("SELECT '{\"k\": [1, 2]}'::jsonb") == {"k": [1, 2]}
     finally:
         await pool.close()
+
+
+async def test_a_connection_that_took_a_session_lock_is_reset_on_release(dsn: str) -> None:
+    """Releases skip asyncpg's reset query, except for a connection marked as holding session state:
+    a session advisory lock its holder failed to release is dropped with the release, and an open
+    transaction is still rolled back for every connection."""
+    from syncd.db.pool import keeps_session_state
+
+    pool = await create_pool(DatabaseSettings(dsn=dsn, pool_min=1, pool_max=1))
+    locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 424242"
+    try:
+        async with pool.acquire() as conn:
+            keeps_session_state(conn)
+            assert await conn.fetchval("SELECT pg_try_advisory_lock(7, 424242)")
+        assert await pool.fetchval(locks) == 0  # the same (only) connection, reset in full
+
+        async with pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("CREATE TEMP TABLE leftover (x int)")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.leftover')") is None
+    finally:
+        await pool.close()
