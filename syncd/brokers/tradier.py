@@ -310,7 +310,7 @@ class TradierBroker:
 
     async def list_positions(self) -> list[Position]:
         """Positions, with ``qty_available`` derived from open closing orders (Tradier has none)."""
-        pos_body, orders = await asyncio.gather(
+        pos_body, orders = await both(
             self._get(f"{self._acct}/positions", "/v1/accounts/{id}/positions"),
             self._orders(),
         )
