@@ -124,6 +124,11 @@ SELECT (SELECT sync_positions FROM hit) AS positions,
 -- state still has them: otherwise someone changed it since, and what was recorded stays.
 -- $1 account id, $2 fingerprint, $3 positions state, $4 account state (NULL: do not record),
 -- $5 number of positions.
+-- ``c`` is MATERIALIZED: inlined, its expression would be evaluated once per reference (four).
+WITH c AS MATERIALIZED (
+    SELECT $2::bytea IS NOT NULL AND $3::text IS NOT NULL AND $4::text IS NOT NULL
+           AND account_positions_state($1) = $3::text AND account_balances_state($1) = $4::text AS still
+)
 UPDATE accounts a
    SET last_synced_at = now(),
        last_error = CASE WHEN a.last_error LIKE 'accountSync: %' THEN NULL ELSE a.last_error END,
@@ -132,8 +137,7 @@ UPDATE accounts a
        sync_positions_state = CASE WHEN c.still THEN $3::text ELSE a.sync_positions_state END,
        sync_account_state = CASE WHEN c.still THEN $4::text ELSE a.sync_account_state END,
        sync_positions = CASE WHEN c.still THEN $5::integer ELSE a.sync_positions END
-  FROM (SELECT $2::bytea IS NOT NULL AND $3::text IS NOT NULL AND $4::text IS NOT NULL
-               AND account_positions_state($1) = $3::text AND account_balances_state($1) = $4::text AS still) c
+  FROM c
  WHERE a.id = $1;
 
 -- name: account_sync_record_answer
