@@ -12,7 +12,10 @@ Runs :mod:`tests.bench.bench_account_sync` twice, the simulator in a process of 
    compared with the stored rows (the path of an answer whose prices moved): its CPU is printed
    against the same 20 us;
 2. 10,000 accounts x 50 positions (500,000 rows), 20 ms, concurrency ``--big-concurrency``:
-   first pass <= 20 s, idle pass <= 10 s wall, peak RSS < 1 GB (it takes minutes).
+   first pass <= 20 s, idle pass <= 10 s wall, peak RSS < 1 GB (it takes minutes);
+3. the same 10,000 accounts shared by ``--replicas`` (3) replica processes, each with its own
+   leases (:mod:`tests.bench.bench_replicas`): each replica's share and the total wall time of
+   the first and the idle pass against the same bounds, each replica's peak RSS.
 
 CPU is syncd's process only (``time.process_time`` around the pass); the machine is shared,
 so wall times are noisier than CPU times. Then one table: target, figure, bound, ratio.
@@ -26,6 +29,7 @@ import asyncio
 from syncd.logs import configure_logging
 from syncd.settings import LogSettings
 from tests.bench.bench_account_sync import BenchResult, run_bench
+from tests.bench.bench_replicas import ReplicasResult, run_replicas
 
 # Issue 14: idle <= 20 us of syncd CPU per position; the first pass "in proportion": the first/idle
 # CPU ratio measured before the work (3.88 s / 2.17 s at 1000 x 50, 20 ms, concurrency 32) x 20 us.
@@ -48,7 +52,9 @@ def bench_args(accounts: int, concurrency: int) -> argparse.Namespace:
     )
 
 
-def rows_for(small: BenchResult, big: BenchResult | None) -> list[tuple[str, str, str, float]]:
+def rows_for(
+    small: BenchResult, big: BenchResult | None, shared: ReplicasResult | None = None
+) -> list[tuple[str, str, str, float]]:
     """(target, figure, bound, ratio figure/bound): <= 1.00 meets it."""
     out = []
     for f, bound in ((small.first, 1.5), (small.idle, 1.2), (small.compared, 1.2)):
@@ -83,6 +89,19 @@ def rows_for(small: BenchResult, big: BenchResult | None) -> list[tuple[str, str
                 )
             )
         out.append((f"{big.accounts}x50 peak RSS (syncd side)", f"{big.rss_mb:.0f} MB", "1024 MB", big.rss_mb / 1024))
+    if shared is not None:
+        for p, bound in ((shared.first, 20.0), (shared.idle, 10.0)):
+            shares = ", ".join(f"{s.accounts} in {s.seconds:.1f} s" for s in p.shares)
+            out.append(
+                (
+                    f"{shared.accounts}x50 @20ms {p.name} pass, {shared.replicas} replicas (total wall)",
+                    f"{p.seconds:.1f} s (shares: {shares}; CPU replicas {p.cpu_syncd:.1f} s)",
+                    f"{bound:.0f} s",
+                    p.seconds / bound,
+                )
+            )
+        worst = max(shared.rss_mb, default=0.0)
+        out.append((f"{shared.accounts}x50 peak RSS of a replica", f"{worst:.0f} MB", "1024 MB", worst / 1024))
     return out
 
 
@@ -91,11 +110,15 @@ async def main() -> None:
     p.add_argument("--small-only", action="store_true", help="skip the 10,000-account run")
     p.add_argument("--big-accounts", type=int, default=10_000)
     p.add_argument("--big-concurrency", type=int, default=100)
+    p.add_argument("--replicas", type=int, default=3, help="replicas sharing the big run's accounts (0: skip)")
     args = p.parse_args()
     configure_logging(LogSettings(level="warning", format="console"))
     small = await run_bench(bench_args(1000, 32))
     big = None if args.small_only else await run_bench(bench_args(args.big_accounts, args.big_concurrency))
-    table = rows_for(small, big)
+    shared = None
+    if not args.small_only and args.replicas > 0:
+        shared = await run_replicas(args.big_accounts, 50, args.replicas, 20.0, args.big_concurrency, 20)
+    table = rows_for(small, big, shared)
     width = max(len(t) for t, *_ in table)
     print("\nissue 14 targets (ratio = figure / bound; <= 1.00 meets it)")
     for target, figure, bound, ratio in table:
