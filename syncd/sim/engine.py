@@ -354,6 +354,8 @@ class Exchange:
         self._by_tradier_id: dict[int, SimOrder] = {}
         self._working: dict[str, SimOrder] = {}  # parents that can still fill
         self._working_by_account: dict[int, dict[str, SimOrder]] = {}
+        # account index -> (what its balances were computed from, the balances): see balances()
+        self._balances_kept: dict[int, tuple[object, BalancesView]] = {}
         self.listeners: list[Callable[[TradeEvent], None]] = []
         self.events: deque[TradeEvent] = deque(maxlen=10_000)
         self._expired_until: dt.datetime | None = None  # the last close whose expiries were settled
@@ -776,6 +778,23 @@ class Exchange:
         )
 
     def balances(self, acct: SimAccount) -> BalancesView:
+        """The account's balances; kept and served again while nothing they are made of changed
+        (prices, cash, realized P&L, the positions) and no order is working (what working orders
+        reserve is computed afresh every time)."""
+        if self._working_by_account.get(acct.index):
+            return self._compute_balances(acct)
+        key = (
+            self.market.version,
+            acct.cash,
+            acct.realized_pl,
+            tuple((p.symbol, p.qty, p.avg_entry) for p in acct.positions.values()),
+        )
+        kept = self._balances_kept.get(acct.index)
+        if kept is None or kept[0] != key:
+            kept = self._balances_kept[acct.index] = (key, self._compute_balances(acct))
+        return kept[1]
+
+    def _compute_balances(self, acct: SimAccount) -> BalancesView:
         views = self.position_views(acct)
         stock_long = stock_short = opt_long = opt_short = upl = last = ZERO
         for v in views:

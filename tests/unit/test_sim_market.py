@@ -259,6 +259,24 @@ def test_buying_power_is_checked_and_reserved() -> None:
     assert acct.orders[-1].qty == 60  # the refused order left no trace
 
 
+def test_kept_balances_follow_prices_cash_and_positions() -> None:
+    """The exchange keeps an account's balances between asks; every input changes them."""
+    sim = make()
+    acct = sim.accounts[0]
+    sim.set_price("AAPL", "99.90", "100.10")
+    first = sim.exchange.balances(acct)
+    assert sim.exchange.balances(acct) is first  # nothing changed: kept
+    sim.place_outside_order(0, "AAPL", "buy", 10)  # a fill: cash and a position
+    bought = sim.exchange.balances(acct)
+    assert bought.cash == first.cash - Decimal("1001.0") and bought.long_market_value == Decimal(1000)
+    sim.set_price("AAPL", "109.90", "110.10")  # a price
+    assert sim.exchange.balances(acct).long_market_value == Decimal(1100)
+    sim.set_cash(0, 5_000)  # cash alone
+    assert sim.exchange.balances(acct).cash == Decimal(5000)
+    sim.place_outside_order(0, "AAPL", "sell", 5, type="limit", limit_price="500")  # working: computed afresh
+    assert sim.exchange.balances(acct) is not sim.exchange.balances(acct)
+
+
 def test_reused_client_order_id_is_refused() -> None:
     sim = make()
     sim.place_outside_order(0, "F", "buy", 1, client_order_id="cid-1")
