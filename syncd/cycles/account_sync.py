@@ -338,8 +338,8 @@ class _Plan:
         return self.diff.empty and not self.snapshot and self.broker_id is None
 
 
-# account_positions_state (0019) of an account with no stored position: "0:" and md5 of nothing.
-_NO_POSITIONS_STATE = "0:d41d8cd98f00b204e9800998ecf8427e"
+# account_positions_state (0020) of an account with no stored position: no rows, hashes summing to 0.
+_NO_POSITIONS_STATE = "0:0"
 
 
 async def _plan(

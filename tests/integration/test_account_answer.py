@@ -140,6 +140,29 @@ async def test_a_first_quote_makes_one_full_comparison_that_writes_nothing(make_
         assert (await account_sync.account_pass(ctx, acct))["same_answer"] == 1
 
 
+async def test_the_state_of_no_positions_is_the_one_accountsync_assumes(make_context: Any, sim: Any) -> None:
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        state = await ctx.pool.fetchval("SELECT account_positions_state($1)", acct.id)
+        assert state == account_sync._NO_POSITIONS_STATE
+
+
+async def test_numbers_equal_as_numbers_keep_the_state(make_context: Any, sim: Any) -> None:
+    """The fingerprint hashes values as accountSync compares them: 12.5 and 12.50 are the same number."""
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await account_sync.account_pass(ctx, acct)
+        before = await ctx.pool.fetchval("SELECT account_positions_state($1)", acct.id)
+        await ctx.pool.execute(
+            "UPDATE portfolio_positions SET avg_entry_price = round(avg_entry_price, 6) WHERE account_id = $1", acct.id
+        )
+        assert await ctx.pool.fetchval("SELECT account_positions_state($1)", acct.id) == before
+        await ctx.pool.execute(
+            "UPDATE portfolio_positions SET avg_entry_price = avg_entry_price + 0.01 WHERE account_id = $1", acct.id
+        )
+        assert await ctx.pool.fetchval("SELECT account_positions_state($1)", acct.id) != before
+
+
 async def test_a_state_that_changed_since_the_comparison_is_not_recorded(make_context: Any, sim: Any) -> None:
     async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
         acct = next(iter(ctx.accounts.values()))
