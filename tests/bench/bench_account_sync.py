@@ -6,7 +6,8 @@
 Set-up (not timed): a scratch database on the test Postgres (``$SYNCD_TEST_DSN`` or
 127.0.0.1:5432) with every migration; the simulator -- by default in a process of its
 own, so its CPU time is not syncd's (``--sim inprocess`` shares this event loop) -- with
-a manual clock, so prices move only when told; ``--latency-ms`` added to every answer.
+a manual clock, so prices move only when told; ``--latency-ms`` added to every answer; every
+account's book generated (the simulator makes one up on an account's first request).
 
 Timed: two accountSync passes over every account (``run_pass``, as the daemon runs them):
 
@@ -94,6 +95,7 @@ async def _sim_serve(conn: mpc.Connection, config: Any, latency_s: float) -> Non
     configure_logging(LogSettings(level="warning", format="console"))
     sim = await start_simulator(config)
     sim.faults.latency_s = latency_s
+    build_books(sim)
     infos = [
         SimAccountInfo(i, a.api_key, a.api_secret, a.tradier_account_id, a.tradier_token)
         for i, a in enumerate(sim.accounts)
@@ -110,6 +112,13 @@ async def _sim_serve(conn: mpc.Connection, config: Any, latency_s: float) -> Non
                 conn.send((sim.request_count, usage.ru_maxrss, usage.ru_utime + usage.ru_stime))
     finally:
         await sim.stop()
+
+
+def build_books(sim: Any) -> None:
+    """Make the simulator generate every account's book now (it does so lazily, on an account's first
+    request): set-up, not the first pass. Composing and encoding its answers stays in the passes."""
+    for acct in sim.accounts:
+        acct.positions  # noqa: B018 -- the property builds the book
 
 
 def _sim_process_main(conn: mpc.Connection, config: Any, latency_s: float) -> None:
@@ -133,6 +142,7 @@ class SimHandle:
 
             self._sim = await start_simulator(_sim_config(args))
             self._sim.faults.latency_s = latency
+            build_books(self._sim)
             self.url = self._sim.url
             self.infos = [
                 SimAccountInfo(i, a.api_key, a.api_secret, a.tradier_account_id, a.tradier_token)
