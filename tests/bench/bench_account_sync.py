@@ -205,9 +205,11 @@ def account_settings(sim: SimHandle, broker: str) -> list[AccountSettings]:
 # -- measuring -------------------------------------------------------------------------------------------
 
 
-async def flush_stats(pool: asyncpg.Pool[Any]) -> None:
-    """Make every pooled backend publish its pending table statistics (PG15: pg_stat_force_next_flush)."""
-    conns = [await pool.acquire() for _ in range(pool.get_size())]
+async def flush_stats(pool: asyncpg.Pool[Any], *, idle_only: bool = False) -> None:
+    """Make every pooled backend publish its pending table statistics (PG15: pg_stat_force_next_flush).
+
+    ``idle_only``: only the connections idle now (a replica's lease connection stays held)."""
+    conns = [await pool.acquire() for _ in range(pool.get_idle_size() if idle_only else pool.get_size())]
     try:
         for conn in conns:
             await conn.execute("SELECT pg_stat_force_next_flush()")

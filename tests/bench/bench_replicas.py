@@ -42,6 +42,7 @@ from tests.bench.bench_account_sync import (
     TABLES,
     SimHandle,
     account_settings,
+    flush_stats,
     postgres_cpu,
     table_writes,
 )
@@ -139,7 +140,7 @@ async def _replica_serve(conn: mpc.Connection, setup: tuple[str, int, int, str, 
                     cpu0 = time.process_time()
                     summary = await run_pass(ctx, "accountSync", account_pass, mine)
                     cpu = time.process_time() - cpu0
-                    await _flush_idle(ctx.pool)  # so the table statistics the bench reads include this pass
+                    await flush_stats(ctx.pool, idle_only=True)  # so the statistics the bench reads include this pass
                     ok = [r for r in summary.results if r.ok]
                     conn.send(
                         ShareFigures(
@@ -157,17 +158,6 @@ async def _replica_serve(conn: mpc.Connection, setup: tuple[str, int, int, str, 
         finally:
             await leases.release_all()
     conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-
-async def _flush_idle(pool: asyncpg.Pool[Any]) -> None:
-    """pg_stat_force_next_flush on every idle pooled connection (the lease connection is held)."""
-    conns = [await pool.acquire() for _ in range(pool.get_idle_size())]
-    try:
-        for conn in conns:
-            await conn.execute("SELECT pg_stat_force_next_flush()")
-    finally:
-        for conn in conns:
-            await pool.release(conn)
 
 
 def _replica_main(conn: mpc.Connection, setup: tuple[str, int, int, str, list[Any]], instance: str) -> None:
