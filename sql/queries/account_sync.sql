@@ -99,9 +99,12 @@ SELECT (SELECT count(*) FROM up) AS upserted,
 -- name: account_sync_unchanged
 -- The broker's answer is the one recorded, over the stored state it was found to match (0019):
 -- the pass is idle without decoding or comparing, and the account is marked synced
--- (``positions``: how many; ``expiry``: whether expiry settlement has a trade to look at).
--- Otherwise ``positions`` is NULL, nothing is written, and the pass compares in full;
+-- (``positions``: how many). Otherwise ``positions`` is NULL, nothing is written, and the pass
+-- compares in full, with what this statement read of the account (as account_sync_stored_account
+-- reads it: ``broker_account_id``, the latest snapshot's balances, and with ``seen``, their
+-- ``state``), so the comparison needs no other read of it.
 -- ``seen``: the answer is the one the pass before saw (then the comparison records it).
+-- ``expiry``: whether expiry settlement has a trade to look at (for a pass that writes nothing).
 -- $1 account id, $2 the answer's fingerprint, $3 the pending close_reasons (text[]).
 WITH hit AS (
     UPDATE accounts
@@ -112,10 +115,17 @@ WITH hit AS (
        AND sync_positions_state = account_positions_state($1)
        AND sync_account_state = account_balances_state($1)
     RETURNING sync_positions
+), h AS (
+    SELECT (SELECT sync_positions FROM hit) AS positions
 )
-SELECT (SELECT sync_positions FROM hit) AS positions,
-       EXISTS (SELECT 1 FROM hit) AND EXISTS (SELECT 1 FROM expiry_candidate_trades($1, $3::text[])) AS expiry,
-       COALESCE((SELECT sync_seen = $2 FROM accounts WHERE id = $1), false) AS seen;
+SELECT h.positions,
+       EXISTS (SELECT 1 FROM expiry_candidate_trades($1, $3::text[])) AS expiry,
+       COALESCE(a.sync_seen = $2, false) AS seen,
+       a.broker_account_id, s.equity, s.cash, s.buying_power, s.long_market_value, s.short_market_value,
+       CASE WHEN h.positions IS NULL AND a.sync_seen = $2 THEN account_balances_state($1) END AS state
+  FROM h
+  LEFT JOIN accounts a ON a.id = $1
+  LEFT JOIN LATERAL latest_account_snapshot($1) s ON true;
 
 -- name: account_sync_mark_synced
 -- An idle pass: the mirror already equals the broker's answer; only the time is new.

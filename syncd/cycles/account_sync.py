@@ -349,11 +349,18 @@ async def _plan(
     fetched: list[PositionRow],
     b: Balances,
     fingerprint: bool = False,
+    stored_account: Any = None,
 ) -> _Plan:
-    """Compare with what is stored; ``fingerprint``: also read the stored state's fingerprints (0019)."""
+    """Compare with what is stored; ``fingerprint``: also read the stored state's fingerprints (0019).
+
+    ``stored_account``: the account as ``account_sync_unchanged`` read it (its columns are those of
+    ``account_sync_stored_account``, with ``state`` read when ``fingerprint``); else it is read here.
+    """
     records = await conn.fetch(q["account_sync_stored_positions"], account.id, fingerprint)
     stored = stored_rows(records)
-    state = await conn.fetchrow(q["account_sync_stored_account"], account.id, fingerprint)
+    state: Any = stored_account
+    if state is None:
+        state = await conn.fetchrow(q["account_sync_stored_account"], account.id, fingerprint)
     broker_id = b.broker_account_id or None
     if broker_id is not None and state is not None and state["broker_account_id"] == broker_id:
         broker_id = None
@@ -400,6 +407,7 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
     deadline = ctx.settings.cycles.broker_timeout_s * FETCH_DEADLINE_FACTOR
     answer = await fetch_answer(account.broker, deadline)
     q = ctx.queries
+    known: Any = None  # the record account_sync_unchanged read (None: no fingerprint)
     async with ctx.pool.acquire() as conn:
         record = False  # fingerprint the stored state for this answer (it is the one the pass before saw)
         if answer.fingerprint is not None:
@@ -414,7 +422,7 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
             record = known["seen"]
         balances, positions = answer.decode()
         fetched = position_rows(positions)
-        plan = await _plan(conn, q, account, fetched, balances, fingerprint=record)
+        plan = await _plan(conn, q, account, fetched, balances, fingerprint=record, stored_account=known)
         if plan.idle:
             await conn.execute(
                 q["account_sync_mark_synced"],
@@ -438,7 +446,9 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
             deleted=len(plan.diff.deletes),
             events=len(plan.diff.events),
         )
-    return SyncResult(len(fetched), plan.diff, plan.snapshot)
+    # Nothing written: the expiry hint read before the comparison still holds (after a write, ask).
+    expiry = known["expiry"] if known is not None and plan.idle else None
+    return SyncResult(len(fetched), plan.diff, plan.snapshot, expiry=expiry)
 
 
 async def sync_pass(ctx: Context, account: Account) -> dict[str, Any]:

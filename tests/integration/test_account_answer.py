@@ -163,6 +163,37 @@ async def test_numbers_equal_as_numbers_keep_the_state(make_context: Any, sim: A
         assert await ctx.pool.fetchval("SELECT account_positions_state($1)", acct.id) != before
 
 
+async def test_a_compared_pass_that_writes_nothing_asks_expiry_only_with_a_candidate(
+    make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The expiry hint read with the unchanged-answer check holds for a comparison that writes nothing."""
+    asked: list[int] = []
+
+    async def settle(ctx: Context, account: Account) -> list[int]:
+        asked.append(account.id)
+        return []
+
+    monkeypatch.setattr(account_sync, "settle_expirations", settle)
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await account_sync.account_pass(ctx, acct)
+        assert asked == [acct.id]  # a pass that wrote asks
+        await ctx.pool.execute("UPDATE accounts SET sync_answer = NULL WHERE id = $1", acct.id)
+        stats = await account_sync.account_pass(ctx, acct)
+        assert (stats["same_answer"], stats["upserted"]) == (0, 0)
+        assert asked == [acct.id]  # compared, nothing written, no candidate: not asked
+        trade = await ctx.pool.fetchval(
+            "INSERT INTO trades (account_id, symbol, status) VALUES ($1, 'GONE', 'open') RETURNING id", acct.id
+        )
+        await ctx.pool.execute(
+            "INSERT INTO trade_legs (trade_id, leg_index, symbol, side, ratio) VALUES ($1, 0, 'GONE', 'buy', 1)",
+            trade,
+        )
+        await ctx.pool.execute("UPDATE accounts SET sync_answer = NULL WHERE id = $1", acct.id)
+        await account_sync.account_pass(ctx, acct)
+        assert asked == [acct.id, acct.id]  # a trade whose legs are all flat: asked
+
+
 async def test_a_state_that_changed_since_the_comparison_is_not_recorded(make_context: Any, sim: Any) -> None:
     async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
         acct = next(iter(ctx.accounts.values()))
