@@ -49,6 +49,9 @@ class Context:
     # since start); None: a call succeeded; text: what refused them (401/403) and when. Kept by
     # syncd.daemon.passes so that a pass making no broker call is not "ok" for a refused account.
     auth: dict[int, str | None] = field(default_factory=dict)
+    # Per account id: (fingerprint of the stored positions, digest of the broker's positions) of the
+    # last comparison that found them equal; see syncd.cycles.account_sync.sync_account.
+    compared_rows: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     async def active_accounts(self, names: Iterable[str] | None = None) -> list[Account]:
         """Configured accounts (optionally only ``names``) that a user has not paused in SQL."""

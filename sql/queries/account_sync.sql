@@ -19,8 +19,10 @@ SELECT symbol, asset_class, underlying, option_type, strike, expiration, multipl
 -- name: account_sync_stored_account
 -- The account's broker id and its latest balances snapshot (NULLs when there is none yet).
 -- ``state``: with $2 true, their fingerprint (0019), read in the same statement (else NULL).
+-- ``positions_state``: the stored positions' fingerprint (0020).
 SELECT a.broker_account_id, s.equity, s.cash, s.buying_power, s.long_market_value, s.short_market_value,
-       CASE WHEN $2::boolean THEN account_balances_state(a.id) END AS state
+       CASE WHEN $2::boolean THEN account_balances_state(a.id) END AS state,
+       account_positions_state(a.id) AS positions_state
   FROM accounts a
   LEFT JOIN LATERAL latest_account_snapshot(a.id) s ON true  -- 0019
  WHERE a.id = $1;
@@ -102,7 +104,9 @@ SELECT (SELECT count(*) FROM up) AS upserted,
 -- (``positions``: how many). Otherwise ``positions`` is NULL, nothing is written, and the pass
 -- compares in full, with what this statement read of the account (as account_sync_stored_account
 -- reads it: ``broker_account_id``, the latest snapshot's balances, and with ``seen``, their
--- ``state``), so the comparison needs no other read of it.
+-- ``state``), so the comparison needs no other read of it, and the stored positions' fingerprint
+-- (``positions_state``: when it is the one of rows this process last found equal to the broker's,
+-- and the answer's positions are those again, the comparison needs no read of the rows either).
 -- ``seen``: the answer is the one the pass before saw (then the comparison records it).
 -- ``expiry``: whether expiry settlement has a trade to look at (for a pass that writes nothing).
 -- $1 account id, $2 the answer's fingerprint, $3 the pending close_reasons (text[]).
@@ -122,7 +126,8 @@ SELECT h.positions,
        EXISTS (SELECT 1 FROM expiry_candidate_trades($1, $3::text[])) AS expiry,
        COALESCE(a.sync_seen = $2, false) AS seen,
        a.broker_account_id, s.equity, s.cash, s.buying_power, s.long_market_value, s.short_market_value,
-       CASE WHEN h.positions IS NULL AND a.sync_seen = $2 THEN account_balances_state($1) END AS state
+       CASE WHEN h.positions IS NULL AND a.sync_seen = $2 THEN account_balances_state($1) END AS state,
+       CASE WHEN h.positions IS NULL THEN account_positions_state($1) END AS positions_state
   FROM h
   LEFT JOIN accounts a ON a.id = $1
   LEFT JOIN LATERAL latest_account_snapshot($1) s ON true;

@@ -332,6 +332,7 @@ class _Plan:
     broker_id: str | None  # set when it differs from the stored one
     positions_state: str | None = None
     account_state: str | None = None
+    marks_free: bool = False  # no stored row's marks are accountSync's (monitorCycle quoted every one)
 
     @property
     def idle(self) -> bool:
@@ -343,11 +344,12 @@ _NO_POSITIONS_STATE = "0:0"
 
 
 async def _plan(
+    ctx: Context,
     conn: PoolConnectionProxy[Any],
-    q: Mapping[str, str],
     account: Account,
     fetched: list[PositionRow],
     b: Balances,
+    *,
     fingerprint: bool = False,
     stored_account: Any = None,
 ) -> _Plan:
@@ -355,22 +357,57 @@ async def _plan(
 
     ``stored_account``: the account as ``account_sync_unchanged`` read it (its columns are those of
     ``account_sync_stored_account``, with ``state`` read when ``fingerprint``); else it is read here.
+
+    When the stored positions' fingerprint (read with the account) is the one of rows this process
+    last found equal to the broker's, every mark of them monitorCycle's (``ctx.compared_rows``),
+    and the broker's positions digest as they did then, they compare equal without being read
+    back: prices moved, nothing accountSync owns did. Otherwise the rows are read with their
+    fingerprint and compared; a comparison that finds them equal, every mark monitorCycle's, is
+    remembered for the next pass.
     """
-    records = await conn.fetch(q["account_sync_stored_positions"], account.id, fingerprint)
-    stored = stored_rows(records)
+    q = ctx.queries
     state: Any = stored_account
     if state is None:
         state = await conn.fetchrow(q["account_sync_stored_account"], account.id, fingerprint)
+    snapshot, broker_id = _account_plan(state, b)
+    account_state = None if state is None else state["state"]
+    digest = rows_digest(fetched)
+    positions_state = None if state is None else state["positions_state"]
+    if positions_state is not None and ctx.compared_rows.get(account.id) == (positions_state, digest):
+        return _Plan(Diff(unchanged=len(fetched)), snapshot, broker_id, positions_state, account_state, True)
+    records = await conn.fetch(q["account_sync_stored_positions"], account.id, True)
+    stored = stored_rows(records)
+    plan = _Plan(
+        diff_positions(stored, fetched),
+        snapshot,
+        broker_id,
+        records[0]["state"] if records else _NO_POSITIONS_STATE,  # of these very rows
+        account_state,
+        marks_free=not any(row.marks_ours for row in stored.values()),
+    )
+    if plan.diff.empty and plan.marks_free and plan.positions_state is not None:
+        ctx.compared_rows[account.id] = (plan.positions_state, digest)
+    else:
+        ctx.compared_rows.pop(account.id, None)
+    return plan
+
+
+def _account_plan(state: Any, b: Balances) -> tuple[bool, str | None]:
+    """Whether a balances snapshot is due, and the broker account id to store (None: the stored one holds)."""
     broker_id = b.broker_account_id or None
     if broker_id is not None and state is not None and state["broker_account_id"] == broker_id:
         broker_id = None
-    return _Plan(
-        diff_positions(stored, fetched),
-        balances_changed(state, b),
-        broker_id,
-        (records[0]["state"] if records else _NO_POSITIONS_STATE) if fingerprint else None,
-        None if state is None else state["state"],
-    )
+    return balances_changed(state, b), broker_id
+
+
+def rows_digest(rows: Sequence[PositionRow]) -> int:
+    """A digest of the position fields (symbol .. cost_basis) of ``rows``, whatever their order.
+
+    Python's own hash (per process, like the cache it keys): values equal as accountSync compares
+    them (``Decimal("1.0")`` and ``Decimal("1.00")``) digest alike. The marks are left out: it is
+    only used while monitorCycle owns every stored row's marks.
+    """
+    return hash(frozenset([row[:11] for row in rows]))
 
 
 async def _write(
@@ -422,20 +459,20 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
             record = known["seen"]
         balances, positions = answer.decode()
         fetched = position_rows(positions)
-        plan = await _plan(conn, q, account, fetched, balances, fingerprint=record, stored_account=known)
+        plan = await _plan(ctx, conn, account, fetched, balances, fingerprint=record, stored_account=known)
         if plan.idle:
             await conn.execute(
                 q["account_sync_mark_synced"],
                 account.id,
                 answer.fingerprint,
-                plan.positions_state,
+                plan.positions_state if record else None,  # recorded only for an answer seen twice
                 plan.account_state,
                 len(fetched),
             )
         else:
             async with conn.transaction():
                 await conn.execute(q["account_sync_lock"], SYNC_LOCK_CLASS, account.id)
-                plan = await _plan(conn, q, account, fetched, balances)
+                plan = await _plan(ctx, conn, account, fetched, balances)
                 await _write(conn, q, account, plan, balances)
                 await conn.execute(q["account_sync_record_answer"], account.id, answer.fingerprint, len(fetched))
     ctx.metrics.set("syncd_positions", len(fetched), account=account.name)

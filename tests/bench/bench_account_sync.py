@@ -9,10 +9,15 @@ own, so its CPU time is not syncd's (``--sim inprocess`` shares this event loop)
 a manual clock, so prices move only when told; ``--latency-ms`` added to every answer; every
 account's book generated (the simulator makes one up on an account's first request).
 
-Timed: two accountSync passes over every account (``run_pass``, as the daemon runs them):
+Timed: accountSync passes over every account (``run_pass``, as the daemon runs them):
 
 1. ``first``: an empty mirror, every position inserted;
-2. ``idle``: nothing changed at the broker: nothing may be written.
+2. ``idle``: nothing changed at the broker: nothing may be written (every answer recognised);
+3. ``compared``: the same, with the recorded answers forgotten: every answer decoded and compared;
+4. ``quoted``: every row quoted (as monitorCycle leaves them), prices moved at the broker: every
+   answer differs, the positions compare equal, a balances snapshot is written per account;
+5. ``moved``: prices moved again, the steady state of a market day (the rows are known by their
+   fingerprint from the pass before, so they are not read back).
 
 Printed per pass: wall time, positions/s, rows written (from ``pg_stat_user_tables`` of
 portfolio_positions, position_events and account_snapshots, flushed on every pooled
@@ -110,6 +115,9 @@ async def _sim_serve(conn: mpc.Connection, config: Any, latency_s: float) -> Non
             if msg == "stats":
                 usage = resource.getrusage(resource.RUSAGE_SELF)
                 conn.send((sim.request_count, usage.ru_maxrss, usage.ru_utime + usage.ru_stime))
+            if msg == "tick":
+                sim.tick()
+                conn.send("ticked")
     finally:
         await sim.stop()
 
@@ -164,6 +172,15 @@ class SimHandle:
         self._conn.send("stats")
         result: tuple[int, int, float] = await asyncio.get_running_loop().run_in_executor(None, self._conn.recv)
         return result
+
+    async def tick(self) -> None:
+        """One market step: prices walk (every answer changes)."""
+        if self._sim is not None:
+            self._sim.tick()
+            return
+        assert self._conn is not None
+        self._conn.send("tick")
+        await asyncio.get_running_loop().run_in_executor(None, self._conn.recv)
 
     async def stop(self) -> None:
         if self._sim is not None:
@@ -376,6 +393,8 @@ class BenchResult:
     first: PassFigures
     idle: PassFigures
     compared: PassFigures  # idle again, with the recorded answers forgotten: every answer decoded and compared
+    quoted: PassFigures  # prices moved, every row quoted (as monitorCycle leaves them): compared, snapshots written
+    moved: PassFigures  # prices moved again: the steady state of a market day
     rows: int
     write_s: float
     rss_mb: float
@@ -422,6 +441,15 @@ async def run_bench(args: argparse.Namespace) -> BenchResult:
             # nothing syncd owns did): every answer decoded and compared with the stored rows.
             await ctx.pool.execute("UPDATE accounts SET sync_answer = NULL")
             compared = await timed_pass(ctx, dsn, sim, accounts, "compared")
+            # A market day: monitorCycle has quoted every row (its marks from now on), and prices move
+            # between passes, so every answer differs and the balances change: each pass compares the
+            # positions and writes a balances snapshot. The first such pass reads the rows back; the
+            # next ones find them by their fingerprint (what this process last found equal).
+            await ctx.pool.execute("UPDATE portfolio_positions SET quote_at = now()")
+            await sim.tick()
+            quoted = await timed_pass(ctx, dsn, sim, accounts, "quoted")
+            await sim.tick()
+            moved = await timed_pass(ctx, dsn, sim, accounts, "moved")
             rows = await ctx.pool.fetchval("SELECT count(*) FROM portfolio_positions")
             write_s = await bulk_write_floor(ctx.pool, max(rows, 1))
         sim_requests, sim_rss, _ = await sim.stats()
@@ -440,13 +468,15 @@ async def run_bench(args: argparse.Namespace) -> BenchResult:
             first,
             idle,
             compared,
+            quoted,
+            moved,
             rows,
             write_s,
             rss_mb,
             sim_rss / 1024,
         )
         cores = os.cpu_count() or 1
-        for f in (first, idle, compared):
+        for f in (first, idle, compared, quoted, moved):
             busy = f.cpu_syncd + f.cpu_sim + f.cpu_pg
             print(
                 f"{f.name:<8} CPU of syncd + simulator + postgres {busy:.2f} s over {cores} cores: "
@@ -454,7 +484,7 @@ async def run_bench(args: argparse.Namespace) -> BenchResult:
                 f"syncd CPU {result.cpu_us_per_position(f):.1f} us/position",
                 flush=True,
             )
-        for f in (first, idle, compared):
+        for f in (first, idle, compared, quoted, moved):
             floor = result.floor(f)
             if result.latency_s:
                 print(

@@ -9,8 +9,9 @@ Runs :mod:`tests.bench.bench_account_sync` twice, the simulator in a process of 
    row for the first pass); syncd's own CPU per position per pass. The idle pass recognises
    each unchanged answer by its fingerprint (migration 0019); a third pass, ``compared``, is the
    same idle pass with the recorded fingerprints forgotten, so every answer is decoded and
-   compared with the stored rows (the path of an answer whose prices moved): its CPU is printed
-   against the same 20 us;
+   compared with the stored rows: its CPU is printed against the same 20 us; then ``quoted`` and
+   ``moved``: every row quoted as monitorCycle leaves them, prices moving between passes (every
+   answer differs, a balances snapshot is written), ``moved`` the steady state of a market day;
 2. 10,000 accounts x 50 positions (500,000 rows), 20 ms, concurrency ``--big-concurrency``:
    first pass <= 20 s, idle pass <= 10 s wall, peak RSS < 1 GB (it takes minutes);
 3. the same 10,000 accounts shared by ``--replicas`` (3) replica processes, each with its own
@@ -67,18 +68,29 @@ def rows_for(
                 f.seconds / (bound * floor),
             )
         )
-    for f, us in ((small.idle, IDLE_US), (small.compared, IDLE_US), (small.first, FIRST_US)):
+    moved = small.moved
+    floor = small.floor(moved)
+    out.append(
+        (
+            "accountSync 1000x50 @20ms moved (prices moved; snapshots written)",
+            f"{moved.seconds:.2f} s ({moved.seconds / floor:.2f}x floor {floor:.2f} s)",
+            f"{1.2 * floor:.2f} s",
+            moved.seconds / (1.2 * floor),
+        )
+    )
+    for f, us in ((small.idle, IDLE_US), (small.compared, IDLE_US), (small.moved, IDLE_US), (small.first, FIRST_US)):
         got = small.cpu_us_per_position(f)
+        note = {id(small.compared): " (idle, answers decoded)", id(small.moved): " (prices moved)"}.get(id(f), "")
         out.append(
             (
-                f"syncd CPU per position, {f.name} pass" + (" (idle, answers decoded)" if f is small.compared else ""),
+                f"syncd CPU per position, {f.name} pass" + note,
                 f"{got:.1f} us ({f.cpu_syncd:.2f} s)",
                 f"{us:.0f} us",
                 got / us,
             )
         )
     if big is not None:
-        for f, bound in ((big.first, 20.0), (big.idle, 10.0), (big.compared, 10.0)):
+        for f, bound in ((big.first, 20.0), (big.idle, 10.0), (big.compared, 10.0), (big.moved, 10.0)):
             cpu = f"CPU syncd {f.cpu_syncd:.1f} s, sim {f.cpu_sim:.1f} s, pg {f.cpu_pg:.1f} s"
             out.append(
                 (

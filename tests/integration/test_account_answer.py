@@ -194,6 +194,93 @@ async def test_a_compared_pass_that_writes_nothing_asks_expiry_only_with_a_candi
         assert asked == [acct.id, acct.id]  # a trade whose legs are all flat: asked
 
 
+def _no_row_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the passes that read the stored rows back (account_sync.stored_rows)."""
+    reads: list[int] = []
+    real = account_sync.stored_rows
+
+    def counting(records: Any) -> Any:
+        reads.append(len(records))
+        return real(records)
+
+    monkeypatch.setattr(account_sync, "stored_rows", counting)
+    return reads
+
+
+async def _quoted_mirror(ctx: Context, sim: Any, acct: Account) -> None:
+    """A first pass, then monitorCycle's quotes on every row: the marks are monitorCycle's."""
+    await account_sync.account_pass(ctx, acct)
+    await ctx.pool.execute("UPDATE portfolio_positions SET quote_at = now() WHERE account_id = $1", acct.id)
+
+
+async def test_moved_prices_compare_without_reading_the_rows_back(
+    make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prices move at the broker, every mark is monitorCycle's: after one comparison that found the
+    rows equal, the next answers compare equal by the rows' fingerprint, and only balances are written."""
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await _quoted_mirror(ctx, sim, acct)
+        reads = _no_row_reads(monkeypatch)
+        sim.tick(3)
+        moved = await account_sync.account_pass(ctx, acct)
+        assert (moved["same_answer"], moved["upserted"], moved["events"]) == (0, 0, 0)
+        assert len(reads) == 1  # compared and remembered; under the lock (a snapshot is due) it holds
+        book = await _book(ctx, acct)
+        for _ in range(2):
+            sim.tick(3)
+            again = await account_sync.account_pass(ctx, acct)
+            assert (again["same_answer"], again["upserted"], again["snapshot"]) == (0, 0, 1)
+        assert len(reads) == 1  # the rows were not read back again
+        assert await _book(ctx, acct) == book == _sim_book(sim, 0)
+
+
+async def test_a_remembered_comparison_still_sees_every_change(
+    make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await _quoted_mirror(ctx, sim, acct)
+        sim.tick(3)
+        await account_sync.account_pass(ctx, acct)  # remembered
+        symbol = next(iter(_sim_book(sim, 0)))
+        # the broker's quantity changes: the digest differs, the rows are read and the change written
+        sim.add_position(
+            0, symbol, sim.accounts[0].positions[symbol].qty + 1, sim.accounts[0].positions[symbol].avg_entry
+        )
+        changed = await account_sync.account_pass(ctx, acct)
+        assert (changed["upserted"], changed["events"]) == (1, 1)
+        assert await _book(ctx, acct) == _sim_book(sim, 0)
+        # the mirror is edited by hand: its fingerprint differs, the rows are read and repaired
+        await ctx.pool.execute("UPDATE portfolio_positions SET quote_at = now() WHERE account_id = $1", acct.id)
+        sim.tick(3)
+        await account_sync.account_pass(ctx, acct)  # remembered again
+        await ctx.pool.execute(
+            "UPDATE portfolio_positions SET quantity = quantity + 5 WHERE account_id = $1 AND symbol = $2",
+            acct.id,
+            symbol,
+        )
+        sim.tick(3)
+        repaired = await account_sync.account_pass(ctx, acct)
+        assert repaired["upserted"] == 1
+        assert await _book(ctx, acct) == _sim_book(sim, 0)
+
+
+async def test_rows_whose_marks_are_accountsyncs_are_read_every_time(
+    make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While monitorCycle has not quoted a row, its marks are accountSync's: nothing is remembered."""
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await account_sync.account_pass(ctx, acct)
+        reads = _no_row_reads(monkeypatch)
+        for _ in range(2):
+            await ctx.pool.execute("UPDATE accounts SET sync_answer = NULL WHERE id = $1", acct.id)
+            await account_sync.account_pass(ctx, acct)
+        assert len(reads) == 2
+        assert acct.id not in ctx.compared_rows
+
+
 async def test_a_state_that_changed_since_the_comparison_is_not_recorded(make_context: Any, sim: Any) -> None:
     async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
         acct = next(iter(ctx.accounts.values()))
