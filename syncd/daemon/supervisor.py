@@ -86,6 +86,10 @@ _EXPECTED_TASK_ERRORS: tuple[type[BaseException], ...] = (
     PassTimeout,
     *RETRYABLE_DB_ERRORS,
     asyncpg.PostgresError,
+    # A pooled connection still unwinding an operation the server's restart cut off ("cannot
+    # switch to state 12; another operation (2) is in progress", see syncd.errors.DB_ERRORS): the
+    # database going away, not a bug; the task restarts with backoff like any database outage.
+    asyncpg.InternalClientError,
 )
 
 

@@ -76,3 +76,13 @@ def test_a_connection_left_mid_operation_is_a_db_error() -> None:
     assert isinstance(
         asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"), DB_ERRORS
     )
+
+
+def test_a_connection_left_mid_operation_fails_a_task_without_crashing_it() -> None:
+    """The same error escaping a task loop (outside an account pass) is a database outage, not a bug:
+    the task is restarted with backoff and logged as ``task_failed``, not ``task_crashed``."""
+    from syncd.daemon.supervisor import _EXPECTED_TASK_ERRORS
+
+    error = asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+    assert isinstance(error, _EXPECTED_TASK_ERRORS)
+    assert not isinstance(RuntimeError("a bug"), _EXPECTED_TASK_ERRORS)
