@@ -8,6 +8,7 @@ receive the ``Context`` and an ``Account``; there are no module-level globals.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import socket
 from collections.abc import AsyncIterator, Iterable
@@ -59,6 +60,33 @@ class Context:
         rows = await self.pool.fetch(self.queries["active_account_names"], wanted)
         active = {r["name"] for r in rows}
         return [self.accounts[n] for n in wanted if n in active]
+
+
+def settle_heap() -> tuple[int, int, int]:
+    """After start-up: what was built so far (settings, brokers, modules) lives as long as the context.
+
+    ``gc.freeze()`` moves it out of the cyclic collector's generations, so the collections a pass
+    triggers no longer walk it (with 10,000 accounts, over a million objects); the threshold of
+    the youngest generation is raised from 700 to 20,000 allocations, so a pass's short-lived
+    objects (decoded answers, rows, records) are mostly freed by reference counting before a
+    collection looks at them. Nothing is disabled: cycles are still collected. A GC pause was
+    about 15 % of syncd's CPU in an idle accountSync pass (1,000 accounts). Returns the
+    thresholds to restore (:func:`unsettle_heap`).
+    """
+    previous = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(max(previous[0], YOUNG_GC_THRESHOLD), previous[1], previous[2])
+    return previous
+
+
+def unsettle_heap(threshold: tuple[int, int, int]) -> None:
+    """When the context closes: its objects may become garbage; let the collector see them again."""
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+YOUNG_GC_THRESHOLD = 20_000
 
 
 def default_instance() -> str:
@@ -116,14 +144,18 @@ async def open_context(
                         shared=shared,
                     )
                     accounts[cfg.name] = Account(id=ids[cfg.name], name=cfg.name, config=cfg, broker=broker)
-                yield Context(
-                    settings=settings,
-                    pool=pool,
-                    queries=queries,
-                    accounts=accounts,
-                    instance=instance or settings.health.instance or default_instance(),
-                    metrics=metrics,
-                )
+                threshold = settle_heap()
+                try:
+                    yield Context(
+                        settings=settings,
+                        pool=pool,
+                        queries=queries,
+                        accounts=accounts,
+                        instance=instance or settings.health.instance or default_instance(),
+                        metrics=metrics,
+                    )
+                finally:
+                    unsettle_heap(threshold)
             finally:
                 for acct in accounts.values():
                     await acct.broker.aclose()
