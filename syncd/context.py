@@ -51,7 +51,7 @@ class Context:
     # syncd.daemon.passes so that a pass making no broker call is not "ok" for a refused account.
     auth: dict[int, str | None] = field(default_factory=dict)
     # Per account id: (fingerprint of the stored positions, digest of the broker's positions) of the
-    # last comparison that found them equal; see syncd.cycles.account_sync.sync_account.
+    # last comparison that found them equal; see syncd.cycles.account_sync._plan.
     compared_rows: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     async def active_accounts(self, names: Iterable[str] | None = None) -> list[Account]:
