@@ -15,7 +15,9 @@ from tests.helpers import wait_for
 @pytest.mark.slow
 async def test_a_tradier_fill_lands_without_any_poll(sim: Simulator, dsn: str, daemon_factory: DaemonFactory) -> None:
     acct = sim.account_settings(2, "tradier")
-    daemon = daemon_factory([acct], dsn=dsn, cycles={"trade_interval_s": 3600})  # one tradeCycle pass, at start
+    # One tradeCycle pass and one accountSync pass, at start: accountSync lists a Tradier account's
+    # orders too (for qty_available), so at the tests' 1 s interval it could list them meanwhile.
+    daemon = daemon_factory([acct], dsn=dsn, cycles={"trade_interval_s": 3600, "account_interval_s": 3600})
     await daemon.start()
     body = await daemon.wait_status("ok", timeout=40)
     await wait_for(lambda: sim.tradier_events.connected(2), timeout=20, what="the daemon subscribed")
