@@ -25,7 +25,6 @@ import multiprocessing as mp
 import multiprocessing.connection as mpc
 import resource
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +34,6 @@ from syncd.context import open_context
 from syncd.cycles.account_sync import account_pass
 from syncd.daemon.leases import LeaseManager
 from syncd.daemon.passes import run_pass
-from syncd.db import apply_migrations
 from syncd.logs import configure_logging
 from syncd.settings import DatabaseSettings, LogSettings, Settings
 from tests.bench.bench_account_sync import (
@@ -46,7 +44,7 @@ from tests.bench.bench_account_sync import (
     postgres_cpu,
     table_writes,
 )
-from tests.pg import create_database, drop_database, find_admin_dsn, with_database
+from tests.bench.common import scratch_database
 
 
 def parse_args() -> argparse.Namespace:
@@ -194,22 +192,26 @@ class Replicas:
         rss = await self.ask("stop")
         for proc in self._procs:
             await asyncio.get_running_loop().run_in_executor(None, proc.join, 20)
+        self._procs = []
         return [float(r) for r in rss]
 
+    def kill(self) -> None:
+        """After a failure: whatever is still running goes."""
+        for proc in self._procs:
+            proc.kill()
 
-async def _balance(replicas: Replicas, accounts: int, n: int) -> list[int]:
-    """Heartbeats, one replica after another, until every account is held once and shares are fair."""
-    held: list[int] = []
-    for _ in range(4 * n + 4):
-        held = [h for r in replicas._conns for h in await _beat_one(replicas, r)]
-        if sum(held) == accounts and max(held) <= -(-accounts // n):  # each at most its fair share
-            return held
-    raise RuntimeError(f"leases did not balance: {held} of {accounts}")
-
-
-async def _beat_one(replicas: Replicas, conn: mpc.Connection) -> list[int]:
-    conn.send(("beat",))
-    return [int(await replicas._recv(conn))]
+    async def balance(self, accounts: int) -> list[int]:
+        """Heartbeats, one replica after another, until every account is held once and shares are fair."""
+        n = len(self._conns)
+        held: list[int] = []
+        for _ in range(4 * n + 4):
+            held = []
+            for conn in self._conns:
+                conn.send(("beat",))
+                held.append(int(await self._recv(conn)))
+            if sum(held) == accounts and max(held) <= -(-accounts // n):  # each at most its fair share
+                return held
+        raise RuntimeError(f"leases did not balance: {held} of {accounts}")
 
 
 async def _timed(
@@ -251,46 +253,35 @@ def show(p: ReplicaPass, accounts: int) -> None:
 async def run_replicas(
     accounts: int, positions: int, replicas: int, latency_ms: float, concurrency: int, pool_max: int, seed: int = 42
 ) -> ReplicasResult:
-    admin, server = find_admin_dsn()
-    name = f"syncd_bench_replicas_{uuid.uuid4().hex[:8]}"
-    await create_database(admin, name)
-    dsn = with_database(admin, name)
     sim = SimHandle()
     sim_args = argparse.Namespace(
         accounts=accounts, positions=positions, latency_ms=latency_ms, sim="process", seed=seed
     )
     t_setup = time.perf_counter()
-    await sim.start(sim_args)
-    procs: Replicas | None = None
-    try:
-        await apply_migrations(_settings(dsn, pool_max, concurrency, sim).database)
+    async with scratch_database("syncd_bench_replicas") as dsn:
+        await sim.start(sim_args)
         procs = Replicas((dsn, pool_max, concurrency, sim.url, sim.infos), replicas)
-        await procs.start()
-        held = await _balance(procs, accounts, replicas)
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, server_settings={"search_path": "syncd"})
         try:
-            print(
-                f"accountSync bench, {replicas} replicas: {accounts} accounts x {positions} positions (alpaca), "
-                f"latency {latency_ms:g} ms, concurrency {concurrency} and pool {pool_max} each, leases {held}, "
-                f"simulator in its own process; set-up {time.perf_counter() - t_setup:.1f} s",
-                flush=True,
-            )
-            first = await _timed(procs, dsn, pool, sim, "first", accounts)
-            idle = await _timed(procs, dsn, pool, sim, "idle", accounts)
+            await procs.start()
+            held = await procs.balance(accounts)
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, server_settings={"search_path": "syncd"})
+            try:
+                print(
+                    f"accountSync bench, {replicas} replicas: {accounts} accounts x {positions} positions (alpaca), "
+                    f"latency {latency_ms:g} ms, concurrency {concurrency} and pool {pool_max} each, leases {held}, "
+                    f"simulator in its own process; set-up {time.perf_counter() - t_setup:.1f} s",
+                    flush=True,
+                )
+                first = await _timed(procs, dsn, pool, sim, "first", accounts)
+                idle = await _timed(procs, dsn, pool, sim, "idle", accounts)
+            finally:
+                await pool.close()
+            rss = await procs.stop()
         finally:
-            await pool.close()
-        rss = await procs.stop()
-        procs = None
-        print("peak RSS of each replica: " + ", ".join(f"{r:.0f} MB" for r in rss), flush=True)
-        return ReplicasResult(accounts, replicas, latency_ms / 1000, concurrency, first, idle, rss)
-    finally:
-        if procs is not None:
-            for proc in procs._procs:
-                proc.kill()
-        await sim.stop()
-        await drop_database(admin, name)
-        if server is not None:
-            server.stop()
+            procs.kill()
+            await sim.stop()
+    print("peak RSS of each replica: " + ", ".join(f"{r:.0f} MB" for r in rss), flush=True)
+    return ReplicasResult(accounts, replicas, latency_ms / 1000, concurrency, first, idle, rss)
 
 
 async def main() -> None:
