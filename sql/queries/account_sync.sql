@@ -19,10 +19,10 @@ SELECT symbol, asset_class, underlying, option_type, strike, expiration, multipl
 -- name: account_sync_stored_account
 -- The account's broker id and its latest balances snapshot (NULLs when there is none yet).
 -- ``state``: with $2 true, their fingerprint (0019), read in the same statement (else NULL).
--- ``positions_state``: the stored positions' fingerprint (0020).
+-- ``positions_state``: with $3 true, the stored positions' fingerprint (0020; else NULL).
 SELECT a.broker_account_id, s.equity, s.cash, s.buying_power, s.long_market_value, s.short_market_value,
        CASE WHEN $2::boolean THEN account_balances_state(a.id) END AS state,
-       account_positions_state(a.id) AS positions_state
+       CASE WHEN $3::boolean THEN account_positions_state(a.id) END AS positions_state
   FROM accounts a
   LEFT JOIN LATERAL latest_account_snapshot(a.id) s ON true  -- 0019
  WHERE a.id = $1;

@@ -368,12 +368,14 @@ async def _plan(
     q = ctx.queries
     state: Any = stored_account
     if state is None:
-        state = await conn.fetchrow(q["account_sync_stored_account"], account.id, fingerprint)
+        # the positions' fingerprint only when a remembered comparison could spare reading the rows
+        wanted = account.id in ctx.compared_rows
+        state = await conn.fetchrow(q["account_sync_stored_account"], account.id, fingerprint, wanted)
     snapshot, broker_id = _account_plan(state, b)
     account_state = None if state is None else state["state"]
-    digest = rows_digest(fetched)
     positions_state = None if state is None else state["positions_state"]
-    if positions_state is not None and ctx.compared_rows.get(account.id) == (positions_state, digest):
+    remembered = ctx.compared_rows.get(account.id)
+    if positions_state is not None and remembered is not None and remembered == (positions_state, rows_digest(fetched)):
         return _Plan(Diff(unchanged=len(fetched)), snapshot, broker_id, positions_state, account_state, True)
     records = await conn.fetch(q["account_sync_stored_positions"], account.id, True)
     stored = stored_rows(records)
@@ -386,7 +388,7 @@ async def _plan(
         marks_free=not any(row.marks_ours for row in stored.values()),
     )
     if plan.diff.empty and plan.marks_free and plan.positions_state is not None:
-        ctx.compared_rows[account.id] = (plan.positions_state, digest)
+        ctx.compared_rows[account.id] = (plan.positions_state, rows_digest(fetched))
     else:
         ctx.compared_rows.pop(account.id, None)
     return plan
