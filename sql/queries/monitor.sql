@@ -1,6 +1,7 @@
 -- name: monitor_held_symbols
--- $1 account id. The instruments the account holds (what monitorCycle asks quotes for).
-SELECT symbol FROM portfolio_positions WHERE account_id = $1 AND quantity <> 0 ORDER BY symbol;
+-- $1 account id. The instruments the account holds (what monitorCycle asks quotes for), each with
+-- its row version (xmin: a new one with every write to the row; monitor_cycle.rows_seen).
+SELECT symbol, xmin FROM portfolio_positions WHERE account_id = $1 AND quantity <> 0 ORDER BY symbol;
 
 -- name: monitor_write_quotes
 -- $1 account id; $2 quote_row[] (0013), one per held symbol: symbol, bid, ask, last (NULL: keep),
@@ -9,7 +10,8 @@ SELECT symbol FROM portfolio_positions WHERE account_id = $1 AND quantity <> 0 O
 -- bid and ask: nothing two-sided is known for it, so it can be neither monitored nor exited.
 -- market_value and unrealized_pl come from the row's own quantity, multiplier and cost basis
 -- (accountSync's, never rewritten here), so a concurrent quantity change is never undone.
--- A row is written only when a value (quote_at aside) changes. Returns the symbols written.
+-- A row is written only when a value (quote_at aside) changes. Returns the symbols written, each with
+-- its new row version (xmin).
 UPDATE portfolio_positions p
    SET bid = u.bid,
        ask = u.ask,
@@ -37,7 +39,7 @@ UPDATE portfolio_positions p
              ELSE u.price * p.quantity * p.multiplier - sign(p.quantity) * abs(p.cost_basis) END,
         COALESCE(u.delta, p.delta), COALESCE(u.gamma, p.gamma), COALESCE(u.theta, p.theta),
         COALESCE(u.vega, p.vega), COALESCE(u.iv, p.implied_volatility))
-RETURNING p.symbol;
+RETURNING p.symbol, p.xmin;
 
 -- name: monitor_trade_legs
 -- $1 account id. Every leg of the account's live trades with its position, quote, claims and

@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar, cast
 from urllib.parse import quote
 
 import aiohttp
+import msgspec
 import structlog
 from alpaca.trading import enums as ae
 from alpaca.trading.models import Clock as AlpacaClock
@@ -43,6 +44,7 @@ from syncd.brokers.base import (
     BrokerError,
     BrokerRejected,
     OrderStatusFilter,
+    QuoteAnswer,
     answer_fingerprint,
     both,
 )
@@ -95,6 +97,15 @@ OPTION_ACTIVITIES = {
 STOCK_BATCH = 200  # symbols per stock-snapshot request (keeps the URL short)
 OPTION_BATCH = 100  # Alpaca's documented maximum for option snapshots
 OPTION_PAGE = 1000
+
+
+class _OptionPage(msgspec.Struct):
+    """What an option-snapshots page says of the next one (every other field skipped unread)."""
+
+    next_page_token: str | None = None
+
+
+_OPTION_PAGE_DECODER = msgspec.json.Decoder(_OptionPage)
 STREAM_AUTH_ATTEMPTS = 4  # consecutive refused stream logins before BrokerAuthFailed
 
 # alpaca-py ``Order.__init__`` turns "" into None for these keys, but only at the top level:
@@ -470,52 +481,81 @@ class AlpacaBroker:
 
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
         """Latest quotes for stocks and OCC options, batched; symbols Alpaca lacks are absent."""
+        return (await self.quote_answer(symbols)).decode()
+
+    async def quote_answer(self, symbols: Sequence[str]) -> QuoteAnswer:
+        """The snapshots for ``symbols``, requested at once in batches and kept as bytes with their
+        fingerprint (the symbols asked, then every answer's body); decoded on demand."""
         wanted = list(dict.fromkeys(s for s in symbols if s))
         options: list[str] = []
         stocks: list[str] = []
         for s in wanted:
             (stocks if option_spec_or_none(s) is None else options).append(s)
-        jobs = [self._stock_quotes(b) for b in batches(stocks, STOCK_BATCH)]
-        jobs += [self._option_quotes(b) for b in batches(options, OPTION_BATCH)]
-        out: dict[str, Quote] = {}
-        for part in await asyncio.gather(*jobs):
-            out.update(part)
-        return out
+        jobs = [self._stock_replies(b) for b in batches(stocks, STOCK_BATCH)]
+        jobs += [self._option_replies(b) for b in batches(options, OPTION_BATCH)]
+        replies = [r for part in await asyncio.gather(*jobs) for r in part]
 
-    async def _stock_quotes(self, symbols: list[str]) -> dict[str, Quote]:
-        body = await self._get_data("/v2/stocks/snapshots", params={"symbols": ",".join(symbols)})
-        if body is None:
-            return {}
-        raw = _obj(body, "snapshots", self.account.name)
-        if "snapshots" in raw and isinstance(raw["snapshots"], dict):  # older wrapped shape
-            raw = raw["snapshots"]
-        out: dict[str, Quote] = {}
-        for sym, snap in raw.items():
-            if snap is None:
-                continue
-            out[sym] = check_quote(snapshot_quote(sym, snap, self._bad, option=False), f"snapshots.{sym}", self._bad)
-        return out
+        def decode() -> dict[str, Quote]:
+            out: dict[str, Quote] = {}
+            for option, what, reply in replies:
+                out.update(self._snapshot_quotes(option, self._http.decode(what, reply)))
+            return out
 
-    async def _option_quotes(self, symbols: list[str]) -> dict[str, Quote]:
-        out: dict[str, Quote] = {}
+        bodies = [",".join(wanted).encode(), *(reply.body for _, _, reply in replies)]
+        return QuoteAnswer(decode, answer_fingerprint(self.kind, *bodies))
+
+    async def _stock_replies(self, symbols: list[str]) -> list[tuple[bool, str, Reply]]:
+        what, reply = await self._data_reply("/v2/stocks/snapshots", {"symbols": ",".join(symbols)})
+        return [(False, what, reply)]
+
+    async def _option_replies(self, symbols: list[str]) -> list[tuple[bool, str, Reply]]:
+        out: list[tuple[bool, str, Reply]] = []
         token: str | None = None
         while True:
             params = {"symbols": ",".join(symbols), "limit": str(OPTION_PAGE)}
             if token:
                 params["page_token"] = token
-            answer = await self._get_data("/v1beta1/options/snapshots", params=params)
-            body = _obj(answer, "snapshots", self.account.name)
-            snaps = body.get("snapshots") or {}
-            if not isinstance(snaps, dict):
-                raise self._bad("snapshots is not an object", "snapshots")
-            for sym, snap in snaps.items():
-                if snap is None:
-                    continue
-                quote = snapshot_quote(sym, snap, self._bad, option=True)
-                out[sym] = check_quote(quote, f"snapshots.{sym}", self._bad)
-            token = body.get("next_page_token")
+            what, reply = await self._data_reply("/v1beta1/options/snapshots", params)
+            out.append((True, what, reply))
+            token = self._page_token(what, reply)
             if not token:
                 return out
+
+    def _data_reply(self, path: str, params: dict[str, str]) -> Awaitable[tuple[str, Reply]]:
+        return self._http.request_reply("GET", f"{self.data_url}{path}", endpoint=path, params=params)
+
+    def _page_token(self, what: str, reply: Reply) -> str | None:
+        """An option-snapshots page's ``next_page_token``: read by msgspec alone when the answer is
+        plainly an object with a string or null token, else from the decoded body (which refuses
+        an answer that is no object, with its usual message)."""
+        try:
+            return _OPTION_PAGE_DECODER.decode(reply.body).next_page_token
+        except msgspec.MsgspecError:
+            pass
+        token = _obj(self._http.decode(what, reply), "snapshots", self.account.name).get("next_page_token")
+        return None if not token else str(token)
+
+    def _snapshot_quotes(self, option: bool, body: Any) -> dict[str, Quote]:
+        """The quotes of one decoded snapshots answer (stocks': a map by symbol, or the older shape
+        wrapped in ``snapshots``; options': ``snapshots`` with a page token)."""
+        if body is None:
+            if option:
+                _obj(body, "snapshots", self.account.name)  # raises: an option answer must be an object
+            return {}
+        raw = _obj(body, "snapshots", self.account.name)
+        if option:
+            raw = raw.get("snapshots") or {}
+            if not isinstance(raw, dict):
+                raise self._bad("snapshots is not an object", "snapshots")
+        elif "snapshots" in raw and isinstance(raw["snapshots"], dict):  # older wrapped shape
+            raw = raw["snapshots"]
+        out: dict[str, Quote] = {}
+        for sym, snap in raw.items():
+            if snap is None:
+                continue
+            quote = snapshot_quote(sym, snap, self._bad, option=option)
+            out[sym] = check_quote(quote, f"snapshots.{sym}", self._bad)
+        return out
 
     # -- trade updates ------------------------------------------------------------------
 
@@ -685,9 +725,6 @@ class AlpacaBroker:
         return await self._http.request(
             "GET", f"{self.base_url}{path}", endpoint=endpoint or path, params=params, on_404=on_404
         )
-
-    async def _get_data(self, path: str, *, params: dict[str, str]) -> Any:
-        return await self._http.request("GET", f"{self.data_url}{path}", endpoint=path, params=params)
 
     def _bad(self, message: str, field: str) -> BadBrokerData:
         return BadBrokerData(f"alpaca: {message}", field=field, broker="alpaca", account=self.account.name)

@@ -185,6 +185,32 @@ def answer_fingerprint(kind: str, *bodies: bytes) -> bytes:
     return h.digest()
 
 
+@dataclass(frozen=True, slots=True)
+class QuoteAnswer:
+    """The broker's quotes for monitorCycle, and what identifies them (as :class:`AccountAnswer`).
+
+    ``fingerprint``: a digest of the symbols asked and the exact bytes of every answer
+    (:func:`answer_fingerprint`), or None where the adapter keeps no bytes. Two answers with
+    the same fingerprint decode to the same quotes (or the same refusal). ``decode`` gives
+    them (symbols the broker lacks are absent), or raises ``BadBrokerData``; monitorCycle
+    calls it only when the fingerprint does not already tell it that nothing changed.
+    """
+
+    decode: Callable[[], dict[str, Quote]]
+    fingerprint: bytes | None = None
+
+
+async def quote_answer(broker: Broker, symbols: Sequence[str]) -> QuoteAnswer:
+    """Quotes for ``symbols``: the adapter's own ``quote_answer`` (with a fingerprint) where it
+    has one, else ``get_quotes``, decoded."""
+    own = getattr(broker, "quote_answer", None)
+    if own is not None:
+        answer: QuoteAnswer = await own(symbols)
+        return answer
+    quotes = await broker.get_quotes(symbols)
+    return QuoteAnswer(lambda: quotes)
+
+
 async def account_answer(broker: Broker) -> AccountAnswer:
     """The account's balances and positions, requested at once: the adapter's own
     ``account_answer`` (with a fingerprint) where it has one, else both calls, decoded."""

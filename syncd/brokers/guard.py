@@ -17,7 +17,15 @@ import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from syncd.brokers.base import AccountAnswer, Broker, BrokerUnavailable, OrderStatusFilter, account_answer
+from syncd.brokers.base import (
+    AccountAnswer,
+    Broker,
+    BrokerUnavailable,
+    OrderStatusFilter,
+    QuoteAnswer,
+    account_answer,
+    quote_answer,
+)
 from syncd.brokers.types import (
     Balances,
     Clock,
@@ -99,6 +107,9 @@ class PassBroker:
 
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
         return await self._call(lambda: self.inner.get_quotes(symbols))
+
+    async def quote_answer(self, symbols: Sequence[str]) -> QuoteAnswer:
+        return await self._call(lambda: quote_answer(self.inner, symbols))
 
     async def get_clock(self) -> Clock:
         return await self._call(self.inner.get_clock)

@@ -3,8 +3,10 @@
 One pass over one account reads as a story:
 
 1. **fetch**: the instruments the account holds (``portfolio_positions``, mirrored by
-   accountSync) and their quotes, in one ``broker.get_quotes`` call (the adapters batch:
-   one or two HTTP requests for a typical account, not one per position);
+   accountSync) and their quotes, in one ``quote_answer`` call (the adapters batch: one or
+   two HTTP requests for a typical account, not one per position). When the answer's bytes
+   and every held row are what they were when an earlier write of the same answer changed
+   nothing (:func:`rows_seen`), the answer is not decoded and step 2 is skipped;
 2. **write the quotes**, in one statement, to the rows whose values changed: ``bid``,
    ``ask``, ``last``, ``current_price`` (mid, else last), ``market_value``,
    ``unrealized_pl``, ``quote_at``, greeks. Quantities, average prices and cost bases
@@ -21,7 +23,8 @@ One pass over one account reads as a story:
    two-sided quote. tradeCycle's outbox places the request;
 5. **notify** ``syncd_events`` (inside the transaction, so delivered on commit).
 
-Everything from step 2 on is one transaction. The exit rules use whatever quotes the broker
+Everything from step 2 on is one transaction (with no quote to write, the trades are read
+first and a transaction opens only for what their judgement writes). The exit rules use whatever quotes the broker
 gives; while the market is closed the supervisor runs this cycle at
 ``closed_market_interval_s`` (see :mod:`syncd.daemon.market_clock`) and an exit queued then is
 placed for the next session by tradeCycle.
@@ -42,6 +45,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from syncd.brokers.base import QuoteAnswer, quote_answer
 from syncd.brokers.parse import WIDE
 from syncd.brokers.types import Quote
 from syncd.context import Account, Context
@@ -205,21 +209,44 @@ def plan_trades(
 
 
 async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> dict[str, Any]:
-    """Quotes, trade P&L and exits for one account; returns the pass's stats."""
+    """Quotes, trade P&L and exits for one account; returns the pass's stats.
+
+    Quotes already written (:func:`unchanged_quotes`) are not decoded or sent again; the
+    trades are read and judged on every pass all the same.
+    """
     q = ctx.queries
-    symbols = [r["symbol"] for r in await ctx.pool.fetch(q["monitor_held_symbols"], account.id)]
+    held = await ctx.pool.fetch(q["monitor_held_symbols"], account.id)
+    symbols = [r["symbol"] for r in held]
     t_quotes = time.perf_counter()
-    quotes = await account.broker.get_quotes(symbols) if symbols else {}
+    answer = await quote_answer(account.broker, symbols) if symbols else None
     if not symbols and account.id not in ctx.auth:
         # Nothing to quote, and no call since start has shown the credentials work: one cheap
         # call does, so a refused account is not "ok" here (ctx.auth; syncd.daemon.passes).
         await account.broker.get_account()
     quotes_s = time.perf_counter() - t_quotes
-    judged = await judge_quotes(ctx, account, quote_rows(symbols, quotes), today=today)
+    rows: list[dict[str, Any]] = []
+    versions = {r["symbol"]: r["xmin"] for r in held}
+    kept = ctx.quoted_rows.get(account.id)
+    seen = rows_seen(versions, answer)
+    if answer is not None and (seen is None or kept is None or kept[0] != seen):
+        quotes = answer.decode()
+        quoted = sum(1 for s in symbols if s in quotes)
+        rows = quote_rows(symbols, quotes)
+    else:
+        quoted = kept[1] if kept is not None and answer is not None else 0
+    judged = await judge_quotes(ctx, account, rows, today=today)
+    if rows:
+        # The rows as this pass leaves them: those it wrote in their new version, the others as read.
+        versions.update(judged.versions)
+        after = rows_seen(versions, answer)
+        if after is None:
+            ctx.quoted_rows.pop(account.id, None)
+        else:
+            ctx.quoted_rows[account.id] = (after, quoted)
     plan = judged.plan
     return {
         "positions": len(symbols),
-        "quoted": sum(1 for s in symbols if s in quotes),
+        "quoted": quoted,
         "positions_written": len(judged.written),
         "trades": len(judged.trades),
         "monitorable": plan.monitorable,
@@ -228,6 +255,24 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
         **{f"exits_blocked_{k}": v for k, v in sorted(plan.blocked.items())},
         "quotes_ms": round(quotes_s * 1000, 1),
     }
+
+
+def rows_seen(versions: dict[str, int], answer: QuoteAnswer | None) -> int | None:
+    """What identifies one account's quote write: its held rows as stored (symbol -> row version)
+    and the broker's answer (its fingerprint); None when the adapter keeps no fingerprint.
+
+    After a pass has written an answer, every held row is at rest for it: written again, that
+    answer changes nothing (the write is a function of the row's stored values and the quotes
+    alone). The pass keeps what identifies the rows as it left them (``ctx.quoted_rows``): the
+    versions its write made, the others' as read. A later pass that finds the same answer and
+    the same versions sends no rows: its write could change nothing. A row version (``xmin``) is
+    never reused, so any write to a held row -- accountSync's, a live quote's, a hand edit, one
+    that raced this pass's write -- or a row held or no longer held makes a different value,
+    even a write that puts the same values back.
+    """
+    if answer is None or answer.fingerprint is None:
+        return None
+    return hash((answer.fingerprint, tuple(versions.items())))
 
 
 async def write_quotes(ctx: Context, account: Account, rows: list[dict[str, Any]]) -> list[str]:
@@ -250,6 +295,7 @@ class Judged:
     """What :func:`judge_quotes` wrote and decided."""
 
     written: list[str]  # symbols whose position rows changed
+    versions: dict[str, int]  # their new row versions (xmin), by symbol
     trades: list[TradeRow]  # the live trades as read (after the quotes were written)
     plan: Plan
     trades_written: list[int]
@@ -263,23 +309,53 @@ async def judge_quotes(ctx: Context, account: Account, rows: list[dict[str, Any]
     (:mod:`syncd.daemon.quotes`) only the symbols that moved since its last flush.
     """
     q = ctx.queries
+    async with ctx.pool.acquire() as conn:
+        if rows:
+            async with conn.transaction():
+                changed = await conn.fetch(q["monitor_write_quotes"], account.id, rows)
+                versions = {r["symbol"]: r["xmin"] for r in changed}
+                written = list(versions)
+                trades, plan = await _judge_trades(conn, ctx, account, today)
+                trades_written, queued = await _write_judgement(conn, ctx, account, written, plan)
+            return Judged(written, versions, trades, plan, trades_written, queued)
+        # No quote to write: the trades are read alone, and a transaction opens only for what their
+        # judgement writes (each of those statements re-checks what it writes: sql/queries/monitor.sql).
+        trades, plan = await _judge_trades(conn, ctx, account, today)
+        trades_written, queued = [], []
+        if plan.marks or plan.exits:
+            async with conn.transaction():
+                trades_written, queued = await _write_judgement(conn, ctx, account, [], plan)
+    return Judged([], {}, trades, plan, trades_written, queued)
+
+
+async def _judge_trades(
+    conn: PoolConnectionProxy[Any], ctx: Context, account: Account, today: dt.date
+) -> tuple[list[TradeRow], Plan]:
+    """Step 3: the account's live trades as stored now, and what they call for."""
     trading = ctx.settings.trading
-    exits_enabled = trading.enabled and trading.auto_exits
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        written = [r["symbol"] for r in await conn.fetch(q["monitor_write_quotes"], account.id, rows)] if rows else []
-        trades = trades_from_rows(await conn.fetch(q["monitor_trade_legs"], account.id))
-        plan = plan_trades(
-            trades, today=today, exit_days=trading.exit_days_before_expiration, exits_enabled=exits_enabled
-        )
-        trades_written: list[int] = []
-        if plan.marks:
-            marked = await conn.fetch(q["monitor_write_trades"], account.id, plan.marks)
-            trades_written = [r["id"] for r in marked]
-        queued = await _queue_exits(conn, ctx, account, plan.exits)
-        notes = _notifications(account.name, written, trades_written, queued)
-        if notes:
-            await conn.fetchval(q["monitor_notify"], notes)
-    return Judged(written, trades, plan, trades_written, queued)
+    trades = trades_from_rows(await conn.fetch(ctx.queries["monitor_trade_legs"], account.id))
+    plan = plan_trades(
+        trades,
+        today=today,
+        exit_days=trading.exit_days_before_expiration,
+        exits_enabled=trading.enabled and trading.auto_exits,
+    )
+    return trades, plan
+
+
+async def _write_judgement(
+    conn: PoolConnectionProxy[Any], ctx: Context, account: Account, written: list[str], plan: Plan
+) -> tuple[list[int], list[pnl.ExitDecision]]:
+    """Steps 3-5's writes, in the caller's transaction: the trades' marks, the exits, the notifications."""
+    trades_written: list[int] = []
+    if plan.marks:
+        marked = await conn.fetch(ctx.queries["monitor_write_trades"], account.id, plan.marks)
+        trades_written = [r["id"] for r in marked]
+    queued = await _queue_exits(conn, ctx, account, plan.exits)
+    notes = _notifications(account.name, written, trades_written, queued)
+    if notes:
+        await conn.fetchval(ctx.queries["monitor_notify"], notes)
+    return trades_written, queued
 
 
 async def _queue_exits(

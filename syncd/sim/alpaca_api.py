@@ -49,6 +49,7 @@ _REJECT = {
     "not_replaceable": (422, 42210000),
 }
 _OPTION_SYMBOL_LIMIT = 100
+_KEPT_SNAPSHOTS = 4096  # snapshot bodies kept per market version (beyond: built for each request)
 _TAPES = {"NYSE": "A", "NASDAQ": "C"}
 
 
@@ -203,6 +204,10 @@ class AlpacaApi:
         self.market: Market = exchange.market
         self.faults = faults
         self._positions_bodies: dict[int, tuple[object, bytes]] = {}  # account index -> (what it is made of, body)
+        # (path, symbols as asked) -> snapshots body, for market.version _snapshots_version: a
+        # quote is the market's for that version (Market.quote keeps it so), so is the body
+        self._snapshots: dict[tuple[str, str], bytes] = {}
+        self._snapshots_version = -1
 
     def routes(self) -> list[web.RouteDef]:
         w = self._wrap
@@ -555,9 +560,26 @@ class AlpacaApi:
         inst = self.market.instrument(symbol)
         return _TAPES.get(inst.exchange if inst else "", "C")
 
-    async def stock_snapshots(self, request: web.Request, acct: SimAccount) -> dict[str, Any]:
+    def _kept_snapshots(self, request: web.Request, build: Callable[[], Any]) -> web.Response:
+        """The snapshots body for this request, built once per market version and symbol list."""
+        if self._snapshots_version != self.market.version:
+            self._snapshots.clear()
+            self._snapshots_version = self.market.version
+        key = (request.path, request.query.get("symbols", ""))
+        body = self._snapshots.get(key)
+        if body is None:
+            body = json_body(build())
+            if len(self._snapshots) < _KEPT_SNAPSHOTS:
+                self._snapshots[key] = body
+        return web.Response(body=body, content_type="application/json")
+
+    async def stock_snapshots(self, request: web.Request, acct: SimAccount) -> web.Response:
+        symbols = self._symbols(request)
+        return self._kept_snapshots(request, lambda: self._stock_snapshots(symbols))
+
+    def _stock_snapshots(self, symbols: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for s, q in self._quotes(self._symbols(request), option=False).items():
+        for s, q in self._quotes(symbols, option=False).items():
             tape = self._tape(s)
             minute = q.at.replace(second=0, microsecond=0)
             day = q.at.astimezone(ET).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -584,9 +606,13 @@ class AlpacaApi:
         quotes = self._quotes(self._symbols(request), option=False)
         return {"quotes": {s: _stock_quote(q, self._tape(s)) for s, q in quotes.items()}}
 
-    async def option_snapshots(self, request: web.Request, acct: SimAccount) -> dict[str, Any]:
+    async def option_snapshots(self, request: web.Request, acct: SimAccount) -> web.Response:
+        symbols = self._symbols(request, _OPTION_SYMBOL_LIMIT)
+        return self._kept_snapshots(request, lambda: self._option_snapshots(symbols))
+
+    def _option_snapshots(self, symbols: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for s, q in self._quotes(self._symbols(request, _OPTION_SYMBOL_LIMIT), option=True).items():
+        for s, q in self._quotes(symbols, option=True).items():
             snap: dict[str, Any] = {
                 "latestQuote": _option_quote(q),
                 "latestTrade": {"t": ts(q.at), "x": "C", "p": float(q.last), "s": 1, "c": "I"},
