@@ -179,12 +179,12 @@ async def test_fingerprints_tell_symbols_and_bodies_apart(make_context: Any, sim
         acct = next(iter(ctx.accounts.values()))
         await account_sync.account_pass(ctx, acct)
         symbols = sorted(await _quotes(ctx, acct))
-        a = await acct.broker.quote_answer(symbols)  # type: ignore[attr-defined]
-        b = await acct.broker.quote_answer(symbols)  # type: ignore[attr-defined]
-        fewer = await acct.broker.quote_answer(symbols[1:])  # type: ignore[attr-defined]
+        a = await acct.broker.quote_answer(symbols)
+        b = await acct.broker.quote_answer(symbols)
+        fewer = await acct.broker.quote_answer(symbols[1:])
         assert a.fingerprint == b.fingerprint != fewer.fingerprint
         sim.set_price(symbols[0], "1.01", "1.03")
-        moved = await acct.broker.quote_answer(symbols)  # type: ignore[attr-defined]
+        moved = await acct.broker.quote_answer(symbols)
         assert moved.fingerprint != a.fingerprint
         assert a.decode() == b.decode() != moved.decode()
         assert monitor_cycle.rows_seen({"X": 1}, a) != monitor_cycle.rows_seen({"X": 2}, a)
