@@ -87,7 +87,15 @@ def format_occ(spec: OptionSpec) -> str:
 
 
 def option_spec_or_none(symbol: str) -> OptionSpec | None:
-    """The option spec of an OCC symbol, or ``None`` for anything else (a stock ticker)."""
+    """The option spec of an OCC symbol, or ``None`` for anything else (a stock ticker).
+
+    Remembered per symbol (``OptionSpec`` is frozen): monitorCycle sorts every held symbol on
+    every pass, and a stock ticker's parse fails anew each time otherwise."""
+    return _spec_or_none(symbol) if isinstance(symbol, str) else None
+
+
+@functools.lru_cache(maxsize=65536)
+def _spec_or_none(symbol: str) -> OptionSpec | None:
     try:
         return parse_occ(symbol)
     except ValueError:
