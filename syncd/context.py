@@ -53,8 +53,8 @@ class Context:
     # Per account id: (fingerprint of the stored positions, digest of the broker's positions) of the
     # last comparison that found them equal; see syncd.cycles.account_sync._plan.
     compared_rows: dict[int, tuple[str, int]] = field(default_factory=dict)
-    # Per account id: (what identifies the held rows and the broker's quotes, symbols quoted) of the
-    # last monitorCycle write that changed nothing; see syncd.cycles.monitor_cycle.rows_seen.
+    # Per account id: (what identifies the broker's quotes and the held rows as monitorCycle's last
+    # write of them left them, symbols quoted); see syncd.cycles.monitor_cycle.rows_seen.
     quoted_rows: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     async def active_accounts(self, names: Iterable[str] | None = None) -> list[Account]:

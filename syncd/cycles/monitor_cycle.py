@@ -211,7 +211,7 @@ def plan_trades(
 async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> dict[str, Any]:
     """Quotes, trade P&L and exits for one account; returns the pass's stats.
 
-    Quotes already written (:func:`unchanged_quotes`) are not decoded or sent again; the
+    Quotes already written (:func:`rows_seen`) are not decoded or sent again; the
     trades are read and judged on every pass all the same.
     """
     q = ctx.queries
