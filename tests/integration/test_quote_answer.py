@@ -9,28 +9,22 @@ pass regardless.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from syncd.brokers.base import QuoteAnswer, quote_answer
 from syncd.context import Account, Context
 from syncd.cycles import account_sync, monitor_cycle
 from tests.integration.test_monitor_cycle import add_trade, close_requests
+from tests.simfixtures import sim_fixture
 
 D = Decimal
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def sim() -> AsyncIterator[Any]:
-    from syncd.sim import SimConfig, start_simulator
-
-    simulator = await start_simulator(SimConfig(seed=31, accounts=1, positions_per_account=6))
-    yield simulator
-    await simulator.stop()
+sim = sim_fixture(seed=31, accounts=1, positions_per_account=6)
 
 
 class Decodes:
@@ -55,14 +49,14 @@ async def _quotes(ctx: Context, acct: Account) -> dict[str, tuple[Any, ...]]:
     return {r["symbol"]: tuple(r)[1:] for r in rows}
 
 
-async def _mirrored(make_context: Any, sim: Any, **kw: Any) -> Any:
+def _mirrored(make_context: Any, sim: Any, **kw: Any) -> Any:
     return make_context(accounts=[sim.account_settings(0, broker="alpaca")], **kw)
 
 
 async def test_an_answer_already_written_is_neither_decoded_nor_sent(
     make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with await _mirrored(make_context, sim) as ctx:
+    async with _mirrored(make_context, sim) as ctx:
         acct = next(iter(ctx.accounts.values()))
         await account_sync.account_pass(ctx, acct)
         first = await monitor_cycle.account_pass(ctx, acct)
@@ -89,7 +83,7 @@ async def test_an_answer_already_written_is_neither_decoded_nor_sent(
 async def test_any_write_to_a_held_row_is_seen(
     make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch, edit: str
 ) -> None:
-    async with await _mirrored(make_context, sim) as ctx:
+    async with _mirrored(make_context, sim) as ctx:
         acct = next(iter(ctx.accounts.values()))
         await account_sync.account_pass(ctx, acct)
         await monitor_cycle.account_pass(ctx, acct)
@@ -108,7 +102,7 @@ async def test_any_write_to_a_held_row_is_seen(
 
 
 async def test_a_moved_price_and_a_changed_book_are_decoded_and_written(make_context: Any, sim: Any) -> None:
-    async with await _mirrored(make_context, sim) as ctx:
+    async with _mirrored(make_context, sim) as ctx:
         acct = next(iter(ctx.accounts.values()))
         await account_sync.account_pass(ctx, acct)
         await monitor_cycle.account_pass(ctx, acct)
@@ -134,7 +128,7 @@ async def test_a_moved_price_and_a_changed_book_are_decoded_and_written(make_con
 
 async def test_the_trades_are_judged_on_a_pass_that_sends_no_rows(make_context: Any, sim: Any) -> None:
     trading = {"enabled": True, "auto_exits": True}
-    async with await _mirrored(make_context, sim, trading=trading) as ctx:
+    async with _mirrored(make_context, sim, trading=trading) as ctx:
         acct = next(iter(ctx.accounts.values()))
         await account_sync.account_pass(ctx, acct)
         long_call, short_call = [s for s in sim.account(0).positions if len(s) > 6][:2]
@@ -154,7 +148,7 @@ async def test_the_trades_are_judged_on_a_pass_that_sends_no_rows(make_context: 
 
 
 async def test_an_adapter_without_fingerprints_always_sends_its_rows(make_context: Any, sim: Any) -> None:
-    async with await _mirrored(make_context, sim) as ctx:
+    async with _mirrored(make_context, sim) as ctx:
         acct = next(iter(ctx.accounts.values()))
         await account_sync.account_pass(ctx, acct)
         inner = acct.broker
@@ -170,12 +164,16 @@ async def test_an_adapter_without_fingerprints_always_sends_its_rows(make_contex
         answer = await quote_answer(Plain(), ["AAPL"])  # type: ignore[arg-type]
         assert isinstance(answer, QuoteAnswer) and answer.fingerprint is None
         assert monitor_cycle.rows_seen({"AAPL": 1}, answer) is None
+        plain = dataclasses.replace(acct, broker=Plain())
+        for _ in range(2):
+            assert (await monitor_cycle.account_pass(ctx, plain))["quoted"] > 0
+            assert acct.id not in ctx.quoted_rows  # nothing to recognise it by: sent every time
         await monitor_cycle.account_pass(ctx, acct)
         assert acct.id in ctx.quoted_rows  # the simulator's adapter keeps fingerprints
 
 
 async def test_fingerprints_tell_symbols_and_bodies_apart(make_context: Any, sim: Any) -> None:
-    async with await _mirrored(make_context, sim) as ctx:
+    async with _mirrored(make_context, sim) as ctx:
         acct = next(iter(ctx.accounts.values()))
         await account_sync.account_pass(ctx, acct)
         symbols = sorted(await _quotes(ctx, acct))
