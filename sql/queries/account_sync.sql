@@ -157,14 +157,18 @@ UPDATE accounts a
 
 -- name: account_sync_record_answer
 -- After a pass's write, in its transaction: the answer's fingerprint beside the fingerprints
--- of the state just written. $1 account id, $2 fingerprint (NULL: none), $3 number of positions.
+-- of the state just written. ``expiry``: whether expiry settlement has a trade to look at in
+-- that state (as account_sync_unchanged's), so a pass whose account has none asks nothing more.
+-- $1 account id, $2 fingerprint (NULL: none), $3 number of positions, $4 the pending
+-- close_reasons (text[]).
 UPDATE accounts
    SET sync_answer = $2::bytea,
        sync_seen = $2::bytea,
        sync_positions_state = account_positions_state($1),
        sync_account_state = account_balances_state($1),
        sync_positions = $3
- WHERE id = $1;
+ WHERE id = $1
+RETURNING EXISTS (SELECT 1 FROM expiry_candidate_trades($1, $4::text[])) AS expiry;
 
 -- name: account_sync_notify
 -- Change notifications (the importer's); Postgres delivers them when, and only if, the

@@ -352,11 +352,18 @@ async def _plan(
     *,
     fingerprint: bool = False,
     stored_account: Any = None,
+    compared: _Plan | None = None,
 ) -> _Plan:
     """Compare with what is stored; ``fingerprint``: also read the stored state's fingerprints (0019).
 
     ``stored_account``: the account as ``account_sync_unchanged`` read it (its columns are those of
     ``account_sync_stored_account``, with ``state`` read when ``fingerprint``); else it is read here.
+
+    ``compared``: the plan of a comparison made just before, outside the transaction this one is
+    made in. When the stored positions' fingerprint, read again with the account, is the one of
+    the rows that comparison read, its positions' diff holds and the rows are not read again
+    (the balances are compared again either way). Stored positions whose fingerprint says there
+    are none (``0:0``, an exact count) are not read either.
 
     When the stored positions' fingerprint (read with the account) is the one of rows this process
     last found equal to the broker's, every mark of them monitorCycle's (``ctx.compared_rows``),
@@ -368,16 +375,22 @@ async def _plan(
     q = ctx.queries
     state: Any = stored_account
     if state is None:
-        # the positions' fingerprint only when a remembered comparison could spare reading the rows
-        wanted = account.id in ctx.compared_rows
+        # the positions' fingerprint only when a comparison (remembered, or just made) could spare
+        # reading the rows
+        wanted = compared is not None or account.id in ctx.compared_rows
         state = await conn.fetchrow(q["account_sync_stored_account"], account.id, fingerprint, wanted)
     snapshot, broker_id = _account_plan(state, b)
     account_state = None if state is None else state["state"]
     positions_state = None if state is None else state["positions_state"]
+    if compared is not None and positions_state is not None and positions_state == compared.positions_state:
+        return _Plan(compared.diff, snapshot, broker_id, positions_state, account_state, compared.marks_free)
     remembered = ctx.compared_rows.get(account.id)
     if positions_state is not None and remembered is not None and remembered == (positions_state, rows_digest(fetched)):
         return _Plan(Diff(unchanged=len(fetched)), snapshot, broker_id, positions_state, account_state, True)
-    records = await conn.fetch(q["account_sync_stored_positions"], account.id, True)
+    if positions_state == _NO_POSITIONS_STATE:
+        records: list[Any] = []  # none stored: nothing to read
+    else:
+        records = await conn.fetch(q["account_sync_stored_positions"], account.id, True)
     stored = stored_rows(records)
     plan = _Plan(
         diff_positions(stored, fetched),
@@ -447,6 +460,7 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
     answer = await fetch_answer(account.broker, deadline)
     q = ctx.queries
     known: Any = None  # the record account_sync_unchanged read (None: no fingerprint)
+    written_expiry: bool | None = None  # after a write: whether expiry settlement has a trade to look at
     async with ctx.pool.acquire() as conn:
         record = False  # fingerprint the stored state for this answer (it is the one the pass before saw)
         if answer.fingerprint is not None:
@@ -474,9 +488,15 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
         else:
             async with conn.transaction():
                 await conn.execute(q["account_sync_lock"], SYNC_LOCK_CLASS, account.id)
-                plan = await _plan(ctx, conn, account, fetched, balances)
+                plan = await _plan(ctx, conn, account, fetched, balances, compared=plan)
                 await _write(conn, q, account, plan, balances)
-                await conn.execute(q["account_sync_record_answer"], account.id, answer.fingerprint, len(fetched))
+                written_expiry = await conn.fetchval(
+                    q["account_sync_record_answer"],
+                    account.id,
+                    answer.fingerprint,
+                    len(fetched),
+                    list(PENDING_REASONS),
+                )
     ctx.metrics.set("syncd_positions", len(fetched), account=account.name)
     if not plan.diff.empty:
         log.info(
@@ -485,8 +505,9 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
             deleted=len(plan.diff.deletes),
             events=len(plan.diff.events),
         )
-    # Nothing written: the expiry hint read before the comparison still holds (after a write, ask).
-    expiry = known["expiry"] if known is not None and plan.idle else None
+    # Nothing written: the expiry hint read before the comparison still holds; after a write, the
+    # one read in the write's transaction.
+    expiry = written_expiry if not plan.idle else known["expiry"] if known is not None else None
     return SyncResult(len(fetched), plan.diff, plan.snapshot, expiry=expiry)
 
 

@@ -34,7 +34,18 @@ def payload(kind: Kind, account: str, key: str | int, **extra: Any) -> str:
 
 
 def payloads(kind: Kind, account: str, keys: Sequence[str | int]) -> list[str]:
-    """One payload per key, or one ``"key": "*"`` payload when more than ``PER_KEY_MAX`` changed."""
+    """One payload per key, or one ``"key": "*"`` payload when more than ``PER_KEY_MAX`` changed.
+
+    Each is the text :func:`payload` makes, the common head encoded once (a first sync sends
+    one per position).
+    """
     if len(keys) > PER_KEY_MAX:
         return [payload(kind, account, "*", count=len(keys))]
-    return [payload(kind, account, k) for k in dict.fromkeys(keys)]
+    head = _head(kind, account)
+    dumps = json.dumps
+    return [f"{head}{dumps(k)}}}" for k in dict.fromkeys(keys)]
+
+
+def _head(kind: Kind, account: str) -> str:
+    """``{"kind":KIND,"account":NAME,"key":`` as :func:`payload` writes it."""
+    return f'{{"kind":{json.dumps(kind)},"account":{json.dumps(account)},"key":'

@@ -166,7 +166,8 @@ async def test_numbers_equal_as_numbers_keep_the_state(make_context: Any, sim: A
 async def test_a_compared_pass_that_writes_nothing_asks_expiry_only_with_a_candidate(
     make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The expiry hint read with the unchanged-answer check holds for a comparison that writes nothing."""
+    """The expiry hint read with the unchanged-answer check holds for a comparison that writes nothing;
+    a pass that writes reads it in its own transaction, after the write."""
     asked: list[int] = []
 
     async def settle(ctx: Context, account: Account) -> list[int]:
@@ -176,12 +177,13 @@ async def test_a_compared_pass_that_writes_nothing_asks_expiry_only_with_a_candi
     monkeypatch.setattr(account_sync, "settle_expirations", settle)
     async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
         acct = next(iter(ctx.accounts.values()))
-        await account_sync.account_pass(ctx, acct)
-        assert asked == [acct.id]  # a pass that wrote asks
+        stats = await account_sync.account_pass(ctx, acct)
+        assert stats["upserted"] > 0
+        assert asked == []  # a pass that wrote, no candidate in what it wrote: not asked
         await ctx.pool.execute("UPDATE accounts SET sync_answer = NULL WHERE id = $1", acct.id)
         stats = await account_sync.account_pass(ctx, acct)
         assert (stats["same_answer"], stats["upserted"]) == (0, 0)
-        assert asked == [acct.id]  # compared, nothing written, no candidate: not asked
+        assert asked == []  # compared, nothing written, no candidate: not asked
         trade = await ctx.pool.fetchval(
             "INSERT INTO trades (account_id, symbol, status) VALUES ($1, 'GONE', 'open') RETURNING id", acct.id
         )
@@ -191,7 +193,12 @@ async def test_a_compared_pass_that_writes_nothing_asks_expiry_only_with_a_candi
         )
         await ctx.pool.execute("UPDATE accounts SET sync_answer = NULL WHERE id = $1", acct.id)
         await account_sync.account_pass(ctx, acct)
-        assert asked == [acct.id, acct.id]  # a trade whose legs are all flat: asked
+        assert asked == [acct.id]  # a trade whose legs are all flat: asked
+        one = await ctx.pool.fetchval("SELECT min(symbol) FROM portfolio_positions WHERE account_id = $1", acct.id)
+        await ctx.pool.execute("DELETE FROM portfolio_positions WHERE account_id = $1 AND symbol = $2", acct.id, one)
+        stats = await account_sync.account_pass(ctx, acct)
+        assert stats["upserted"] == 1
+        assert asked == [acct.id, acct.id]  # a pass that wrote, a candidate in what it wrote: asked
 
 
 def _no_row_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -295,6 +302,79 @@ async def test_a_state_that_changed_since_the_comparison_is_not_recorded(make_co
         assert (row["sync_answer"], row["sync_seen"]) == (recorded, b"answer")
         await ctx.pool.execute(q, acct.id, b"answer", states["p"], states["a"], 5)
         assert await ctx.pool.fetchval("SELECT sync_answer FROM accounts WHERE id = $1", acct.id) == b"answer"
+
+
+def _write_before_the_recheck(
+    monkeypatch: pytest.MonkeyPatch, ctx: Context, statement: str, *args: Any
+) -> list[tuple[int, bool]]:
+    """Run ``statement`` (another writer) on its own connection just before the pass re-checks in its
+    transaction; return (rows read back, whether a comparison was handed in) per _plan call."""
+    calls: list[tuple[int, bool]] = []
+    real_plan = account_sync._plan
+    real_rows = account_sync.stored_rows
+
+    async def plan(*a: Any, **kw: Any) -> Any:
+        if kw.get("compared") is not None and statement:
+            await ctx.pool.execute(statement, *args)
+        calls.append((-1, kw.get("compared") is not None))
+        return await real_plan(*a, **kw)
+
+    def rows(records: Any) -> Any:
+        calls.append((len(records), False))
+        return real_rows(records)
+
+    monkeypatch.setattr(account_sync, "_plan", plan)
+    monkeypatch.setattr(account_sync, "stored_rows", rows)
+    return calls
+
+
+async def test_the_recheck_in_the_transaction_reuses_a_comparison_of_the_same_rows(
+    make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows unchanged since the comparison outside the transaction are not read again inside it; none
+    stored (the first pass) are not read at all."""
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        calls = _write_before_the_recheck(monkeypatch, ctx, "")
+        first = await account_sync.account_pass(ctx, acct)
+        assert first["upserted"] == len(_sim_book(sim, 0)) > 0
+        assert calls == [(-1, False), (0, False), (-1, True)]  # nothing stored: no row read, before or in
+        one = min(_sim_book(sim, 0))
+        await ctx.pool.execute("UPDATE portfolio_positions SET quantity = quantity + 1 WHERE symbol = $1", one)
+        calls.clear()
+        again = await account_sync.account_pass(ctx, acct)
+        assert again["upserted"] == 1
+        n = len(_sim_book(sim, 0))
+        assert calls == [(-1, False), (n, False), (-1, True)]  # read once, outside the transaction
+        assert await _book(ctx, acct) == _sim_book(sim, 0)
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-pass", "later-pass"])
+async def test_a_write_between_the_comparison_and_the_transaction_is_compared_again(
+    make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch, first: bool
+) -> None:
+    """Another writer (a replica, a hand edit) between the comparison and the lock: the transaction
+    reads the rows again and writes what that state needs, not what the stale comparison said."""
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        book = _sim_book(sim, 0)
+        one = min(book)
+        if not first:
+            await account_sync.account_pass(ctx, acct)
+            await ctx.pool.execute("DELETE FROM portfolio_positions WHERE symbol = $1", one)
+            statement = "UPDATE portfolio_positions SET quantity = quantity + 1 WHERE account_id = $1 AND symbol <> $2"
+        else:
+            # the other writer inserts one row, with a wrong quantity, before this pass's transaction
+            statement = (
+                "INSERT INTO portfolio_positions (account_id, symbol, asset_class, underlying, quantity)"
+                " VALUES ($1, $2, 'us_equity', $2, 12345)"
+            )
+        calls = _write_before_the_recheck(monkeypatch, ctx, statement, acct.id, one)
+        stats = await account_sync.account_pass(ctx, acct)
+        n_stored = 1 if first else len(book) - 1
+        assert (n_stored, False) in calls[calls.index((-1, True)) :]  # read again in the transaction
+        assert stats["upserted"] == len(book)  # every row: new, or set back by this pass
+        assert await _book(ctx, acct) == book
 
 
 async def test_an_answer_is_recorded_once_it_comes_twice(

@@ -223,6 +223,18 @@ def test_notify_payloads_one_per_key_or_one_star() -> None:
     assert events.payloads("trade", "acct-1", []) == []
 
 
+@given(
+    st.text(max_size=20),
+    st.lists(st.one_of(st.text(max_size=12), st.integers()), max_size=8),
+)
+def test_notify_payloads_are_payload_texts(account: str, keys: list[str | int]) -> None:
+    """The batch builds each payload once from a shared head: the very text ``payload`` writes, any name or key."""
+    want = [events.payload("trade", account, k) for k in dict.fromkeys(keys)]
+    assert events.payloads("trade", account, keys) == want
+    shapes = [{"kind": "trade", "account": account, "key": k} for k in dict.fromkeys(keys)]
+    assert [json.loads(p) for p in want] == shapes
+
+
 # -- properties ------------------------------------------------------------------------------------------
 
 _symbols = st.sampled_from([f"S{i}" for i in range(12)])
