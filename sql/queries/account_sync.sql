@@ -32,9 +32,16 @@ SELECT a.broker_account_id, s.equity, s.cash, s.buying_power, s.long_market_valu
 -- upsert changed positions, delete vanished ones, insert position events, maybe a balances
 -- snapshot, and mark the account synced. Returns the counts written.
 -- $1 account id
--- $2 rows to upsert (position_row[], 0012: by attribute name)
+-- $2 rows to upsert: UTF-8 JSON (bytea), an array of arrays, each a PositionRow's first 14
+--    fields in order (symbol, asset_class, underlying, option_type, strike, expiration,
+--    multiplier, quantity, qty_available, avg_entry_price, cost_basis, current_price,
+--    market_value, unrealized_pl); decimals as strings, the date ISO, NULLs null
 -- $3 symbols to delete
--- $4 events (position_event_row[])
+-- $4 events: UTF-8 JSON (bytea), an array of [symbol, kind, old_quantity, new_quantity]
+-- ($2 and $4 are JSON rather than arrays of position_row / position_event_row: asyncpg's binary
+-- numeric encoder took a microsecond per decimal, most of the client's CPU in a first sync;
+-- Postgres reads either in the same time. tests/integration/test_named_rows.py checks each
+-- field lands in the column of its name.)
 -- $5 the balances snapshot to write: none or one (balances_row[])
 -- $6 broker_account_id (NULL keeps the stored one)
 -- $7 NOTIFY syncd_events payloads (delivered at commit, and only then)
@@ -44,10 +51,10 @@ WITH up AS (
     INSERT INTO portfolio_positions AS p
            (account_id, symbol, asset_class, underlying, option_type, strike, expiration, multiplier,
             quantity, qty_available, avg_entry_price, cost_basis, current_price, market_value, unrealized_pl)
-    SELECT $1, u.symbol, u.asset_class, u.underlying, u.option_type, u.strike, u.expiration, u.multiplier,
-           u.quantity, u.qty_available, u.avg_entry_price, u.cost_basis, u.current_price, u.market_value,
-           u.unrealized_pl
-      FROM unnest($2::position_row[]) AS u
+    SELECT $1, u->>0, u->>1, u->>2, u->>3, (u->>4)::numeric, (u->>5)::date, (u->>6)::numeric,
+           (u->>7)::numeric, (u->>8)::numeric, (u->>9)::numeric, (u->>10)::numeric, (u->>11)::numeric,
+           (u->>12)::numeric, (u->>13)::numeric
+      FROM jsonb_array_elements(convert_from($2::bytea, 'UTF8')::jsonb) AS u
     ON CONFLICT (account_id, symbol) DO UPDATE
        SET asset_class = EXCLUDED.asset_class,
            underlying = EXCLUDED.underlying,
@@ -70,8 +77,8 @@ WITH up AS (
     RETURNING 1
 ), ev AS (
     INSERT INTO position_events (account_id, symbol, kind, old_quantity, new_quantity, at)
-    SELECT $1, e.symbol, e.kind, e.old_quantity, e.new_quantity, now()
-      FROM unnest($4::position_event_row[]) AS e
+    SELECT $1, e->>0, e->>1, (e->>2)::numeric, (e->>3)::numeric, now()
+      FROM jsonb_array_elements(convert_from($4::bytea, 'UTF8')::jsonb) AS e
     RETURNING 1
 ), snap AS (
     INSERT INTO account_snapshots (account_id, taken_at, equity, cash, buying_power,

@@ -10,7 +10,7 @@ A pass reads as a story:
    ``BadBrokerData`` in the fetch, before anything is touched;
 3. **compare** it with the stored rows (:func:`diff_positions`, a pure function);
 4. **write the difference** in ONE transaction and one bulk statement
-   (``account_sync_write``: arrays of named rows through ``unnest``): changed rows upserted,
+   (``account_sync_write``: the rows and events as JSON arrays): changed rows upserted,
    vanished rows deleted, one ``position_events`` row per change, an
    ``account_snapshots`` row when the balances differ from the latest snapshot,
    ``accounts.broker_account_id``/``last_synced_at``, and the ``NOTIFY syncd_events``
@@ -60,6 +60,7 @@ from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
 import asyncpg
+import msgspec
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
@@ -271,16 +272,21 @@ async def fetch_answer(broker: Broker, deadline_s: float) -> AccountAnswer:
 # -- writing ---------------------------------------------------------------------------------------------
 
 
-def _upsert_row(r: PositionRow) -> dict[str, Any]:
-    """One ``position_row`` (0012) by attribute name: every PositionRow field but ``marks_ours``."""
-    row = r._asdict()
-    del row["marks_ours"]
-    return row
+# account_sync_write's rows: JSON encoded in C, decimals as their exact strings, dates ISO 8601.
+_ROWS_JSON = msgspec.json.Encoder(decimal_format="string")
+
+# The fields of a PositionRow that account_sync_write reads, in the order it reads them (u->>0 ..).
+UPSERT_FIELDS = PositionRow._fields[:14]
 
 
-def _event_row(e: PositionEvent) -> dict[str, Any]:
-    """One ``position_event_row`` (0012)."""
-    return {"symbol": e.symbol, "kind": e.kind, "old_quantity": e.old_quantity, "new_quantity": e.new_quantity}
+def upsert_rows(rows: Sequence[PositionRow]) -> bytes:
+    """``account_sync_write``'s rows to upsert: each row's ``UPSERT_FIELDS`` as a JSON array."""
+    return _ROWS_JSON.encode([r[:14] for r in rows])
+
+
+def event_rows(events: Sequence[PositionEvent]) -> bytes:
+    """``account_sync_write``'s events: ``[symbol, kind, old_quantity, new_quantity]`` each."""
+    return _ROWS_JSON.encode([(e.symbol, e.kind, e.old_quantity, e.new_quantity) for e in events])
 
 
 def _balances_rows(b: Balances, snapshot: bool) -> list[dict[str, Any]]:
@@ -435,9 +441,9 @@ async def _write(
     await conn.fetchrow(
         q["account_sync_write"],
         account.id,
-        [_upsert_row(r) for r in diff.upserts],
+        upsert_rows(diff.upserts),
         diff.deletes,
-        [_event_row(e) for e in diff.events],
+        event_rows(diff.events),
         _balances_rows(b, plan.snapshot),
         plan.broker_id,
         payloads,

@@ -1,7 +1,8 @@
 """Rows between Python and SQL go by name (issue 12), not by position.
 
 The bulk writes pass each write's rows as one array of a composite type of 0012 or 0013, built from
-mappings by attribute name; the stored positions are read by column name. These tests guard
+mappings by attribute name (accountSync's upserts and events go as JSON arrays, checked field by
+field below); the stored positions are read by column name. These tests guard
 that a reordered column cannot shift a value: every builder names every attribute of its type
 (asyncpg sends a missing one as NULL), a misspelt name is refused, values arrive exact, and a
 SELECT's column order does not matter to ``stored_rows``.
@@ -121,8 +122,6 @@ def _built_rows() -> dict[str, dict[str, Any]]:
         "order_leg_row": order_store._leg_row("o-1", order, order.legs[0], snap),
         "order_event_row": order_store._event_row(1, event),
         "trade_row": order_store._trade_row(7, TradeState(status=TradeStatus.OPEN, quantity=Decimal("3"))),
-        "position_row": account_sync._upsert_row(_position()),
-        "position_event_row": account_sync._event_row(PositionEvent("AAPL", "opened", Decimal("0"), BIG)),
         "balances_row": account_sync._balances_rows(balances, True)[0],
         "import_trade_row": trades[0],
         "import_leg_row": legs[0],
@@ -174,10 +173,70 @@ async def test_every_builder_names_every_attribute_of_its_type(db_pool: asyncpg.
 
 async def test_a_misspelt_attribute_is_refused(db_pool: asyncpg.Pool[Any]) -> None:
     """A name the type does not have fails the write instead of landing anywhere."""
-    row = account_sync._upsert_row(_position())
-    row["qty"] = row.pop("quantity")
-    with pytest.raises(asyncpg.DataError, match="qty"):
-        await db_pool.fetch("SELECT * FROM unnest($1::position_row[])", [row])
+    balances = Balances("b-1", Decimal("1"), Decimal("2"), Decimal("3"), Decimal("4"), Decimal("5"))
+    row = account_sync._balances_rows(balances, True)[0]
+    row["equty"] = row.pop("equity")
+    with pytest.raises(asyncpg.DataError, match="equty"):
+        await db_pool.fetch("SELECT * FROM unnest($1::balances_row[])", [row])
+
+
+async def test_account_sync_write_lands_each_field_in_the_column_of_its_name(db_pool: asyncpg.Pool[Any]) -> None:
+    """accountSync's rows go as JSON arrays (a field's place, not its name): every field of a row whose
+    values all differ lands in the column of its name, exact, and so does every field of an event."""
+    from syncd.db.queries import load_queries
+
+    q = load_queries()
+    row = PositionRow(
+        symbol="AAPL251219C00150000",
+        asset_class="us_option",
+        underlying="AAPL",
+        option_type="call",
+        strike=Decimal("150"),
+        expiration=dt.date(2025, 12, 19),
+        multiplier=Decimal("100"),
+        quantity=BIG,
+        qty_available=Decimal("-0.5"),
+        avg_entry_price=Decimal("1.250000001"),
+        cost_basis=Decimal("375.10"),
+        current_price=Decimal("1.5"),
+        market_value=Decimal("450"),
+        unrealized_pl=Decimal("-7.25"),
+    )
+    assert len(set(row[:14])) == 14 == len(account_sync.UPSERT_FIELDS)
+    event = PositionEvent(row.symbol, "opened", Decimal("0.000"), BIG)
+    account = await db_pool.fetchval("INSERT INTO accounts (name, broker) VALUES ('named', 'alpaca') RETURNING id")
+    async with db_pool.acquire() as conn, conn.transaction():
+        written = await conn.fetchrow(
+            q["account_sync_write"],
+            account,
+            account_sync.upsert_rows([row]),
+            [],
+            account_sync.event_rows([event]),
+            [],
+            None,
+            [],
+        )
+    assert written is not None and (written["upserted"], written["events"]) == (1, 1)
+    columns = ", ".join(account_sync.UPSERT_FIELDS)
+    stored = await db_pool.fetchrow(f"SELECT {columns} FROM portfolio_positions WHERE account_id = $1", account)
+    assert stored is not None
+    assert dict(stored.items()) == dict(zip(account_sync.UPSERT_FIELDS, row[:14], strict=True))
+    assert str(stored["cost_basis"]) == "375.10"  # the scale too
+    ev = await db_pool.fetchrow(
+        "SELECT symbol, kind, old_quantity, new_quantity FROM position_events WHERE account_id = $1", account
+    )
+    assert ev is not None and tuple(ev) == (event.symbol, event.kind, event.old_quantity, event.new_quantity)
+    nothing = PositionRow("NONE", "us_equity", "NONE", None, None, None, Decimal(1), Decimal(2), Decimal(2), None, None)
+    async with db_pool.acquire() as conn, conn.transaction():
+        await conn.fetchrow(
+            q["account_sync_write"], account, account_sync.upsert_rows([nothing]), [], b"[]", [], None, []
+        )
+    nulls = await db_pool.fetchrow(
+        "SELECT option_type, strike, expiration, avg_entry_price, cost_basis, current_price, market_value,"
+        " unrealized_pl FROM portfolio_positions WHERE account_id = $1 AND symbol = 'NONE'",
+        account,
+    )
+    assert nulls is not None and set(nulls.values()) == {None}  # JSON null is SQL NULL, not the text 'null'
 
 
 async def test_rows_arrive_exact_and_by_name(db_pool: asyncpg.Pool[Any]) -> None:
