@@ -356,6 +356,7 @@ class Exchange:
         self._working_by_account: dict[int, dict[str, SimOrder]] = {}
         # account index -> (what its balances were computed from, the balances): see balances()
         self._balances_kept: dict[int, tuple[object, BalancesView]] = {}
+        self._views_kept: dict[int, tuple[object, list[PositionView]]] = {}
         self.listeners: list[Callable[[TradeEvent], None]] = []
         self.events: deque[TradeEvent] = deque(maxlen=10_000)
         self._expired_until: dt.datetime | None = None  # the last close whose expiries were settled
@@ -744,13 +745,25 @@ class Exchange:
     # -- valuation -----------------------------------------------------------------
 
     def position_views(self, acct: SimAccount) -> list[PositionView]:
+        """The account's positions valued at the market; kept per account and given again while
+        nothing they are made of changed (the market's version, every field of every position, what
+        working orders hold): the positions answer and the balances both value them."""
         held = self.held_for_orders(acct)
+        key = (
+            self.market.version,
+            tuple((p.symbol, p.qty, p.avg_entry, p.opened_at, p.tradier_id) for p in acct.positions.values()),
+            tuple(held.items()),
+        )
+        kept = self._views_kept.get(acct.index)
+        if kept is not None and kept[0] == key:
+            return list(kept[1])
         views = []
         for pos in acct.positions.values():
             view = self._view(acct, pos, held)
             if view is not None:
                 views.append(view)
-        return views
+        self._views_kept[acct.index] = (key, views)
+        return list(views)
 
     def position_view(self, acct: SimAccount, symbol: str) -> PositionView | None:
         pos = acct.positions.get(symbol)
