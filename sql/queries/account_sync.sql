@@ -167,11 +167,13 @@ UPDATE accounts a
 -- of the state just written. ``expiry``: whether expiry settlement has a trade to look at in
 -- that state (as account_sync_unchanged's), so a pass whose account has none asks nothing more.
 -- $1 account id, $2 fingerprint (NULL: none), $3 number of positions, $4 the pending
--- close_reasons (text[]).
+-- close_reasons (text[]), $5 the positions' fingerprint when the write left them as they were
+-- read under the account's lock (NULL: computed here). A row monitorCycle quoted since that read
+-- makes it stale, never wrong: the next pass then finds the state changed and compares in full.
 UPDATE accounts
    SET sync_answer = $2::bytea,
        sync_seen = $2::bytea,
-       sync_positions_state = account_positions_state($1),
+       sync_positions_state = COALESCE($5::text, account_positions_state($1)),
        sync_account_state = account_balances_state($1),
        sync_positions = $3
  WHERE id = $1

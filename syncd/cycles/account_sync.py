@@ -502,6 +502,7 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
                     answer.fingerprint,
                     len(fetched),
                     list(PENDING_REASONS),
+                    plan.positions_state if plan.diff.empty else None,  # no row written: as read
                 )
     ctx.metrics.set("syncd_positions", len(fetched), account=account.name)
     if not plan.diff.empty:

@@ -242,6 +242,32 @@ async def test_moved_prices_compare_without_reading_the_rows_back(
         assert await _book(ctx, acct) == book == _sim_book(sim, 0)
 
 
+async def test_a_balances_only_write_records_the_positions_state_it_read(make_context: Any, sim: Any) -> None:
+    """A pass that writes only balances records the positions' fingerprint it read under the lock:
+    the true one, so the same answer next time is idle; a row quoted meanwhile makes it compare."""
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await _quoted_mirror(ctx, sim, acct)
+        sim.tick(3)
+        moved = await account_sync.account_pass(ctx, acct)
+        assert (moved["upserted"], moved["snapshot"]) == (0, 1)
+        row = await ctx.pool.fetchrow(
+            "SELECT sync_positions_state = account_positions_state(id) AS p,"
+            " sync_account_state = account_balances_state(id) AS a FROM accounts WHERE id = $1",
+            acct.id,
+        )
+        assert row is not None and (row["p"], row["a"]) == (True, True)
+        assert (await account_sync.account_pass(ctx, acct))["same_answer"] == 1
+        await ctx.pool.execute(
+            "UPDATE portfolio_positions SET quote_at = NULL WHERE account_id = $1 AND symbol = $2",
+            acct.id,
+            min(_sim_book(sim, 0)),
+        )
+        again = await account_sync.account_pass(ctx, acct)
+        assert again["same_answer"] == 0  # the state changed: compared in full
+        assert await _book(ctx, acct) == _sim_book(sim, 0)
+
+
 async def test_a_remembered_comparison_still_sees_every_change(
     make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
