@@ -50,9 +50,10 @@ class Context:
     # since start); None: a call succeeded; text: what refused them (401/403) and when. Kept by
     # syncd.daemon.passes so that a pass making no broker call is not "ok" for a refused account.
     auth: dict[int, str | None] = field(default_factory=dict)
-    # Per account id: (fingerprint of the stored positions, digest of the broker's positions) of the
-    # last comparison that found them equal; see syncd.cycles.account_sync._plan.
-    compared_rows: dict[int, tuple[str, int]] = field(default_factory=dict)
+    # Per account id: (fingerprint of the stored positions, digest of the broker's positions, the
+    # adapter's positions_key of that answer or None, how many rows) of the last comparison that
+    # found them equal; see syncd.cycles.account_sync._plan and _fetched.
+    compared_rows: dict[int, tuple[str, int, int | None, int]] = field(default_factory=dict)
     # Per account id: (what identifies the broker's quotes and the held rows as monitorCycle's last
     # write of them left them, symbols quoted); see syncd.cycles.monitor_cycle.rows_seen.
     quoted_rows: dict[int, tuple[int, int]] = field(default_factory=dict)

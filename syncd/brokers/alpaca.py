@@ -232,7 +232,39 @@ class AlpacaBroker:
         return AccountAnswer(
             lambda: (self._balances(what_b, balances), self._positions(what_p, positions)),
             answer_fingerprint(self.kind, balances.body, positions.body),
+            balances=lambda: self._balances(what_b, balances),
+            positions_key=lambda: self._positions_key(positions),
         )
+
+    def _positions_key(self, reply: Reply) -> int | None:
+        """``AccountAnswer.positions_key``: the fields of every position but its marks, as written.
+
+        The marks are checked as :meth:`_fast_positions` checks them (plain numbers, a price not
+        negative); the rest is what a position's row is made of (the symbol, its asset class and
+        side, the quantities, the entry price and cost basis), so the same key means the same rows
+        and the same checks passed. None where the fast decoder does not take the answer as it is.
+        """
+        try:
+            rows = _FAST_POSITIONS.decode(reply.body)
+        except Slow:
+            return None
+        dec = Decimal
+        owned = []
+        try:
+            for p in rows:
+                current, value, pl = p.current_price, p.market_value, p.unrealized_pl
+                if not all_plain((current or "") + (value or "") + (pl or "")):
+                    return None
+                if current is not None and dec(current) < 0:
+                    return None  # check_position refuses it: decode says so
+                if value is not None:
+                    dec(value)
+                if pl is not None:
+                    dec(pl)
+                owned.append((p.symbol, p.asset_class, p.side, p.qty, p.qty_available, p.avg_entry_price, p.cost_basis))
+        except InvalidOperation:
+            return None
+        return hash(tuple(owned))
 
     def _slow_positions(self, what: str, reply: Reply) -> list[Position]:
         """The positions through ``json`` and alpaca-py's model, with every refusal's own message."""

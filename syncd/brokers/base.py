@@ -173,6 +173,15 @@ class AccountAnswer:
 
     decode: Callable[[], tuple[Balances, list[Position]]]
     fingerprint: bytes | None = None
+    # Where the adapter can tell without decoding the positions in full (else None):
+    # ``balances`` decodes the balances alone (or raises ``BadBrokerData``, as ``decode``);
+    # ``positions_key`` gives a key of the positions as the broker wrote them, everything of them
+    # but their marks (current_price, market_value, unrealized_pl), which it checks as ``decode``
+    # would; None when it cannot tell (``decode`` then decides). Two answers with the same key, one
+    # of which ``decode`` took, decode to positions equal in everything but their marks, and the
+    # other is taken too. Keys are compared within one process only.
+    balances: Callable[[], Balances] | None = None
+    positions_key: Callable[[], int | None] | None = None
 
 
 def answer_fingerprint(kind: str, *bodies: bytes) -> bytes:

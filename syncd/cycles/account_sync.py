@@ -353,7 +353,7 @@ async def _plan(
     ctx: Context,
     conn: PoolConnectionProxy[Any],
     account: Account,
-    fetched: list[PositionRow],
+    fetched: _Fetched,
     b: Balances,
     *,
     fingerprint: bool = False,
@@ -374,9 +374,10 @@ async def _plan(
     When the stored positions' fingerprint (read with the account) is the one of rows this process
     last found equal to the broker's, every mark of them monitorCycle's (``ctx.compared_rows``),
     and the broker's positions digest as they did then, they compare equal without being read
-    back: prices moved, nothing accountSync owns did. Otherwise the rows are read with their
-    fingerprint and compared; a comparison that finds them equal, every mark monitorCycle's, is
-    remembered for the next pass.
+    back: prices moved, nothing accountSync owns did (the broker's positions were then perhaps not
+    even decoded: see :func:`_fetched`). Otherwise the rows are read with their fingerprint and
+    compared; a comparison that finds them equal, every mark monitorCycle's, is remembered for the
+    next pass.
     """
     q = ctx.queries
     state: Any = stored_account
@@ -391,15 +392,21 @@ async def _plan(
     if compared is not None and positions_state is not None and positions_state == compared.positions_state:
         return _Plan(compared.diff, snapshot, broker_id, positions_state, account_state, compared.marks_free)
     remembered = ctx.compared_rows.get(account.id)
-    if positions_state is not None and remembered is not None and remembered == (positions_state, rows_digest(fetched)):
-        return _Plan(Diff(unchanged=len(fetched)), snapshot, broker_id, positions_state, account_state, True)
+    if (
+        positions_state is not None
+        and remembered is not None
+        and remembered[0] == positions_state
+        and (fetched.matched is remembered or remembered[1] == rows_digest(fetched.rows()))
+    ):
+        return _Plan(Diff(unchanged=fetched.count), snapshot, broker_id, positions_state, account_state, True)
     if positions_state == _NO_POSITIONS_STATE:
         records: list[Any] = []  # none stored: nothing to read
     else:
         records = await conn.fetch(q["account_sync_stored_positions"], account.id, True)
     stored = stored_rows(records)
+    rows = fetched.rows()
     plan = _Plan(
-        diff_positions(stored, fetched),
+        diff_positions(stored, rows),
         snapshot,
         broker_id,
         records[0]["state"] if records else _NO_POSITIONS_STATE,  # of these very rows
@@ -407,10 +414,63 @@ async def _plan(
         marks_free=not any(row.marks_ours for row in stored.values()),
     )
     if plan.diff.empty and plan.marks_free and plan.positions_state is not None:
-        ctx.compared_rows[account.id] = (plan.positions_state, rows_digest(fetched))
+        key = fetched.key()
+        ctx.compared_rows[account.id] = (plan.positions_state, rows_digest(rows), key, len(rows))
     else:
         ctx.compared_rows.pop(account.id, None)
     return plan
+
+
+class _Fetched:
+    """The broker's positions for one pass, as rows decoded only when a comparison needs them.
+
+    ``matched``: the entry of ``ctx.compared_rows`` whose positions key this answer's matched
+    (:func:`_fetched`); its positions were then not decoded, and ``count`` is that entry's.
+    """
+
+    __slots__ = ("_answer", "_rows", "count", "matched")
+
+    def __init__(
+        self,
+        answer: AccountAnswer,
+        rows: list[PositionRow] | None,
+        count: int,
+        matched: tuple[str, int, int | None, int] | None = None,
+    ) -> None:
+        self._answer, self._rows, self.count, self.matched = answer, rows, count, matched
+
+    def rows(self) -> list[PositionRow]:
+        """The positions as rows (decoded now if they were not: ``BadBrokerData`` as ``decode``)."""
+        if self._rows is None:
+            self._rows = position_rows(self._answer.decode()[1])
+            self.count = len(self._rows)
+        return self._rows
+
+    def key(self) -> int | None:
+        """The adapter's positions key of this answer (None: it has none)."""
+        return None if self._answer.positions_key is None else self._answer.positions_key()
+
+
+def _fetched(ctx: Context, account: Account, answer: AccountAnswer, known: Any) -> tuple[Balances, _Fetched]:
+    """The answer's balances, and its positions: not decoded when their key (every field but the
+    marks, as the broker wrote them; the marks checked) is the one of the answer this process last
+    found equal to the stored rows, and the stored rows still have the fingerprint they had then
+    (``known``, read by ``account_sync_unchanged``): then the comparison's outcome is known.
+    Otherwise decoded in full (``BadBrokerData`` for a malformed answer)."""
+    remembered = ctx.compared_rows.get(account.id)
+    if (
+        remembered is not None
+        and remembered[2] is not None
+        and known is not None
+        and known["positions_state"] == remembered[0]
+        and answer.balances is not None
+        and answer.positions_key is not None
+        and answer.positions_key() == remembered[2]
+    ):
+        return answer.balances(), _Fetched(answer, None, remembered[3], remembered)
+    balances, positions = answer.decode()
+    rows = position_rows(positions)
+    return balances, _Fetched(answer, rows, len(rows))
 
 
 def _account_plan(state: Any, b: Balances) -> tuple[bool, str | None]:
@@ -479,8 +539,7 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
                 ctx.metrics.set("syncd_positions", count, account=account.name)
                 return SyncResult(count, Diff(unchanged=count), False, same_answer=True, expiry=known["expiry"])
             record = known["seen"]
-        balances, positions = answer.decode()
-        fetched = position_rows(positions)
+        balances, fetched = _fetched(ctx, account, answer, known)
         plan = await _plan(ctx, conn, account, fetched, balances, fingerprint=record, stored_account=known)
         if plan.idle:
             await conn.execute(
@@ -489,7 +548,7 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
                 answer.fingerprint,
                 plan.positions_state if record else None,  # recorded only for an answer seen twice
                 plan.account_state,
-                len(fetched),
+                fetched.count,
             )
         else:
             async with conn.transaction():
@@ -500,11 +559,11 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
                     q["account_sync_record_answer"],
                     account.id,
                     answer.fingerprint,
-                    len(fetched),
+                    fetched.count,
                     list(PENDING_REASONS),
                     plan.positions_state if plan.diff.empty else None,  # no row written: as read
                 )
-    ctx.metrics.set("syncd_positions", len(fetched), account=account.name)
+    ctx.metrics.set("syncd_positions", fetched.count, account=account.name)
     if not plan.diff.empty:
         log.info(
             "positions_changed",
@@ -515,7 +574,7 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
     # Nothing written: the expiry hint read before the comparison still holds; after a write, the
     # one read in the write's transaction.
     expiry = written_expiry if not plan.idle else known["expiry"] if known is not None else None
-    return SyncResult(len(fetched), plan.diff, plan.snapshot, expiry=expiry)
+    return SyncResult(fetched.count, plan.diff, plan.snapshot, expiry=expiry)
 
 
 async def sync_pass(ctx: Context, account: Account) -> dict[str, Any]:

@@ -268,6 +268,85 @@ async def test_a_balances_only_write_records_the_positions_state_it_read(make_co
         assert await _book(ctx, acct) == _sim_book(sim, 0)
 
 
+async def test_moved_prices_are_not_decoded_again(make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prices move, the positions are the ones last found equal to the stored rows (by the adapter's
+    key: everything but the marks, as the broker wrote them): only the balances are decoded."""
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await _quoted_mirror(ctx, sim, acct)
+        sim.tick(3)
+        await account_sync.account_pass(ctx, acct)  # compared, found equal: remembered with its key
+        book = await _book(ctx, acct)
+        real_positions = acct.broker._positions
+        acct.broker._positions = _undecodable
+        for _ in range(2):
+            sim.tick(3)
+            moved = await account_sync.account_pass(ctx, acct)
+            assert (moved["same_answer"], moved["upserted"], moved["snapshot"]) == (0, 0, 1)
+            assert moved["positions"] == moved["unchanged"] == len(book)
+        assert await _book(ctx, acct) == book
+        # a changed position at the broker changes the key: decoded, compared, written
+        acct.broker._positions = real_positions
+        one = min(_sim_book(sim, 0))
+        sim.accounts[0].positions[one].qty += 1
+        sim.tick(3)
+        changed = await account_sync.account_pass(ctx, acct)
+        assert changed["upserted"] == 1
+        assert await _book(ctx, acct) == _sim_book(sim, 0)
+
+
+async def test_a_key_match_over_rows_changed_since_compares_them(
+    make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The positions' key matches, but the stored rows changed since (a hand edit): the fingerprint
+    differs, so the positions are decoded and the row is repaired."""
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await _quoted_mirror(ctx, sim, acct)
+        sim.tick(3)
+        await account_sync.account_pass(ctx, acct)
+        one = min(_sim_book(sim, 0))
+        await ctx.pool.execute("UPDATE portfolio_positions SET quantity = quantity + 5 WHERE symbol = $1", one)
+        sim.tick(3)
+        repaired = await account_sync.account_pass(ctx, acct)
+        assert repaired["upserted"] == 1
+        assert await _book(ctx, acct) == _sim_book(sim, 0)
+
+
+async def test_a_key_match_then_a_write_before_the_lock_decodes_in_the_transaction(
+    make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The positions were not decoded (their key matched); another writer changes a row before the
+    pass takes the lock: in its transaction the pass decodes them, compares, and repairs the row."""
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await _quoted_mirror(ctx, sim, acct)
+        sim.tick(3)
+        await account_sync.account_pass(ctx, acct)
+        decoded: list[int] = []
+        real_positions = acct.broker._positions
+
+        def counting(*a: Any) -> Any:
+            decoded.append(1)
+            return real_positions(*a)
+
+        acct.broker._positions = counting
+        one = min(_sim_book(sim, 0))
+        calls = _write_before_the_recheck(
+            monkeypatch,
+            ctx,
+            "UPDATE portfolio_positions SET quantity = 7777 WHERE account_id = $1 AND symbol = $2",
+            acct.id,
+            one,
+        )
+        sim.tick(3)
+        stats = await account_sync.account_pass(ctx, acct)
+        assert calls[0] == (-1, False) and (-1, True) in calls
+        assert decoded == [1]  # not before the lock: in the transaction, once the rows changed
+        assert (stats["upserted"], stats["snapshot"]) == (1, 1)
+        assert await _book(ctx, acct) == _sim_book(sim, 0)
+
+
 async def test_a_remembered_comparison_still_sees_every_change(
     make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

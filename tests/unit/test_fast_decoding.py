@@ -328,3 +328,55 @@ def test_guards() -> None:
     assert may_hide_long_number(b'{"a": 1.1234567890123456789012}')
     assert not may_hide_long_number(b'{"a": "1.5", "b": true}')
     assert FastDecoder(AlpacaPosition, many=True).decode(b"[]") == []
+
+
+# -- positions_key: the positions as the broker wrote them, but their marks -------------------------------
+
+
+def _with_marks(body: Any, current: str | None = "1.25", value: str | None = "6.25", pl: str | None = "0.5") -> Any:
+    """``body``'s rows with these marks (None: the body is not a list of objects, returned as it is)."""
+    rows = json.loads(body) if isinstance(body, bytes) else body
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return None
+    return [{**r, "current_price": current, "market_value": value, "unrealized_pl": pl} for r in rows]
+
+
+def test_positions_key_leaves_out_the_marks_and_nothing_else(broker: AlpacaBroker) -> None:
+    rows = [aw.position_json(symbol="MSFT"), aw.position_json(symbol="AAPL251219C00150000", asset_class="us_option")]
+    key = broker._positions_key(reply(rows))
+    assert key is not None
+    assert broker._positions_key(reply(_with_marks(rows))) == key  # other prices, same positions
+    assert broker._positions_key(reply(_with_marks(rows, None, None, None))) == key
+    for field, value in (("qty", "6"), ("qty_available", "1"), ("avg_entry_price", "99.5"), ("cost_basis", "1.5")):
+        changed = [rows[0], {**rows[1], field: value}]
+        assert broker._positions_key(reply(changed)) != key, field
+    assert broker._positions_key(reply([rows[0], {**rows[1], "side": "short"}])) != key
+    assert broker._positions_key(reply([rows[1], rows[0]])) != key  # another order: decoded again (harmless)
+
+
+@pytest.mark.parametrize(
+    "marks",
+    [("-1.25", "6.25", "0.5"), ("1.2.3", "6.25", "0.5"), ("1.25", "--6", "0.5"), ("1.25", "6.25", "NaN")],
+    ids=["negative-price", "two-points", "two-minus", "nan"],
+)
+def test_positions_key_checks_the_marks_as_decoding_does(broker: AlpacaBroker, marks: tuple[str, str, str]) -> None:
+    """A mark decoding refuses gives no key: the pass decodes the answer and refuses it as always."""
+    body = _with_marks([aw.position_json(symbol="MSFT")], *marks)
+    assert broker._positions_key(reply(body)) is None
+    assert isinstance(
+        slow_or_error(lambda: broker._slow_positions("alpaca GET /v2/positions", reply(body))), BadBrokerData
+    )
+
+
+@pytest.mark.parametrize(("name", "body"), _lie_bodies(), ids=[n for n, _ in _lie_bodies()])
+def test_a_lie_has_no_key_a_taken_answer_could_share(broker: AlpacaBroker, name: str, body: Any) -> None:
+    """positions_key's promise: an answer with the key of one decoding took is taken too. So a lie
+    either has no key, or what it lies in is part of the key: with good marks it is still refused."""
+    if broker._positions_key(reply(body)) is None:
+        return
+    good_marks = _with_marks(body)
+    assert good_marks is not None, name
+    assert broker._positions_key(reply(good_marks)) == broker._positions_key(reply(body))
+    assert isinstance(
+        slow_or_error(lambda: broker._slow_positions("alpaca GET /v2/positions", reply(good_marks))), BadBrokerData
+    ), name
