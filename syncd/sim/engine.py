@@ -37,7 +37,7 @@ import math
 import random
 import string
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -55,6 +55,7 @@ TIME_IN_FORCE = ("day", "gtc", "ioc", "fok")
 _ALNUM_UP = string.ascii_uppercase + string.digits
 _ALNUM = string.ascii_letters + string.digits
 _PRICE_Q = Decimal("0.000001")
+VIEWS_KEPT = 2048  # accounts whose valued positions Exchange.position_views keeps
 EXPIRY_CLOSE = dt.time(16, 0)
 ITM_BY = Decimal("0.01")  # in the money by more than this: exercised or assigned
 
@@ -356,7 +357,8 @@ class Exchange:
         self._working_by_account: dict[int, dict[str, SimOrder]] = {}
         # account index -> (what its balances were computed from, the balances): see balances()
         self._balances_kept: dict[int, tuple[object, BalancesView]] = {}
-        self._views_kept: dict[int, tuple[object, list[PositionView]]] = {}
+        # the latest accounts' valued positions (an account's positions and balances are asked at once)
+        self._views_kept: OrderedDict[int, tuple[object, list[PositionView]]] = OrderedDict()
         self.listeners: list[Callable[[TradeEvent], None]] = []
         self.events: deque[TradeEvent] = deque(maxlen=10_000)
         self._expired_until: dt.datetime | None = None  # the last close whose expiries were settled
@@ -747,7 +749,8 @@ class Exchange:
     def position_views(self, acct: SimAccount) -> list[PositionView]:
         """The account's positions valued at the market; kept per account and given again while
         nothing they are made of changed (the market's version, every field of every position, what
-        working orders hold): the positions answer and the balances both value them."""
+        working orders hold): the positions answer and the balances both value them. The latest
+        ``VIEWS_KEPT`` accounts' are kept."""
         held = self.held_for_orders(acct)
         key = (
             self.market.version,
@@ -756,6 +759,7 @@ class Exchange:
         )
         kept = self._views_kept.get(acct.index)
         if kept is not None and kept[0] == key:
+            self._views_kept.move_to_end(acct.index)
             return list(kept[1])
         views = []
         for pos in acct.positions.values():
@@ -763,6 +767,9 @@ class Exchange:
             if view is not None:
                 views.append(view)
         self._views_kept[acct.index] = (key, views)
+        self._views_kept.move_to_end(acct.index)
+        if len(self._views_kept) > VIEWS_KEPT:
+            self._views_kept.popitem(last=False)
         return list(views)
 
     def position_view(self, acct: SimAccount, symbol: str) -> PositionView | None:
