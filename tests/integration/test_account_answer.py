@@ -268,14 +268,20 @@ async def test_a_balances_only_write_records_the_positions_state_it_read(make_co
         assert await _book(ctx, acct) == _sim_book(sim, 0)
 
 
+async def _remembered(ctx: Context, sim: Any, acct: Account) -> None:
+    """A quoted mirror, then prices moved once: the comparison that found the rows equal to the
+    broker's positions is remembered, with the answer's positions key."""
+    await _quoted_mirror(ctx, sim, acct)
+    sim.tick(3)
+    await account_sync.account_pass(ctx, acct)
+
+
 async def test_moved_prices_are_not_decoded_again(make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Prices move, the positions are the ones last found equal to the stored rows (by the adapter's
     key: everything but the marks, as the broker wrote them): only the balances are decoded."""
     async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
         acct = next(iter(ctx.accounts.values()))
-        await _quoted_mirror(ctx, sim, acct)
-        sim.tick(3)
-        await account_sync.account_pass(ctx, acct)  # compared, found equal: remembered with its key
+        await _remembered(ctx, sim, acct)
         book = await _book(ctx, acct)
         real_positions = acct.broker._positions
         acct.broker._positions = _undecodable
@@ -295,16 +301,12 @@ async def test_moved_prices_are_not_decoded_again(make_context: Any, sim: Any, m
         assert await _book(ctx, acct) == _sim_book(sim, 0)
 
 
-async def test_a_key_match_over_rows_changed_since_compares_them(
-    make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_key_match_over_rows_changed_since_compares_them(make_context: Any, sim: Any) -> None:
     """The positions' key matches, but the stored rows changed since (a hand edit): the fingerprint
     differs, so the positions are decoded and the row is repaired."""
     async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
         acct = next(iter(ctx.accounts.values()))
-        await _quoted_mirror(ctx, sim, acct)
-        sim.tick(3)
-        await account_sync.account_pass(ctx, acct)
+        await _remembered(ctx, sim, acct)
         one = min(_sim_book(sim, 0))
         await ctx.pool.execute("UPDATE portfolio_positions SET quantity = quantity + 5 WHERE symbol = $1", one)
         sim.tick(3)
@@ -320,9 +322,7 @@ async def test_a_key_match_then_a_write_before_the_lock_decodes_in_the_transacti
     pass takes the lock: in its transaction the pass decodes them, compares, and repairs the row."""
     async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
         acct = next(iter(ctx.accounts.values()))
-        await _quoted_mirror(ctx, sim, acct)
-        sim.tick(3)
-        await account_sync.account_pass(ctx, acct)
+        await _remembered(ctx, sim, acct)
         decoded: list[int] = []
         real_positions = acct.broker._positions
 
