@@ -526,6 +526,7 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
     answer = await fetch_answer(account.broker, deadline)
     q = ctx.queries
     known: Any = None  # the record account_sync_unchanged read (None: no fingerprint)
+    wrote = False
     written_expiry: bool | None = None  # after a write: whether expiry settlement has a trade to look at
     async with ctx.pool.acquire() as conn:
         record = False  # fingerprint the stored state for this answer (it is the one the pass before saw)
@@ -563,6 +564,7 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
                     list(PENDING_REASONS),
                     plan.positions_state if plan.diff.empty else None,  # no row written: as read
                 )
+                wrote = True
     ctx.metrics.set("syncd_positions", fetched.count, account=account.name)
     if not plan.diff.empty:
         log.info(
@@ -573,7 +575,7 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
         )
     # Nothing written: the expiry hint read before the comparison still holds; after a write, the
     # one read in the write's transaction.
-    expiry = written_expiry if not plan.idle else known["expiry"] if known is not None else None
+    expiry = written_expiry if wrote else known["expiry"] if known is not None else None
     return SyncResult(fetched.count, plan.diff, plan.snapshot, expiry=expiry)
 
 
