@@ -301,20 +301,6 @@ async def test_moved_prices_are_not_decoded_again(make_context: Any, sim: Any, m
         assert await _book(ctx, acct) == _sim_book(sim, 0)
 
 
-async def test_a_key_match_over_rows_changed_since_compares_them(make_context: Any, sim: Any) -> None:
-    """The positions' key matches, but the stored rows changed since (a hand edit): the fingerprint
-    differs, so the positions are decoded and the row is repaired."""
-    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
-        acct = next(iter(ctx.accounts.values()))
-        await _remembered(ctx, sim, acct)
-        one = min(_sim_book(sim, 0))
-        await ctx.pool.execute("UPDATE portfolio_positions SET quantity = quantity + 5 WHERE symbol = $1", one)
-        sim.tick(3)
-        repaired = await account_sync.account_pass(ctx, acct)
-        assert repaired["upserted"] == 1
-        assert await _book(ctx, acct) == _sim_book(sim, 0)
-
-
 async def test_a_key_match_then_a_write_before_the_lock_decodes_in_the_transaction(
     make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
