@@ -421,6 +421,13 @@ async def _plan(
     return plan
 
 
+class _Unset:
+    """The type of ``_UNSET``: a value not computed yet."""
+
+
+_UNSET = _Unset()
+
+
 class _Fetched:
     """The broker's positions for one pass, as rows decoded only when a comparison needs them.
 
@@ -428,7 +435,7 @@ class _Fetched:
     (:func:`_fetched`); its positions were then not decoded, and ``count`` is that entry's.
     """
 
-    __slots__ = ("_answer", "_rows", "count", "matched")
+    __slots__ = ("_answer", "_key", "_rows", "count", "matched")
 
     def __init__(
         self,
@@ -436,8 +443,10 @@ class _Fetched:
         rows: list[PositionRow] | None,
         count: int,
         matched: tuple[str, int, int | None, int] | None = None,
+        key: int | _Unset | None = _UNSET,
     ) -> None:
         self._answer, self._rows, self.count, self.matched = answer, rows, count, matched
+        self._key = key
 
     def rows(self) -> list[PositionRow]:
         """The positions as rows (decoded now if they were not: ``BadBrokerData`` as ``decode``)."""
@@ -447,8 +456,10 @@ class _Fetched:
         return self._rows
 
     def key(self) -> int | None:
-        """The adapter's positions key of this answer (None: it has none)."""
-        return None if self._answer.positions_key is None else self._answer.positions_key()
+        """The adapter's positions key of this answer (None: it has none), computed once."""
+        if isinstance(self._key, _Unset):
+            self._key = None if self._answer.positions_key is None else self._answer.positions_key()
+        return self._key
 
 
 def _fetched(ctx: Context, account: Account, answer: AccountAnswer, known: Any) -> tuple[Balances, _Fetched]:
@@ -458,6 +469,7 @@ def _fetched(ctx: Context, account: Account, answer: AccountAnswer, known: Any) 
     (``known``, read by ``account_sync_unchanged``): then the comparison's outcome is known.
     Otherwise decoded in full (``BadBrokerData`` for a malformed answer)."""
     remembered = ctx.compared_rows.get(account.id)
+    key: int | _Unset | None = _UNSET
     if (
         remembered is not None
         and remembered[2] is not None
@@ -465,12 +477,13 @@ def _fetched(ctx: Context, account: Account, answer: AccountAnswer, known: Any) 
         and known["positions_state"] == remembered[0]
         and answer.balances is not None
         and answer.positions_key is not None
-        and answer.positions_key() == remembered[2]
     ):
-        return answer.balances(), _Fetched(answer, None, remembered[3], remembered)
+        key = answer.positions_key()
+        if key == remembered[2]:
+            return answer.balances(), _Fetched(answer, None, remembered[3], remembered, key)
     balances, positions = answer.decode()
     rows = position_rows(positions)
-    return balances, _Fetched(answer, rows, len(rows))
+    return balances, _Fetched(answer, rows, len(rows), key=key)  # a key computed here is not computed again
 
 
 def _account_plan(state: Any, b: Balances) -> tuple[bool, str | None]:
