@@ -35,6 +35,7 @@ async def test_a_connection_that_took_a_session_lock_is_reset_on_release(dsn: st
             keeps_session_state(conn)
             assert await conn.fetchval("SELECT pg_try_advisory_lock(7, 424242)")
         assert await pool.fetchval(locks) == 0  # the same (only) connection, reset in full
+        assert await pool.fetchval("SHOW plan_cache_mode") == "force_generic_plan"  # its settings kept
 
         async with pool.acquire() as conn:
             tx = conn.transaction()
@@ -43,5 +44,21 @@ async def test_a_connection_that_took_a_session_lock_is_reset_on_release(dsn: st
         async with pool.acquire() as conn:
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SELECT to_regclass('pg_temp.leftover')") is None
+    finally:
+        await pool.close()
+
+
+async def test_statements_are_planned_once_per_connection(dsn: str) -> None:
+    """Each prepared statement gets its generic plan at once: never five custom plans first."""
+    pool = await create_pool(DatabaseSettings(dsn=dsn, pool_min=1, pool_max=1))
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+            stmt = await conn.prepare("SELECT count(*) FROM pg_class WHERE relname = $1")
+            await stmt.fetchval("pg_class")
+            plans = await conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE '%relname = $1%'"
+            )
+            assert plans is not None and (plans["generic_plans"], plans["custom_plans"]) == (1, 0)
     finally:
         await pool.close()
