@@ -122,8 +122,9 @@ WITH top AS (
            l.intent, l.type, l.order_class, l.time_in_force, l.qty, l.ratio_qty, l.filled_qty,
            l.filled_avg_price, l.limit_price, l.status, l.reject_reason, l.submitted_at, l.filled_at,
            l.canceled_at, l.notional, l.stop_price
-      FROM unnest($3::order_leg_row[]) AS l
+      FROM unnest($3::order_leg_row[]) WITH ORDINALITY AS l
       JOIN top ON top.broker_order_id = l.parent_broker_order_id
+     ORDER BY l.ordinality  -- new legs get their ids in the broker's order of them, whatever the join's plan
     ON CONFLICT (account_id, broker_order_id) DO UPDATE
        SET parent_id = EXCLUDED.parent_id,
            symbol = EXCLUDED.symbol,
