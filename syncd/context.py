@@ -54,9 +54,6 @@ class Context:
     # adapter's positions_key of that answer or None, how many rows) of the last comparison that
     # found them equal; see syncd.cycles.account_sync._plan and _fetched.
     compared_rows: dict[int, tuple[str, int, int | None, int]] = field(default_factory=dict)
-    # Per account id: (what identifies the broker's quotes and the held rows as monitorCycle's last
-    # write of them left them, symbols quoted); see syncd.cycles.monitor_cycle.rows_seen.
-    quoted_rows: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     async def active_accounts(self, names: Iterable[str] | None = None) -> list[Account]:
         """Configured accounts (optionally only ``names``) that a user has not paused in SQL."""

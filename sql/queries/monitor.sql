@@ -1,7 +1,27 @@
--- name: monitor_held_symbols
--- $1 account id. The instruments the account holds (what monitorCycle asks quotes for), each with
--- its row version (xmin: a new one with every write to the row; monitor_cycle.rows_seen).
-SELECT symbol, xmin FROM portfolio_positions WHERE account_id = $1 AND quantity <> 0 ORDER BY symbol;
+-- name: monitor_pass_state
+-- $1 account id. What a monitorCycle pass starts from, in one statement. First a row with a NULL
+-- symbol: what the account's last pass kept (accounts.monitor_rest, 0021) and ``inputs``, what
+-- identifies the exit rules' inputs that the held rows' versions do not (the changes noted for
+-- the account in trade_input_changes, and the rows held at 0), as a count and a hash sum of each.
+-- Then one row per held instrument, by symbol: the symbol and its row version (xmin: a new one
+-- with every write to the row; monitor_cycle.rows_seen).
+SELECT NULL::text AS symbol, NULL::xid AS xmin, a.monitor_rest,
+       (SELECT count(*) || ':' || coalesce(sum(hashtextextended(c.xid::text, 0)), 0)
+          FROM trade_input_changes c WHERE c.account_id = $1)
+       || '/' ||
+       (SELECT count(*) || ':' || coalesce(sum(hashtextextended(z.symbol || ':' || z.xmin::text, 0)), 0)
+          FROM portfolio_positions z WHERE z.account_id = $1 AND z.quantity = 0) AS inputs,
+       0 AS k
+  FROM accounts a WHERE a.id = $1
+UNION ALL
+SELECT p.symbol, p.xmin, NULL, NULL, 1
+  FROM portfolio_positions p WHERE p.account_id = $1 AND p.quantity <> 0
+ ORDER BY k, symbol;
+
+-- name: monitor_keep_rest
+-- $1 account id, $2 what the pass leaves kept (accounts.monitor_rest, 0021; NULL: nothing).
+-- Written only when it differs, so a pass at rest writes nothing.
+UPDATE accounts SET monitor_rest = $2::jsonb WHERE id = $1 AND monitor_rest IS DISTINCT FROM $2::jsonb;
 
 -- name: monitor_write_quotes
 -- $1 account id; $2 quote_row[] (0013), one per held symbol: symbol, bid, ask, last (NULL: keep),

@@ -177,6 +177,16 @@ WITH dead AS (
 )
 DELETE FROM account_leases WHERE holder IN (SELECT instance FROM dead) AND expires_at <= now();
 
+-- name: trade_input_changes_purge
+-- Housekeeping: changes noted more than $1 seconds ago (0021). Deleting them changes the
+-- accounts' sums, so each such account's next monitorCycle pass judges its trades once.
+DELETE FROM trade_input_changes c
+ USING (SELECT account_id, xid FROM trade_input_changes
+         WHERE at < now() - make_interval(secs => $1)
+         ORDER BY account_id, xid
+           FOR UPDATE SKIP LOCKED) d
+ WHERE c.account_id = d.account_id AND c.xid = d.xid;
+
 -- name: sync_runs_purge_batch
 -- Retention: delete at most $2 sync_runs rows older than $1 days; returns how many went.
 WITH doomed AS (

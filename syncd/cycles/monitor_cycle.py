@@ -33,6 +33,7 @@ placed for the next session by tradeCycle.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -211,11 +212,16 @@ def plan_trades(
 async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> dict[str, Any]:
     """Quotes, trade P&L and exits for one account; returns the pass's stats.
 
-    Quotes already written (:func:`rows_seen`) are not decoded or sent again; the
-    trades are read and judged on every pass all the same.
+    What the account's last pass kept (``accounts.monitor_rest``, migration 0021) spares the
+    work that could change nothing: quotes already written (:func:`rows_seen`) are not decoded or
+    sent again, and trades whose every input is as it was when judging them queued nothing
+    (:func:`judged_key`) are not read or judged again (the pass reports that judgement's figures).
     """
     q = ctx.queries
-    held = await ctx.pool.fetch(q["monitor_held_symbols"], account.id)
+    start = await ctx.pool.fetch(q["monitor_pass_state"], account.id)
+    held = start[1:]
+    kept: dict[str, Any] | None = start[0]["monitor_rest"] if start else None
+    inputs: str = start[0]["inputs"] if start else ""
     symbols = [r["symbol"] for r in held]
     t_quotes = time.perf_counter()
     answer = await quote_answer(account.broker, symbols) if symbols else None
@@ -226,53 +232,100 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
     quotes_s = time.perf_counter() - t_quotes
     rows: list[dict[str, Any]] = []
     versions = {r["symbol"]: r["xmin"] for r in held}
-    kept = ctx.quoted_rows.get(account.id)
     seen = rows_seen(versions, answer)
-    if answer is not None and (seen is None or kept is None or kept[0] != seen):
+    if answer is not None and (seen is None or kept is None or kept.get("seen") != seen):
         quotes = answer.decode()
         quoted = sum(1 for s in symbols if s in quotes)
         rows = quote_rows(symbols, quotes)
     else:
-        quoted = kept[1] if kept is not None and answer is not None else 0
+        quoted = int(kept.get("quoted", 0)) if kept is not None and answer is not None else 0
+    trading = ctx.settings.trading
+    rules = (today, trading.enabled and trading.auto_exits, trading.exit_days_before_expiration)
+    stats = {"positions": len(symbols), "quoted": quoted, "quotes_ms": round(quotes_s * 1000, 1)}
+    if not rows and kept is not None and kept.get("judged") == judged_key(inputs, versions, rules):
+        # Nothing to write, and every input of the exit rules is as the kept judgement found it.
+        return {**stats, **_judgement_stats(kept, 0, 0, 0, judged=False)}
     judged = await judge_quotes(ctx, account, rows, today=today)
-    if rows:
-        # The rows as this pass leaves them: those it wrote in their new version, the others as read.
-        versions.update(judged.versions)
-        after = rows_seen(versions, answer)
-        if after is None:
-            ctx.quoted_rows.pop(account.id, None)
-        else:
-            ctx.quoted_rows[account.id] = (after, quoted)
     plan = judged.plan
+    if rows:  # the rows as this pass leaves them: those it wrote in their new version, the others as read
+        versions.update(judged.versions)
+        seen = rows_seen(versions, answer)
+    rest: dict[str, Any] | None = None
+    if seen is not None or not plan.exits:
+        rest = {
+            "seen": seen,
+            "quoted": quoted,
+            # a judgement that queued an exit is not kept: the next pass judges again
+            "judged": None if plan.exits else judged_key(inputs, versions, rules),
+            "trades": len(judged.trades),
+            "monitorable": plan.monitorable,
+            "blocked": dict(sorted(plan.blocked.items())),
+        }
+    if rest != kept:
+        await ctx.pool.execute(q["monitor_keep_rest"], account.id, rest)
     return {
-        "positions": len(symbols),
-        "quoted": quoted,
-        "positions_written": len(judged.written),
-        "trades": len(judged.trades),
-        "monitorable": plan.monitorable,
-        "trades_written": len(judged.trades_written),
-        "exits_queued": len(judged.queued),
-        **{f"exits_blocked_{k}": v for k, v in sorted(plan.blocked.items())},
-        "quotes_ms": round(quotes_s * 1000, 1),
+        **stats,
+        **_judgement_stats(
+            rest or {"trades": len(judged.trades), "monitorable": plan.monitorable, "blocked": dict(plan.blocked)},
+            len(judged.written),
+            len(judged.trades_written),
+            len(judged.queued),
+            judged=True,
+        ),
     }
 
 
-def rows_seen(versions: dict[str, int], answer: QuoteAnswer | None) -> int | None:
+def _judgement_stats(
+    found: dict[str, Any], positions_written: int, trades_written: int, exits_queued: int, *, judged: bool
+) -> dict[str, Any]:
+    blocked: dict[str, int] = found.get("blocked") or {}
+    return {
+        "positions_written": positions_written,
+        "trades": int(found.get("trades", 0)),
+        "monitorable": int(found.get("monitorable", 0)),
+        "trades_written": trades_written,
+        "exits_queued": exits_queued,
+        "judged": judged,
+        **{f"exits_blocked_{k}": int(v) for k, v in sorted(blocked.items())},
+    }
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+
+
+def rows_seen(versions: dict[str, int], answer: QuoteAnswer | None) -> str | None:
     """What identifies one account's quote write: its held rows as stored (symbol -> row version)
     and the broker's answer (its fingerprint); None when the adapter keeps no fingerprint.
 
     After a pass has written an answer, every held row is at rest for it: written again, that
     answer changes nothing (the write is a function of the row's stored values and the quotes
-    alone). The pass keeps what identifies the rows as it left them (``ctx.quoted_rows``): the
-    versions its write made, the others' as read. A later pass that finds the same answer and
+    alone). The pass keeps what identifies the rows as it left them (``accounts.monitor_rest``):
+    the versions its write made, the others' as read. A later pass that finds the same answer and
     the same versions sends no rows: its write could change nothing. A row version (``xmin``) is
     never reused, so any write to a held row -- accountSync's, a live quote's, a hand edit, one
     that raced this pass's write -- or a row held or no longer held makes a different value,
-    even a write that puts the same values back.
+    even a write that puts the same values back. A digest (not Python's ``hash``): any process
+    reads what another kept.
     """
     if answer is None or answer.fingerprint is None:
         return None
-    return hash((answer.fingerprint, tuple(versions.items())))
+    return _digest(answer.fingerprint, tuple(versions.items()))
+
+
+def judged_key(inputs: str, versions: dict[str, int], rules: tuple[dt.date, bool, int]) -> str:
+    """What identifies everything one judgement of an account's trades read: the held rows'
+    versions, ``inputs`` (``monitor_pass_state``: every change noted to the account's trades,
+    legs, orders and requests, and its rows held at 0) and ``rules``: the exchange's date, whether
+    exits are enabled, ``exit_days_before_expiration``.
+
+    Judging is a function of these alone (:func:`plan_trades`), so where the key is the one kept
+    by a judgement that queued nothing, judging again would queue nothing and write nothing.
+    A change committed between the read of ``inputs`` and the read of the trades makes the next
+    key differ: it can make a pass judge once more, never skip a judgement it needed.
+    """
+    today, enabled, days = rules
+    return _digest(inputs, tuple(versions.items()), today.isoformat(), enabled, days)
 
 
 async def write_quotes(ctx: Context, account: Account, rows: list[dict[str, Any]]) -> list[str]:

@@ -23,6 +23,9 @@ RETENTION_EVERY = 60  # housekeeping rounds between retention runs (an hour)
 RETENTION_BATCH = 5_000
 RETENTION_MAX_BATCHES = 200
 DB_WRITE_TIMEOUT_S = 5.0
+# trade_input_changes (0021) older than this go with retention: what monitorCycle compares is the
+# account's count and hash sum of them, which their deletion changes too (one judgement more).
+INPUT_CHANGES_KEPT_S = 3_600.0
 
 
 class Housekeeping:
@@ -52,7 +55,8 @@ class Housekeeping:
             self.ctx.metrics.set("syncd_outbox_oldest_waiting_seconds", float(row["oldest_s"]), account=row["name"])
 
     async def purge_old_rows(self, *, batch: int = RETENTION_BATCH) -> int:
-        """Retention: ``sync_runs`` older than ``database.retention_days``, ``batch`` at a time; stale health rows."""
+        """Retention: ``sync_runs`` older than ``database.retention_days``, ``batch`` at a time; stale health
+        rows; the exit rules' noted input changes older than an hour."""
         days = self.ctx.settings.database.retention_days
         total = 0
         for _ in range(RETENTION_MAX_BATCHES):
@@ -65,6 +69,7 @@ class Housekeeping:
         async with asyncio.timeout(30):
             await self.ctx.pool.execute(self.ctx.queries["task_health_purge"], days)
             await self.ctx.pool.execute(self.ctx.queries["replicas_purge"], float(days * 86_400))
+            await self.ctx.pool.execute(self.ctx.queries["trade_input_changes_purge"], INPUT_CHANGES_KEPT_S)
         if total:
             self.ctx.metrics.inc("syncd_sync_runs_purged_total", float(total))
             log.info("retention_purged", table="sync_runs", rows=total, older_than_days=days)

@@ -102,6 +102,7 @@ class Figures:
     bookkeeping: dict[str, int]
     failed: int
     first_error: str | None
+    judged: int | None = None  # monitorCycle: accounts whose trades were read and judged
 
     @property
     def rows(self) -> int:
@@ -140,6 +141,7 @@ async def timed(
         bookkeeping={t: n for t, n in sorted(delta.items()) if n and t in BOOKKEEPING},
         failed=len(summary.failed),
         first_error=summary.failed[0].error if summary.failed else None,
+        judged=sum(1 for r in summary.results if r.stats.get("judged")) if task == "monitor" else None,
     )
     where = ", ".join(f"{t} {n}" for t, n in f.written.items()) or "none"
     books = ", ".join(f"{t} {n}" for t, n in f.bookkeeping.items())
@@ -147,6 +149,7 @@ async def timed(
         f"{label:<20} {f.seconds:6.2f} s  CPU syncd {f.cpu_syncd:5.2f} s, simulator {f.cpu_sim:5.2f} s, "
         f"postgres {f.cpu_pg:5.2f} s  requests {requests} ({requests / max(len(accounts), 1):.2f}/account)  "
         f"rows written {f.rows} ({where}; bookkeeping: {books})"
+        + (f"  trades judged in {f.judged} accounts" if f.judged is not None else "")
         + (f"  FAILED {f.failed}: {f.first_error}" if f.failed else ""),
         flush=True,
     )

@@ -165,11 +165,13 @@ async def test_an_adapter_without_fingerprints_always_sends_its_rows(make_contex
         assert isinstance(answer, QuoteAnswer) and answer.fingerprint is None
         assert monitor_cycle.rows_seen({"AAPL": 1}, answer) is None
         plain = dataclasses.replace(acct, broker=Plain())
+        rest = "SELECT monitor_rest FROM accounts WHERE id = $1"
         for _ in range(2):
-            assert (await monitor_cycle.account_pass(ctx, plain))["quoted"] > 0
-            assert acct.id not in ctx.quoted_rows  # nothing to recognise it by: sent every time
+            stats = await monitor_cycle.account_pass(ctx, plain)
+            assert stats["quoted"] > 0 and stats["judged"]  # rows sent: the trades are judged too
+            assert (await ctx.pool.fetchval(rest, acct.id))["seen"] is None  # nothing to recognise it by
         await monitor_cycle.account_pass(ctx, acct)
-        assert acct.id in ctx.quoted_rows  # the simulator's adapter keeps fingerprints
+        assert (await ctx.pool.fetchval(rest, acct.id))["seen"]  # the simulator's adapter keeps fingerprints
 
 
 async def test_fingerprints_tell_symbols_and_bodies_apart(make_context: Any, sim: Any) -> None:

@@ -24,7 +24,7 @@ def documented_relations(text: str) -> dict[str, dict[str, str]]:
         name = re.match(r"`([a-z_]+)`", section)
         assert name is not None, f"section without a `name` heading: {section[:40]!r}"
         columns: dict[str, str] = {}
-        for match in re.finditer(r"^\| `([a-z_]+)` \| `([a-z ]+)` \|", section, flags=re.M):
+        for match in re.finditer(r"^\| `([a-z_]+)` \| `([a-z0-9 ]+)` \|", section, flags=re.M):
             assert match.group(1) not in columns, f"{name.group(1)}.{match.group(1)} documented twice"
             columns[match.group(1)] = _TYPE_NAMES.get(match.group(2), match.group(2))
         out[name.group(1)] = columns
