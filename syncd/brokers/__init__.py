@@ -21,7 +21,11 @@ from syncd.brokers.base import (
     OrderNotFound,
     StreamNotSupported,
 )
+from syncd.brokers.lazy import DEFERRED, defer
 from syncd.brokers.occ import format_occ, is_option_symbol, parse_occ
+
+for _name in DEFERRED:  # before any adapter imports alpaca-py (syncd.brokers.lazy)
+    defer(_name)
 
 if TYPE_CHECKING:
     from syncd.brokers.alpaca import AlpacaBroker

@@ -75,3 +75,25 @@ def test_sync_once_with_no_accounts_imports_no_broker_code(tmp_path: Path) -> No
     heavy = sorted(m for m in modules if m.split(".")[0] in ("pandas", "numpy", "alpaca", "aiohttp", "msgspec"))
     assert heavy == []
     assert not [m for m in modules if m.startswith(("syncd.brokers", "syncd.context", "syncd.cycles."))]
+
+
+ADAPTER_PROBE = """
+import json, sys
+import syncd.brokers.alpaca  # alpaca-py's trading package, whose requests module imports pandas
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("pandas", "numpy"))
+from alpaca.trading.requests import GetCalendarRequest  # its one use of pandas: a validator
+request = GetCalendarRequest(start="2026-01-02", end="2026-01-05")
+import pandas as pd
+print(json.dumps({"before": loaded, "start": str(request.start), "real": type(pd.Timestamp("2026-01-02")).__name__,
+                  "after": "numpy" in sys.modules, "module": type(sys.modules["pandas"]).__name__}))
+"""
+
+
+def test_the_alpaca_adapter_loads_pandas_only_when_something_uses_it() -> None:
+    """alpaca-py imports pandas for nothing syncd calls; the adapter loads without it, and pandas still
+    works, unchanged, for whatever does use it (syncd.brokers.lazy)."""
+    done = subprocess.run([sys.executable, "-c", ADAPTER_PROBE], capture_output=True, text=True, timeout=60, check=True)
+    got = json.loads(done.stdout)
+    assert got["before"] == ["pandas"]  # the stand-in alone
+    assert got["start"] == "2026-01-02" and got["real"] == "Timestamp"
+    assert got["after"] and got["module"] == "module"  # the real pandas, once used
