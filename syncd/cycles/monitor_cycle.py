@@ -5,13 +5,15 @@ One pass over one account reads as a story:
 1. **fetch**: the instruments the account holds (``portfolio_positions``, mirrored by
    accountSync) and their quotes, in one ``quote_answer`` call (the adapters batch: one or
    two HTTP requests for a typical account, not one per position). When the answer's bytes
-   and every held row are what they were when an earlier write of the same answer changed
-   nothing (:func:`rows_seen`), the answer is not decoded and step 2 is skipped;
+   and every held row are what they were when an earlier write of the same answer left them
+   (:func:`rows_seen`), the answer is not decoded and step 2 is skipped;
 2. **write the quotes**, in one statement, to the rows whose values changed: ``bid``,
    ``ask``, ``last``, ``current_price`` (mid, else last), ``market_value``,
    ``unrealized_pl``, ``quote_at``, greeks. Quantities, average prices and cost bases
    are accountSync's and never written here;
-3. **evaluate every live trade** from its legs' positions (``v_trade_leg_positions``):
+3. **evaluate every live trade** (unless every input of the exit rules is as the account's last
+   judgement that queued nothing found it: :func:`judged_key`, kept in ``accounts.monitor_rest``
+   with the quotes' :func:`rows_seen`) from its legs' positions (``v_trade_leg_positions``):
    held and available units, ``can_monitor``, ``can_exit``, the net price per unit and
    the floating P&L on the quantity actually held (a trade with its own fills never more
    than it owns: :mod:`syncd.trading.pnl` holds the arithmetic), and write the trades whose price or
@@ -46,6 +48,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from syncd import __version__
 from syncd.brokers.base import QuoteAnswer, quote_answer
 from syncd.brokers.parse import WIDE
 from syncd.brokers.types import Quote
@@ -291,7 +294,8 @@ def _judgement_stats(
 
 
 def _digest(*parts: object) -> str:
-    return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+    """A BLAKE2b digest of ``parts``, salted with syncd's version: what another version kept never matches."""
+    return hashlib.blake2b(repr((__version__, *parts)).encode(), digest_size=16).hexdigest()
 
 
 def rows_seen(versions: dict[str, int], answer: QuoteAnswer | None) -> str | None:

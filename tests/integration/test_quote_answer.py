@@ -3,8 +3,8 @@
 A quote answer byte for byte the one last written, over held rows in the versions that
 write left them, is neither decoded nor sent; any write to a held row (a hand edit, even one
 that puts the same values back, accountSync's, a position held or let go) or any change in
-the answer makes the pass decode and send every row again. The trades are judged on every
-pass regardless.
+the answer makes the pass decode and send every row again. The trades are judged whenever an
+input of their rules changed, rows sent or not (``test_monitor_rest``).
 """
 
 from __future__ import annotations
