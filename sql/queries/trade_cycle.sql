@@ -13,39 +13,40 @@ SELECT pg_try_advisory_lock($1::int, ($2::bigint % 2147483647)::int) AS locked;
 SELECT pg_advisory_unlock($1::int, ($2::bigint % 2147483647)::int);
 
 -- name: trade_watermark
--- The order mirror's watermark (NULL before the first pass) and the oldest submission
--- time of an order still recorded as working.
--- A bracket/OCO/OTO order counts as working while one of its legs works (a filled entry's exits).
+-- What a tradeCycle pass starts from, in one statement. $1 account id, $2 how long an order
+-- recorded terminal is asked for again.
+-- ``watermark``: the order mirror's (NULL before the first pass); ``oldest_working``: the oldest
+-- submission time of an order still recorded as working (a bracket/OCO/OTO order counts as working
+-- while one of its legs works: a filled entry's exits); ``working``: broker ids of the account's
+-- top-level orders recorded as working, of those recorded terminal within the last $2 (asked
+-- again, so a wrong final answer is corrected by the next truthful one; see
+-- syncd.trading.reconcile.merge_order), and of a bracket/OCO/OTO order whose entry ended while
+-- its exits still work (0017). Uses orders_working and orders_recent (0011).
 SELECT (SELECT orders_watermark FROM trade_cycle_state WHERE account_id = $1) AS watermark,
        LEAST((SELECT min(submitted_at) FROM orders
                WHERE account_id = $1 AND parent_id IS NULL
                  AND order_is_working(status)),
              (SELECT min(p.submitted_at) FROM orders c JOIN orders p ON p.id = c.parent_id
                WHERE c.account_id = $1 AND order_is_working(c.status)
-                 AND p.order_class IN ('bracket', 'oco', 'oto'))) AS oldest_working;
-
--- name: trade_working_order_ids
--- Broker ids of the account's top-level orders recorded as working, and of those recorded
--- terminal within the last $2 (asked again, so a wrong final answer is corrected by the next
--- truthful one; see syncd.trading.reconcile.merge_order). Uses orders_working and orders_recent (0011).
-SELECT broker_order_id
-  FROM orders
- WHERE account_id = $1 AND parent_id IS NULL
-   AND order_is_working(status)
-UNION
-SELECT broker_order_id
-  FROM orders
- WHERE account_id = $1 AND parent_id IS NULL
-   AND updated_at > now() - $2::interval
-UNION
--- a bracket/OCO/OTO order whose entry ended while its exits still work (0017)
-SELECT p.broker_order_id
-  FROM orders c JOIN orders p ON p.id = c.parent_id
- WHERE c.account_id = $1 AND order_is_working(c.status)
-   AND p.order_class IN ('bracket', 'oco', 'oto');
+                 AND p.order_class IN ('bracket', 'oco', 'oto'))) AS oldest_working,
+       ARRAY(SELECT broker_order_id
+               FROM orders
+              WHERE account_id = $1 AND parent_id IS NULL
+                AND order_is_working(status)
+             UNION
+             SELECT broker_order_id
+               FROM orders
+              WHERE account_id = $1 AND parent_id IS NULL
+                AND updated_at > now() - $2::interval
+             UNION
+             SELECT p.broker_order_id
+               FROM orders c JOIN orders p ON p.id = c.parent_id
+              WHERE c.account_id = $1 AND order_is_working(c.status)
+                AND p.order_class IN ('bracket', 'oco', 'oto')) AS working;
 
 -- name: trade_set_watermark
--- Move the watermark to $2 when it is unset or older than $3 (so an idle pass mostly writes nothing).
+-- Move the watermark to $2 when it is unset or older than $3 (so an idle pass mostly writes nothing;
+-- a pass that read a watermark newer than that does not send it: tradeCycle.watermark_due).
 INSERT INTO trade_cycle_state AS s (account_id, orders_watermark)
 VALUES ($1, $2)
 ON CONFLICT (account_id) DO UPDATE

@@ -52,12 +52,13 @@ MAX_LOOKUPS = 8  # concurrent get_order calls for working orders the listing mis
 TERMINAL_RECHECK = dt.timedelta(minutes=10)
 
 
-async def fetch_orders(ctx: Context, account: Account, started: dt.datetime) -> list[Order]:
-    """The orders this pass must look at (broker calls only; nothing written)."""
+async def fetch_orders(ctx: Context, account: Account, started: dt.datetime) -> tuple[list[Order], dt.datetime | None]:
+    """The orders this pass must look at (broker calls only; nothing written), and the watermark read."""
     q = ctx.queries
-    row = await ctx.pool.fetchrow(q["trade_watermark"], account.id)
+    row = await ctx.pool.fetchrow(q["trade_watermark"], account.id, TERMINAL_RECHECK)
     broker = account.broker
     watermark, oldest_working = (row["watermark"], row["oldest_working"]) if row else (None, None)
+    working: list[str] = list(row["working"]) if row else []
     orders: dict[str, Order] = {}
     if watermark is None:
         for o in await broker.list_orders("open"):
@@ -67,13 +68,18 @@ async def fetch_orders(ctx: Context, account: Account, started: dt.datetime) -> 
         since = min(watermark, oldest_working or watermark) - WATERMARK_OVERLAP
     for o in await broker.list_orders("all", since=since):
         orders[o.broker_order_id] = o
-    rows = await ctx.pool.fetch(q["trade_working_order_ids"], account.id, TERMINAL_RECHECK)
-    working = [r["broker_order_id"] for r in rows]
     missing = [bid for bid in working if bid not in orders]
     if missing:
         for o in await _get_orders(account, missing):
             orders[o.broker_order_id] = o
-    return list(orders.values())
+    return list(orders.values()), watermark
+
+
+def watermark_due(watermark: dt.datetime | None, started: dt.datetime) -> bool:
+    """Whether ``trade_set_watermark`` could move the watermark read before this pass: it moves one
+    unset or older than ``WATERMARK_STEP`` only, and nothing but a newer pass moves it, so one read
+    newer than that is still too new to move when the pass writes."""
+    return watermark is None or watermark < started - WATERMARK_STEP
 
 
 async def _get_orders(account: Account, ids: list[str]) -> list[Order]:
@@ -96,14 +102,15 @@ async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
     if ctx.settings.trading.enabled:
         stats.update((await drain_outbox(ctx, account)).as_dict())
     started = dt.datetime.now(dt.UTC)
-    orders = await fetch_orders(ctx, account, started)
+    orders, watermark = await fetch_orders(ctx, account, started)
     q = ctx.queries
     async with ctx.pool.acquire() as conn:
         async with conn.transaction():
             await lock_orders(conn, q, account.id)
             applied = await apply_observations(conn, q, account.id, [Observation(o, "poll") for o in orders])
             reconciled = await reconcile_quantities(conn, q, account.id, margin=ctx.reconcile_margin)
-            await conn.execute(q["trade_set_watermark"], account.id, started, WATERMARK_STEP)
+            if watermark_due(watermark, started):
+                await conn.execute(q["trade_set_watermark"], account.id, started, WATERMARK_STEP)
         applied.trades += [t for t in reconciled if t not in applied.trades]
         await send_notifications(conn, q, applied.notifications(account.name))
     settled = await settle_expirations(ctx, account)

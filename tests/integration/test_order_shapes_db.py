@@ -117,10 +117,9 @@ async def test_bracket_by_hand_is_mirrored_with_its_legs_and_they_hold_once(
     assert view is not None and view["available_quantity"] == 20
     # the filled entry is terminal, yet tradeCycle keeps asking for it while its exits work
     q = load_queries()
-    asked = {r["broker_order_id"] for r in await db_pool.fetch(q["trade_working_order_ids"], acct, dt.timedelta(0))}
-    assert asked == {filled["id"]}
-    oldest = await db_pool.fetchrow(q["trade_watermark"], acct)
-    assert oldest is not None and oldest["oldest_working"] is not None
+    start = await db_pool.fetchrow(q["trade_watermark"], acct, dt.timedelta(0))
+    assert start is not None and set(start["working"]) == {filled["id"]}
+    assert start["oldest_working"] is not None
 
     # the take-profit filled, the stop was cancelled: nothing is held any more
     done = json.loads(json.dumps(filled))

@@ -350,3 +350,25 @@ async def test_a_working_order_older_than_the_watermark_is_still_followed(sim: S
         await trade_cycle.account_pass(ctx, acct)
         row = await ctx.pool.fetchrow("SELECT status, filled_qty FROM orders WHERE broker_order_id = $1", old.id)
         assert (row["status"], row["filled_qty"]) == ("partially_filled", 2)
+
+
+async def test_the_watermark_moves_once_it_is_a_step_old_and_is_not_sent_before(
+    sim: Simulator, make_context: Any
+) -> None:
+    """A pass that read a watermark newer than ``WATERMARK_STEP`` does not send it (nothing would be
+    written); one older than that is moved to the pass's start."""
+    async with make_context(accounts=[sim.account_settings(0)]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await trade_cycle.account_pass(ctx, acct)
+        first = await ctx.pool.fetchval("SELECT orders_watermark FROM trade_cycle_state")
+        assert first is not None
+        now = dt.datetime.now(dt.UTC)
+        assert not trade_cycle.watermark_due(first, now)
+        assert trade_cycle.watermark_due(None, now)
+        assert trade_cycle.watermark_due(now - trade_cycle.WATERMARK_STEP - dt.timedelta(seconds=1), now)
+        await trade_cycle.account_pass(ctx, acct)
+        assert await ctx.pool.fetchval("SELECT orders_watermark FROM trade_cycle_state") == first
+        await ctx.pool.execute("UPDATE trade_cycle_state SET orders_watermark = orders_watermark - interval '1 hour'")
+        await trade_cycle.account_pass(ctx, acct)
+        moved = await ctx.pool.fetchval("SELECT orders_watermark FROM trade_cycle_state")
+        assert moved > first
