@@ -178,14 +178,25 @@ WITH dead AS (
 DELETE FROM account_leases WHERE holder IN (SELECT instance FROM dead) AND expires_at <= now();
 
 -- name: trade_input_changes_purge
--- Housekeeping: changes noted more than $1 seconds ago (0021). Deleting them changes the
--- accounts' sums, so each such account's next monitorCycle pass judges its trades once.
-DELETE FROM trade_input_changes c
- USING (SELECT account_id, xid FROM trade_input_changes
-         WHERE at < now() - make_interval(secs => $1)
-         ORDER BY account_id, xid
-           FOR UPDATE SKIP LOCKED) d
- WHERE c.account_id = d.account_id AND c.xid = d.xid;
+-- Housekeeping: changes noted more than $1 seconds ago (0021), deleted and, in the same
+-- statement, added to their accounts' trade_input_purged totals (locked in account order), so
+-- what monitorCycle compares is unchanged by the purge. Returns how many went.
+WITH doomed AS (
+    SELECT account_id, xid FROM trade_input_changes
+     WHERE at < now() - make_interval(secs => $1)
+     ORDER BY account_id, xid
+       FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM trade_input_changes c USING doomed d
+     WHERE c.account_id = d.account_id AND c.xid = d.xid
+    RETURNING c.account_id, c.xid
+), added AS (
+    INSERT INTO trade_input_purged AS p (account_id, n, h)
+    SELECT account_id, count(*), sum(hashtextextended(xid::text, 0)) FROM gone GROUP BY account_id ORDER BY account_id
+    ON CONFLICT (account_id) DO UPDATE SET n = p.n + EXCLUDED.n, h = p.h + EXCLUDED.h
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
 
 -- name: sync_runs_purge_batch
 -- Retention: delete at most $2 sync_runs rows older than $1 days; returns how many went.

@@ -35,12 +35,14 @@ placed for the next session by tradeCycle.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -224,7 +226,11 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
     start = await ctx.pool.fetch(q["monitor_pass_state"], account.id)
     held = start[1:]
     kept: dict[str, Any] | None = start[0]["monitor_rest"] if start else None
-    inputs: str = start[0]["inputs"] if start else ""
+    # what the judgement reads (the noted changes, the rows held at 0), the schema its views are
+    # of, and the code that judges: a kept judgement of another schema or code never matches
+    inputs = (
+        f"{start[0]['inputs']}/{start[0]['schema_version']}/{judging_code(q['monitor_trade_legs'])}" if start else ""
+    )
     symbols = [r["symbol"] for r in held]
     t_quotes = time.perf_counter()
     answer = await quote_answer(account.broker, symbols) if symbols else None
@@ -291,6 +297,18 @@ def _judgement_stats(
         "judged": judged,
         **{f"exits_blocked_{k}": int(v) for k, v in sorted(blocked.items())},
     }
+
+
+@functools.cache
+def judging_code(legs_query: str) -> str:
+    """A digest of what judges a trade: this module, :mod:`syncd.trading.pnl` and the trades' query."""
+    parts = [legs_query.encode()]
+    for source in (__file__, pnl.__file__):
+        try:
+            parts.append(Path(source or "").read_bytes())
+        except OSError:  # no source at hand: the version salts the digest (_digest) all the same
+            parts.append(str(source).encode())
+    return hashlib.blake2b(b"\0".join(parts), digest_size=16).hexdigest()
 
 
 def _digest(*parts: object) -> str:

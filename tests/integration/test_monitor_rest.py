@@ -21,6 +21,8 @@ import pytest
 from syncd.context import Account, Context
 from syncd.cycles import account_sync, monitor_cycle
 from syncd.daemon.housekeeping import INPUT_CHANGES_KEPT_S
+from syncd.db import apply_migrations
+from syncd.settings import DatabaseSettings
 from tests.integration.test_monitor_cycle import add_trade, close_requests
 from tests.simfixtures import sim_fixture
 
@@ -149,15 +151,48 @@ async def test_a_judgement_that_queued_an_exit_is_not_kept(make_context: Any, si
         assert not (await monitor_cycle.account_pass(ctx, acct))["judged"]
 
 
-async def test_housekeeping_forgets_old_changes_and_the_next_pass_judges_once(make_context: Any, sim: Any) -> None:
-    async with _spread(make_context, sim) as (ctx, acct, _trade, _legs):
-        await ctx.pool.execute(
-            "UPDATE trade_input_changes SET at = now() - make_interval(secs => $2) WHERE account_id = $1",
-            acct.id,
-            INPUT_CHANGES_KEPT_S + 60,
-        )
-        assert not (await monitor_cycle.account_pass(ctx, acct))["judged"]
-        await ctx.pool.execute(ctx.queries["trade_input_changes_purge"], INPUT_CHANGES_KEPT_S)
+async def test_housekeeping_forgets_old_changes_and_no_purge_brings_back_a_kept_key(
+    make_context: Any, sim: Any
+) -> None:
+    """Purged changes go into their account's totals in the same statement: what a pass compares is
+    unchanged by a purge (no judgement more), and only ever grows, so a change made, then purged
+    before any pass judged it, is still judged (the count never returns to a kept value)."""
+    async with _spread(make_context, sim) as (ctx, acct, trade_id, _legs):
+        old = "UPDATE trade_input_changes SET at = now() - make_interval(secs => $2) WHERE account_id = $1"
+        purge = ctx.queries["trade_input_changes_purge"]
+        await ctx.pool.execute(old, acct.id, INPUT_CHANGES_KEPT_S + 60)
+        assert await ctx.pool.fetchval(purge, INPUT_CHANGES_KEPT_S) == 2  # the trade's and its legs' inserts
         assert await ctx.pool.fetchval("SELECT count(*) FROM trade_input_changes") == 0
+        assert await ctx.pool.fetchval("SELECT n FROM trade_input_purged WHERE account_id = $1", acct.id) == 2
+        assert not (await monitor_cycle.account_pass(ctx, acct))["judged"]  # the purge changed nothing
+        # A change no pass has judged, purged before the next pass: still judged.
+        await ctx.pool.execute("UPDATE trades SET stop_loss_pct = 900 WHERE id = $1", trade_id)
+        await ctx.pool.execute(old, acct.id, INPUT_CHANGES_KEPT_S + 60)
+        assert await ctx.pool.fetchval(purge, INPUT_CHANGES_KEPT_S) == 1
         assert (await monitor_cycle.account_pass(ctx, acct))["judged"]
         assert not (await monitor_cycle.account_pass(ctx, acct))["judged"]
+
+
+async def test_another_schema_or_judging_code_never_matches(make_context: Any, sim: Any) -> None:
+    async with _spread(make_context, sim) as (ctx, acct, _trade, _legs):
+        assert monitor_cycle.judging_code("SELECT 1") != monitor_cycle.judging_code("SELECT 2")
+        await ctx.pool.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, 'x', 'x')")
+        assert (await monitor_cycle.account_pass(ctx, acct))["judged"]
+        assert not (await monitor_cycle.account_pass(ctx, acct))["judged"]
+
+
+async def test_changes_are_noted_under_any_search_path_and_after_a_schema_rename(empty_dsn: str) -> None:
+    db = DatabaseSettings.model_validate({"dsn": empty_dsn, "schema": "tenant_x"})
+    await apply_migrations(db)
+    conn = await asyncpg.connect(empty_dsn)  # the server's default search_path
+    try:
+        acct = await conn.fetchval("INSERT INTO tenant_x.accounts (name, broker) VALUES ('a', 'alpaca') RETURNING id")
+        await conn.execute(
+            "INSERT INTO tenant_x.orders (account_id, broker_order_id, status) VALUES ($1, 'o1', 'new')", acct
+        )
+        await conn.execute("ALTER SCHEMA tenant_x RENAME TO tenant_y")
+        await conn.execute("UPDATE tenant_y.orders SET status = 'filled'")
+        await conn.execute("TRUNCATE tenant_y.order_requests")
+        assert await conn.fetchval("SELECT count(*) FROM tenant_y.trade_input_changes WHERE account_id = $1", acct) == 3
+    finally:
+        await conn.close()
