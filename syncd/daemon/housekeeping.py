@@ -23,8 +23,8 @@ RETENTION_EVERY = 60  # housekeeping rounds between retention runs (an hour)
 RETENTION_BATCH = 5_000
 RETENTION_MAX_BATCHES = 200
 DB_WRITE_TIMEOUT_S = 5.0
-# trade_input_changes (0021) older than this go with retention: what monitorCycle compares is the
-# account's count and hash sum of them, which their deletion changes too (one judgement more).
+# trade_input_changes (0021) older than this go with retention, into their accounts' totals
+# (trade_input_purged): what monitorCycle compares, rows plus totals, is unchanged by it.
 INPUT_CHANGES_KEPT_S = 3_600.0
 
 
