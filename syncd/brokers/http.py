@@ -159,6 +159,7 @@ class HttpCore:
         *,
         endpoint: str,
         params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        form: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     ) -> tuple[str, Reply]:
         """Like :meth:`request` (``on_404="error"``), but a 2xx answer comes back undecoded.
 
@@ -168,7 +169,7 @@ class HttpCore:
         translated into syncd's exceptions exactly as :meth:`request` does.
         """
         what = f"{self.broker} {method} {endpoint}"
-        reply = await self._send(what, method, url, endpoint, params, None, None, False)
+        reply = await self._send(what, method, url, endpoint, params, None, form, False)
         if not 200 <= reply.status < 300:
             self._interpret(what, reply, on_404="error", reject_403=None)  # raises
         return what, reply

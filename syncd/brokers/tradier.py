@@ -45,6 +45,7 @@ from syncd.brokers.base import (
     BrokerUnavailable,
     OrderNotFound,
     OrderStatusFilter,
+    QuoteAnswer,
     answer_fingerprint,
     both,
 )
@@ -557,25 +558,33 @@ class TradierBroker:
 
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
         """Quotes (greeks for options), batched; symbols Tradier does not know are absent."""
-        wanted = list(dict.fromkeys(s for s in symbols if s))
-        parts = await asyncio.gather(*(self._quotes(b) for b in batches(wanted, QUOTE_BATCH)))
-        out: dict[str, Quote] = {}
-        for part in parts:
-            out.update(part)
-        return out
+        return (await self.quote_answer(symbols)).decode()
 
-    async def _quotes(self, symbols: list[str]) -> dict[str, Quote]:
+    async def quote_answer(self, symbols: Sequence[str]) -> QuoteAnswer:
+        """The quotes for ``symbols``, requested at once in batches and kept as bytes with their
+        fingerprint (the symbols asked, then every answer's body); decoded on demand, as
+        :meth:`get_quotes` decodes them."""
+        wanted = list(dict.fromkeys(s for s in symbols if s))
+        replies = await asyncio.gather(*(self._quote_reply(b) for b in batches(wanted, QUOTE_BATCH)))
+
+        def decode() -> dict[str, Quote]:
+            out: dict[str, Quote] = {}
+            for what, reply in replies:
+                for i, q in enumerate(self._items(self._http.decode(what, reply), "quotes", "quote")):
+                    quote_ = self._quote(q, f"quotes[{i}]")
+                    out[quote_.symbol] = quote_
+            return out
+
+        bodies = [",".join(wanted).encode(), *(reply.body for _, reply in replies)]
+        return QuoteAnswer(decode, answer_fingerprint(self.kind, *bodies))
+
+    def _quote_reply(self, symbols: list[str]) -> Awaitable[tuple[str, Reply]]:
         args = {"symbols": ",".join(symbols), "greeks": "true"}
         url = f"{self.base_url}/v1/markets/quotes"
         if len(symbols) <= QUOTE_GET_MAX:
-            body = await self._http.request("GET", url, endpoint="/v1/markets/quotes", params=args)
-        else:  # long lists go in a form body (Tradier's documented way), not the URL
-            body = await self._http.request("POST", url, endpoint="/v1/markets/quotes", form=args)
-        out: dict[str, Quote] = {}
-        for i, q in enumerate(self._items(body, "quotes", "quote")):
-            quote_ = self._quote(q, f"quotes[{i}]")
-            out[quote_.symbol] = quote_
-        return out
+            return self._http.request_reply("GET", url, endpoint="/v1/markets/quotes", params=args)
+        # long lists go in a form body (Tradier's documented way), not the URL
+        return self._http.request_reply("POST", url, endpoint="/v1/markets/quotes", form=args)
 
     async def get_clock(self) -> Clock:
         body = await self._get("/v1/markets/clock", "/v1/markets/clock")

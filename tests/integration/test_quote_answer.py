@@ -188,3 +188,23 @@ async def test_fingerprints_tell_symbols_and_bodies_apart(make_context: Any, sim
         assert moved.fingerprint != a.fingerprint
         assert a.decode() == b.decode() != moved.decode()
         assert monitor_cycle.rows_seen({"X": 1}, a) != monitor_cycle.rows_seen({"X": 2}, a)
+
+
+async def test_a_tradier_answer_already_written_is_neither_decoded_nor_sent(make_context: Any, sim: Any) -> None:
+    """Tradier's adapter keeps its quote bodies too: the same answer over the same rows is at rest."""
+    async with make_context(accounts=[sim.account_settings(0, broker="tradier")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await account_sync.account_pass(ctx, acct)
+        symbols = sorted(await _quotes(ctx, acct))
+        a = await acct.broker.quote_answer(symbols)
+        b = await acct.broker.quote_answer(symbols)
+        assert a.fingerprint is not None and a.fingerprint == b.fingerprint
+        assert a.fingerprint != (await acct.broker.quote_answer(symbols[1:])).fingerprint
+        assert a.decode() == await acct.broker.get_quotes(symbols)
+        first = await monitor_cycle.account_pass(ctx, acct)
+        assert first["positions_written"] == first["positions"] == 6
+        idle = await monitor_cycle.account_pass(ctx, acct)
+        assert (idle["positions_written"], idle["quoted"], idle["judged"]) == (0, first["quoted"], False)
+        sim.set_price(symbols[0], "1.01", "1.03")
+        moved = await monitor_cycle.account_pass(ctx, acct)
+        assert moved["positions_written"] >= 1 and moved["judged"]
