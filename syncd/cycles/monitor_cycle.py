@@ -251,7 +251,8 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
     trading = ctx.settings.trading
     rules = (today, trading.enabled and trading.auto_exits, trading.exit_days_before_expiration)
     stats = {"positions": len(symbols), "quoted": quoted, "quotes_ms": round(quotes_s * 1000, 1)}
-    if not rows and kept is not None and kept.get("judged") == judged_key(inputs, versions, rules):
+    key = judged_key(inputs, versions, rules)
+    if not rows and kept is not None and kept.get("judged") == key:
         # Nothing to write, and every input of the exit rules is as the kept judgement found it.
         return {**stats, **_judgement_stats(kept, 0, 0, 0, judged=False)}
     judged = await judge_quotes(ctx, account, rows, today=today)
@@ -259,29 +260,20 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
     if rows:  # the rows as this pass leaves them: those it wrote in their new version, the others as read
         versions.update(judged.versions)
         seen = rows_seen(versions, answer)
-    rest: dict[str, Any] | None = None
+        key = judged_key(inputs, versions, rules)
+    found = {
+        "trades": len(judged.trades),
+        "monitorable": plan.monitorable,
+        "blocked": dict(sorted(plan.blocked.items())),
+    }
+    # a judgement that queued an exit is not kept: the next pass judges again
+    rest: dict[str, Any] | None = None  # kept only when a later pass could use it
     if seen is not None or not plan.exits:
-        rest = {
-            "seen": seen,
-            "quoted": quoted,
-            # a judgement that queued an exit is not kept: the next pass judges again
-            "judged": None if plan.exits else judged_key(inputs, versions, rules),
-            "trades": len(judged.trades),
-            "monitorable": plan.monitorable,
-            "blocked": dict(sorted(plan.blocked.items())),
-        }
+        rest = {"seen": seen, "quoted": quoted, "judged": None if plan.exits else key, **found}
     if rest != kept:
         await ctx.pool.execute(q["monitor_keep_rest"], account.id, rest)
-    return {
-        **stats,
-        **_judgement_stats(
-            rest or {"trades": len(judged.trades), "monitorable": plan.monitorable, "blocked": dict(plan.blocked)},
-            len(judged.written),
-            len(judged.trades_written),
-            len(judged.queued),
-            judged=True,
-        ),
-    }
+    written = (len(judged.written), len(judged.trades_written), len(judged.queued))
+    return {**stats, **_judgement_stats(found, *written, judged=True)}
 
 
 def _judgement_stats(
