@@ -33,7 +33,7 @@ from syncd.sim.engine import (
 )
 from syncd.sim.faults import Faults
 from syncd.sim.market import ET, Market, SimQuote, asset_id
-from syncd.sim.wire import dstr, json_body, json_response, money, parse_decimal, parse_time, ratio, ts
+from syncd.sim.wire import BodiesByVersion, dstr, json_body, json_response, money, parse_decimal, parse_time, ratio, ts
 
 Handler = Callable[[web.Request], Any]
 
@@ -49,7 +49,6 @@ _REJECT = {
     "not_replaceable": (422, 42210000),
 }
 _OPTION_SYMBOL_LIMIT = 100
-_KEPT_SNAPSHOTS = 4096  # snapshot bodies kept per market version (beyond: built for each request)
 _TAPES = {"NYSE": "A", "NASDAQ": "C"}
 
 
@@ -204,10 +203,7 @@ class AlpacaApi:
         self.market: Market = exchange.market
         self.faults = faults
         self._positions_bodies: dict[int, tuple[object, bytes]] = {}  # account index -> (what it is made of, body)
-        # (path, symbols as asked) -> snapshots body, for market.version _snapshots_version: a
-        # quote is the market's for that version (Market.quote keeps it so), so is the body
-        self._snapshots: dict[tuple[str, str], bytes] = {}
-        self._snapshots_version = -1
+        self._snapshots = BodiesByVersion()  # by (path, symbols as asked)
 
     def routes(self) -> list[web.RouteDef]:
         w = self._wrap
@@ -562,15 +558,8 @@ class AlpacaApi:
 
     def _kept_snapshots(self, request: web.Request, build: Callable[[], Any]) -> web.Response:
         """The snapshots body for this request, built once per market version and symbol list."""
-        if self._snapshots_version != self.market.version:
-            self._snapshots.clear()
-            self._snapshots_version = self.market.version
         key = (request.path, request.query.get("symbols", ""))
-        body = self._snapshots.get(key)
-        if body is None:
-            body = json_body(build())
-            if len(self._snapshots) < _KEPT_SNAPSHOTS:
-                self._snapshots[key] = body
+        body = self._snapshots.get(self.market.version, key, build)
         return web.Response(body=body, content_type="application/json")
 
     async def stock_snapshots(self, request: web.Request, acct: SimAccount) -> web.Response:

@@ -29,7 +29,7 @@ from aiohttp import web
 from syncd.sim.engine import Exchange, LegSpec, OrderSpec, SimAccount, SimActivity, SimOrder, SimReject
 from syncd.sim.faults import Faults
 from syncd.sim.market import ET, Instrument, Market, SimQuote
-from syncd.sim.wire import epoch_ms, json_body, json_response, parse_decimal, tradier_ts
+from syncd.sim.wire import BodiesByVersion, epoch_ms, json_response, parse_decimal, tradier_ts
 
 Handler = Callable[[web.Request], Any]
 
@@ -253,18 +253,12 @@ def _quote_json(inst: Instrument, q: SimQuote, greeks: bool) -> dict[str, Any]:
     return d
 
 
-_KEPT_QUOTE_BODIES = 4096  # quote bodies kept per market version (beyond: built for each request)
-
-
 class TradierApi:
     def __init__(self, exchange: Exchange, faults: Faults) -> None:
         self.exchange = exchange
         self.market: Market = exchange.market
         self.faults = faults
-        # (symbols as asked, greeks) -> quotes body, for market.version _quotes_version: a quote is
-        # the market's for that version (Market.quote keeps it so), so is the body
-        self._quote_bodies: dict[tuple[str, bool], bytes] = {}
-        self._quotes_version = -1
+        self._quote_bodies = BodiesByVersion()  # by (symbols as asked, greeks)
 
     def routes(self) -> list[web.RouteDef]:
         w = self._wrap
@@ -658,15 +652,8 @@ class TradierApi:
         if not symbols:
             raise TradierError(400, "Missing symbols")
         greeks = params.get("greeks", "false").lower() == "true"
-        if self._quotes_version != self.market.version:
-            self._quote_bodies.clear()
-            self._quotes_version = self.market.version
         key = (",".join(symbols), greeks)
-        body = self._quote_bodies.get(key)
-        if body is None:
-            body = json_body(self._quotes(symbols, greeks))
-            if len(self._quote_bodies) < _KEPT_QUOTE_BODIES:
-                self._quote_bodies[key] = body
+        body = self._quote_bodies.get(self.market.version, key, lambda: self._quotes(symbols, greeks))
         return web.Response(body=body, content_type="application/json")
 
     def _quotes(self, symbols: list[str], greeks: bool) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable, Hashable
 from decimal import Decimal
 from typing import Any
 
@@ -55,6 +56,29 @@ def epoch_ms(t: dt.datetime) -> int:
 def json_body(data: Any) -> bytes:
     """``data`` as compact JSON."""
     return json.dumps(data, separators=(",", ":")).encode()
+
+
+class BodiesByVersion:
+    """Encoded answers kept for one market version: a quote is the market's for that version
+    (``Market.quote`` keeps it so), so is a body made of quotes alone. Kept up to ``limit`` per
+    version (beyond: built for each request); a new version forgets them all."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._version = -1
+        self._bodies: dict[Hashable, bytes] = {}
+
+    def get(self, version: int, key: Hashable, build: Callable[[], Any]) -> bytes:
+        """The body for ``key`` at ``version``: ``build()`` encoded once."""
+        if version != self._version:
+            self._bodies.clear()
+            self._version = version
+        body = self._bodies.get(key)
+        if body is None:
+            body = json_body(build())
+            if len(self._bodies) < self.limit:
+                self._bodies[key] = body
+        return body
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
