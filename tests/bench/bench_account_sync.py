@@ -107,11 +107,26 @@ async def _sim_serve(conn: mpc.Connection, config: Any, latency_s: float) -> Non
     ]
     conn.send((sim.url, infos))
     loop = asyncio.get_running_loop()
+    # $SYNCD_BENCH_SIM_PROFILE=DIR: a cProfile of the simulator between each two "stats" asks
+    # (so one file per pass and one per gap between passes), written to DIR/sim-N.prof.
+    profile_dir = os.environ.get("SYNCD_BENCH_SIM_PROFILE")
+    profiler: Any = None
+    profiles = 0
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         while True:
             msg = await loop.run_in_executor(None, conn.recv)
             if msg == "stop":
                 break
+            if msg == "stats" and profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(os.path.join(str(profile_dir), f"sim-{profiles}.prof"))
+                profiles += 1
+                profiler.enable()
             if msg == "stats":
                 usage = resource.getrusage(resource.RUSAGE_SELF)
                 conn.send((sim.request_count, usage.ru_maxrss, usage.ru_utime + usage.ru_stime))
