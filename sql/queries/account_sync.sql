@@ -27,83 +27,31 @@ SELECT a.broker_account_id, s.equity, s.cash, s.buying_power, s.long_market_valu
   LEFT JOIN LATERAL latest_account_snapshot(a.id) s ON true  -- 0019
  WHERE a.id = $1;
 
--- name: account_sync_write
--- Everything one pass changes, in one statement (the caller's transaction):
--- upsert changed positions, delete vanished ones, insert position events, maybe a balances
--- snapshot, and mark the account synced. Returns the counts written.
--- $1 account id
--- $2 rows to upsert: UTF-8 JSON (bytea), an array of arrays, each a PositionRow's first 14
+-- name: account_sync_apply
+-- Everything one pass changes, in one statement (0022, account_sync_apply): the account's lock,
+-- then, unless the stored positions' fingerprint is no longer $3 (then ``stale``, nothing
+-- written), changed positions upserted, vanished ones deleted, position events inserted, a
+-- balances snapshot when the balances differ from the latest, the account marked synced, the
+-- NOTIFY syncd_events payloads sent (at commit, and only then), the answer's fingerprint recorded.
+-- $1 account id, $2 lock class (syncd.db.locks.LockClass.ACCOUNT), $3 the positions' fingerprint
+-- compared against (NULL: no check: the caller holds the lock and compared under it)
+-- $4 rows to upsert: UTF-8 JSON (bytea), an array of arrays, each a PositionRow's first 14
 --    fields in order (symbol, asset_class, underlying, option_type, strike, expiration,
 --    multiplier, quantity, qty_available, avg_entry_price, cost_basis, current_price,
 --    market_value, unrealized_pl); decimals as strings, the date ISO, NULLs null
--- $3 symbols to delete
--- $4 events: UTF-8 JSON (bytea), an array of [symbol, kind, old_quantity, new_quantity]
--- ($2 and $4 are JSON rather than arrays of position_row / position_event_row: asyncpg's binary
+-- $5 symbols to delete
+-- $6 events: UTF-8 JSON (bytea), an array of [symbol, kind, old_quantity, new_quantity]
+-- ($4 and $6 are JSON rather than arrays of position_row / position_event_row: asyncpg's binary
 -- numeric encoder took a microsecond per decimal, most of the client's CPU in a first sync;
 -- Postgres reads either in the same time. tests/integration/test_named_rows.py checks each
 -- field lands in the column of its name.)
--- $5 the balances snapshot to write: none or one (balances_row[])
--- $6 broker_account_id (NULL keeps the stored one)
--- $7 NOTIFY syncd_events payloads (delivered at commit, and only then)
--- bid/ask/last/greeks/quote_at are monitorCycle's and never written here; current_price,
--- market_value and unrealized_pl keep their stored value when the broker gave none.
-WITH up AS (
-    INSERT INTO portfolio_positions AS p
-           (account_id, symbol, asset_class, underlying, option_type, strike, expiration, multiplier,
-            quantity, qty_available, avg_entry_price, cost_basis, current_price, market_value, unrealized_pl)
-    SELECT $1, u->>0, u->>1, u->>2, u->>3, (u->>4)::numeric, (u->>5)::date, (u->>6)::numeric,
-           (u->>7)::numeric, (u->>8)::numeric, (u->>9)::numeric, (u->>10)::numeric, (u->>11)::numeric,
-           (u->>12)::numeric, (u->>13)::numeric
-      FROM jsonb_array_elements(convert_from($2::bytea, 'UTF8')::jsonb) AS u
-    ON CONFLICT (account_id, symbol) DO UPDATE
-       SET asset_class = EXCLUDED.asset_class,
-           underlying = EXCLUDED.underlying,
-           option_type = EXCLUDED.option_type,
-           strike = EXCLUDED.strike,
-           expiration = EXCLUDED.expiration,
-           multiplier = EXCLUDED.multiplier,
-           quantity = EXCLUDED.quantity,
-           qty_available = EXCLUDED.qty_available,
-           avg_entry_price = EXCLUDED.avg_entry_price,
-           cost_basis = EXCLUDED.cost_basis,
-           current_price = COALESCE(EXCLUDED.current_price, p.current_price),
-           market_value = COALESCE(EXCLUDED.market_value, p.market_value),
-           unrealized_pl = COALESCE(EXCLUDED.unrealized_pl, p.unrealized_pl),
-           updated_at = now()
-    RETURNING 1
-), gone AS (
-    DELETE FROM portfolio_positions
-     WHERE account_id = $1 AND symbol = ANY($3::text[])
-    RETURNING 1
-), ev AS (
-    INSERT INTO position_events (account_id, symbol, kind, old_quantity, new_quantity, at)
-    SELECT $1, e->>0, e->>1, (e->>2)::numeric, (e->>3)::numeric, now()
-      FROM jsonb_array_elements(convert_from($4::bytea, 'UTF8')::jsonb) AS e
-    RETURNING 1
-), snap AS (
-    INSERT INTO account_snapshots (account_id, taken_at, equity, cash, buying_power,
-                                   long_market_value, short_market_value)
-    SELECT $1, now(), b.equity, b.cash, b.buying_power, b.long_market_value, b.short_market_value
-      FROM unnest($5::balances_row[]) AS b
-    RETURNING 1
-), acct AS (
-    UPDATE accounts
-       SET last_synced_at = now(),
-           broker_account_id = COALESCE($6::text, broker_account_id),
-           last_error = CASE WHEN last_error LIKE 'accountSync: %' THEN NULL ELSE last_error END,
-           updated_at = CASE WHEN $6::text IS NOT NULL AND broker_account_id IS DISTINCT FROM $6::text
-                             THEN now() ELSE updated_at END
-     WHERE id = $1
-    RETURNING 1
-), notes AS (
-    SELECT pg_notify('syncd_events', payload) FROM unnest($7::text[]) AS payload
-)
-SELECT (SELECT count(*) FROM up) AS upserted,
-       (SELECT count(*) FROM gone) AS deleted,
-       (SELECT count(*) FROM ev) AS events,
-       (SELECT count(*) FROM snap) AS snapshots,
-       (SELECT count(*) FROM acct) AS accounts,
-       (SELECT count(*) FROM notes) AS notified;
+-- $7 the broker's balances (balances_row), $8 its account id (NULL keeps the stored one)
+-- $9 the positions' payloads, $10 the account's (sent too with a snapshot or a new broker id)
+-- $11 the answer's fingerprint (NULL: none), $12 its number of positions, $13 the pending
+-- close_reasons (text[], for ``expiry``), $14 the positions' fingerprint to record when no row
+-- is written (NULL: computed after the write)
+SELECT stale, upserted, deleted, events, snapshots, notified, snapshot, broker_changed, expiry
+  FROM account_sync_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14);
 
 -- name: account_sync_unchanged
 -- The broker's answer is the one recorded, over the stored state it was found to match (0019):
@@ -161,23 +109,6 @@ UPDATE accounts a
        sync_positions = CASE WHEN c.still THEN $5::integer ELSE a.sync_positions END
   FROM c
  WHERE a.id = $1;
-
--- name: account_sync_record_answer
--- After a pass's write, in its transaction: the answer's fingerprint beside the fingerprints
--- of the state just written. ``expiry``: whether expiry settlement has a trade to look at in
--- that state (as account_sync_unchanged's), so a pass whose account has none asks nothing more.
--- $1 account id, $2 fingerprint (NULL: none), $3 number of positions, $4 the pending
--- close_reasons (text[]), $5 the positions' fingerprint when the write left them as they were
--- read under the account's lock (NULL: computed here). A row monitorCycle quoted since that read
--- makes it stale, never wrong: the next pass then finds the state changed and compares in full.
-UPDATE accounts
-   SET sync_answer = $2::bytea,
-       sync_seen = $2::bytea,
-       sync_positions_state = COALESCE($5::text, account_positions_state($1)),
-       sync_account_state = account_balances_state($1),
-       sync_positions = $3
- WHERE id = $1
-RETURNING EXISTS (SELECT 1 FROM expiry_candidate_trades($1, $4::text[])) AS expiry;
 
 -- name: account_sync_notify
 -- Change notifications (the importer's); Postgres delivers them when, and only if, the

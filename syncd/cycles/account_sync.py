@@ -9,8 +9,10 @@ A pass reads as a story:
    a number that is not finite, an option whose symbol is not OCC -- raised
    ``BadBrokerData`` in the fetch, before anything is touched;
 3. **compare** it with the stored rows (:func:`diff_positions`, a pure function);
-4. **write the difference** in ONE transaction and one bulk statement
-   (``account_sync_write``: the rows and events as JSON arrays): changed rows upserted,
+4. **write the difference** in ONE statement, so one transaction and one round trip
+   (``account_sync_apply``, 0022: the rows and events as JSON arrays): the account's
+   advisory lock, a check that the stored rows are still those compared (else the pass
+   compares again under the lock and writes then), changed rows upserted,
    vanished rows deleted, one ``position_events`` row per change, an
    ``account_snapshots`` row when the balances differ from the latest snapshot,
    ``accounts.broker_account_id``/``last_synced_at``, and the ``NOTIFY syncd_events``
@@ -272,26 +274,26 @@ async def fetch_answer(broker: Broker, deadline_s: float) -> AccountAnswer:
 # -- writing ---------------------------------------------------------------------------------------------
 
 
-# account_sync_write's rows: JSON encoded in C, decimals as their exact strings, dates ISO 8601.
+# account_sync_apply's rows: JSON encoded in C, decimals as their exact strings, dates ISO 8601.
 _ROWS_JSON = msgspec.json.Encoder(decimal_format="string")
 
-# The fields of a PositionRow that account_sync_write reads, in the order it reads them (u->>0 ..).
+# The fields of a PositionRow that account_sync_apply reads, in the order it reads them (u->>0 ..).
 UPSERT_FIELDS = PositionRow._fields[:14]
 
 
 def upsert_rows(rows: Sequence[PositionRow]) -> bytes:
-    """``account_sync_write``'s rows to upsert: each row's ``UPSERT_FIELDS`` as a JSON array."""
+    """``account_sync_apply``'s rows to upsert: each row's ``UPSERT_FIELDS`` as a JSON array."""
     return _ROWS_JSON.encode([r[:14] for r in rows])
 
 
 def event_rows(events: Sequence[PositionEvent]) -> bytes:
-    """``account_sync_write``'s events: ``[symbol, kind, old_quantity, new_quantity]`` each."""
+    """``account_sync_apply``'s events: ``[symbol, kind, old_quantity, new_quantity]`` each."""
     return _ROWS_JSON.encode([(e.symbol, e.kind, e.old_quantity, e.new_quantity) for e in events])
 
 
-def _balances_rows(b: Balances, snapshot: bool) -> list[dict[str, Any]]:
-    """The ``balances_row`` (0012) to write: none, or the snapshot."""
-    return [{k: getattr(b, k) for k in _BALANCE_FIELDS}] if snapshot else []
+def balances_row(b: Balances) -> dict[str, Any]:
+    """The broker's balances as a ``balances_row`` (0012), by attribute name."""
+    return {k: getattr(b, k) for k in _BALANCE_FIELDS}
 
 
 def stored_rows(records: Sequence[asyncpg.Record]) -> dict[str, PositionRow]:
@@ -504,22 +506,39 @@ def rows_digest(rows: Sequence[PositionRow]) -> int:
     return hash(frozenset([row[:11] for row in rows]))
 
 
-async def _write(
-    conn: PoolConnectionProxy[Any], q: Mapping[str, str], account: Account, plan: _Plan, b: Balances
-) -> None:
+async def _apply(
+    conn: PoolConnectionProxy[Any],
+    q: Mapping[str, str],
+    account: Account,
+    plan: _Plan,
+    b: Balances,
+    fetched: _Fetched,
+    fingerprint: bytes | None,
+    expected: str | None,
+) -> Any:
+    """Write ``plan`` in one statement (``account_sync_apply``, 0022), with the answer's fingerprint.
+
+    ``expected``: the stored positions' fingerprint the diff was made against; the statement then
+    takes the account's lock and writes nothing (``stale``) when the stored one is no longer it.
+    None: no check (the caller holds the lock and compared under it). The balances snapshot and
+    the broker account id are decided by the statement, under the lock."""
     diff = plan.diff
-    payloads = events.payloads("position", account.name, diff.changed_symbols)
-    if plan.snapshot or plan.broker_id is not None:
-        payloads.append(events.payload("account", account.name, account.name))
-    await conn.fetchrow(
-        q["account_sync_write"],
+    return await conn.fetchrow(
+        q["account_sync_apply"],
         account.id,
+        SYNC_LOCK_CLASS,
+        expected,
         upsert_rows(diff.upserts),
         diff.deletes,
         event_rows(diff.events),
-        _balances_rows(b, plan.snapshot),
-        plan.broker_id,
-        payloads,
+        balances_row(b),
+        b.broker_account_id or None,
+        events.payloads("position", account.name, diff.changed_symbols),
+        events.payload("account", account.name, account.name),
+        fingerprint,
+        fetched.count,
+        list(PENDING_REASONS),
+        plan.positions_state if diff.empty else None,  # no row written: as read
     )
 
 
@@ -565,19 +584,21 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
                 fetched.count,
             )
         else:
-            async with conn.transaction():
-                await conn.execute(q["account_sync_lock"], SYNC_LOCK_CLASS, account.id)
-                plan = await _plan(ctx, conn, account, fetched, balances, compared=plan)
-                await _write(conn, q, account, plan, balances)
-                written_expiry = await conn.fetchval(
-                    q["account_sync_record_answer"],
-                    account.id,
-                    answer.fingerprint,
-                    fetched.count,
-                    list(PENDING_REASONS),
-                    plan.positions_state if plan.diff.empty else None,  # no row written: as read
+            # one statement, checked against the stored positions the diff was made from; when
+            # they changed meanwhile, compared again under the account's lock and written so
+            applied = None
+            if plan.positions_state is not None:
+                applied = await _apply(
+                    conn, q, account, plan, balances, fetched, answer.fingerprint, plan.positions_state
                 )
-                wrote = True
+            if applied is None or applied["stale"]:
+                async with conn.transaction():
+                    await conn.execute(q["account_sync_lock"], SYNC_LOCK_CLASS, account.id)
+                    plan = await _plan(ctx, conn, account, fetched, balances, compared=plan)
+                    applied = await _apply(conn, q, account, plan, balances, fetched, answer.fingerprint, None)
+            plan.snapshot = applied["snapshot"]
+            written_expiry = applied["expiry"]
+            wrote = True
     ctx.metrics.set("syncd_positions", fetched.count, account=account.name)
     if not plan.diff.empty:
         log.info(

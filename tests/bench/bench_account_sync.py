@@ -380,8 +380,19 @@ async def timed_pass(
 
         profiler = Profiler(async_mode="enabled")
         profiler.start()
+    # $SYNCD_BENCH_CPROFILE=DIR: a cProfile of this process per pass, to DIR/syncd-<pass>.prof
+    cprofile_dir = os.environ.get("SYNCD_BENCH_CPROFILE")
+    cprofiler: Any = None
+    if cprofile_dir:
+        import cProfile
+
+        cprofiler = cProfile.Profile()
+        cprofiler.enable()
     summary = await run_pass(ctx, "accountSync", account_pass, accounts)
     cpu = time.process_time() - cpu0
+    if cprofiler is not None:
+        cprofiler.disable()
+        cprofiler.dump_stats(os.path.join(str(cprofile_dir), f"syncd-{name}.prof"))
     sim_cpu = (await sim.stats())[2] - sim_cpu0
     pg_cpu = await postgres_cpu(ctx.pool) - pg_cpu0
     if profiler is not None and profile:

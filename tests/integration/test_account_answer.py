@@ -398,15 +398,16 @@ async def test_a_state_that_changed_since_the_comparison_is_not_recorded(make_co
 def _write_before_the_recheck(
     monkeypatch: pytest.MonkeyPatch, ctx: Context, statement: str, *args: Any
 ) -> list[tuple[int, bool]]:
-    """Run ``statement`` (another writer) on its own connection just before the pass re-checks in its
-    transaction; return (rows read back, whether a comparison was handed in) per _plan call."""
+    """Run ``statement`` (another writer) on its own connection just before the pass writes what it
+    compared (``account_sync_apply``, checked against the rows compared); return, per _plan call,
+    (-1, whether a comparison was handed in: the re-check under the lock), per stored_rows call
+    (rows read back, False), and per write (-2, whether it was checked against the compared rows)."""
     calls: list[tuple[int, bool]] = []
     real_plan = account_sync._plan
     real_rows = account_sync.stored_rows
+    real_apply = account_sync._apply
 
     async def plan(*a: Any, **kw: Any) -> Any:
-        if kw.get("compared") is not None and statement:
-            await ctx.pool.execute(statement, *args)
         calls.append((-1, kw.get("compared") is not None))
         return await real_plan(*a, **kw)
 
@@ -414,29 +415,37 @@ def _write_before_the_recheck(
         calls.append((len(records), False))
         return real_rows(records)
 
+    async def apply(*a: Any) -> Any:
+        checked = a[-1] is not None
+        if checked and statement:
+            await ctx.pool.execute(statement, *args)
+        calls.append((-2, checked))
+        return await real_apply(*a)
+
     monkeypatch.setattr(account_sync, "_plan", plan)
     monkeypatch.setattr(account_sync, "stored_rows", rows)
+    monkeypatch.setattr(account_sync, "_apply", apply)
     return calls
 
 
-async def test_the_recheck_in_the_transaction_reuses_a_comparison_of_the_same_rows(
+async def test_the_write_checks_the_compared_rows_by_their_fingerprint_without_reading_them_again(
     make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rows unchanged since the comparison outside the transaction are not read again inside it; none
-    stored (the first pass) are not read at all."""
+    """Rows unchanged since the comparison are not read again: the one write statement checks their
+    fingerprint under the account's lock; none stored (the first pass) are not read at all."""
     async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
         acct = next(iter(ctx.accounts.values()))
         calls = _write_before_the_recheck(monkeypatch, ctx, "")
         first = await account_sync.account_pass(ctx, acct)
         assert first["upserted"] == len(_sim_book(sim, 0)) > 0
-        assert calls == [(-1, False), (0, False), (-1, True)]  # nothing stored: no row read, before or in
+        assert calls == [(-1, False), (0, False), (-2, True)]  # nothing stored: no row read; one checked write
         one = min(_sim_book(sim, 0))
         await ctx.pool.execute("UPDATE portfolio_positions SET quantity = quantity + 1 WHERE symbol = $1", one)
         calls.clear()
         again = await account_sync.account_pass(ctx, acct)
         assert again["upserted"] == 1
         n = len(_sim_book(sim, 0))
-        assert calls == [(-1, False), (n, False), (-1, True)]  # read once, outside the transaction
+        assert calls == [(-1, False), (n, False), (-2, True)]  # read once, then one checked write
         assert await _book(ctx, acct) == _sim_book(sim, 0)
 
 
@@ -463,7 +472,9 @@ async def test_a_write_between_the_comparison_and_the_transaction_is_compared_ag
         calls = _write_before_the_recheck(monkeypatch, ctx, statement, acct.id, one)
         stats = await account_sync.account_pass(ctx, acct)
         n_stored = 1 if first else len(book) - 1
-        assert (n_stored, False) in calls[calls.index((-1, True)) :]  # read again in the transaction
+        recheck = calls.index((-1, True))  # the checked write found the rows changed: compared again, locked
+        assert calls[recheck - 1] == (-2, True) and calls[-1] == (-2, False)
+        assert (n_stored, False) in calls[recheck:]  # read again in the transaction
         assert stats["upserted"] == len(book)  # every row: new, or set back by this pass
         assert await _book(ctx, acct) == book
 

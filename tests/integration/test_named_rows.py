@@ -122,7 +122,7 @@ def _built_rows() -> dict[str, dict[str, Any]]:
         "order_leg_row": order_store._leg_row("o-1", order, order.legs[0], snap),
         "order_event_row": order_store._event_row(1, event),
         "trade_row": order_store._trade_row(7, TradeState(status=TradeStatus.OPEN, quantity=Decimal("3"))),
-        "balances_row": account_sync._balances_rows(balances, True)[0],
+        "balances_row": account_sync.balances_row(balances),
         "import_trade_row": trades[0],
         "import_leg_row": legs[0],
         **_built_rows_0013(),
@@ -174,13 +174,13 @@ async def test_every_builder_names_every_attribute_of_its_type(db_pool: asyncpg.
 async def test_a_misspelt_attribute_is_refused(db_pool: asyncpg.Pool[Any]) -> None:
     """A name the type does not have fails the write instead of landing anywhere."""
     balances = Balances("b-1", Decimal("1"), Decimal("2"), Decimal("3"), Decimal("4"), Decimal("5"))
-    row = account_sync._balances_rows(balances, True)[0]
+    row = account_sync.balances_row(balances)
     row["equty"] = row.pop("equity")
     with pytest.raises(asyncpg.DataError, match="equty"):
         await db_pool.fetch("SELECT * FROM unnest($1::balances_row[])", [row])
 
 
-async def test_account_sync_write_lands_each_field_in_the_column_of_its_name(db_pool: asyncpg.Pool[Any]) -> None:
+async def test_account_sync_apply_lands_each_field_in_the_column_of_its_name(db_pool: asyncpg.Pool[Any]) -> None:
     """accountSync's rows go as JSON arrays (a field's place, not its name): every field of a row whose
     values all differ lands in the column of its name, exact, and so does every field of an event."""
     from syncd.db.queries import load_queries
@@ -205,17 +205,28 @@ async def test_account_sync_write_lands_each_field_in_the_column_of_its_name(db_
     assert len(set(row[:14])) == 14 == len(account_sync.UPSERT_FIELDS)
     event = PositionEvent(row.symbol, "opened", Decimal("0.000"), BIG)
     account = await db_pool.fetchval("INSERT INTO accounts (name, broker) VALUES ('named', 'alpaca') RETURNING id")
-    async with db_pool.acquire() as conn, conn.transaction():
-        written = await conn.fetchrow(
-            q["account_sync_write"],
+    balances = Balances("b-1", Decimal("1"), Decimal("2"), Decimal("3"), Decimal("4"), Decimal("5"))
+
+    def apply(rows: bytes, events: bytes) -> tuple[Any, ...]:
+        return (
+            q["account_sync_apply"],
             account,
-            account_sync.upsert_rows([row]),
+            1,
+            None,
+            rows,
             [],
-            account_sync.event_rows([event]),
-            [],
+            events,
+            account_sync.balances_row(balances),
             None,
             [],
+            "{}",
+            None,
+            1,
+            [],
+            None,
         )
+
+    written = await db_pool.fetchrow(*apply(account_sync.upsert_rows([row]), account_sync.event_rows([event])))
     assert written is not None and (written["upserted"], written["events"]) == (1, 1)
     columns = ", ".join(account_sync.UPSERT_FIELDS)
     stored = await db_pool.fetchrow(f"SELECT {columns} FROM portfolio_positions WHERE account_id = $1", account)
@@ -227,10 +238,7 @@ async def test_account_sync_write_lands_each_field_in_the_column_of_its_name(db_
     )
     assert ev is not None and tuple(ev) == (event.symbol, event.kind, event.old_quantity, event.new_quantity)
     nothing = PositionRow("NONE", "us_equity", "NONE", None, None, None, Decimal(1), Decimal(2), Decimal(2), None, None)
-    async with db_pool.acquire() as conn, conn.transaction():
-        await conn.fetchrow(
-            q["account_sync_write"], account, account_sync.upsert_rows([nothing]), [], b"[]", [], None, []
-        )
+    await db_pool.fetchrow(*apply(account_sync.upsert_rows([nothing]), b"[]"))
     nulls = await db_pool.fetchrow(
         "SELECT option_type, strike, expiration, avg_entry_price, cost_basis, current_price, market_value,"
         " unrealized_pl FROM portfolio_positions WHERE account_id = $1 AND symbol = 'NONE'",
