@@ -13,12 +13,14 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any, cast
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
 from syncd.brokers.base import answer_fingerprint
 from syncd.context import Account, Context
 from syncd.cycles import account_sync
+from tests.helpers import wait_for
 
 D = Decimal
 
@@ -583,3 +585,39 @@ async def test_both_ends_at_the_first_failure_and_cancels_the_other() -> None:
     with pytest.raises(BrokerUnavailable):
         await asyncio.wait_for(both(hangs(), fails()), 10)
     assert cancelled.is_set()
+
+
+async def test_the_balances_snapshot_is_decided_under_the_lock(
+    make_context: Any, sim: Any, monkeypatch: pytest.MonkeyPatch, dsn: str
+) -> None:
+    """Another writer records the broker's new balances between the comparison and the write: the
+    write, deciding under the account's lock, adds no second snapshot of them and sends no
+    ``account`` notification; the positions are still written."""
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await account_sync.account_pass(ctx, acct)
+        sim.tick(3)
+        one = min(_sim_book(sim, 0))
+        await ctx.pool.execute("UPDATE portfolio_positions SET quantity = quantity + 1 WHERE symbol = $1", one)
+        b = await acct.broker.get_account()
+        statement = (
+            "INSERT INTO account_snapshots (account_id, taken_at, equity, cash, buying_power, long_market_value,"
+            " short_market_value) VALUES ($1, now(), $2, $3, $4, $5, $6)"
+        )
+        args = (acct.id, b.equity, b.cash, b.buying_power, b.long_market_value, b.short_market_value)
+        snapshots = await ctx.pool.fetchval("SELECT count(*) FROM account_snapshots WHERE account_id = $1", acct.id)
+        calls = _write_before_the_recheck(monkeypatch, ctx, statement, *args)
+        notes: list[str] = []
+        listener = await asyncpg.connect(dsn)
+        try:
+            await listener.add_listener("syncd_events", lambda *a: notes.append(a[3]))
+            stats = await account_sync.account_pass(ctx, acct)
+            await wait_for(lambda: any('"kind":"position"' in n for n in notes), timeout=5)
+            await listener.execute("SELECT 1")  # what that commit sent has arrived
+        finally:
+            await listener.close()
+        assert (-2, True) in calls and (-1, True) not in calls  # the rows had not changed: one checked write
+        assert (stats["events"], stats["snapshot"]) == (1, 0)  # the quantity put back; no snapshot
+        after = await ctx.pool.fetchval("SELECT count(*) FROM account_snapshots WHERE account_id = $1", acct.id)
+        assert after == snapshots + 1  # the other writer's, none of this pass's
+        assert not any('"kind":"account"' in n for n in notes)
