@@ -123,24 +123,25 @@ def order_json(o: SimOrder, *, nested: bool = True) -> dict[str, Any]:
 
 def position_json(v: PositionView) -> dict[str, Any]:
     p, inst = v.position, v.instrument
+    qty, lastday = p.qty, v.lastday_price
     return {
         "asset_id": inst.asset_id,
         "symbol": p.symbol,
         "exchange": inst.exchange,
         "asset_class": inst.asset_class,
-        "asset_marginable": not inst.is_option,
-        "qty": dstr(p.qty),
+        "asset_marginable": inst.asset_class != "us_option",
+        "qty": dstr(qty),
         "avg_entry_price": dstr(p.avg_entry),
-        "side": "long" if p.qty > 0 else "short",
-        "market_value": money(v.market_value),
-        "cost_basis": money(v.cost_basis),
-        "unrealized_pl": money(v.unrealized_pl),
+        "side": "long" if qty > 0 else "short",
+        "market_value": f"{v.market_value:.2f}",
+        "cost_basis": f"{v.cost_basis:.2f}",
+        "unrealized_pl": f"{v.unrealized_pl:.2f}",
         "unrealized_plpc": ratio(v.unrealized_pl, abs(v.cost_basis)),
-        "unrealized_intraday_pl": money(v.unrealized_intraday_pl),
-        "unrealized_intraday_plpc": ratio(v.unrealized_intraday_pl, abs(p.qty * v.lastday_price * inst.multiplier)),
+        "unrealized_intraday_pl": f"{v.unrealized_intraday_pl:.2f}",
+        "unrealized_intraday_plpc": ratio(v.unrealized_intraday_pl, abs(qty * lastday * inst.multiplier)),
         "current_price": dstr(v.current_price),
-        "lastday_price": dstr(v.lastday_price),
-        "change_today": ratio(v.current_price - v.lastday_price, v.lastday_price),
+        "lastday_price": dstr(lastday),
+        "change_today": ratio(v.current_price - lastday, lastday),
         "qty_available": dstr(v.qty_available),
     }
 

@@ -7,7 +7,8 @@ Set-up (not timed): a scratch database on the test Postgres (``$SYNCD_TEST_DSN``
 127.0.0.1:5432) with every migration; the simulator -- by default in a process of its
 own, so its CPU time is not syncd's (``--sim inprocess`` shares this event loop) -- with
 a manual clock, so prices move only when told; ``--latency-ms`` added to every answer; every
-account's book generated (the simulator makes one up on an account's first request).
+account's book generated (the simulator makes one up on an account's first request) and priced
+(its quotes computed: again after each price move, between passes; see ``price_book``).
 
 Timed: accountSync passes over every account (``run_pass``, as the daemon runs them):
 
@@ -132,6 +133,7 @@ async def _sim_serve(conn: mpc.Connection, config: Any, latency_s: float) -> Non
                 conn.send((sim.request_count, usage.ru_maxrss, usage.ru_utime + usage.ru_stime))
             if msg == "tick":
                 sim.tick()
+                price_book(sim)
                 conn.send("ticked")
     finally:
         await sim.stop()
@@ -139,9 +141,21 @@ async def _sim_serve(conn: mpc.Connection, config: Any, latency_s: float) -> Non
 
 def build_books(sim: Any) -> None:
     """Make the simulator generate every account's book now (it does so lazily, on an account's first
-    request): set-up, not the first pass. Composing and encoding its answers stays in the passes."""
+    request), and price it: set-up, not the first pass. Composing and encoding its answers stays in
+    the passes."""
     for acct in sim.accounts:
         acct.positions  # noqa: B018 -- the property builds the book
+    price_book(sim)
+
+
+def price_book(sim: Any) -> None:
+    """Compute the market's quotes of every held symbol at its current prices now. The simulator
+    prices a symbol lazily, on the first request after the market moved; a broker's prices move
+    whether or not anyone asks, so this is the market's work, done when it moves (set-up, or the
+    tick between two passes), not the answers' (valuing and encoding the positions stay in the pass)."""
+    held = {symbol for acct in sim.accounts for symbol in acct.positions}
+    for symbol in held:
+        sim.market.quote(symbol)
 
 
 def _sim_process_main(conn: mpc.Connection, config: Any, latency_s: float) -> None:
@@ -192,6 +206,7 @@ class SimHandle:
         """One market step: prices walk (every answer changes)."""
         if self._sim is not None:
             self._sim.tick()
+            price_book(self._sim)
             return
         assert self._conn is not None
         self._conn.send("tick")
