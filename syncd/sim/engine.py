@@ -781,10 +781,15 @@ class Exchange:
         q = self.market.quote(pos.symbol)
         if inst is None or q is None:
             return None
-        price = q.mid
-        mult = inst.multiplier
-        mv = pos.qty * price * mult
-        basis = pos.qty * pos.avg_entry * mult
+        price, qty, mult = q.mid, pos.qty, inst.multiplier
+        mv = qty * price * mult
+        basis = qty * pos.avg_entry * mult
+        h = held.get(pos.symbol)  # as qty_available: what working orders hold is not available
+        if h is None:
+            available = qty
+        else:
+            free = max(ZERO, abs(qty) - h)
+            available = free if qty > 0 else -free
         return PositionView(
             position=pos,
             instrument=inst,
@@ -793,8 +798,8 @@ class Exchange:
             market_value=mv,
             cost_basis=basis,
             unrealized_pl=mv - basis,
-            unrealized_intraday_pl=pos.qty * (price - q.prev_close) * mult,
-            qty_available=self.qty_available(acct, pos.symbol, held),
+            unrealized_intraday_pl=qty * (price - q.prev_close) * mult,
+            qty_available=available,
         )
 
     def balances(self, acct: SimAccount) -> BalancesView:

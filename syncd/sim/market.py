@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from zoneinfo import ZoneInfo
 
@@ -222,12 +222,11 @@ class SimQuote:
     low: Decimal
     volume: int
     greeks: SimGreeks | None = None
+    mid: Decimal = field(init=False)  # (bid + ask) / 2, or the last price without a two-sided quote
 
-    @property
-    def mid(self) -> Decimal:
-        if self.bid > 0 and self.ask > 0:
-            return (self.bid + self.ask) / 2
-        return self.last
+    def __post_init__(self) -> None:
+        mid = (self.bid + self.ask) / 2 if self.bid > 0 and self.ask > 0 else self.last
+        object.__setattr__(self, "mid", mid)
 
 
 def black_scholes(
