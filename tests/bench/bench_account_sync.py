@@ -45,7 +45,7 @@ from typing import Any
 
 import asyncpg
 
-from syncd.context import Account, Context, open_context
+from syncd.context import Account, Context, open_context, settle_heap
 from syncd.cycles.account_sync import account_pass
 from syncd.daemon.passes import PassSummary, run_pass
 from syncd.db import apply_migrations
@@ -102,6 +102,9 @@ async def _sim_serve(conn: mpc.Connection, config: Any, latency_s: float) -> Non
     sim = await start_simulator(config)
     sim.faults.latency_s = latency_s
     build_books(sim)
+    # The books (500,000 positions at 10,000 x 50) live as long as the simulator: out of the cyclic
+    # collector's generations, as syncd's own start-up does with what it built (settle_heap).
+    settle_heap()
     infos = [
         SimAccountInfo(i, a.api_key, a.api_secret, a.tradier_account_id, a.tradier_token)
         for i, a in enumerate(sim.accounts)
