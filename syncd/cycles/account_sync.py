@@ -550,9 +550,11 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
     synced: no decoding, no comparison, nothing written. Otherwise the answer is decoded and
     compared first without a transaction: when nothing changed (the usual case) one UPDATE of
     ``accounts`` is all the pass writes (the time; the answer's fingerprint as the one seen, and
-    when the pass before saw it too, recorded with the state's fingerprints). Otherwise the
-    transaction takes the account's advisory lock, compares again (another replica may have
-    written meanwhile), writes the difference in one statement and records the fingerprints.
+    when the pass before saw it too, recorded with the state's fingerprints). Otherwise one
+    statement (``account_sync_apply``) takes the account's advisory lock, checks the stored rows
+    still have the fingerprint compared against, writes the difference and records the
+    fingerprints. When they changed (another replica, a hand edit, a quote), it writes nothing and
+    a transaction takes the lock, compares again and writes what that state needs.
     """
     deadline = ctx.settings.cycles.broker_timeout_s * FETCH_DEADLINE_FACTOR
     answer = await fetch_answer(account.broker, deadline)

@@ -8,6 +8,7 @@ in full and repair what differs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
@@ -20,6 +21,7 @@ import pytest_asyncio
 from syncd.brokers.base import answer_fingerprint
 from syncd.context import Account, Context
 from syncd.cycles import account_sync
+from syncd.db.locks import SYNC_LOCK_CLASS
 from tests.helpers import wait_for
 
 D = Decimal
@@ -245,8 +247,9 @@ async def test_moved_prices_compare_without_reading_the_rows_back(
 
 
 async def test_a_balances_only_write_records_the_positions_state_it_read(make_context: Any, sim: Any) -> None:
-    """A pass that writes only balances records the positions' fingerprint it read under the lock:
-    the true one, so the same answer next time is idle; a row quoted meanwhile makes it compare."""
+    """A pass that writes only balances records the positions' fingerprint it compared against,
+    checked under the lock: the true one, so the same answer next time is idle; a row quoted
+    meanwhile makes it compare."""
     async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
         acct = next(iter(ctx.accounts.values()))
         await _quoted_mirror(ctx, sim, acct)
@@ -621,3 +624,42 @@ async def test_the_balances_snapshot_is_decided_under_the_lock(
         after = await ctx.pool.fetchval("SELECT count(*) FROM account_snapshots WHERE account_id = $1", acct.id)
         assert after == snapshots + 1  # the other writer's, none of this pass's
         assert not any('"kind":"account"' in n for n in notes)
+
+
+async def test_a_write_committed_while_the_statement_waits_for_the_lock_is_seen(
+    make_context: Any, sim: Any, dsn: str
+) -> None:
+    """Another writer holds the account's lock when the pass's one write statement asks for it, and
+    changes a row before letting go: the statement, granted the lock, sees that commit (a fresh
+    snapshot), writes nothing, and the pass compares again under the lock and repairs the row."""
+    async with make_context(accounts=[sim.account_settings(0, broker="alpaca")]) as ctx:
+        acct = next(iter(ctx.accounts.values()))
+        await account_sync.account_pass(ctx, acct)
+        one = min(_sim_book(sim, 0))
+        await ctx.pool.execute("UPDATE portfolio_positions SET quantity = quantity + 1 WHERE symbol = $1", one)
+        schema = await ctx.pool.fetchval("SELECT current_schema()")
+        other = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+        try:
+            tx = other.transaction()
+            await tx.start()
+            await other.execute(ctx.queries["account_sync_lock"], SYNC_LOCK_CLASS, acct.id)
+            running = asyncio.create_task(account_sync.account_pass(ctx, acct))
+
+            async def waiting() -> bool:
+                return bool(
+                    await other.fetchval(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    )
+                )
+
+            await wait_for(waiting, timeout=10, what="the pass waiting for the account's lock")
+            await other.execute(
+                "UPDATE portfolio_positions SET quantity = 4242 WHERE account_id = $1 AND symbol <> $2", acct.id, one
+            )
+            await tx.commit()
+            stats = await asyncio.wait_for(running, timeout=30)
+        finally:
+            await other.close()
+        assert stats["upserted"] == len(_sim_book(sim, 0))  # the one it compared, and every row changed while it waited
+        assert await _book(ctx, acct) == _sim_book(sim, 0)
