@@ -334,6 +334,14 @@ def _q(x: Decimal) -> Decimal:
     return x.quantize(_PRICE_Q).normalize()
 
 
+def _available(qty: Decimal, held: Decimal | None) -> Decimal:
+    """A position's available quantity (signed like it): what working orders hold is not available."""
+    if held is None:
+        return qty
+    free = max(ZERO, abs(qty) - held)
+    return free if qty > 0 else -free
+
+
 class Exchange:
     """Accounts, the order book and the matching engine."""
 
@@ -651,9 +659,7 @@ class Exchange:
         pos = acct.positions.get(symbol)
         if pos is None:
             return ZERO
-        h = (held if held is not None else self.held_for_orders(acct)).get(symbol, ZERO)
-        free = max(ZERO, abs(pos.qty) - h)
-        return free if pos.qty > 0 else -free
+        return _available(pos.qty, (held if held is not None else self.held_for_orders(acct)).get(symbol))
 
     def _check_available(self, acct: SimAccount, order: SimOrder) -> None:
         held = self.held_for_orders(acct)
@@ -784,12 +790,6 @@ class Exchange:
         price, qty, mult = q.mid, pos.qty, inst.multiplier
         mv = qty * price * mult
         basis = qty * pos.avg_entry * mult
-        h = held.get(pos.symbol)  # as qty_available: what working orders hold is not available
-        if h is None:
-            available = qty
-        else:
-            free = max(ZERO, abs(qty) - h)
-            available = free if qty > 0 else -free
         return PositionView(
             position=pos,
             instrument=inst,
@@ -799,7 +799,7 @@ class Exchange:
             cost_basis=basis,
             unrealized_pl=mv - basis,
             unrealized_intraday_pl=qty * (price - q.prev_close) * mult,
-            qty_available=available,
+            qty_available=_available(qty, held.get(pos.symbol)),
         )
 
     def balances(self, acct: SimAccount) -> BalancesView:
