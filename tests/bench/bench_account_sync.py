@@ -27,8 +27,8 @@ connection; cross-checked against the passes' own counts), broker requests per a
 of the simulator's), and the floor: the broker's own service time at full concurrency (measured:
 a bare client GETs what a pass fetches of every account, ``--concurrency`` accounts at a time,
 reading the bodies and decoding nothing; the faster of a run before the first pass and one after
-the last; never below latency x requests / concurrency) + one bulk write of all rows (measured:
-one INSERT ... unnest of N x M rows into a scratch table).
+the last; never below latency x accounts / concurrency, an account's requests going at once)
++ one bulk write of all rows (measured: one INSERT ... unnest of N x M rows into a scratch table).
 """
 
 from __future__ import annotations
@@ -490,8 +490,9 @@ class BenchResult:
     service_s: float = 0.0  # the broker's own service time at full concurrency (broker_service_s; 0: not measured)
 
     def latency_bound(self, f: PassFigures) -> float:
-        """latency x requests / concurrency: what the added latency alone costs a pass."""
-        return self.latency_s * f.requests / self.concurrency
+        """latency x accounts / concurrency: what the added latency alone costs a pass (an account's
+        requests go at once, so each account waits one latency)."""
+        return self.latency_s * self.accounts / self.concurrency
 
     def floor(self, f: PassFigures) -> float:
         """The broker's own service time at full concurrency (measured; never below the latency
@@ -586,7 +587,7 @@ async def run_bench(args: argparse.Namespace) -> BenchResult:
         print(
             f"broker service time at concurrency {args.concurrency}: {service_s:.2f} s for {service_n} requests"
             f" (a bare client, bodies read, nothing decoded; the faster of two runs);"
-            f" latency x requests / concurrency {result.latency_bound(first):.2f} s",
+            f" latency x accounts / concurrency {result.latency_bound(first):.2f} s",
             flush=True,
         )
         for f in (first, idle, compared, quoted, moved):

@@ -19,8 +19,9 @@ same rows, same transactions and NOTIFYs):
 Printed per pass: wall time; CPU of syncd (this process), the simulator and Postgres; broker
 requests; rows written, from ``pg_stat_user_tables`` (every table of the schema except the
 bookkeeping ones, ``sync_runs``, ``account_health``, ``task_health``, ``accounts``, which are
-listed apart). Then each pass's floor: the broker's latency x requests / concurrency (the
-time the answers take to arrive at full concurrency) plus the database floor (the CPU
+listed apart). Then each pass's floor: the broker's latency x accounts x rounds / concurrency
+(the time the answers take to arrive at full concurrency; ``rounds``: the requests an account's
+pass makes one after the other, 1 where they go at once) plus the database floor (the CPU
 Postgres spent on the pass, spread over the machine's cores), and the pass's ratio to it;
 beside it the CPU floor (syncd, simulator and Postgres together over the cores: on a 2-core
 machine shared by all three, no pass can be faster). ``--profile monitor|trade`` prints a cProfile of that idle pass.
@@ -170,15 +171,27 @@ async def tick(url: str) -> None:
         r.raise_for_status()
 
 
-def floors(f: Figures, latency_s: float, concurrency: int) -> str:
+# Broker requests an account's pass makes one after the other (each waits a latency): accountSync
+# asks for the balances and the positions at once, monitorCycle for its stock and option quotes at
+# once; tradeCycle's first pass lists the open orders, then the recent ones (its idle pass: one list).
+AT_ONCE = ("accountSync", "monitorCycle")
+
+
+def rounds(f: Figures, accounts: int) -> float:
+    """How many latencies one account's pass waits, one after the other."""
+    return 1.0 if f.label.startswith(AT_ONCE) else f.requests / max(accounts, 1)
+
+
+def floors(f: Figures, latency_s: float, concurrency: int, accounts: int) -> str:
     """The pass against its floor: the broker's answers at full concurrency plus the database's own work."""
     cores = os.cpu_count() or 1
-    latency_floor = latency_s * f.requests / concurrency
+    r = rounds(f, accounts)
+    latency_floor = latency_s * accounts * r / concurrency
     db_floor = f.cpu_pg / cores
     floor = latency_floor + db_floor
     cpu_floor = (f.cpu_syncd + f.cpu_sim + f.cpu_pg) / cores
     return (
-        f"{f.label:<20} floor {floor:5.2f} s (latency x {f.requests} requests / {concurrency} = "
+        f"{f.label:<20} floor {floor:5.2f} s (latency x {accounts} accounts x {r:g} round(s) / {concurrency} = "
         f"{latency_floor:.2f} s + Postgres CPU / {cores} cores {db_floor:.2f} s): pass is "
         f"{f.seconds / floor if floor else float('inf'):.2f}x its floor; CPU floor (syncd + simulator + "
         f"Postgres over {cores} cores) {cpu_floor:.2f} s: {f.seconds / cpu_floor if cpu_floor else 0:.2f}x"
@@ -229,7 +242,7 @@ async def main() -> None:
             await one("monitor", "monitorCycle idle", args.profile == "monitor")
             print()
             for f in passes:
-                print(floors(f, args.latency_ms / 1000, args.concurrency), flush=True)
+                print(floors(f, args.latency_ms / 1000, args.concurrency, len(accounts)), flush=True)
             by = {f.label: f for f in passes}
             ref, mon = by["accountSync idle"], by["monitorCycle idle"]
             print(

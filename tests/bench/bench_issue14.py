@@ -5,13 +5,14 @@
 Runs :mod:`tests.bench.bench_account_sync` twice, the simulator in a process of its own:
 
 1. 1,000 accounts x 50 positions, 20 ms added to every answer, concurrency 32: the first and
-   the idle pass against the floor (latency x requests / concurrency, + one bulk write of every
-   row for the first pass); syncd's own CPU per position per pass. The idle pass recognises
-   each unchanged answer by its fingerprint (migration 0019); a third pass, ``compared``, is the
-   same idle pass with the recorded fingerprints forgotten, so every answer is decoded and
-   compared with the stored rows: its CPU is printed against the same 20 us; then ``quoted`` and
-   ``moved``: every row quoted as monitorCycle leaves them, prices moving between passes (every
-   answer differs, a balances snapshot is written), ``moved`` the steady state of a market day;
+   the idle pass against the floor (the broker's own service time at full concurrency, measured
+   by a bare client fetching what a pass fetches, + one bulk write of every row for the first
+   pass); syncd's own CPU per position per pass. The idle pass recognises each unchanged answer
+   by its fingerprint (migration 0019); a third pass, ``compared``, is the same idle pass with
+   the recorded fingerprints forgotten, so every answer is decoded and compared with the stored
+   rows: its CPU is printed against the same 20 us; then ``quoted`` and ``moved``: every row
+   quoted as monitorCycle leaves them, prices moving between passes (every answer differs, a
+   balances snapshot is written), ``moved`` the steady state of a market day;
 2. 10,000 accounts x 50 positions (500,000 rows), 20 ms, concurrency ``--big-concurrency``:
    first pass <= 20 s, idle pass <= 10 s wall, peak RSS < 1 GB (it takes minutes);
 3. the same 10,000 accounts shared by ``--replicas`` (3) replica processes, each with its own
