@@ -489,15 +489,20 @@ class BenchResult:
 
     service_s: float = 0.0  # the broker's own service time at full concurrency (broker_service_s; 0: not measured)
 
-    def latency_bound(self, f: PassFigures) -> float:
+    @property
+    def latency_bound(self) -> float:
         """latency x accounts / concurrency: what the added latency alone costs a pass (an account's
         requests go at once, so each account waits one latency)."""
         return self.latency_s * self.accounts / self.concurrency
 
+    @property
+    def broker_floor(self) -> float:
+        """The broker's own service time at full concurrency (measured; never below the latency bound)."""
+        return max(self.service_s, self.latency_bound)
+
     def floor(self, f: PassFigures) -> float:
-        """The broker's own service time at full concurrency (measured; never below the latency
-        bound) + one bulk write of every row for the first pass."""
-        return max(self.service_s, self.latency_bound(f)) + (self.write_s if f is self.first else 0.0)
+        """The broker's floor + one bulk write of every row for the first pass."""
+        return self.broker_floor + (self.write_s if f is self.first else 0.0)
 
     def cpu_us_per_position(self, f: PassFigures) -> float:
         return f.cpu_syncd / max(f.positions, 1) * 1e6
@@ -587,14 +592,13 @@ async def run_bench(args: argparse.Namespace) -> BenchResult:
         print(
             f"broker service time at concurrency {args.concurrency}: {service_s:.2f} s for {service_n} requests"
             f" (a bare client, bodies read, nothing decoded; the faster of two runs);"
-            f" latency x accounts / concurrency {result.latency_bound(first):.2f} s",
+            f" latency x accounts / concurrency {result.latency_bound:.2f} s",
             flush=True,
         )
         for f in (first, idle, compared, quoted, moved):
             floor = result.floor(f)
             print(
-                f"{f.name:<8} floor {floor:.2f} s (broker service time"
-                f" {max(service_s, result.latency_bound(f)):.2f} s"
+                f"{f.name:<8} floor {floor:.2f} s (broker service time {result.broker_floor:.2f} s"
                 f" + bulk write {write_s if f.name == 'first' else 0.0:.2f} s): "
                 f"pass is {f.seconds / floor:.2f}x the floor",
                 flush=True,
