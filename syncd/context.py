@@ -11,7 +11,7 @@ import datetime as dt
 import gc
 import os
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ import asyncpg
 
 from syncd.brokers.base import Broker
 from syncd.db import Queries, create_pool, load_queries
+from syncd.db.grouped import GroupedQuery
 from syncd.metrics import Metrics
 from syncd.settings import AccountSettings, Settings
 
@@ -54,6 +55,18 @@ class Context:
     # adapter's positions_key of that answer or None, how many rows) of the last comparison that
     # found them equal; see syncd.cycles.account_sync._plan and _fetched.
     compared_rows: dict[int, tuple[str, int, int | None, int]] = field(default_factory=dict)
+    # The statements concurrent passes send as one (syncd.db.grouped), by query name and pool:
+    # shared by the copies a test makes with replace(), each pool its own.
+    grouped_queries: dict[tuple[str, int], GroupedQuery] = field(default_factory=dict)
+
+    def grouped(self, name: str, shared: Sequence[Any] = ()) -> GroupedQuery:
+        """Query ``name`` as a :class:`GroupedQuery` over this context's pool (one per pool and name;
+        ``shared``, the arguments every call shares, as given the first time)."""
+        key = (name, id(self.pool))
+        query = self.grouped_queries.get(key)
+        if query is None or query.pool is not self.pool:
+            query = self.grouped_queries[key] = GroupedQuery(self.pool, self.queries[name], shared)
+        return query
 
     async def active_accounts(self, names: Iterable[str] | None = None) -> list[Account]:
         """Configured accounts (optionally only ``names``) that a user has not paused in SQL."""

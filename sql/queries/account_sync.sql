@@ -54,38 +54,47 @@ SELECT stale, upserted, deleted, events, snapshots, notified, snapshot, broker_c
   FROM account_sync_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14);
 
 -- name: account_sync_unchanged
--- The broker's answer is the one recorded, over the stored state it was found to match (0019):
--- the pass is idle without decoding or comparing, and the account is marked synced
--- (``positions``: how many). Otherwise ``positions`` is NULL, nothing is written, and the pass
--- compares in full, with what this statement read of the account (as account_sync_stored_account
--- reads it: ``broker_account_id``, the latest snapshot's balances, and with ``seen``, their
--- ``state``), so the comparison needs no other read of it, and the stored positions' fingerprint
--- (``positions_state``: when it is the one of rows this process last found equal to the broker's,
--- and the answer's positions are those again, the comparison needs no read of the rows either).
+-- For each of several accounts at once (syncd.db.grouped: the passes waiting meanwhile), in
+-- the order given (``ord``): the broker's answer is the one recorded, over the stored state it
+-- was found to match (0019): the pass is idle without decoding or comparing, and the account is
+-- marked synced (``positions``: how many). Otherwise ``positions`` is NULL, nothing is written
+-- for that account, and its pass compares in full, with what this statement read of the account
+-- (as account_sync_stored_account reads it: ``broker_account_id``, the latest snapshot's
+-- balances, and with ``seen``, their ``state``), so the comparison needs no other read of it, and
+-- the stored positions' fingerprint (``positions_state``: when it is the one of rows this process
+-- last found equal to the broker's, and the answer's positions are those again, the comparison
+-- needs no read of the rows either).
 -- ``seen``: the answer is the one the pass before saw (then the comparison records it).
 -- ``expiry``: whether expiry settlement has a trade to look at (for a pass that writes nothing).
--- $1 account id, $2 the answer's fingerprint, $3 the pending close_reasons (text[]).
-WITH hit AS (
-    UPDATE accounts
+-- $1 account ids (bigint[]), $2 the answers' fingerprints (bytea[], one per account),
+-- $3 the pending close_reasons (text[]).
+WITH ask AS (
+    SELECT t.id, t.answer, t.ord
+      FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS t(id, answer, ord)
+), hit AS (
+    UPDATE accounts a
        SET last_synced_at = now(),
-           last_error = CASE WHEN last_error LIKE 'accountSync: %' THEN NULL ELSE last_error END
-     WHERE id = $1
-       AND sync_answer = $2
-       AND sync_positions_state = account_positions_state($1)
-       AND sync_account_state = account_balances_state($1)
-    RETURNING sync_positions
-), h AS (
-    SELECT (SELECT sync_positions FROM hit) AS positions
+           last_error = CASE WHEN a.last_error LIKE 'accountSync: %' THEN NULL ELSE a.last_error END
+      FROM ask
+     WHERE a.id = ask.id
+       AND a.sync_answer = ask.answer
+       AND a.sync_positions_state = account_positions_state(a.id)
+       AND a.sync_account_state = account_balances_state(a.id)
+    RETURNING a.id, a.sync_answer, a.sync_positions
 )
-SELECT h.positions,
-       EXISTS (SELECT 1 FROM expiry_candidate_trades($1, $3::text[])) AS expiry,
-       COALESCE(a.sync_seen = $2, false) AS seen,
+SELECT ask.ord,
+       hit.sync_positions AS positions,
+       EXISTS (SELECT 1 FROM expiry_candidate_trades(ask.id, $3::text[])) AS expiry,
+       COALESCE(a.sync_seen = ask.answer, false) AS seen,
        a.broker_account_id, s.equity, s.cash, s.buying_power, s.long_market_value, s.short_market_value,
-       CASE WHEN h.positions IS NULL AND a.sync_seen = $2 THEN account_balances_state($1) END AS state,
-       CASE WHEN h.positions IS NULL THEN account_positions_state($1) END AS positions_state
-  FROM h
-  LEFT JOIN accounts a ON a.id = $1
-  LEFT JOIN LATERAL latest_account_snapshot($1) s ON true;
+       CASE WHEN hit.sync_positions IS NULL AND a.sync_seen = ask.answer
+            THEN account_balances_state(ask.id) END AS state,
+       CASE WHEN hit.sync_positions IS NULL THEN account_positions_state(ask.id) END AS positions_state
+  FROM ask
+  LEFT JOIN hit ON hit.id = ask.id AND hit.sync_answer = ask.answer  -- an account asked twice: each its own answer
+  LEFT JOIN accounts a ON a.id = ask.id
+  LEFT JOIN LATERAL latest_account_snapshot(ask.id) s ON true
+ ORDER BY ask.ord;
 
 -- name: account_sync_mark_synced
 -- An idle pass: the mirror already equals the broker's answer; only the time is new.

@@ -547,7 +547,8 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
 
     When the broker's answer is byte for byte the one recorded after an earlier pass, over a
     stored state with the fingerprints recorded then (0019), one statement marks the account
-    synced: no decoding, no comparison, nothing written. Otherwise the answer is decoded and
+    synced (sent with the other accounts' passes that ask at the same time, syncd.db.grouped): no
+    decoding, no comparison, nothing written. Otherwise the answer is decoded and
     compared first without a transaction: when nothing changed (the usual case) one UPDATE of
     ``accounts`` is all the pass writes (the time; the answer's fingerprint as the one seen, and
     when the pass before saw it too, recorded with the state's fingerprints). Otherwise one
@@ -562,19 +563,18 @@ async def sync_account(ctx: Context, account: Account) -> SyncResult:
     known: Any = None  # the record account_sync_unchanged read (None: no fingerprint)
     wrote = False
     written_expiry: bool | None = None  # after a write: whether expiry settlement has a trade to look at
+    record = False  # fingerprint the stored state for this answer (it is the one the pass before saw)
+    if answer.fingerprint is not None:
+        # one statement with the other accounts' passes that ask meanwhile (syncd.db.grouped)
+        unchanged = ctx.grouped("account_sync_unchanged", shared=[list(PENDING_REASONS)])
+        known = await unchanged.fetchrow(account.id, answer.fingerprint)
+        count = known["positions"]
+        if count is not None:
+            ctx.metrics.set("syncd_positions", count, account=account.name)
+            return SyncResult(count, Diff(unchanged=count), False, same_answer=True, expiry=known["expiry"])
+        record = known["seen"]
+    balances, fetched = _fetched(ctx, account, answer, known)
     async with ctx.pool.acquire() as conn:
-        record = False  # fingerprint the stored state for this answer (it is the one the pass before saw)
-        if answer.fingerprint is not None:
-            known = await conn.fetchrow(
-                q["account_sync_unchanged"], account.id, answer.fingerprint, list(PENDING_REASONS)
-            )
-            assert known is not None  # the statement always returns its one row
-            count = known["positions"]
-            if count is not None:
-                ctx.metrics.set("syncd_positions", count, account=account.name)
-                return SyncResult(count, Diff(unchanged=count), False, same_answer=True, expiry=known["expiry"])
-            record = known["seen"]
-        balances, fetched = _fetched(ctx, account, answer, known)
         plan = await _plan(ctx, conn, account, fetched, balances, fingerprint=record, stored_account=known)
         if plan.idle:
             await conn.execute(
