@@ -82,6 +82,7 @@ class Metrics:
         self._histograms: dict[str, dict[Labels, _Histogram]] = defaultdict(dict)
         self._help: dict[str, tuple[str, str]] = {}
         self.streams: dict[str, StreamView] = {}  # by account name: each trade stream's state
+        self._request_labels: dict[tuple[str, str, str], Labels] = {}  # broker_request's, made once each
         self._declare("syncd_cycle_duration_seconds", "histogram", "Duration of one pass of a task over its accounts")
         self._declare("syncd_cycle_failures_total", "counter", "Account passes that failed, by task and account")
         self._declare("syncd_broker_requests_total", "counter", "HTTP requests to brokers, by endpoint and status")
@@ -123,7 +124,13 @@ class Metrics:
 
     # what the code reports ---------------------------------------------------------------
     def broker_request(self, broker: str, endpoint: str, status: str) -> None:
-        self.inc("syncd_broker_requests_total", broker=broker, endpoint=endpoint, status=status)
+        # every broker request counts here: its labels are made once per (broker, endpoint, status)
+        key = (broker, endpoint, status)
+        labels = self._request_labels.get(key)
+        if labels is None:
+            labels = self._request_labels[key] = _labels(broker=broker, endpoint=endpoint, status=status)
+        counts = self._counters["syncd_broker_requests_total"]
+        counts[labels] = counts.get(labels, 0.0) + 1.0
 
     def account_pass(self, task: str, account: str, ok: bool) -> None:
         self.inc("syncd_account_passes_total", task=task, outcome="ok" if ok else "error")

@@ -8,7 +8,8 @@ Every request:
 1. waits for the account's token bucket (:mod:`syncd.brokers.ratelimit`);
 2. is sent with a total timeout of ``timeout_s`` for the WHOLE request: every attempt,
    every backoff sleep and the rate limiter's wait share one deadline, so a broker that
-   hangs costs one request ``timeout_s`` (never ``attempts x timeout_s``);
+   hangs costs one request ``timeout_s`` (never ``attempts x timeout_s``); a first attempt
+   sent at once is bounded by aiohttp's timeout alone, anything after it by one more timer;
 3. is retried, with full-jitter exponential backoff (:func:`syncd.errors.backoff`), on a connection error, a
    timeout, a 5xx or a 429 (waiting what ``Retry-After`` or Alpaca's
    ``X-Ratelimit-Reset`` asks for instead, when given) while the deadline leaves time for
@@ -62,6 +63,7 @@ ReasonExtractor = Callable[[Any], str | None]
 On404 = Literal["error", "not_found", "none"]
 
 _MAX_REASON = 300
+_NEVER = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,32 +191,50 @@ class HttpCore:
         form: Mapping[str, str] | Sequence[tuple[str, str]] | None,
         once: bool,
     ) -> Reply:
-        """The request's attempts under its one deadline; retries (and their bookkeeping) only after a failure."""
+        """The request's attempts under its one deadline; retries (and their bookkeeping) only after a failure.
+
+        The first attempt, when the rate limiter has a token at once (the usual case), is bounded
+        by aiohttp's own timeout, the whole of ``timeout_s``: the request sets one timer, not two.
+        Anything after it (a wait for a token, a backoff sleep, a retry) runs under an
+        ``asyncio`` timeout at the same deadline.
+        """
+        loop = asyncio.get_running_loop()
+        hard_deadline = loop.time() + self.timeout_s  # the hard bound of the whole request
         deadline = self.retry.monotonic() + self.timeout_s
         limit = 1 if once else max(1, self.retry.attempts)
         attempt = 0
+        failed: _Transient | None = None
         try:
-            # The hard bound of the whole request (attempts, backoff sleeps, rate-limit wait);
-            # each attempt's own aiohttp timeout is what is left of it.
-            async with asyncio.timeout(self.timeout_s):
+            if self._limiter is None or self._limiter.take_now():
+                attempt = 1
+                try:
+                    return await self._attempt(method, url, endpoint, params, json_body, form, deadline, token=True)
+                except _Transient as exc:
+                    if attempt >= limit:
+                        raise
+                    failed = exc
+            # Each later attempt's own aiohttp timeout is what is left of the deadline.
+            async with asyncio.timeout_at(hard_deadline):
                 while True:
-                    attempt += 1
-                    try:
-                        return await self._attempt(method, url, endpoint, params, json_body, form, deadline)
-                    except _Transient as exc:
-                        if attempt >= limit:
-                            raise
-                        wait = self._wait(exc, attempt, deadline)  # raises exc when waiting is pointless
+                    if failed is not None:
+                        wait = self._wait(failed, attempt, deadline)  # raises failed when waiting is pointless
                         log.warning(
                             "broker_request_retry",
                             broker=self.broker,
                             account=self.account,
                             request=what,
                             attempt=attempt,
-                            reason=str(exc),
+                            reason=str(failed),
                             wait_s=round(wait, 3),
                         )
                         await self.retry.sleep(wait)
+                    attempt += 1
+                    try:
+                        return await self._attempt(method, url, endpoint, params, json_body, form, deadline)
+                    except _Transient as exc:
+                        if attempt >= limit:
+                            raise
+                        failed = exc
         except _Transient as exc:
             raise self._exhausted(what, exc, once=once, attempts=attempt) from None
         except TimeoutError:
@@ -242,8 +262,10 @@ class HttpCore:
         json_body: Any,
         form: Mapping[str, str] | Sequence[tuple[str, str]] | None,
         deadline: float,
+        *,
+        token: bool = False,  # the rate limiter's token is taken already
     ) -> Reply:
-        if self._limiter is not None:
+        if self._limiter is not None and not token:
             await self._limiter.acquire()
         self.request_count += 1
         left = max(0.001, deadline - self.retry.monotonic())
@@ -255,7 +277,8 @@ class HttpCore:
                 json=json_body,
                 data=form,
                 headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=min(self.timeout_s, left)),
+                # exact: aiohttp rounds a timeout over 5 s up to a whole second of the loop's clock
+                timeout=aiohttp.ClientTimeout(total=min(self.timeout_s, left), ceil_threshold=_NEVER),
                 allow_redirects=False,
             ) as resp:
                 body = await resp.read()

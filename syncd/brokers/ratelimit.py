@@ -66,6 +66,10 @@ class TokenBucket:
             return True
         return False
 
+    def take_now(self) -> bool:
+        """Take a token if one is available now and nobody waits for one (waiters keep their turn)."""
+        return not self._lock.locked() and self.try_acquire()
+
     @property
     def tokens(self) -> float:
         self._refill()

@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -66,45 +66,47 @@ def _now() -> dt.datetime:
 
 async def _one(ctx: Context, task: TaskName, fn: AccountPass, acct: Account, sem: asyncio.Semaphore) -> PassResult:
     async with sem:
-        with structlog.contextvars.bound_contextvars(task=task, account=acct.name):
-            started, t0, req0 = _now(), time.perf_counter(), acct.broker.request_count
-            error: str | None = None
-            stats: dict[str, Any] = {}
-            broker = PassBroker(acct.broker)
-            try:
-                # Once the broker hung in this pass, the pass asks it nothing more (syncd.brokers.guard).
-                stats = await fn(ctx, replace(acct, broker=broker))
-                if broker.answered == 0:
-                    _credentials_accepted(ctx, acct)
-            except BrokerError as exc:
-                error = describe(exc)
-                log.warning("account_pass_failed", error=error)
-                if isinstance(exc, BrokerAuthFailed) and not isinstance(exc, CredentialsRefused):
-                    ctx.auth[acct.id] = f"{task} at {_now().isoformat(timespec='seconds')}: {error}"
-            except _DB_ERRORS as exc:
-                error = describe(exc)
-                log.error("account_pass_failed", error=error)
-            except Exception as exc:  # an account's bug must not stop the others
-                error = describe(exc)
-                log.exception("account_pass_crashed", error=error)
-            duration = time.perf_counter() - t0
-            stats["broker_requests"] = acct.broker.request_count - req0
-            if broker.answered > 0:
-                ctx.auth[acct.id] = None  # the broker answered this account's call: the credentials work
-            log.info(
-                "account_pass",
-                ok=error is None,
-                duration_ms=round(duration * 1000, 1),
-                **({"error": error} if error else {}),
-                **stats,
-            )
-            ctx.metrics.account_pass(task, acct.name, error is None)
-            result = PassResult(acct.name, acct.id, error is None, started, _now(), duration, error, stats)
-            if error is not None:
-                # A failure is recorded at once (accounts.last_error), not when the slowest
-                # account of the pass is done: whoever watches the table sees it now.
-                result.recorded = await _record_quietly(ctx, task, [result])
-            return result
+        # Each call runs in a task of its own (run_pass gathers them), whose context dies with it:
+        # the binding needs no reset.
+        structlog.contextvars.bind_contextvars(task=task, account=acct.name)
+        started, t0, req0 = _now(), time.perf_counter(), acct.broker.request_count
+        error: str | None = None
+        stats: dict[str, Any] = {}
+        broker = PassBroker(acct.broker)
+        try:
+            # Once the broker hung in this pass, the pass asks it nothing more (syncd.brokers.guard).
+            stats = await fn(ctx, Account(id=acct.id, name=acct.name, config=acct.config, broker=broker))
+            if broker.answered == 0:
+                _credentials_accepted(ctx, acct)
+        except BrokerError as exc:
+            error = describe(exc)
+            log.warning("account_pass_failed", error=error)
+            if isinstance(exc, BrokerAuthFailed) and not isinstance(exc, CredentialsRefused):
+                ctx.auth[acct.id] = f"{task} at {_now().isoformat(timespec='seconds')}: {error}"
+        except _DB_ERRORS as exc:
+            error = describe(exc)
+            log.error("account_pass_failed", error=error)
+        except Exception as exc:  # an account's bug must not stop the others
+            error = describe(exc)
+            log.exception("account_pass_crashed", error=error)
+        duration = time.perf_counter() - t0
+        stats["broker_requests"] = acct.broker.request_count - req0
+        if broker.answered > 0:
+            ctx.auth[acct.id] = None  # the broker answered this account's call: the credentials work
+        log.info(
+            "account_pass",
+            ok=error is None,
+            duration_ms=round(duration * 1000, 1),
+            **({"error": error} if error else {}),
+            **stats,
+        )
+        ctx.metrics.account_pass(task, acct.name, error is None)
+        result = PassResult(acct.name, acct.id, error is None, started, _now(), duration, error, stats)
+        if error is not None:
+            # A failure is recorded at once (accounts.last_error), not when the slowest
+            # account of the pass is done: whoever watches the table sees it now.
+            result.recorded = await _record_quietly(ctx, task, [result])
+        return result
 
 
 class CredentialsRefused(BrokerAuthFailed):

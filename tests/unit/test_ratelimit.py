@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from syncd.brokers.ratelimit import ALPACA_PER_MIN, TRADIER_PER_MIN, TokenBucket
+from tests.helpers import wait_for
 
 
 class FakeTime:
@@ -79,6 +80,27 @@ async def test_concurrent_waiters_are_served_in_order() -> None:
     await asyncio.gather(*(one(i) for i in range(5)))
     assert order == [0, 1, 2, 3, 4]
     assert len(t.sleeps) == 4
+
+
+async def test_take_now_never_jumps_the_queue() -> None:
+    """The no-wait path (a request's first attempt) takes a token only while nobody waits for one."""
+    t = FakeTime()
+    gate = asyncio.Event()
+
+    async def slow_sleep(seconds: float) -> None:
+        await gate.wait()  # a waiter, parked until the test lets it go
+        t.now += seconds
+
+    b = TokenBucket(60, burst=1, clock=t.clock, sleep=slow_sleep)
+    assert b.take_now()  # the burst
+    waiter = asyncio.ensure_future(b.acquire())
+    await wait_for(b._lock.locked, what="the waiter holds the queue (it waits for the refill)")
+    t.now += 3600  # a token is there, but it is the waiter's
+    assert not b.take_now()
+    gate.set()
+    await waiter
+    t.now += 3600  # the waiter served, the bucket serves whoever asks
+    assert b.take_now()
 
 
 def test_rejects_nonsense() -> None:
