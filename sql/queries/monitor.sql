@@ -1,26 +1,34 @@
 -- name: monitor_pass_state
--- $1 account id. What a monitorCycle pass starts from, in one statement. First a row with a NULL
--- symbol: what the account's last pass kept (accounts.monitor_rest, 0021) and ``inputs``, what
+-- What a monitorCycle pass starts from, in one statement, for each of several accounts at once
+-- (syncd.db.grouped: the passes asking meanwhile), in the order given (``ord``). ``known``: the
+-- account exists. ``monitor_rest``: what the account's last pass kept (0021); ``inputs``, what
 -- identifies the exit rules' inputs that the held rows' versions do not (the changes noted for
 -- the account in trade_input_changes with those purged into trade_input_purged, and the rows held
--- at 0), as a count and a hash sum of each, and the schema's version (the views judged from).
--- Then one row per held instrument, by symbol: the symbol and its row version (xmin: a new one
--- with every write to the row; monitor_cycle.rows_seen).
-SELECT NULL::text AS symbol, NULL::xid AS xmin, a.monitor_rest,
+-- at 0), as a count and a hash sum of each; the schema's version (the views judged from). Then
+-- the held instruments, by symbol: ``symbols`` and their row versions ``xmins`` (xmin: a new one
+-- with every write to the row; monitor_cycle.rows_seen), in the same order.
+-- $1 account ids (bigint[]).
+WITH ask AS (
+    SELECT t.id, t.ord FROM unnest($1::bigint[]) WITH ORDINALITY AS t(id, ord)
+)
+SELECT ask.ord, a.id IS NOT NULL AS known, a.monitor_rest,
        (SELECT (x.n + coalesce(g.n, 0)) || ':' || (x.h + coalesce(g.h, 0))
           FROM (SELECT count(*) AS n, coalesce(sum(hashtextextended(c.xid::text, 0)), 0) AS h
-                  FROM trade_input_changes c WHERE c.account_id = $1) x
-          LEFT JOIN trade_input_purged g ON g.account_id = $1)
+                  FROM trade_input_changes c WHERE c.account_id = ask.id) x
+          LEFT JOIN trade_input_purged g ON g.account_id = ask.id)
        || '/' ||
        (SELECT count(*) || ':' || coalesce(sum(hashtextextended(z.symbol || ':' || z.xmin::text, 0)), 0)
-          FROM portfolio_positions z WHERE z.account_id = $1 AND z.quantity = 0) AS inputs,
+          FROM portfolio_positions z WHERE z.account_id = ask.id AND z.quantity = 0) AS inputs,
        (SELECT max(version) FROM schema_migrations) AS schema_version,
-       0 AS k
-  FROM accounts a WHERE a.id = $1
-UNION ALL
-SELECT p.symbol, p.xmin, NULL, NULL, NULL, 1
-  FROM portfolio_positions p WHERE p.account_id = $1 AND p.quantity <> 0
- ORDER BY k, symbol;
+       h.symbols, h.xmins
+  FROM ask
+  LEFT JOIN accounts a ON a.id = ask.id
+  LEFT JOIN LATERAL (
+      SELECT coalesce(array_agg(p.symbol ORDER BY p.symbol), '{}'::text[]) AS symbols,
+             coalesce(array_agg(p.xmin ORDER BY p.symbol), '{}'::xid[]) AS xmins
+        FROM portfolio_positions p WHERE p.account_id = ask.id AND p.quantity <> 0
+  ) h ON true
+ ORDER BY ask.ord;
 
 -- name: monitor_keep_rest
 -- $1 account id, $2 what the pass leaves kept (accounts.monitor_rest, 0021; NULL: nothing).

@@ -223,15 +223,14 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
     (:func:`judged_key`) are not read or judged again (the pass reports that judgement's figures).
     """
     q = ctx.queries
-    start = await ctx.pool.fetch(q["monitor_pass_state"], account.id)
-    held = start[1:]
-    kept: dict[str, Any] | None = start[0]["monitor_rest"] if start else None
+    # one statement with the other accounts' passes that ask meanwhile (syncd.db.grouped)
+    start = await ctx.grouped("monitor_pass_state").fetchrow(account.id)
+    known = start["known"]
+    kept: dict[str, Any] | None = start["monitor_rest"] if known else None
     # what the judgement reads (the noted changes, the rows held at 0), the schema its views are
     # of, and the code that judges: a kept judgement of another schema or code never matches
-    inputs = (
-        f"{start[0]['inputs']}/{start[0]['schema_version']}/{judging_code(q['monitor_trade_legs'])}" if start else ""
-    )
-    symbols = [r["symbol"] for r in held]
+    inputs = f"{start['inputs']}/{start['schema_version']}/{judging_code(q['monitor_trade_legs'])}" if known else ""
+    symbols: list[str] = list(start["symbols"]) if known else []
     t_quotes = time.perf_counter()
     answer = await quote_answer(account.broker, symbols) if symbols else None
     if not symbols and account.id not in ctx.auth:
@@ -240,7 +239,7 @@ async def monitor_account(ctx: Context, account: Account, *, today: dt.date) -> 
         await account.broker.get_account()
     quotes_s = time.perf_counter() - t_quotes
     rows: list[dict[str, Any]] = []
-    versions = {r["symbol"]: r["xmin"] for r in held}
+    versions = dict(zip(symbols, start["xmins"], strict=True)) if known else {}
     seen = rows_seen(versions, answer)
     if answer is not None and (seen is None or kept is None or kept.get("seen") != seen):
         quotes = answer.decode()
