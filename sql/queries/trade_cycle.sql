@@ -13,36 +13,46 @@ SELECT pg_try_advisory_lock($1::int, ($2::bigint % 2147483647)::int) AS locked;
 SELECT pg_advisory_unlock($1::int, ($2::bigint % 2147483647)::int);
 
 -- name: trade_watermark
--- What a tradeCycle pass starts from, in one statement. $1 account id, $2 how long an order
--- recorded terminal is asked for again.
+-- What a tradeCycle pass starts from, in one statement, for each of several accounts at once
+-- (syncd.db.grouped: the passes asking meanwhile), in the order given (``ord``). $1 account ids
+-- (bigint[]), $2 how long an order recorded terminal is asked for again, $3 the pending
+-- close_reasons (text[]).
 -- ``watermark``: the order mirror's (NULL before the first pass); ``oldest_working``: the oldest
 -- submission time of an order still recorded as working (a bracket/OCO/OTO order counts as working
 -- while one of its legs works: a filled entry's exits); ``working``: broker ids of the account's
 -- top-level orders recorded as working, of those recorded terminal within the last $2 (asked
 -- again, so a wrong final answer is corrected by the next truthful one; see
 -- syncd.trading.reconcile.merge_order), and of a bracket/OCO/OTO order whose entry ended while
--- its exits still work (0017). Uses orders_working and orders_recent (0011).
-SELECT (SELECT orders_watermark FROM trade_cycle_state WHERE account_id = $1) AS watermark,
+-- its exits still work (0017). Uses orders_working and orders_recent (0011). ``expiry``: whether
+-- expiry settlement has a trade to look at (as account_sync_unchanged's).
+WITH ask AS (
+    SELECT t.id, t.ord FROM unnest($1::bigint[]) WITH ORDINALITY AS t(id, ord)
+)
+SELECT ask.ord,
+       (SELECT orders_watermark FROM trade_cycle_state WHERE account_id = ask.id) AS watermark,
        LEAST((SELECT min(submitted_at) FROM orders
-               WHERE account_id = $1 AND parent_id IS NULL
+               WHERE account_id = ask.id AND parent_id IS NULL
                  AND order_is_working(status)),
              (SELECT min(p.submitted_at) FROM orders c JOIN orders p ON p.id = c.parent_id
-               WHERE c.account_id = $1 AND order_is_working(c.status)
+               WHERE c.account_id = ask.id AND order_is_working(c.status)
                  AND p.order_class IN ('bracket', 'oco', 'oto'))) AS oldest_working,
        ARRAY(SELECT broker_order_id
                FROM orders
-              WHERE account_id = $1 AND parent_id IS NULL
+              WHERE account_id = ask.id AND parent_id IS NULL
                 AND order_is_working(status)
              UNION
              SELECT broker_order_id
                FROM orders
-              WHERE account_id = $1 AND parent_id IS NULL
+              WHERE account_id = ask.id AND parent_id IS NULL
                 AND updated_at > now() - $2::interval
              UNION
              SELECT p.broker_order_id
                FROM orders c JOIN orders p ON p.id = c.parent_id
-              WHERE c.account_id = $1 AND order_is_working(c.status)
-                AND p.order_class IN ('bracket', 'oco', 'oto')) AS working;
+              WHERE c.account_id = ask.id AND order_is_working(c.status)
+                AND p.order_class IN ('bracket', 'oco', 'oto')) AS working,
+       EXISTS (SELECT 1 FROM expiry_candidate_trades(ask.id, $3::text[])) AS expiry
+  FROM ask
+ ORDER BY ask.ord;
 
 -- name: trade_set_watermark
 -- Move the watermark to $2 when it is unset or older than $3 (so an idle pass mostly writes nothing;

@@ -31,6 +31,7 @@ import structlog
 from syncd.brokers.base import OrderNotFound
 from syncd.brokers.types import Order
 from syncd.context import Account, Context
+from syncd.trading.expiry import PENDING_REASONS
 from syncd.trading.expiry_store import settle_expirations
 from syncd.trading.order_store import (
     Observation,
@@ -52,13 +53,17 @@ MAX_LOOKUPS = 8  # concurrent get_order calls for working orders the listing mis
 TERMINAL_RECHECK = dt.timedelta(minutes=10)
 
 
-async def fetch_orders(ctx: Context, account: Account, started: dt.datetime) -> tuple[list[Order], dt.datetime | None]:
-    """The orders this pass must look at (broker calls only; nothing written), and the watermark read."""
-    q = ctx.queries
-    row = await ctx.pool.fetchrow(q["trade_watermark"], account.id, TERMINAL_RECHECK)
+async def fetch_orders(
+    ctx: Context, account: Account, started: dt.datetime
+) -> tuple[list[Order], dt.datetime | None, bool]:
+    """The orders this pass must look at (broker calls only; nothing written), the watermark read,
+    and whether expiry settlement had a trade to look at then (``trade_watermark``'s ``expiry``)."""
+    # one statement with the other accounts' passes that ask meanwhile (syncd.db.grouped)
+    start = ctx.grouped("trade_watermark", shared=[TERMINAL_RECHECK, list(PENDING_REASONS)])
+    row = await start.fetchrow(account.id)
     broker = account.broker
-    watermark, oldest_working = (row["watermark"], row["oldest_working"]) if row else (None, None)
-    working: list[str] = list(row["working"]) if row else []
+    watermark, oldest_working = row["watermark"], row["oldest_working"]
+    working: list[str] = list(row["working"])
     orders: dict[str, Order] = {}
     if watermark is None:
         for o in await broker.list_orders("open"):
@@ -72,7 +77,7 @@ async def fetch_orders(ctx: Context, account: Account, started: dt.datetime) -> 
     if missing:
         for o in await _get_orders(account, missing):
             orders[o.broker_order_id] = o
-    return list(orders.values()), watermark
+    return list(orders.values()), watermark, bool(row["expiry"])
 
 
 def watermark_due(watermark: dt.datetime | None, started: dt.datetime) -> bool:
@@ -102,7 +107,7 @@ async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
     if ctx.settings.trading.enabled:
         stats.update((await drain_outbox(ctx, account)).as_dict())
     started = dt.datetime.now(dt.UTC)
-    orders, watermark = await fetch_orders(ctx, account, started)
+    orders, watermark, expiry = await fetch_orders(ctx, account, started)
     q = ctx.queries
     async with ctx.pool.acquire() as conn:
         async with conn.transaction():
@@ -113,7 +118,10 @@ async def account_pass(ctx: Context, account: Account) -> dict[str, Any]:
                 await conn.execute(q["trade_set_watermark"], account.id, started, WATERMARK_STEP)
         applied.trades += [t for t in reconciled if t not in applied.trades]
         await send_notifications(conn, q, applied.notifications(account.name))
-    settled = await settle_expirations(ctx, account)
+    # Expiry settlement looks only where it could find a trade: one was a candidate when the pass
+    # began, or the pass changed an order or a trade since.
+    wrote = bool(applied.orders or applied.events or applied.trades)
+    settled = await settle_expirations(ctx, account) if expiry or wrote else []
     applied.trades += [t for t in settled if t not in applied.trades]
     stats.update(
         orders_seen=len(orders),

@@ -14,6 +14,7 @@ from dataclasses import replace
 from decimal import Decimal as D
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from syncd.brokers.types import (
@@ -341,3 +342,39 @@ async def test_a_pending_trade_stays_pending_when_its_orders_are_seen_again(
         )
     row = await trade(ctx, tid)
     assert (row["status"], row["close_reason"], row["exit_price"]) == ("closing", "expiration pending", None)
+
+
+async def test_trade_cycle_settles_only_where_a_trade_may_be_settled(
+    env: tuple[Context, Account, EventBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tradeCycle asks expiry settlement only when its first read found a candidate (or the pass
+    changed an order or trade since); an expired trade is still settled by the next pass."""
+    from syncd.cycles import trade_cycle
+
+    ctx, account, broker = env
+    asked: list[int] = []
+    settle = settle_expirations
+
+    async def counted(c: Context, a: Account, now: dt.datetime | None = None) -> list[int]:
+        asked.append(a.id)
+        return await settle(c, a, now)
+
+    async def no_orders(status: str = "all", since: dt.datetime | None = None) -> list[Order]:
+        return []
+
+    monkeypatch.setattr(trade_cycle, "settle_expirations", counted)
+    monkeypatch.setattr(broker, "list_orders", no_orders)
+    for _ in range(2):
+        await trade_cycle.account_pass(ctx, account)
+    assert asked == []  # no trade it could settle: not asked
+
+    tid = await make_trade(ctx, account, [(CALL_150, "buy")], "2", "1.25")
+    await expire(ctx, account, broker, {CALL_150: "2"})
+    await account_sync.sync_account(ctx, account)  # the leg vanished: a candidate
+    broker.option_events = [ev(OptionEventKind.EXPIRED, "-2", CALL_150, "20260116::exp-1")]
+    await trade_cycle.account_pass(ctx, account)
+    assert asked == [account.id]
+    row = await trade(ctx, tid)
+    assert (row["status"], row["close_reason"], row["realized_pnl"]) == ("closed", "expired", D("-250.00"))
+    await trade_cycle.account_pass(ctx, account)
+    assert asked == [account.id]  # closed: nothing left to settle

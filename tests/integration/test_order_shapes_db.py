@@ -24,6 +24,7 @@ from syncd.brokers.tradier import TradierBroker
 from syncd.brokers.types import Order
 from syncd.db import load_queries
 from syncd.settings import AccountSettings
+from syncd.trading.expiry import PENDING_REASONS
 from syncd.trading.order_store import Observation, apply_observations, lock_orders
 from tests.integration.test_closing_holds import _account, _committed, _position, _trade
 from tests.unit import test_order_shapes as shapes
@@ -117,8 +118,8 @@ async def test_bracket_by_hand_is_mirrored_with_its_legs_and_they_hold_once(
     assert view is not None and view["available_quantity"] == 20
     # the filled entry is terminal, yet tradeCycle keeps asking for it while its exits work
     q = load_queries()
-    start = await db_pool.fetchrow(q["trade_watermark"], acct, dt.timedelta(0))
-    assert start is not None and set(start["working"]) == {filled["id"]}
+    start = await db_pool.fetchrow(q["trade_watermark"], [acct], dt.timedelta(0), list(PENDING_REASONS))
+    assert start is not None and start["ord"] == 1 and set(start["working"]) == {filled["id"]}
     assert start["oldest_working"] is not None
 
     # the take-profit filled, the stop was cancelled: nothing is held any more
