@@ -182,13 +182,18 @@ def rounds(f: Figures, accounts: int) -> float:
     return 1.0 if f.label.startswith(AT_ONCE) else f.requests / max(accounts, 1)
 
 
+def floor_s(f: Figures, latency_s: float, concurrency: int, accounts: int) -> float:
+    """The pass's floor: the broker's answers at full concurrency plus the database's own work."""
+    return latency_s * accounts * rounds(f, accounts) / concurrency + f.cpu_pg / (os.cpu_count() or 1)
+
+
 def floors(f: Figures, latency_s: float, concurrency: int, accounts: int) -> str:
-    """The pass against its floor: the broker's answers at full concurrency plus the database's own work."""
+    """The pass against its floor (:func:`floor_s`), each part named."""
     cores = os.cpu_count() or 1
     r = rounds(f, accounts)
     latency_floor = latency_s * accounts * r / concurrency
     db_floor = f.cpu_pg / cores
-    floor = latency_floor + db_floor
+    floor = floor_s(f, latency_s, concurrency, accounts)
     cpu_floor = (f.cpu_syncd + f.cpu_sim + f.cpu_pg) / cores
     return (
         f"{f.label:<20} floor {floor:5.2f} s (latency x {accounts} accounts x {r:g} round(s) / {concurrency} = "
@@ -198,9 +203,37 @@ def floors(f: Figures, latency_s: float, concurrency: int, accounts: int) -> str
     )
 
 
-async def main() -> None:
-    args = parse_args()
-    configure_logging(LogSettings(level="warning", format="console"))
+@dataclass
+class CyclesResult:
+    """One run: every timed pass, and what their floors are made of."""
+
+    accounts: int
+    latency_s: float
+    concurrency: int
+    passes: dict[str, Figures]  # by label
+
+    def floor(self, label: str) -> float:
+        return floor_s(self.passes[label], self.latency_s, self.concurrency, self.accounts)
+
+
+def cycles_args(accounts: int, concurrency: int) -> argparse.Namespace:
+    """The arguments of a run at ``accounts`` x 50 positions, 20 ms (bench_issue14's)."""
+    return argparse.Namespace(
+        accounts=accounts,
+        positions=50,
+        latency_ms=20.0,
+        concurrency=concurrency,
+        broker="alpaca",
+        pool=20,
+        seed=42,
+        profile=None,
+        keep_db=False,
+        sim="process",
+    )
+
+
+async def run_cycles(args: argparse.Namespace) -> CyclesResult:
+    """Set up, time every pass (printing each line and the floors); tear down."""
     admin, server = find_admin_dsn()
     name = f"syncd_bench_cycles_{os.getpid()}"
     await create_database(admin, name)
@@ -250,6 +283,7 @@ async def main() -> None:
                 f"{ref.seconds:.2f} s ({ref.cpu_syncd:.2f} s CPU): {mon.seconds / ref.seconds:.2f}x",
                 flush=True,
             )
+            return CyclesResult(len(accounts), args.latency_ms / 1000, args.concurrency, by)
     finally:
         await sim.stop()
         if args.keep_db:
@@ -258,6 +292,12 @@ async def main() -> None:
             await drop_database(admin, name)
         if server is not None:
             server.stop()
+
+
+async def main() -> None:
+    args = parse_args()
+    configure_logging(LogSettings(level="warning", format="console"))
+    await run_cycles(args)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from syncd.settings import LogSettings
 from tests.bench.common import scratch_database
 
 TARGET_S = 0.3  # issue 14: sync-once with no accounts
+NO_ACCOUNTS = "syncd sync-once (no accounts)"
 
 
 def syncd_command() -> list[str]:
@@ -64,34 +65,46 @@ def line(label: str, walls: list[float], cpus: list[float], note: str = "") -> s
     )
 
 
+Times = dict[str, tuple[list[float], list[float]]]  # label -> (walls, CPUs)
+
+
+async def startup_times(syncd: list[str], runs: int, *, show: bool = True) -> Times:
+    """Wall and CPU seconds of each start-up case (``runs`` runs each), by label; printed as measured."""
+    out: Times = {}
+    async with scratch_database("bench_startup") as dsn:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "syncd.toml"
+            config.write_text(f'[database]\ndsn = "{dsn}"\n', encoding="utf-8")
+            env_note = f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+            if show:
+                print(f"start-up, {runs} runs each ({env_note}); command: {' '.join(syncd)}")
+            cases: list[tuple[str, list[str]]] = [
+                ("python -c pass", [sys.executable, "-c", "pass"]),
+                ("syncd --help", [*syncd, "--help"]),
+                ("syncd sync-once --help", [*syncd, "sync-once", "--help"]),
+                ("syncd config check", [*syncd, "--config", str(config), "config", "check"]),
+                (NO_ACCOUNTS, [*syncd, "--config", str(config), "sync-once"]),
+            ]
+            for label, argv in cases:
+                # run in a thread: the scratch database's event loop stays responsive
+                walls, cpus = await asyncio.to_thread(measure, argv, runs)
+                out[label] = (walls, cpus)
+                note = ""
+                if label == NO_ACCOUNTS:
+                    median = statistics.median(walls)
+                    note = f"   target {TARGET_S} s: {median / TARGET_S:.2f}x"
+                if show:
+                    print(line(label, walls, cpus, note), flush=True)
+    return out
+
+
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=11)
     p.add_argument("--syncd", help="the syncd command to time (default: the one beside this interpreter)")
     args = p.parse_args()
     configure_logging(LogSettings(level="warning"))
-    syncd = args.syncd.split() if args.syncd else syncd_command()
-    async with scratch_database("bench_startup") as dsn:
-        with tempfile.TemporaryDirectory() as tmp:
-            config = Path(tmp) / "syncd.toml"
-            config.write_text(f'[database]\ndsn = "{dsn}"\n', encoding="utf-8")
-            env_note = f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
-            print(f"start-up, {args.runs} runs each ({env_note}); command: {' '.join(syncd)}")
-            cases: list[tuple[str, list[str]]] = [
-                ("python -c pass", [sys.executable, "-c", "pass"]),
-                ("syncd --help", [*syncd, "--help"]),
-                ("syncd sync-once --help", [*syncd, "sync-once", "--help"]),
-                ("syncd config check", [*syncd, "--config", str(config), "config", "check"]),
-                ("syncd sync-once (no accounts)", [*syncd, "--config", str(config), "sync-once"]),
-            ]
-            for label, argv in cases:
-                # run in a thread: the scratch database's event loop stays responsive
-                walls, cpus = await asyncio.to_thread(measure, argv, args.runs)
-                note = ""
-                if label.startswith("syncd sync-once (no"):
-                    median = statistics.median(walls)
-                    note = f"   target {TARGET_S} s: {median / TARGET_S:.2f}x"
-                print(line(label, walls, cpus, note), flush=True)
+    await startup_times(args.syncd.split() if args.syncd else syncd_command(), args.runs)
 
 
 if __name__ == "__main__":
