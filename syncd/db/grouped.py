@@ -11,9 +11,10 @@ syncd's. :class:`GroupedQuery` sends them in groups (a *group commit*):
 - one statement runs at a time per query and pool, so the groups grow exactly as much as the
   callers outpace Postgres.
 
-A statement over several callers that fails is run again for each caller alone, so one caller's
-error (a constraint, a deadlock with another replica's group) is that caller's, and the others
-get their rows. The statement takes, as ``$1 .. $k``, one array per argument of a call, then the
+A statement over several callers that Postgres refuses is run again for each caller alone, so one
+caller's error (a constraint, a deadlock with another replica's group) is that caller's, and the
+others get their rows; a failure to reach Postgres at all (down, the pool closed, a timeout) is
+every caller's at once. The statement takes, as ``$1 .. $k``, one array per argument of a call, then the
 shared arguments, and returns one row per element, its ``ord`` column the element's position
 (1-based, as ``unnest ... WITH ORDINALITY`` numbers them).
 """
@@ -78,10 +79,16 @@ class GroupedQuery:
     async def _send(self, group: list[tuple[tuple[Any, ...], asyncio.Future[asyncpg.Record]]]) -> None:
         try:
             rows = await self._statement([args for args, _ in group])
-        except Exception as exc:  # noqa: BLE001 -- whatever it is, each caller gets its own outcome
-            if len(group) == 1:
-                _settle(group[0][1], exc)
+        except Exception as exc:  # noqa: BLE001 -- whatever it is, every caller gets an outcome
+            if len(group) == 1 or not isinstance(exc, asyncpg.PostgresError):
+                # One caller; or no answer from Postgres at all (it is down, the pool is closed, a
+                # timeout): sent again caller by caller it would fail once per caller, one after
+                # the other, each as slowly. Every caller gets this error at once.
+                for _, f in group:
+                    _settle(f, exc)
                 return
+            # Postgres refused the statement for what one caller asked (a constraint, a deadlock
+            # with another replica's group): sent again caller by caller, the error is its own.
             log.warning("grouped_statement_split", size=len(group), error=f"{type(exc).__name__}: {exc}")
             for one in group:  # each caller's own outcome
                 await self._send([one])

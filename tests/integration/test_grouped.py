@@ -149,3 +149,14 @@ async def test_a_worker_cancelled_at_shutdown_leaves_no_caller_waiting(pool: asy
     finally:
         await gate.close()
     assert (await q.fetchrow(4))["v"] == 25  # a new caller starts a new worker
+
+
+async def test_no_answer_from_postgres_is_every_callers_at_once(dsn: str) -> None:
+    """Postgres out of reach (here: the pool closed): the group fails once, every caller with it, no split."""
+    p = await create_pool(DatabaseSettings(dsn=dsn, pool_min=1, pool_max=1))
+    q = GroupedQuery(p, INVERSE, shared=["t"])
+    assert (await q.fetchrow(1))["v"] == 100
+    await p.close()
+    results = await asyncio.gather(*(q.fetchrow(x) for x in (1, 2, 4)), return_exceptions=True)
+    assert all(isinstance(r, asyncpg.InterfaceError) for r in results), results
+    assert q._worker is None
