@@ -54,7 +54,7 @@ from tests.pg import create_database, drop_database, find_admin_dsn, with_databa
 BOOKKEEPING = ("sync_runs", "account_health", "task_health", "accounts", "replicas", "schema_migrations")
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--accounts", type=int, default=1000)
     p.add_argument("--positions", type=int, default=50)
@@ -65,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--profile", choices=("monitor", "trade"), help="print a cProfile of that cycle's idle pass")
     p.add_argument("--keep-db", action="store_true", help="keep the scratch database (its name is printed)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.sim = "process"  # SimHandle's switch: the simulator always runs in its own process here
     return args
 
@@ -218,18 +218,7 @@ class CyclesResult:
 
 def cycles_args(accounts: int, concurrency: int) -> argparse.Namespace:
     """The arguments of a run at ``accounts`` x 50 positions, 20 ms (bench_issue14's)."""
-    return argparse.Namespace(
-        accounts=accounts,
-        positions=50,
-        latency_ms=20.0,
-        concurrency=concurrency,
-        broker="alpaca",
-        pool=20,
-        seed=42,
-        profile=None,
-        keep_db=False,
-        sim="process",
-    )
+    return parse_args(["--accounts", str(accounts), "--concurrency", str(concurrency)])
 
 
 async def run_cycles(args: argparse.Namespace) -> CyclesResult:

@@ -59,7 +59,7 @@ async def test_callers_that_arrive_while_a_statement_runs_go_in_the_next(pool: a
         first = asyncio.ensure_future(q.fetchrow(1))
         await wait_for(lambda: gate.fetchval(WAITING))  # its statement runs (and waits for the gate)
         rest = [asyncio.ensure_future(q.fetchrow(x)) for x in range(2, 12)]
-        await asyncio.sleep(0)
+        await wait_for(lambda: len(q._queue) == 10, what="the ten queued behind the running statement")
         await gate.execute("SELECT pg_advisory_unlock(4711)")
         assert (await first)["v"] == 100
         assert [(await r)["v"] for r in rest] == [100 // x for x in range(2, 12)]
@@ -91,7 +91,7 @@ async def test_a_cancelled_caller_leaves_the_others_answered(pool: asyncpg.Pool[
         first = asyncio.ensure_future(q.fetchrow(1))  # sent alone
         await wait_for(lambda: gate.fetchval(WAITING))
         queued = [asyncio.ensure_future(q.fetchrow(x)) for x in (2, 4, 5)]
-        await asyncio.sleep(0)  # the queued callers are waiting now
+        await wait_for(lambda: len(q._queue) == 3, what="the queued callers wait")
         queued[1].cancel()
         await gate.execute("SELECT pg_advisory_unlock(4711)")
         assert (await first)["v"] == 100
@@ -140,7 +140,7 @@ async def test_a_worker_cancelled_at_shutdown_leaves_no_caller_waiting(pool: asy
         first = asyncio.ensure_future(q.fetchrow(1))
         await wait_for(lambda: gate.fetchval(WAITING))
         queued = asyncio.ensure_future(q.fetchrow(2))
-        await asyncio.sleep(0)
+        await wait_for(lambda: len(q._queue) == 1, what="the caller queued")
         assert q._worker is not None
         q._worker.cancel()
         results = await asyncio.gather(first, queued, return_exceptions=True)
