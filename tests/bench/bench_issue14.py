@@ -173,7 +173,8 @@ def rows_for(
             out.append(
                 (
                     f"{shared.accounts}x50 @20ms {p.name} pass, {shared.replicas} replicas (total wall)",
-                    f"{p.seconds:.1f} s (shares: {shares}; CPU replicas {p.cpu_syncd:.1f} s)",
+                    f"{p.seconds:.1f} s (shares: {shares}; CPU replicas {p.cpu_syncd:.1f} s, sim {p.cpu_sim:.1f} s, "
+                    f"pg {p.cpu_pg:.1f} s; broker service time {shared.service_s:.1f} s)",
                     f"{bound:.0f} s",
                     p.seconds / bound,
                 )

@@ -10,6 +10,12 @@ and a :class:`syncd.daemon.leases.LeaseManager` under its own instance name. The
 run until the leases are balanced (every account held by exactly one replica, each holding its
 fair share), as they would be after the replicas' first seconds.
 
+Before the first pass, a bare client fetches what a pass fetches of every account, at the
+replicas' combined concurrency (:func:`tests.bench.bench_account_sync.broker_service_s`), and
+again after the last pass: the broker's own service time (the faster of the two), as the
+single-process run measures it. The fetch before the first pass also takes the simulator's
+one-time work on its first answers (about 1 ms of its CPU an account) out of that pass, as there.
+
 Timed: two accountSync passes (``first``: an empty mirror; ``idle``: nothing changed at the
 broker), each replica running ``run_pass`` over the accounts it holds, all started at once.
 Printed per pass: each replica's share (accounts, positions, wall time, its own CPU) and the
@@ -40,6 +46,7 @@ from tests.bench.bench_account_sync import (
     TABLES,
     SimHandle,
     account_settings,
+    broker_service_s,
     flush_stats,
     postgres_cpu,
     table_writes,
@@ -99,6 +106,7 @@ class ReplicasResult:
     first: ReplicaPass
     idle: ReplicaPass
     rss_mb: list[float] = field(default_factory=list)
+    service_s: float = 0.0  # the broker's own service time at the replicas' combined concurrency
 
 
 # -- one replica, in a process of its own ---------------------------------------------------------------
@@ -272,8 +280,19 @@ async def run_replicas(
                     f"simulator in its own process; set-up {time.perf_counter() - t_setup:.1f} s",
                     flush=True,
                 )
+                service_s, service_n = await broker_service_s(account_settings(sim, "alpaca"), concurrency * replicas)
+                print(
+                    f"bare fetch at concurrency {concurrency * replicas}, before the first pass: {service_s:.2f} s for "
+                    f"{service_n} requests (a bare client, bodies read, nothing decoded; the simulator's one-time work "
+                    "on its first answers included)",
+                    flush=True,
+                )
                 first = await _timed(procs, dsn, pool, sim, "first", accounts)
                 idle = await _timed(procs, dsn, pool, sim, "idle", accounts)
+                # the floor takes the faster of the fetch before the first pass and one after the last
+                again, _ = await broker_service_s(account_settings(sim, "alpaca"), concurrency * replicas)
+                print(f"bare fetch again, after the passes: {again:.2f} s (the service time: the faster)", flush=True)
+                service_s = min(service_s, again)
             finally:
                 await pool.close()
             rss = await procs.stop()
@@ -281,7 +300,7 @@ async def run_replicas(
             procs.kill()
             await sim.stop()
     print("peak RSS of each replica: " + ", ".join(f"{r:.0f} MB" for r in rss), flush=True)
-    return ReplicasResult(accounts, replicas, latency_ms / 1000, concurrency, first, idle, rss)
+    return ReplicasResult(accounts, replicas, latency_ms / 1000, concurrency, first, idle, rss, service_s)
 
 
 async def main() -> None:
