@@ -38,7 +38,8 @@ SELECT a.broker_account_id, s.equity, s.cash, s.buying_power, s.long_market_valu
 -- $4 rows to upsert: UTF-8 JSON (bytea), an array of arrays, each a PositionRow's first 14
 --    fields in order (symbol, asset_class, underlying, option_type, strike, expiration,
 --    multiplier, quantity, qty_available, avg_entry_price, cost_basis, current_price,
---    market_value, unrealized_pl); decimals as strings, the date ISO, NULLs null
+--    market_value, unrealized_pl), then true when the row is new (no stored row of its symbol:
+--    inserted without a conflict probe, 0023); decimals as strings, the date ISO, NULLs null
 -- $5 symbols to delete
 -- $6 events: UTF-8 JSON (bytea), an array of [symbol, kind, old_quantity, new_quantity]
 -- ($4 and $6 are JSON rather than arrays of position_row / position_event_row: asyncpg's binary

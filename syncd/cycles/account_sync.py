@@ -57,6 +57,7 @@ import asyncio
 import datetime as dt
 import operator
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple
@@ -131,6 +132,7 @@ class Diff:
     """What a pass writes: rows to upsert (new or changed), symbols to delete, events."""
 
     upserts: list[PositionRow] = field(default_factory=list)
+    new: set[str] = field(default_factory=set)  # symbols of upserts with no stored row (inserted plainly)
     deletes: list[str] = field(default_factory=list)
     events: list[PositionEvent] = field(default_factory=list)
     unchanged: int = 0
@@ -181,6 +183,7 @@ def diff_positions(stored: Mapping[str, PositionRow], fetched: Iterable[Position
         old = stored.get(row.symbol)
         if old is None:
             diff.upserts.append(row)
+            diff.new.add(row.symbol)
             diff.events.append(PositionEvent(row.symbol, "opened", Decimal(0), row.quantity))
             continue
         if old.quantity != row.quantity:
@@ -281,9 +284,10 @@ _ROWS_JSON = msgspec.json.Encoder(decimal_format="string")
 UPSERT_FIELDS = PositionRow._fields[:14]
 
 
-def upsert_rows(rows: Sequence[PositionRow]) -> bytes:
-    """``account_sync_apply``'s rows to upsert: each row's ``UPSERT_FIELDS`` as a JSON array."""
-    return _ROWS_JSON.encode([r[:14] for r in rows])
+def upsert_rows(rows: Sequence[PositionRow], new: AbstractSet[str] = frozenset()) -> bytes:
+    """``account_sync_apply``'s rows to write: each row's ``UPSERT_FIELDS`` as a JSON array, then
+    whether its symbol is in ``new`` (no stored row: inserted without an upsert's conflict probe, 0023)."""
+    return _ROWS_JSON.encode([(*r[:14], r[0] in new) for r in rows])
 
 
 def event_rows(events: Sequence[PositionEvent]) -> bytes:
@@ -528,7 +532,7 @@ async def _apply(
         account.id,
         SYNC_LOCK_CLASS,
         expected,
-        upsert_rows(diff.upserts),
+        upsert_rows(diff.upserts, diff.new),
         diff.deletes,
         event_rows(diff.events),
         balances_row(b),

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 
 from syncd.brokers.types import (
@@ -245,6 +246,46 @@ async def test_account_sync_apply_lands_each_field_in_the_column_of_its_name(db_
         account,
     )
     assert nulls is not None and set(nulls.values()) == {None}  # JSON null is SQL NULL, not the text 'null'
+
+
+async def test_account_sync_apply_inserts_new_rows_plainly_and_fails_closed_on_a_stored_one(
+    db_pool: asyncpg.Pool[Any],
+) -> None:
+    """Rows flagged new (0023) are inserted without a conflict probe, the others upserted; a row flagged
+    new whose symbol is stored after all fails the whole statement: nothing of it is written."""
+    from syncd.db.queries import load_queries
+
+    q = load_queries()
+    account = await db_pool.fetchval("INSERT INTO accounts (name, broker) VALUES ('fresh', 'alpaca') RETURNING id")
+    balances = account_sync.balances_row(Balances("b-1", Decimal(1), Decimal(2), Decimal(3), Decimal(4), Decimal(5)))
+
+    def stock(symbol: str, qty: str) -> PositionRow:
+        n = Decimal(qty)
+        return PositionRow(symbol, "us_equity", symbol, None, None, None, Decimal(1), n, n, Decimal(10), n * 10)
+
+    async def apply(rows: list[PositionRow], new: set[str]) -> Any:
+        return await db_pool.fetchrow(
+            q["account_sync_apply"], account, 1, None, account_sync.upsert_rows(rows, new), [], b"[]",
+            balances, None, [], "{}", None, len(rows), [], None,
+        )  # fmt: skip
+
+    first = await apply([stock("AAA", "1"), stock("BBB", "2")], {"AAA", "BBB"})
+    assert first is not None and first["upserted"] == 2
+    again = await apply([stock("AAA", "5"), stock("CCC", "3")], {"CCC"})  # AAA stored: upserted
+    assert again is not None and again["upserted"] == 2
+    held = "SELECT symbol, quantity FROM portfolio_positions WHERE account_id = $1 ORDER BY symbol"
+    before = [tuple(r) for r in await db_pool.fetch(held, account)]
+    assert before == [("AAA", Decimal(5)), ("BBB", Decimal(2)), ("CCC", Decimal(3))]
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await apply([stock("BBB", "9"), stock("DDD", "4")], {"BBB", "DDD"})  # BBB is stored after all
+    assert [tuple(r) for r in await db_pool.fetch(held, account)] == before
+    # a caller of 0022's form (14 fields, no flag) is upserted, as before
+    old_form = msgspec.json.Encoder(decimal_format="string").encode([tuple(stock("BBB", "7"))[:14]])
+    row = await db_pool.fetchrow(
+        q["account_sync_apply"], account, 1, None, old_form, [], b"[]", balances, None, [], "{}", None, 3, [], None
+    )
+    assert row is not None and row["upserted"] == 1
+    assert await db_pool.fetchval("SELECT quantity FROM portfolio_positions WHERE symbol = 'BBB'") == 7
 
 
 async def test_rows_arrive_exact_and_by_name(db_pool: asyncpg.Pool[Any]) -> None:
