@@ -4,7 +4,7 @@
 -- for (a first sync writes nothing else) needs no conflict arbiter: the diff was made under the
 -- account's lock, or checked against the stored positions' fingerprint under it, and positions
 -- are inserted by accountSync alone. Each row of p_rows may now carry a 15th element, true for
--- such a row: those are inserted plainly (about 5 % of Postgres's CPU for a first sync), the
+-- such a row: those are inserted plainly (about 4 % of Postgres's CPU for a first sync), the
 -- others upserted as before. A row without the element is upserted, so a caller of 0022's form
 -- still works. Same signature, same result columns.
 

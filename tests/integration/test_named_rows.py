@@ -252,40 +252,55 @@ async def test_account_sync_apply_inserts_new_rows_plainly_and_fails_closed_on_a
     db_pool: asyncpg.Pool[Any],
 ) -> None:
     """Rows flagged new (0023) are inserted without a conflict probe, the others upserted; a row flagged
-    new whose symbol is stored after all fails the whole statement: nothing of it is written."""
+    new whose symbol is stored after all fails the whole statement: nothing of it is written (rows,
+    events, snapshot, the account's marks). Rows of 0022's form (no flag) are upserted, new or not."""
     from syncd.db.queries import load_queries
 
     q = load_queries()
     account = await db_pool.fetchval("INSERT INTO accounts (name, broker) VALUES ('fresh', 'alpaca') RETURNING id")
-    balances = account_sync.balances_row(Balances("b-1", Decimal(1), Decimal(2), Decimal(3), Decimal(4), Decimal(5)))
+
+    def balances(equity: int) -> dict[str, Any]:
+        return account_sync.balances_row(
+            Balances("b-1", Decimal(equity), Decimal(2), Decimal(3), Decimal(4), Decimal(5))
+        )
 
     def stock(symbol: str, qty: str) -> PositionRow:
         n = Decimal(qty)
         return PositionRow(symbol, "us_equity", symbol, None, None, None, Decimal(1), n, n, Decimal(10), n * 10)
 
-    async def apply(rows: list[PositionRow], new: set[str]) -> Any:
+    async def apply(rows: bytes, events: list[PositionEvent], equity: int = 1) -> Any:
         return await db_pool.fetchrow(
-            q["account_sync_apply"], account, 1, None, account_sync.upsert_rows(rows, new), [], b"[]",
-            balances, None, [], "{}", None, len(rows), [], None,
+            q["account_sync_apply"], account, 1, None, rows, [], account_sync.event_rows(events),
+            balances(equity), None, [], "{}", bytes([equity]) * 16, 3, [], None,
         )  # fmt: skip
 
-    first = await apply([stock("AAA", "1"), stock("BBB", "2")], {"AAA", "BBB"})
+    def opened(symbol: str, qty: str) -> PositionEvent:
+        return PositionEvent(symbol, "opened", Decimal(0), Decimal(qty))
+
+    rows = account_sync.upsert_rows
+    first = await apply(rows([stock("AAA", "1"), stock("BBB", "2")], {"AAA", "BBB"}), [opened("AAA", "1")])
     assert first is not None and first["upserted"] == 2
-    again = await apply([stock("AAA", "5"), stock("CCC", "3")], {"CCC"})  # AAA stored: upserted
+    again = await apply(rows([stock("AAA", "5"), stock("CCC", "3")], {"CCC"}), [])  # AAA stored: upserted
     assert again is not None and again["upserted"] == 2
-    held = "SELECT symbol, quantity FROM portfolio_positions WHERE account_id = $1 ORDER BY symbol"
+    held = "SELECT symbol, quantity, updated_at FROM portfolio_positions WHERE account_id = $1 ORDER BY symbol"
+    state = """SELECT (SELECT count(*) FROM position_events WHERE account_id = $1),
+                      (SELECT count(*) FROM account_snapshots WHERE account_id = $1),
+                      (SELECT (sync_answer, sync_positions_state, last_synced_at)::text FROM accounts WHERE id = $1)"""
     before = [tuple(r) for r in await db_pool.fetch(held, account)]
-    assert before == [("AAA", Decimal(5)), ("BBB", Decimal(2)), ("CCC", Decimal(3))]
-    with pytest.raises(asyncpg.UniqueViolationError):
-        await apply([stock("BBB", "9"), stock("DDD", "4")], {"BBB", "DDD"})  # BBB is stored after all
+    assert [r[:2] for r in before] == [("AAA", Decimal(5)), ("BBB", Decimal(2)), ("CCC", Decimal(3))]
+    state_before = tuple(await db_pool.fetchrow(state, account) or ())
+    with pytest.raises(asyncpg.UniqueViolationError):  # BBB is stored after all; new balances, events too
+        await apply(rows([stock("BBB", "9"), stock("DDD", "4")], {"BBB", "DDD"}), [opened("DDD", "4")], equity=7)
     assert [tuple(r) for r in await db_pool.fetch(held, account)] == before
-    # a caller of 0022's form (14 fields, no flag) is upserted, as before
-    old_form = msgspec.json.Encoder(decimal_format="string").encode([tuple(stock("BBB", "7"))[:14]])
-    row = await db_pool.fetchrow(
-        q["account_sync_apply"], account, 1, None, old_form, [], b"[]", balances, None, [], "{}", None, 3, [], None
+    assert tuple(await db_pool.fetchrow(state, account) or ()) == state_before
+    # 0022's form (14 fields, no flag): upserted, a stored row and a new one alike
+    old_form = msgspec.json.Encoder(decimal_format="string").encode(
+        [tuple(stock("BBB", "7"))[:14], tuple(stock("EEE", "8"))[:14]]
     )
-    assert row is not None and row["upserted"] == 1
-    assert await db_pool.fetchval("SELECT quantity FROM portfolio_positions WHERE symbol = 'BBB'") == 7
+    row = await apply(old_form, [opened("EEE", "8")])
+    assert row is not None and (row["upserted"], row["events"]) == (2, 1)
+    quantities = "SELECT symbol, quantity FROM portfolio_positions WHERE account_id = $1 AND symbol IN ('BBB', 'EEE')"
+    assert sorted(tuple(r) for r in await db_pool.fetch(quantities, account)) == [("BBB", 7), ("EEE", 8)]
 
 
 async def test_rows_arrive_exact_and_by_name(db_pool: asyncpg.Pool[Any]) -> None:
