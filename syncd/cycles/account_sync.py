@@ -12,7 +12,8 @@ A pass reads as a story:
 4. **write the difference** in ONE statement, so one transaction and one round trip
    (``account_sync_apply``, 0022: the rows and events as JSON arrays): the account's
    advisory lock, a check that the stored rows are still those compared (else the pass
-   compares again under the lock and writes then), changed rows upserted,
+   compares again under the lock and writes then), new rows inserted and changed ones
+   upserted (0023),
    vanished rows deleted, one ``position_events`` row per change, an
    ``account_snapshots`` row when the balances differ from the latest snapshot,
    ``accounts.broker_account_id``/``last_synced_at``, and the ``NOTIFY syncd_events``
