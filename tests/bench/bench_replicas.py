@@ -280,7 +280,8 @@ async def run_replicas(
                     f"simulator in its own process; set-up {time.perf_counter() - t_setup:.1f} s",
                     flush=True,
                 )
-                service_s, service_n = await broker_service_s(account_settings(sim, "alpaca"), concurrency * replicas)
+                fetched = account_settings(sim, "alpaca")  # what the replicas hold, for the bare fetches
+                service_s, service_n = await broker_service_s(fetched, concurrency * replicas)
                 print(
                     f"bare fetch at concurrency {concurrency * replicas}, before the first pass: {service_s:.2f} s for "
                     f"{service_n} requests (a bare client, bodies read, nothing decoded; the simulator's one-time work "
@@ -290,7 +291,7 @@ async def run_replicas(
                 first = await _timed(procs, dsn, pool, sim, "first", accounts)
                 idle = await _timed(procs, dsn, pool, sim, "idle", accounts)
                 # the floor takes the faster of the fetch before the first pass and one after the last
-                again, _ = await broker_service_s(account_settings(sim, "alpaca"), concurrency * replicas)
+                again, _ = await broker_service_s(fetched, concurrency * replicas)
                 print(f"bare fetch again, after the passes: {again:.2f} s (the service time: the faster)", flush=True)
                 service_s = min(service_s, again)
             finally:
